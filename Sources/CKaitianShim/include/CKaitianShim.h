@@ -1,0 +1,2 @@
+#include "kt_sync.h"
+#include "kt_reduce.h"

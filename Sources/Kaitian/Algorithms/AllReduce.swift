@@ -1,0 +1,100 @@
+/// Allreduce: every rank ends with the element-wise reduction of all ranks' buffers.
+enum AllReduce {
+  enum Algorithm: String, Sendable {
+    /// log2(size) exchanges of the whole buffer: fewest steps, for small messages.
+    case recursiveDoubling = "recursive-doubling"
+    /// Reduce-scatter then all-gather around a ring: each rank moves 2(size-1)/size of the
+    /// buffer, for large messages.
+    case ring
+  }
+
+  static func choose(byteCount: Int, count: Int, size: Int, ringThreshold: Int) -> Algorithm {
+    (byteCount >= ringThreshold && count >= size) ? .ring : .recursiveDoubling
+  }
+
+  static func run(
+    _ context: CallContext, input: UnsafeRawPointer, output: UnsafeMutableRawPointer, count: Int,
+    algorithm: Algorithm
+  ) throws(KaitianError) {
+    let bytes = count * context.elementSize
+    if UnsafeRawPointer(output) != input {
+      output.copyMemory(from: input, byteCount: bytes)
+    }
+    switch algorithm {
+    case .ring: try ring(context, buffer: output, count: count)
+    case .recursiveDoubling: try recursiveDoubling(context, buffer: output, count: count)
+    }
+  }
+
+  /// Ring allreduce in place: after the reduce-scatter pass the rank finishes its own chunk
+  /// (divides it for avg) before it circulates, so every rank copies the same final bits.
+  private static func ring(
+    _ context: CallContext, buffer: UnsafeMutableRawPointer, count: Int
+  ) throws(KaitianError) {
+    let size = context.size
+    let elementSize = context.elementSize
+    let chunks = Partition(count: count, parts: size)
+    let chunkAddress = { (chunk: Int) in buffer + chunks.offsets[chunk] * elementSize }
+    try Ring.reduceScatter(
+      context, chunks: chunks, shift: 0, input: { UnsafeRawPointer(chunkAddress($0)) },
+      stash: { _, chunk in chunkAddress(chunk) })
+    let owned = ringIndex(context.rank + 1, size)
+    context.kernel.finish(chunkAddress(owned), count: chunks.counts[owned], contributors: size)
+    try Ring.allGather(context, blocks: chunks, shift: 1, buffer: buffer)
+  }
+
+  /// Recursive doubling. For a size that is not a power of two, the first 2 * extra ranks pair
+  /// up: the even rank of each pair hands its data to the odd one and waits for the result.
+  /// The remaining power-of-two group exchanges whole buffers with partners at distance 1, 2,
+  /// 4, ... in "new rank" numbering. Both partners combine (lower, higher) in that order, so
+  /// they compute identical bits.
+  private static func recursiveDoubling(
+    _ context: CallContext, buffer: UnsafeMutableRawPointer, count: Int
+  ) throws(KaitianError) {
+    let size = context.size
+    let rank = context.rank
+    let bytes = count * context.elementSize
+    guard size > 1 else { return }
+    var group = 1
+    while group * 2 <= size { group *= 2 }
+    let extra = size - group
+    let whole = UnsafeRawBufferPointer(start: buffer, count: bytes)
+    let wholeMutable = UnsafeMutableRawBufferPointer(start: buffer, count: bytes)
+
+    let newRank: Int
+    if rank < 2 * extra {
+      if rank % 2 == 0 {
+        try context.run([.send(whole, to: rank + 1)])
+        try context.run([.receive(wholeMutable, from: rank + 1)])
+        return
+      }
+      try context.run([
+        .receiveReducing(
+          from: rank - 1, into: buffer, with: buffer, byteCount: bytes, incomingFirst: true)
+      ])
+      newRank = rank / 2
+    } else {
+      newRank = rank - extra
+    }
+
+    let incoming = context.scratch.bytes(bytes)
+    var distance = 1
+    while distance < group {
+      let partnerNew = newRank ^ distance
+      let partner = partnerNew < extra ? partnerNew * 2 + 1 : partnerNew + extra
+      try context.run([
+        .send(whole, to: partner),
+        .receive(UnsafeMutableRawBufferPointer(start: incoming, count: bytes), from: partner),
+      ])
+      let partnerIsLower = partnerNew < newRank
+      context.kernel.combine(
+        into: buffer, partnerIsLower ? UnsafeRawPointer(incoming) : whole.baseAddress!,
+        partnerIsLower ? whole.baseAddress! : UnsafeRawPointer(incoming), count: count)
+      distance *= 2
+    }
+    context.kernel.finish(buffer, count: count, contributors: size)
+    if rank < 2 * extra {
+      try context.run([.send(whole, to: rank - 1)])
+    }
+  }
+}

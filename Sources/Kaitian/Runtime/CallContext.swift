@@ -1,0 +1,180 @@
+import CKaitianShim
+import Glibc
+
+/// Everything one call needs on the engine thread: who the peers are, the tag that opens its
+/// messages, its reduction kernel, its deadline, and the loop that drives its transfers.
+///
+/// Threading: created and used on the engine thread only.
+final class CallContext {
+  let rank: Int
+  let size: Int
+  let name: String
+  let kernel: ReductionKernel
+  let scratch: ScratchBuffer
+  private let links: [PeerLink?]
+  private let key: CallKey
+  private let header: OpHeader
+  private let sendAux: (Int) -> Int64
+  private let receiveAux: (Int) -> Int64
+  private let deadline: Int64
+  private let timeoutSeconds: Double
+  private let spinNanoseconds: Int64
+  private let health: CommunicatorHealth
+  private let doorbell: Doorbell?
+
+  init(
+    rank: Int, size: Int, name: String, links: [PeerLink?], key: CallKey, header: OpHeader,
+    sendAux: ((Int) -> Int64)? = nil, receiveAux: ((Int) -> Int64)? = nil,
+    timeoutSeconds: Double, spinNanoseconds: Int64, health: CommunicatorHealth,
+    doorbell: Doorbell?, scratch: ScratchBuffer
+  ) {
+    self.rank = rank
+    self.size = size
+    self.name = name
+    self.links = links
+    self.key = key
+    self.header = header
+    self.kernel = ReductionKernel(dataType: header.dataType, op: header.op)
+    self.sendAux = sendAux ?? { _ in header.aux }
+    self.receiveAux = receiveAux ?? { _ in header.aux }
+    self.timeoutSeconds = timeoutSeconds
+    self.deadline = kt_monotonic_ns() + Int64(timeoutSeconds * 1e9)
+    self.spinNanoseconds = spinNanoseconds
+    self.health = health
+    self.doorbell = doorbell
+    self.scratch = scratch
+  }
+
+  var elementSize: Int { header.dataType.size }
+
+  /// Runs a set of transfers to completion, all at once, so sends and receives to different
+  /// peers (and both directions of one link) overlap.
+  func run(_ transfers: [Transfer]) throws(KaitianError) {
+    guard !transfers.isEmpty else { return }
+    var states = try transfers.map { transfer throws(KaitianError) in
+      try TransferProgress(transfer, link: link(to: transfer.peer), context: self)
+    }
+    var lastProgress = kt_monotonic_ns()
+    while true {
+      let ticket = doorbell?.ticket ?? 0
+      var progressed = false
+      var pending = 0
+      for index in states.indices where !states[index].isDone {
+        do {
+          progressed = try states[index].advance(context: self) || progressed
+        } catch {
+          throw explain(error)
+        }
+        if !states[index].isDone { pending += 1 }
+      }
+      if pending == 0 { return }
+      if health.isFailed { throw explain(nil) }
+      let now = kt_monotonic_ns()
+      if progressed {
+        lastProgress = now
+        continue
+      }
+      if now >= deadline { throw timedOut(states) }
+      if now - lastProgress < spinNanoseconds {
+        kt_cpu_relax()
+        continue
+      }
+      sleep(until: states, ticket: ticket, now: now)
+    }
+  }
+
+  /// The tag for the first message of this call on `link`, or nil when it was already sent.
+  func tagToSend(on link: PeerLink) -> OpHeader? {
+    guard link.lastTagSent != key else { return nil }
+    link.lastTagSent = key
+    var tag = header
+    tag.sender = Int32(rank)
+    tag.aux = sendAux(link.peer)
+    return tag
+  }
+
+  /// The tag expected first from `link`, or nil when it already arrived during this call.
+  func tagToReceive(on link: PeerLink) -> OpHeader? {
+    guard link.lastTagReceived != key else { return nil }
+    link.lastTagReceived = key
+    var tag = header
+    tag.sender = Int32(link.peer)
+    tag.aux = receiveAux(link.peer)
+    return tag
+  }
+
+  func mismatch(expected: OpHeader, received: OpHeader?, peer: Int) -> KaitianError {
+    guard let received else {
+      return KaitianError(
+        .mismatch,
+        "rank \(peer) sent bytes that are not a Kaitian message tag; its stream is out of step "
+          + "(a previous call differed in size between the two ranks) or corrupt")
+    }
+    let fields = expected.mismatch(with: received, peer: peer, localRank: rank) ?? ""
+    return KaitianError(
+      .mismatch, "collectives differ across ranks: \(fields); every rank must issue the same "
+        + "collectives in the same order with the same arguments")
+  }
+
+  private func link(to peer: Int) throws(KaitianError) -> PeerLink {
+    guard peer >= 0, peer < links.count, peer != rank, let link = links[peer] else {
+      preconditionFailure("algorithm addressed rank \(peer) from rank \(rank) of \(size)")
+    }
+    return link
+  }
+
+  private func sleep(until states: [TransferProgress], ticket: UInt32, now: Int64) {
+    let remaining = deadline - now
+    var descriptors: [pollfd] = []
+    var usesDoorbell = false
+    for state in states where !state.isDone {
+      switch state.link.waitSource {
+      case .doorbell: usesDoorbell = true
+      case .socket(let fd):
+        let events = state.isSend ? Int16(POLLOUT) : Int16(POLLIN)
+        descriptors.append(pollfd(fd: fd, events: events, revents: 0))
+      }
+    }
+    let cap: Int64 = 100_000_000
+    if descriptors.isEmpty, let doorbell {
+      doorbell.sleep(ifStill: ticket, timeoutNanoseconds: min(remaining, cap))
+    } else {
+      // Sockets and shared memory at once: poll in short slices so a doorbell is not missed
+      // for long.
+      let sliceNanoseconds = usesDoorbell ? 200_000 : min(remaining, cap)
+      let milliseconds = Int32(max(1, sliceNanoseconds / 1_000_000))
+      _ = poll(&descriptors, nfds_t(descriptors.count), usesDoorbell ? 0 : milliseconds)
+      if usesDoorbell, let doorbell {
+        doorbell.sleep(ifStill: ticket, timeoutNanoseconds: sliceNanoseconds)
+      }
+    }
+  }
+
+  /// Prefers the communicator's recorded failure (it often says why a link broke, for example a
+  /// peer's mismatch report) over the local symptom.
+  private func explain(_ local: KaitianError?) -> KaitianError {
+    if local == nil || local?.code == .remoteError {
+      // A broken link usually means the watchdog is about to learn the reason.
+      let waitUntil = kt_monotonic_ns() + 300_000_000
+      while !health.isFailed && kt_monotonic_ns() < waitUntil { usleep(5_000) }
+    }
+    let error = health.failure ?? local ?? KaitianError(.internalError, "communicator failed")
+    return error.attributed(rank: rank, call: name)
+  }
+
+  private func timedOut(_ states: [TransferProgress]) -> KaitianError {
+    let waiting = states.filter { !$0.isDone }.map { state in
+      let verb = state.isSend ? "sending to" : "receiving from"
+      return "\(verb) rank \(state.link.peer) (\(state.doneBytes) of \(state.totalBytes) bytes)"
+    }
+    return KaitianError(
+      .timeout, rank: rank, call: name,
+      "timed out after \(formatSeconds(timeoutSeconds)) s \(waiting.joined(separator: ", ")); "
+        + "the peer is stuck or did not make this call (raise KAITIAN_TIMEOUT if it is just slow)"
+    )
+  }
+}
+
+func formatSeconds(_ seconds: Double) -> String {
+  seconds == seconds.rounded() ? String(Int(seconds)) : String(seconds)
+}

@@ -1,0 +1,177 @@
+import CKaitianShim
+import Glibc
+import KaitianStore
+import Synchronization
+
+/// A group of ranks that run collectives together: Kaitian's host-memory engine.
+///
+/// Every call returns a `Work` at once and runs later on the communicator's engine thread, in
+/// the order the calls were made. Buffers are borrowed until the work completes (as in NCCL):
+/// the caller must keep them alive and untouched until then. Threading: all methods may be
+/// called from any thread, but the order of calls is the order of issue, so a program must
+/// issue its collectives from one thread (or order them itself).
+public final class Communicator: @unchecked Sendable {
+  public let rank: Int
+  public let size: Int
+  public let options: CommunicatorOptions
+  private let mesh: Mesh
+  private let health = CommunicatorHealth()
+  private let scratch = ScratchBuffer()
+  private var engine: Engine!
+  private var watchdog: Watchdog!
+  private let sequences: Mutex<Sequences>
+  private let destroyed = Atomic<Bool>(false)
+
+  private struct Sequences {
+    var collective: UInt64 = 0
+    var sent: [UInt64]
+    var received: [UInt64]
+  }
+
+  /// Joins the group: publishes this rank in `store`, connects to every peer (authenticated
+  /// with `token`), and maps shared memory with peers on the same host. Blocks until every rank
+  /// has joined or `options.timeoutSeconds` passes.
+  public init(
+    store: any KeyValueStore, rank: Int, size: Int, token: JobToken,
+    options: CommunicatorOptions = CommunicatorOptions(), advertisedHostHint: String? = nil
+  ) throws(KaitianError) {
+    guard size >= 1, rank >= 0, rank < size else {
+      throw .invalidArgument("rank \(rank) is outside a communicator of size \(size)")
+    }
+    self.rank = rank
+    self.size = size
+    self.options = options
+    self.sequences = Mutex(
+      Sequences(
+        sent: Array(repeating: 0, count: size), received: Array(repeating: 0, count: size)))
+    let host = try Self.advertisedHost(options: options, hint: advertisedHostHint)
+    mesh = try Mesh.establish(
+      store: store, rank: rank, size: size, token: token, options: options,
+      advertisedHost: host)
+    engine = Engine(rank: rank, health: health) { [unowned self] error in fail(error) }
+    watchdog = Watchdog(rank: rank, controls: mesh.controls, endpoints: mesh.endpoints) {
+      [unowned self] error in fail(error)
+    }
+  }
+
+  deinit { destroy() }
+
+  /// Finishes the calls already issued, tells the peers this rank is leaving, and closes
+  /// every connection. Later calls fail with an invalid-usage error.
+  public func destroy() {
+    guard !destroyed.exchange(true, ordering: .acquiringAndReleasing) else { return }
+    engine.stop()
+    watchdog.stop(sayGoodbye: !health.isFailed)
+    for link in mesh.links { link?.shutDown() }
+  }
+
+  /// Fails this communicator on every rank: pending and later calls fail with `reason`.
+  public func abort(reason: String) {
+    fail(KaitianError(.invalidUsage, rank: rank, "aborted by the application: \(reason)"))
+  }
+
+  /// The first fatal error, if the communicator has failed.
+  public var failure: KaitianError? { health.failure }
+
+  /// Records the first failure, tells every peer, and unblocks the engine thread.
+  private func fail(_ error: KaitianError) {
+    let failure = error.rank == nil ? error.attributed(rank: rank, call: error.call) : error
+    guard health.fail(failure) else { return }
+    Log.warn("comm", failure.description)
+    watchdog?.broadcastAbort(failure)
+    for link in mesh.links { link?.shutDown() }
+  }
+
+  private static func advertisedHost(
+    options: CommunicatorOptions, hint: String?
+  ) throws(KaitianError) -> String {
+    if let host = options.advertisedHost { return host }
+    do {
+      if let address = try NetworkInterfaces.addressFromEnvironment() { return address.host }
+    } catch {
+      throw .invalidArgument("KAITIAN_SOCKET_IFNAME: \(error)")
+    }
+    return hint ?? "127.0.0.1"
+  }
+
+  // MARK: Submitting calls
+
+  /// What every collective shares: its tag fields and, for messages, a readable name.
+  struct CallDescription {
+    var kind: CollectiveKind
+    var dataType: DataType = .uint8
+    var op: ReduceOp = .sum
+    var count: Int = 0
+    var root: Int = -1
+    var aux: Int64 = 0
+    var sendAux: ((Int) -> Int64)? = nil
+    var receiveAux: ((Int) -> Int64)? = nil
+  }
+
+  /// Queues a collective: numbers it, builds its tag, and runs `body` on the engine thread.
+  func submitCollective(
+    _ call: CallDescription, _ body: @escaping (CallContext) throws(KaitianError) -> Void
+  ) -> Work {
+    let sequence = sequences.withLock { state -> UInt64 in
+      state.collective += 1
+      return state.collective
+    }
+    return submit(
+      call, key: CallKey(stream: .collective, sequence: sequence), sequence: sequence, body)
+  }
+
+  /// Queues a point-to-point call: send/recv pairs are numbered per peer and direction.
+  func submitPointToPoint(
+    _ call: CallDescription, peer: Int, sending: Bool,
+    _ body: @escaping (CallContext) throws(KaitianError) -> Void
+  ) -> Work {
+    let sequence = sequences.withLock { state -> UInt64 in
+      if sending {
+        state.sent[peer] += 1
+        return state.sent[peer]
+      }
+      state.received[peer] += 1
+      return state.received[peer]
+    }
+    return submit(
+      call, key: CallKey(stream: .pointToPoint, sequence: sequence), sequence: sequence, body)
+  }
+
+  private func submit(
+    _ call: CallDescription, key: CallKey, sequence: UInt64,
+    _ body: @escaping (CallContext) throws(KaitianError) -> Void
+  ) -> Work {
+    var name = "\(call.kind) #\(sequence)"
+    if call.kind != .barrier {
+      name += " (\(call.dataType) x \(call.count)"
+      if [.allReduce, .reduce, .reduceScatter].contains(call.kind) { name += ", \(call.op)" }
+      if call.root >= 0 { name += ", root \(call.root)" }
+      name += ")"
+    }
+    let work = Work(name: name)
+    if destroyed.load(ordering: .relaxed) {
+      work.complete(KaitianError(.invalidUsage, rank: rank, call: name, "the communicator was destroyed"))
+      return work
+    }
+    let header = OpHeader(
+      kind: call.kind, sequence: sequence, dataType: call.dataType, op: call.op,
+      count: Int64(call.count), root: Int32(call.root), aux: call.aux, sender: Int32(rank))
+    let context = { [unowned self] in
+      CallContext(
+        rank: rank, size: size, name: name, links: mesh.links, key: key, header: header,
+        sendAux: call.sendAux, receiveAux: call.receiveAux,
+        timeoutSeconds: options.timeoutSeconds,
+        spinNanoseconds: Int64(options.spinMicroseconds) * 1000, health: health,
+        doorbell: mesh.doorbell, scratch: scratch)
+    }
+    engine.submit(
+      QueuedCall(work: work) { () throws(KaitianError) in
+        do throws(KaitianError) {
+          try body(context())
+        } catch {
+          throw error.attributed(rank: self.rank, call: name)
+        }
+      })
+    return work
+  }
+}

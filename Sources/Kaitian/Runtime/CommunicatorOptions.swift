@@ -1,0 +1,99 @@
+import Glibc
+
+/// How a communicator finds and talks to its peers. Every field has an environment variable
+/// (documented in the README), read by `fromEnvironment()`, in the spirit of NCCL_*.
+public struct CommunicatorOptions: Sendable {
+  /// Which transport carries data between two ranks.
+  public enum Transport: String, Sendable, CaseIterable {
+    /// Shared memory between ranks with the same host identity, TCP otherwise.
+    case auto
+    /// TCP between every pair, even on one host (for testing and benchmarking).
+    case tcp
+    /// Shared memory between every pair; fails unless all ranks share a host.
+    case shm
+  }
+
+  /// Ranks with the same identity share memory. KAITIAN_HOST_ID; default: the hostname.
+  public var hostIdentity: String
+  public var transport: Transport
+  /// Longest wait for any one call or for set-up, in seconds. KAITIAN_TIMEOUT.
+  public var timeoutSeconds: Double
+  /// Address peers connect to: KAITIAN_SOCKET_ADDR, else the address of KAITIAN_SOCKET_IFNAME,
+  /// else the caller's hint (the address the store was reached from), else 127.0.0.1.
+  public var advertisedHost: String?
+  /// Namespace of this communicator's keys in the store, so several can share one store.
+  public var storePrefix: String
+  /// How long the engine spins before it sleeps when a peer is late. KAITIAN_SPIN_US.
+  public var spinMicroseconds: Int
+  /// Messages at least this large use bandwidth-optimal (ring/chain) algorithms.
+  /// KAITIAN_RING_THRESHOLD (bytes).
+  public var ringThresholdBytes: Int
+  /// Bytes of each shared-memory ring (one per direction of each pair on a host).
+  /// KAITIAN_SHM_RING_BYTES.
+  public var sharedMemoryRingBytes: Int
+
+  public init(
+    hostIdentity: String = CommunicatorOptions.defaultHostIdentity(),
+    transport: Transport = .auto, timeoutSeconds: Double = 300, advertisedHost: String? = nil,
+    storePrefix: String = "kaitian", spinMicroseconds: Int = 50,
+    ringThresholdBytes: Int = 64 * 1024, sharedMemoryRingBytes: Int = 4 << 20
+  ) {
+    self.hostIdentity = hostIdentity
+    self.transport = transport
+    self.timeoutSeconds = timeoutSeconds
+    self.advertisedHost = advertisedHost
+    self.storePrefix = storePrefix
+    self.spinMicroseconds = spinMicroseconds
+    self.ringThresholdBytes = ringThresholdBytes
+    self.sharedMemoryRingBytes = sharedMemoryRingBytes
+  }
+
+  /// Defaults overridden by the KAITIAN_* environment variables; a malformed value is an error
+  /// that names the variable.
+  public static func fromEnvironment() throws(KaitianError) -> CommunicatorOptions {
+    var options = CommunicatorOptions()
+    if let value = environment("KAITIAN_HOST_ID") { options.hostIdentity = value }
+    if let value = environment("KAITIAN_TRANSPORT") {
+      guard let transport = Transport(rawValue: value.lowercased()) else {
+        throw .invalidArgument("KAITIAN_TRANSPORT=\(value) is not one of auto, tcp, shm")
+      }
+      options.transport = transport
+    }
+    options.timeoutSeconds = try number("KAITIAN_TIMEOUT", default: options.timeoutSeconds) {
+      $0 > 0
+    }
+    options.advertisedHost = environment("KAITIAN_SOCKET_ADDR")
+    options.spinMicroseconds = Int(
+      try number("KAITIAN_SPIN_US", default: Double(options.spinMicroseconds)) { $0 >= 0 })
+    options.ringThresholdBytes = Int(
+      try number("KAITIAN_RING_THRESHOLD", default: Double(options.ringThresholdBytes)) {
+        $0 >= 0
+      })
+    options.sharedMemoryRingBytes = Int(
+      try number("KAITIAN_SHM_RING_BYTES", default: Double(options.sharedMemoryRingBytes)) {
+        $0 >= 4096 && Int($0) % 8 == 0
+      })
+    return options
+  }
+
+  public static func defaultHostIdentity() -> String {
+    var name = [CChar](repeating: 0, count: 256)
+    guard gethostname(&name, name.count - 1) == 0 else { return "localhost" }
+    return String(cString: name)
+  }
+
+  private static func environment(_ name: String) -> String? {
+    guard let raw = getenv(name), raw.pointee != 0 else { return nil }
+    return String(cString: raw)
+  }
+
+  private static func number(
+    _ name: String, default value: Double, valid: (Double) -> Bool
+  ) throws(KaitianError) -> Double {
+    guard let text = environment(name) else { return value }
+    guard let parsed = Double(text), valid(parsed) else {
+      throw .invalidArgument("\(name)=\(text) is not a valid value")
+    }
+    return parsed
+  }
+}

@@ -1,0 +1,87 @@
+/// How far one transfer has come: its tag first (when this is the call's first message on the
+/// link), then its payload. Driven by `CallContext.run`.
+struct TransferProgress {
+  let link: PeerLink
+  let transfer: Transfer
+  private var tagBytes: [UInt8] = []
+  private var tagDone = 0
+  private var expectedTag: OpHeader?
+  private(set) var doneBytes = 0
+  private(set) var isDone = false
+
+  init(_ transfer: Transfer, link: PeerLink, context: CallContext) {
+    self.link = link
+    self.transfer = transfer
+    if transfer.isSend {
+      if let tag = context.tagToSend(on: link) {
+        tagBytes = [UInt8](repeating: 0, count: OpHeader.byteCount)
+        tagBytes.withUnsafeMutableBytes { tag.encode(into: $0) }
+      }
+    } else if let tag = context.tagToReceive(on: link) {
+      expectedTag = tag
+      tagBytes = [UInt8](repeating: 0, count: OpHeader.byteCount)
+    }
+  }
+
+  var isSend: Bool { transfer.isSend }
+  var totalBytes: Int { transfer.byteCount }
+
+  /// Moves as many bytes as the link takes or has now; returns whether anything moved.
+  mutating func advance(context: CallContext) throws(KaitianError) -> Bool {
+    var moved = false
+    if tagDone < tagBytes.count {
+      let (link, isSend, done) = (self.link, self.isSend, tagDone)
+      let outcome = tagBytes.withUnsafeMutableBytes { tag in
+        let rest = UnsafeMutableRawBufferPointer(rebasing: tag[done...])
+        return Result { () throws(KaitianError) in
+          isSend
+            ? try link.sendSome(UnsafeRawBufferPointer(rest)) : try link.receiveSome(into: rest)
+        }
+      }
+      let n = try outcome.get()
+      tagDone += n
+      moved = n > 0
+      guard tagDone == tagBytes.count else { return moved }
+      if let expectedTag {
+        let received = tagBytes.withUnsafeBytes { OpHeader.decode($0) }
+        if received != expectedTag {
+          throw context.mismatch(expected: expectedTag, received: received, peer: link.peer)
+        }
+      }
+    }
+    let remaining = transfer.byteCount - doneBytes
+    if remaining > 0 {
+      let n: Int
+      switch transfer.action {
+      case .send(let bytes):
+        n = try link.sendSome(UnsafeRawBufferPointer(rebasing: bytes[doneBytes...]))
+      case .receive(let bytes):
+        n = try link.receiveSome(into: UnsafeMutableRawBufferPointer(rebasing: bytes[doneBytes...]))
+      case .receiveReducing(let destination, let local, _, let incomingFirst):
+        var offset = doneBytes
+        let kernel = context.kernel
+        let elementSize = context.elementSize
+        n = try link.consumeSome(limit: remaining, granularity: elementSize) { incoming in
+          let target = destination + offset
+          let mine = UnsafeRawPointer(local + offset)
+          let theirs = incoming.baseAddress!
+          kernel.combine(
+            into: target, incomingFirst ? theirs : mine, incomingFirst ? mine : theirs,
+            count: incoming.count / elementSize)
+          offset += incoming.count
+        }
+      }
+      doneBytes += n
+      moved = moved || n > 0
+    }
+    if doneBytes == transfer.byteCount {
+      isDone = true
+      if isSend {
+        link.finishSentMessage(length: tagBytes.count + doneBytes)
+      } else {
+        link.finishReceivedMessage(length: tagBytes.count + doneBytes)
+      }
+    }
+    return moved
+  }
+}

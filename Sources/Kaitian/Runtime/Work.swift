@@ -1,0 +1,76 @@
+import CKaitianShim
+
+/// The handle of one submitted call: wait for it, poll it, or be called back when it ends.
+///
+/// Threading: completed once by the engine thread; waited on and queried from any thread.
+/// Callbacks run on the engine thread, so they must be short and must not wait on other calls
+/// of the same communicator.
+public final class Work: @unchecked Sendable {
+  /// What the call was, such as "allreduce #12 (float32 x 1024, sum)", for messages.
+  public let name: String
+  private let lock = ConditionLock()
+  private var finished = false
+  private var error: KaitianError?
+  private var callbacks: [@Sendable (KaitianError?) -> Void] = []
+
+  init(name: String) { self.name = name }
+
+  /// Whether the call has ended (successfully or not).
+  public var isCompleted: Bool { lock.withLock { finished } }
+
+  /// The call's error once it has ended with one.
+  public var failure: KaitianError? { lock.withLock { error } }
+
+  /// Blocks until the call ends, or `timeout` passes (nil waits without limit).
+  /// Throws the call's error, or a timeout error that leaves the call running.
+  public func wait(timeout: Duration? = nil) throws(KaitianError) {
+    let deadline = timeout.map { kt_monotonic_ns() + $0.nanoseconds }
+    let outcome: KaitianError?? = lock.withLock {
+      lock.wait(until: { finished }, deadlineNanoseconds: deadline) ? .some(error) : .none
+    }
+    switch outcome {
+    case .none:
+      throw KaitianError(
+        .timeout, call: name,
+        "wait timed out after \(timeout.map { "\($0)" } ?? "?"); the call is still running")
+    case .some(.some(let failure)): throw failure
+    case .some(.none): return
+    }
+  }
+
+  /// Suspends until the call ends; throws its error.
+  public func value() async throws(KaitianError) {
+    let failure: KaitianError? = await withCheckedContinuation { continuation in
+      onCompletion { continuation.resume(returning: $0) }
+    }
+    if let failure { throw failure }
+  }
+
+  /// Runs `callback` with the call's error (nil on success) when it ends, at once if it has.
+  public func onCompletion(_ callback: @escaping @Sendable (KaitianError?) -> Void) {
+    let outcome: KaitianError?? = lock.withLock {
+      if finished { return .some(error) }
+      callbacks.append(callback)
+      return .none
+    }
+    if case .some(let failure) = outcome { callback(failure) }
+  }
+
+  func complete(_ failure: KaitianError?) {
+    let pending = lock.withLock {
+      finished = true
+      error = failure
+      lock.broadcast()
+      defer { callbacks = [] }
+      return callbacks
+    }
+    for callback in pending { callback(failure) }
+  }
+}
+
+extension Duration {
+  var nanoseconds: Int64 {
+    let (seconds, attoseconds) = components
+    return seconds * 1_000_000_000 + attoseconds / 1_000_000_000
+  }
+}

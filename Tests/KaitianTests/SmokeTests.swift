@@ -1,0 +1,33 @@
+import Testing
+
+@testable import Kaitian
+
+@Suite struct SmokeTests {
+  @Test(arguments: [1, 2, 3, 5], RankHarness.Layout.allCases)
+  func allReduceFloatSum(size: Int, layout: RankHarness.Layout) throws {
+    let errors = RankHarness.run(size: size, layout: layout) { comm in
+      for count in [0, 1, 7, 1000, 100_003] {
+        var input = (0..<count).map { Float($0 % 13 + comm.rank) }
+        var output = [Float](repeating: -1, count: count)
+        let work = try input.withUnsafeBytes { inBytes in
+          try output.withUnsafeMutableBytes { outBytes in
+            try comm.allReduce(
+              inBytes.baseAddress ?? UnsafeRawPointer(bitPattern: 8)!,
+              into: outBytes.baseAddress ?? UnsafeMutableRawPointer(bitPattern: 8)!, count: count,
+              dataType: .float32, op: .sum)
+          }
+        }
+        try work.wait()
+        let rankSum = Float(comm.size * (comm.size - 1) / 2)
+        for i in 0..<count {
+          let expected = Float(i % 13) * Float(comm.size) + rankSum
+          if output[i] != expected {
+            throw KaitianError(.internalError, "count \(count) [\(i)] = \(output[i]) != \(expected)")
+          }
+        }
+        input[0...].withUnsafeMutableBytes { _ in }
+      }
+    }
+    #expect(errors.allSatisfy { $0 == nil }, "\(errors)")
+  }
+}
