@@ -1,0 +1,59 @@
+import Glibc
+
+/// A plain POSIX thread running a closure.
+///
+/// The store server blocks threads in `poll` and in condition waits for long periods, which
+/// must not happen on Swift's cooperative concurrency pool (it has one thread per core), so it
+/// uses dedicated threads instead.
+public final class OSThread: Sendable {
+  private let handle: pthread_t
+
+  private init(handle: pthread_t) {
+    self.handle = handle
+  }
+
+  /// Starts a joinable thread; call `join()` on it exactly once. `name` is for error messages
+  /// (Glibc's Swift overlay does not expose `pthread_setname_np`).
+  public static func spawn(
+    name: String, _ body: @escaping @Sendable () -> Void
+  ) throws(SocketError) -> OSThread {
+    OSThread(handle: try start(name: name, body))
+  }
+
+  /// Starts a thread that cleans up after itself; nobody can join it, so `body` must signal
+  /// its own completion if anyone needs to know.
+  public static func detach(name: String, _ body: @escaping @Sendable () -> Void)
+    throws(SocketError)
+  {
+    pthread_detach(try start(name: name, body))
+  }
+
+  /// Waits for the thread to finish.
+  public func join() {
+    pthread_join(handle, nil)
+  }
+
+  private final class Box {
+    let body: @Sendable () -> Void
+    init(_ body: @escaping @Sendable () -> Void) { self.body = body }
+  }
+
+  private static func start(
+    name: String, _ body: @escaping @Sendable () -> Void
+  ) throws(SocketError) -> pthread_t {
+    let context = Unmanaged.passRetained(Box(body)).toOpaque()
+    var handle = pthread_t()
+    let status = pthread_create(
+      &handle, nil,
+      { context in
+        let box = Unmanaged<Box>.fromOpaque(context!).takeRetainedValue()
+        box.body()
+        return nil
+      }, context)
+    guard status == 0 else {
+      Unmanaged<Box>.fromOpaque(context).release()
+      throw SocketError.systemCall("pthread_create for thread '\(name)'", errno: status)
+    }
+    return handle
+  }
+}

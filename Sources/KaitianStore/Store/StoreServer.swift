@@ -1,0 +1,257 @@
+/// Limits that keep a store server responsive when peers misbehave.
+public struct StoreServerLimits: Sendable, Equatable {
+  /// Connections served at once; further ones are refused (and logged) until some close.
+  public var maxConnections: Int
+  /// How long a new connection has to authenticate before it is dropped. Short, because an
+  /// unauthenticated peer (a port scan, a slow-loris attack) holds a thread meanwhile.
+  public var handshakeTimeout: Duration
+  /// How long a client may take to accept a response before its connection is dropped.
+  public var responseTimeout: Duration
+  /// Frame, key and wait sizes; clients should use the same values.
+  public var wire: StoreWireLimits
+
+  public init(
+    maxConnections: Int = 1024, handshakeTimeout: Duration = .seconds(5),
+    responseTimeout: Duration = .seconds(30), wire: StoreWireLimits = .default
+  ) {
+    precondition(maxConnections > 0, "maxConnections must be positive")
+    self.maxConnections = maxConnections
+    self.handshakeTimeout = handshakeTimeout
+    self.responseTimeout = responseTimeout
+    self.wire = wire
+  }
+
+  public static let `default` = StoreServerLimits()
+}
+
+/// The TCP server of the rendezvous store, usually embedded in rank 0 or the launcher.
+///
+/// One thread accepts connections and one thread serves each connection, because a client's
+/// `get` or `wait` may block for minutes server-side and must not hold up others. Every
+/// connection must pass the job-token handshake (purpose `StoreServer.handshakePurpose`)
+/// within `limits.handshakeTimeout`; after that, a request that breaks the protocol closes
+/// only that connection, with the reason logged.
+///
+/// Threading: `start` and `stop` may be called from any thread; `start` at most once.
+public final class StoreServer: Sendable {
+  /// The handshake purpose of store connections, so engine ports cannot be confused with it.
+  public static let handshakePurpose = "kaitian-store"
+
+  private struct State {
+    var listener: TCPSocket?
+    var acceptThread: OSThread?
+    /// Open connections by id, so `stop` can shut them down.
+    var connections: [Int: TCPSocket] = [:]
+    var nextConnectionID = 0
+    var isStopping = false
+  }
+
+  private let host: String
+  private let requestedPort: UInt16
+  private let token: JobToken
+  private let limits: StoreServerLimits
+  /// The data; its `shutDown` releases clients blocked in `get` or `wait`.
+  private let store = InMemoryStore()
+  private let state = ConditionLock(State())
+
+  /// - Parameters:
+  ///   - host: the address to listen on; `::` (the default) means every IPv4 and IPv6 address.
+  ///   - port: the port, or 0 for any free port (returned by `start`).
+  public init(
+    host: String = "::", port: UInt16 = 0, token: JobToken,
+    limits: StoreServerLimits = .default
+  ) {
+    self.host = host
+    self.requestedPort = port
+    self.token = token
+    self.limits = limits
+  }
+
+  deinit {
+    stop()
+  }
+
+  /// Binds the port and starts serving; returns the bound port.
+  public func start() throws(StoreError) -> UInt16 {
+    let listener: TCPSocket
+    do {
+      listener = try TCPSocket.listen(host: host, port: requestedPort)
+    } catch {
+      throw StoreError.connectionFailed(
+        Endpoint(host: host, port: requestedPort).description,
+        "cannot listen: \(error); pick another port or stop the process using it")
+    }
+    try state.withLock { state throws(StoreError) in
+      precondition(state.listener == nil && !state.isStopping, "StoreServer.start called twice")
+      state.listener = listener
+      do {
+        state.acceptThread = try OSThread.spawn(name: "store accept") { [self] in
+          acceptLoop(listener)
+        }
+      } catch {
+        throw StoreError.refused("cannot start the store server's accept thread: \(error)")
+      }
+    }
+    Log.info("store", "store server listening on \(listener.localAddress)")
+    return listener.localPort
+  }
+
+  /// The address the server listens on, once started.
+  public var localAddress: SocketAddress? {
+    state.withLock { $0.listener?.localAddress }
+  }
+
+  /// Stops accepting, fails blocked `get`/`wait` requests with `.stopped`, closes every
+  /// connection, and returns once all server threads have finished. Idempotent.
+  public func stop() {
+    let (listener, acceptThread) = state.withLock { state in
+      state.isStopping = true
+      defer { state.acceptThread = nil }
+      return (state.listener, state.acceptThread)
+    }
+    listener?.shutdown()
+    acceptThread?.join()
+    // Blocked waits answer `.stopped` before their connections are cut, where possible.
+    store.shutDown()
+    state.withLock { state in
+      for connection in state.connections.values { connection.shutdown() }
+    }
+    _ = state.wait(until: .never) { $0.connections.isEmpty ? true : nil }
+    if let listener {
+      Log.info("store", "store server on \(listener.localAddress) stopped")
+    }
+  }
+
+  // MARK: Accepting
+
+  private func acceptLoop(_ listener: TCPSocket) {
+    while true {
+      let connection: TCPSocket
+      do {
+        connection = try listener.accept(deadline: .never)
+      } catch {
+        if state.withLock({ $0.isStopping }) { return }
+        // Typically EMFILE (out of descriptors): pause instead of spinning, then carry on.
+        Log.error("store", "accept failed: \(error)")
+        sleep(for: .milliseconds(100))
+        continue
+      }
+      admit(connection)
+    }
+  }
+
+  private func admit(_ connection: TCPSocket) {
+    let (id, openCount) = state.withLock { state -> (Int?, Int) in
+      guard !state.isStopping, state.connections.count < limits.maxConnections else {
+        return (nil, state.connections.count)
+      }
+      let id = state.nextConnectionID
+      state.nextConnectionID += 1
+      state.connections[id] = connection
+      return (id, state.connections.count)
+    }
+    guard let id else {
+      let reason =
+        "the store server has \(openCount) connections open, its limit "
+        + "(StoreServerLimits.maxConnections = \(limits.maxConnections)); raise the limit or "
+        + "check for clients that leak connections"
+      Log.warn("store", "refused connection from \(connection): \(reason)")
+      Handshake.refuse(on: connection, reason: reason, deadline: .after(.milliseconds(100)))
+      return
+    }
+    do {
+      try OSThread.detach(name: "store conn \(id)") { [self] in
+        serve(connection)
+        state.withLock { _ = $0.connections.removeValue(forKey: id) }
+        state.broadcast()
+      }
+    } catch {
+      Log.error("store", "dropping connection from \(connection): \(error)")
+      state.withLock { _ = $0.connections.removeValue(forKey: id) }
+    }
+  }
+
+  // MARK: Serving one connection
+
+  private func serve(_ connection: TCPSocket) {
+    let hello: [UInt8]
+    do {
+      hello = try Handshake.performAsServer(
+        on: connection, token: token, purpose: Self.handshakePurpose,
+        deadline: .after(limits.handshakeTimeout))
+    } catch {
+      return  // Already logged with the reason and the peer's address.
+    }
+    try? connection.setNoDelay()
+    let name = String(decoding: hello, as: UTF8.self)
+    let client = name.isEmpty ? "\(connection)" : "\(connection) (\(name))"
+    Log.debug("store", "store client \(client) connected")
+    while true {
+      let payload: [UInt8]
+      do {
+        // No deadline: a client may stay idle for the whole job; `stop` wakes this read.
+        payload = try connection.readFrame(maxSize: limits.wire.maxFrameSize, deadline: .never)
+      } catch {
+        switch error {
+        case .socket(let error) where error.code == .peerClosed || isStopping:
+          Log.debug("store", "store client \(client) disconnected")
+        case .socket(let error):
+          Log.warn("store", "dropping store client \(client): \(error)")
+        case .oversized(let error):
+          Log.warn("store", "dropping store client \(client): \(error)")
+        }
+        return
+      }
+      let request: StoreRequest
+      do {
+        request = try StoreWire.decodeRequest(payload, limits: limits.wire)
+      } catch {
+        Log.warn("store", "dropping store client \(client): \(error)")
+        return
+      }
+      let response = StoreWire.encode(execute(request))
+      do {
+        try connection.writeFrame(response, deadline: .after(limits.responseTimeout))
+      } catch {
+        if !isStopping { Log.warn("store", "dropping store client \(client): \(error)") }
+        return
+      }
+    }
+  }
+
+  private var isStopping: Bool { state.withLock { $0.isStopping } }
+
+  private func execute(_ request: StoreRequest) -> StoreResponse {
+    do throws(StoreError) {
+      switch request {
+      case .set(let key, let value):
+        try store.set(key: key, value: value)
+        return .done
+      case .get(let key, let timeout):
+        return .value(try store.get(key: key, timeout: timeout))
+      case .tryGet(let key):
+        return .value(try store.tryGet(key: key))
+      case .wait(let keys, let timeout):
+        try store.wait(keys: keys, timeout: timeout)
+        return .done
+      case .add(let key, let delta):
+        return .integer(try store.add(key: key, delta: delta))
+      case .compareAndSet(let key, let expected, let desired):
+        return .value(try store.compareAndSet(key: key, expected: expected, desired: desired))
+      case .delete(let key):
+        return .flag(try store.delete(key: key))
+      case .keys(let prefix):
+        let keys = try store.keys(prefix: prefix)
+        // Keys arrive one by one within limits, but a listing of many can outgrow a frame.
+        let size = 5 + keys.reduce(0) { $0 + 2 + $1.utf8.count }
+        guard size <= limits.wire.maxFrameSize else {
+          throw StoreError.valueTooLarge(
+            "listing keys with prefix '\(prefix)'", size: size, limit: limits.wire.maxFrameSize)
+        }
+        return .keys(keys)
+      }
+    } catch {
+      return .failure(error)
+    }
+  }
+}
