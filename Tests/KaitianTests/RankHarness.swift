@@ -39,10 +39,10 @@ enum RankHarness {
     let prefix = "test-\(UInt64.random(in: 0...UInt64.max))"
     let outcomes = Mutex<[String?]>(Array(repeating: nil, count: size))
     let threads = (0..<size).map { rank in
-      NativeThread(name: "rank-\(rank)") {
+      try! OSThread.spawn(name: "rank \(rank)") {
         var options = CommunicatorOptions(
           hostIdentity: layout.host(of: rank), timeoutSeconds: timeoutSeconds,
-          advertisedHost: "127.0.0.1", storePrefix: prefix, ringThresholdBytes: 4096,
+          advertisedHost: "127.0.0.1", storePrefix: prefix, ringThresholdBytes: 1024,
           sharedMemoryRingBytes: 64 * 1024)
         configure(&options)
         do {

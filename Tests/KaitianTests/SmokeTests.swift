@@ -22,7 +22,8 @@ import Testing
         for i in 0..<count {
           let expected = Float(i % 13) * Float(comm.size) + rankSum
           if output[i] != expected {
-            throw KaitianError(.internalError, "count \(count) [\(i)] = \(output[i]) != \(expected)")
+            throw KaitianError(
+              .internalError, "count \(count) [\(i)] = \(output[i]) != \(expected)")
           }
         }
         input[0...].withUnsafeMutableBytes { _ in }

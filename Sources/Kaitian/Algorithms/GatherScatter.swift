@@ -14,7 +14,8 @@ enum GatherScatter {
     if UnsafeRawPointer(own) != input { own.copyMemory(from: input, byteCount: bytes) }
     try context.run(
       (0..<context.size).filter { $0 != root }.map { peer in
-        .receive(UnsafeMutableRawBufferPointer(start: output + peer * bytes, count: bytes), from: peer)
+        .receive(
+          UnsafeMutableRawBufferPointer(start: output + peer * bytes, count: bytes), from: peer)
       })
   }
 

@@ -112,7 +112,8 @@ final class CallContext {
     }
     let fields = expected.mismatch(with: received, peer: peer, localRank: rank) ?? ""
     return KaitianError(
-      .mismatch, "collectives differ across ranks: \(fields); every rank must issue the same "
+      .mismatch,
+      "collectives differ across ranks: \(fields); every rank must issue the same "
         + "collectives in the same order with the same arguments")
   }
 

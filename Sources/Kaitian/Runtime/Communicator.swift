@@ -48,8 +48,8 @@ public final class Communicator: @unchecked Sendable {
     mesh = try Mesh.establish(
       store: store, rank: rank, size: size, token: token, options: options,
       advertisedHost: host)
-    engine = Engine(rank: rank, health: health) { [unowned self] error in fail(error) }
-    watchdog = Watchdog(rank: rank, controls: mesh.controls, endpoints: mesh.endpoints) {
+    engine = try Engine(rank: rank, health: health) { [unowned self] error in fail(error) }
+    watchdog = try Watchdog(rank: rank, controls: mesh.controls, endpoints: mesh.endpoints) {
       [unowned self] error in fail(error)
     }
   }
@@ -150,7 +150,8 @@ public final class Communicator: @unchecked Sendable {
     }
     let work = Work(name: name)
     if destroyed.load(ordering: .relaxed) {
-      work.complete(KaitianError(.invalidUsage, rank: rank, call: name, "the communicator was destroyed"))
+      work.complete(
+        KaitianError(.invalidUsage, rank: rank, call: name, "the communicator was destroyed"))
       return work
     }
     let header = OpHeader(

@@ -1,3 +1,5 @@
+import KaitianStore
+
 /// A call waiting for the engine thread: its handle and what to run.
 struct QueuedCall {
   let work: Work
@@ -12,11 +14,14 @@ struct QueuedCall {
 /// communication. Threading: `submit` and `stop` from any thread; calls run on the engine
 /// thread only.
 final class Engine: @unchecked Sendable {
-  private let lock = ConditionLock()
-  private var queue: [QueuedCall] = []
-  private var head = 0
-  private var stopping = false
-  private var thread: NativeThread?
+  private struct Queue {
+    var calls: [QueuedCall] = []
+    var head = 0
+    var stopping = false
+  }
+
+  private let queue = ConditionLock(Queue())
+  private var thread: OSThread?
   private let health: CommunicatorHealth
   private let rank: Int
   private let onFailure: @Sendable (KaitianError) -> Void
@@ -26,33 +31,37 @@ final class Engine: @unchecked Sendable {
   init(
     rank: Int, health: CommunicatorHealth,
     onFailure: @escaping @Sendable (KaitianError) -> Void
-  ) {
+  ) throws(KaitianError) {
     self.rank = rank
     self.health = health
     self.onFailure = onFailure
-    thread = NativeThread(name: "kaitian-engine") { [self] in loop() }
+    do {
+      thread = try OSThread.spawn(name: "kaitian engine") { [self] in loop() }
+    } catch {
+      throw .system("cannot start the engine thread: \(error)")
+    }
   }
 
   /// Queues a call; it runs after every call submitted before it.
   func submit(_ call: QueuedCall) {
-    let accepted = lock.withLock {
-      guard !stopping else { return false }
-      queue.append(call)
-      lock.broadcast()
+    let accepted = queue.withLock { queue in
+      guard !queue.stopping else { return false }
+      queue.calls.append(call)
       return true
     }
-    if !accepted {
+    if accepted {
+      queue.broadcast()
+    } else {
       call.work.complete(
-        KaitianError(.invalidUsage, call: call.work.name, "the communicator was destroyed"))
+        KaitianError(
+          .invalidUsage, rank: rank, call: call.work.name, "the communicator was destroyed"))
     }
   }
 
-  /// Runs what is queued, then ends the thread. Calls queued after a failure fail at once.
+  /// Runs what is queued, then ends the thread.
   func stop() {
-    lock.withLock {
-      stopping = true
-      lock.broadcast()
-    }
+    queue.withLock { $0.stopping = true }
+    queue.broadcast()
     thread?.join()
     thread = nil
   }
@@ -77,16 +86,15 @@ final class Engine: @unchecked Sendable {
   }
 
   private func next() -> QueuedCall? {
-    lock.withLock {
-      _ = lock.wait(until: { head < queue.count || stopping }, deadlineNanoseconds: nil)
-      guard head < queue.count else { return nil }
-      let call = queue[head]
-      head += 1
-      if head > 1024 && head * 2 > queue.count {
-        queue.removeFirst(head)
-        head = 0
+    queue.wait(until: .never) { queue -> QueuedCall?? in
+      guard queue.head < queue.calls.count else { return queue.stopping ? .some(nil) : nil }
+      let call = queue.calls[queue.head]
+      queue.head += 1
+      if queue.head > 1024 && queue.head * 2 > queue.calls.count {
+        queue.calls.removeFirst(queue.head)
+        queue.head = 0
       }
-      return call
-    }
+      return .some(call)
+    } ?? nil
   }
 }

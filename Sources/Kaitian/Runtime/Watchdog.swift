@@ -22,13 +22,13 @@ final class Watchdog: @unchecked Sendable {
   private let onFailure: @Sendable (KaitianError) -> Void
   private let departed: Mutex<Set<Int>> = Mutex([])
   private let wakePipe: (read: Int32, write: Int32)
-  private var thread: NativeThread?
+  private var thread: OSThread?
 
   /// `onFailure` runs on the watchdog thread with what a peer reported or how it was lost.
   init(
     rank: Int, controls: [TCPSocket?], endpoints: [PeerEndpoint],
     onFailure: @escaping @Sendable (KaitianError) -> Void
-  ) {
+  ) throws(KaitianError) {
     self.rank = rank
     self.controls = controls
     self.endpoints = endpoints
@@ -36,7 +36,11 @@ final class Watchdog: @unchecked Sendable {
     var fds: [Int32] = [0, 0]
     precondition(pipe(&fds) == 0, "pipe failed: \(errnoText())")
     wakePipe = (fds[0], fds[1])
-    thread = NativeThread(name: "kaitian-watch") { [self] in watch() }
+    do {
+      thread = try OSThread.spawn(name: "kaitian watchdog") { [self] in watch() }
+    } catch {
+      throw .system("cannot start the watchdog thread: \(error)")
+    }
   }
 
   deinit {
@@ -113,7 +117,8 @@ final class Watchdog: @unchecked Sendable {
       case .abort:
         let text = String(decoding: payload[5...], as: UTF8.self)
         onFailure(
-          KaitianError(KaitianError.Code(rawValue: code) ?? .remoteError, "rank \(peer) failed: \(text)"))
+          KaitianError(
+            KaitianError.Code(rawValue: code) ?? .remoteError, "rank \(peer) failed: \(text)"))
         return true
       case nil:
         onFailure(lost(peer, "it sent an unknown control frame"))

@@ -1,4 +1,4 @@
-import CKaitianShim
+import KaitianStore
 
 /// The handle of one submitted call: wait for it, poll it, or be called back when it ends.
 ///
@@ -8,25 +8,28 @@ import CKaitianShim
 public final class Work: @unchecked Sendable {
   /// What the call was, such as "allreduce #12 (float32 x 1024, sum)", for messages.
   public let name: String
-  private let lock = ConditionLock()
-  private var finished = false
-  private var error: KaitianError?
-  private var callbacks: [@Sendable (KaitianError?) -> Void] = []
+  private let state = ConditionLock(State())
+
+  private struct State {
+    var finished = false
+    var error: KaitianError?
+    var callbacks: [@Sendable (KaitianError?) -> Void] = []
+  }
 
   init(name: String) { self.name = name }
 
   /// Whether the call has ended (successfully or not).
-  public var isCompleted: Bool { lock.withLock { finished } }
+  public var isCompleted: Bool { state.withLock { $0.finished } }
 
   /// The call's error once it has ended with one.
-  public var failure: KaitianError? { lock.withLock { error } }
+  public var failure: KaitianError? { state.withLock { $0.error } }
 
   /// Blocks until the call ends, or `timeout` passes (nil waits without limit).
   /// Throws the call's error, or a timeout error that leaves the call running.
   public func wait(timeout: Duration? = nil) throws(KaitianError) {
-    let deadline = timeout.map { kt_monotonic_ns() + $0.nanoseconds }
-    let outcome: KaitianError?? = lock.withLock {
-      lock.wait(until: { finished }, deadlineNanoseconds: deadline) ? .some(error) : .none
+    let deadline = timeout.map { Deadline.after($0) } ?? .never
+    let outcome: KaitianError?? = state.wait(until: deadline) { state in
+      state.finished ? .some(state.error) : nil
     }
     switch outcome {
     case .none:
@@ -48,29 +51,22 @@ public final class Work: @unchecked Sendable {
 
   /// Runs `callback` with the call's error (nil on success) when it ends, at once if it has.
   public func onCompletion(_ callback: @escaping @Sendable (KaitianError?) -> Void) {
-    let outcome: KaitianError?? = lock.withLock {
-      if finished { return .some(error) }
-      callbacks.append(callback)
+    let outcome: KaitianError?? = state.withLock { state in
+      if state.finished { return .some(state.error) }
+      state.callbacks.append(callback)
       return .none
     }
     if case .some(let failure) = outcome { callback(failure) }
   }
 
   func complete(_ failure: KaitianError?) {
-    let pending = lock.withLock {
-      finished = true
-      error = failure
-      lock.broadcast()
-      defer { callbacks = [] }
-      return callbacks
+    let pending = state.withLock { state in
+      state.finished = true
+      state.error = failure
+      defer { state.callbacks = [] }
+      return state.callbacks
     }
+    state.broadcast()
     for callback in pending { callback(failure) }
-  }
-}
-
-extension Duration {
-  var nanoseconds: Int64 {
-    let (seconds, attoseconds) = components
-    return seconds * 1_000_000_000 + attoseconds / 1_000_000_000
   }
 }

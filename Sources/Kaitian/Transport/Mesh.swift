@@ -97,13 +97,16 @@ final class Mesh: @unchecked Sendable {
     var doorbell: Doorbell?
     if !localPeers.isEmpty {
       let shared = try SharedMemoryLinks.establish(
-        store: store, prefix: prefix, rank: rank, localRanks: (0..<size).filter(sharesMemory)
+        store: store, prefix: prefix, rank: rank,
+        localRanks: (0..<size).filter(sharesMemory)
           + [rank], ringBytes: options.sharedMemoryRingBytes, deadline: deadline)
       for (peer, link) in shared.links { links[peer] = link }
       doorbell = shared.doorbell
     }
-    Log.info("mesh", "rank \(rank)/\(size) connected: \(localPeers.count) peers by shared memory, "
-      + "\(size - 1 - localPeers.count) by TCP, listening on \(advertisedHost):\(own.port)")
+    Log.info(
+      "mesh",
+      "rank \(rank)/\(size) connected: \(localPeers.count) peers by shared memory, "
+        + "\(size - 1 - localPeers.count) by TCP, listening on \(advertisedHost):\(own.port)")
     return Mesh(
       rank: rank, size: size, links: links, controls: connections.control, endpoints: endpoints,
       doorbell: doorbell)
@@ -163,11 +166,16 @@ final class Mesh: @unchecked Sendable {
     let accepted = Mutex<Result<Connections, KaitianError>>(
       .success(Connections(control: [], data: [])))
     let expected = (rank + 1..<size).reduce(0) { $0 + 1 + (needsDataConnection($1) ? 1 : 0) }
-    let acceptor = NativeThread(name: "kaitian-accept") {
-      let result = acceptPeers(
-        listener: listener, expected: expected, rank: rank, size: size, token: token,
-        prefix: prefix, deadline: deadline)
-      accepted.withLock { $0 = result }
+    let acceptor: OSThread
+    do {
+      acceptor = try OSThread.spawn(name: "kaitian accept") {
+        let result = acceptPeers(
+          listener: listener, expected: expected, rank: rank, size: size, token: token,
+          prefix: prefix, deadline: deadline)
+        accepted.withLock { $0 = result }
+      }
+    } catch {
+      throw .system("cannot start the connection-accepting thread: \(error)")
     }
     var connections = Connections(
       control: Array(repeating: nil, count: size), data: Array(repeating: nil, count: size))
@@ -210,7 +218,8 @@ final class Mesh: @unchecked Sendable {
     prefix: String, deadline: Deadline
   ) throws(KaitianError) -> TCPSocket {
     do {
-      let socket = try TCPSocket.connect(host: endpoint.host, port: endpoint.port, deadline: deadline)
+      let socket = try TCPSocket.connect(
+        host: endpoint.host, port: endpoint.port, deadline: deadline)
       try socket.setNoDelay()
       try Handshake.performAsClient(
         on: socket, token: token, purpose: handshakePurpose,

@@ -95,7 +95,8 @@ final class TCPLink: PeerLink, @unchecked Sendable {
 
   private func read(into target: UnsafeMutableRawPointer, count: Int) throws(KaitianError) -> Int {
     do {
-      return try socket.receiveSome(into: UnsafeMutableRawBufferPointer(start: target, count: count))
+      return try socket.receiveSome(
+        into: UnsafeMutableRawBufferPointer(start: target, count: count))
     } catch {
       throw lost(while: "receiving", error)
     }

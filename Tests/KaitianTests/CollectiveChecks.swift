@@ -1,0 +1,184 @@
+@testable import Kaitian
+
+/// One check per collective: run it on `comm` with reference inputs and compare every element
+/// with the independently computed result. Throws on the first wrong element.
+struct CollectiveChecks {
+  let comm: Communicator
+  var rank: Int { comm.rank }
+  var size: Int { comm.size }
+
+  func input(_ dataType: DataType, _ op: ReduceOp, count: Int, rank: Int? = nil) -> ElementBuffer {
+    ElementBuffer(dataType, count: count) {
+      Reference.value(rank: rank ?? self.rank, index: $0, dataType: dataType, op: op)
+    }
+  }
+
+  func label(_ name: String, _ dataType: DataType, _ op: ReduceOp?, _ count: Int, _ inPlace: Bool)
+    -> String
+  {
+    "\(name) \(dataType) \(op.map { "\($0)" } ?? "") count \(count)\(inPlace ? " in-place" : "")"
+      + " on rank \(rank) of \(size)"
+  }
+
+  func allReduce(_ dataType: DataType, _ op: ReduceOp, count: Int, inPlace: Bool) throws {
+    let source = input(dataType, op, count: count)
+    let target = inPlace ? source : ElementBuffer(dataType, count: count)
+    try comm.allReduce(source.raw, into: target.raw, count: count, dataType: dataType, op: op)
+      .wait()
+    try expectElements(target, label("allreduce", dataType, op, count, inPlace)) {
+      Reference.reduced(index: $0, size: size, dataType: dataType, op: op)
+    }
+  }
+
+  func reduce(_ dataType: DataType, _ op: ReduceOp, count: Int, root: Int, inPlace: Bool) throws {
+    let source = input(dataType, op, count: count)
+    let target = inPlace ? source : ElementBuffer(dataType, count: count)
+    try comm.reduce(
+      source.raw, into: target.raw, count: count, dataType: dataType, op: op, root: root
+    ).wait()
+    if rank == root {
+      try expectElements(target, label("reduce root \(root)", dataType, op, count, inPlace)) {
+        Reference.reduced(index: $0, size: size, dataType: dataType, op: op)
+      }
+    }
+  }
+
+  func broadcast(_ dataType: DataType, count: Int, root: Int, inPlace: Bool) throws {
+    let source = input(dataType, .sum, count: count)
+    let target = inPlace ? source : ElementBuffer(dataType, count: count)
+    try comm.broadcast(source.raw, into: target.raw, count: count, dataType: dataType, root: root)
+      .wait()
+    try expectElements(target, label("broadcast root \(root)", dataType, nil, count, inPlace)) {
+      Reference.value(rank: root, index: $0, dataType: dataType, op: .sum)
+    }
+  }
+
+  func allGather(_ dataType: DataType, count: Int, inPlace: Bool) throws {
+    let target = ElementBuffer(dataType, count: count * size)
+    let source: UnsafeRawPointer
+    let own = input(dataType, .max, count: count)
+    if inPlace {
+      for index in 0..<count { target[rank * count + index] = own[index] }
+      source = UnsafeRawPointer(target.raw + rank * count * dataType.size)
+    } else {
+      source = UnsafeRawPointer(own.raw)
+    }
+    try comm.allGather(source, into: target.raw, count: count, dataType: dataType).wait()
+    try expectElements(target, label("allgather", dataType, nil, count, inPlace)) {
+      Reference.value(rank: $0 / count, index: $0 % count, dataType: dataType, op: .max)
+    }
+  }
+
+  func allGatherV(_ dataType: DataType, count: Int) throws {
+    let counts = (0..<size).map { count + $0 * 3 % 4 }
+    let offsets = counts.indices.map { counts[..<$0].reduce(0, +) }
+    let own = input(dataType, .max, count: counts[rank])
+    let target = ElementBuffer(dataType, count: counts.reduce(0, +))
+    try comm.allGatherV(own.raw, into: target.raw, counts: counts, dataType: dataType).wait()
+    for peer in 0..<size {
+      for index in 0..<counts[peer] {
+        let expected = Reference.value(rank: peer, index: index, dataType: dataType, op: .max)
+        if target[offsets[peer] + index] != expected {
+          throw Mismatch(
+            description: label("allgatherv", dataType, nil, count, false)
+              + ": block \(peer) element \(index) is \(target[offsets[peer] + index]), "
+              + "expected \(expected)")
+        }
+      }
+    }
+  }
+
+  func reduceScatter(_ dataType: DataType, _ op: ReduceOp, count: Int) throws {
+    let source = input(dataType, op, count: count * size)
+    let target = ElementBuffer(dataType, count: count)
+    try comm.reduceScatter(source.raw, into: target.raw, count: count, dataType: dataType, op: op)
+      .wait()
+    try expectElements(target, label("reduce_scatter", dataType, op, count, false)) {
+      Reference.reduced(index: rank * count + $0, size: size, dataType: dataType, op: op)
+    }
+  }
+
+  func gather(_ dataType: DataType, count: Int, root: Int) throws {
+    let own = input(dataType, .min, count: count)
+    let target = rank == root ? ElementBuffer(dataType, count: count * size) : nil
+    try comm.gather(own.raw, into: target?.raw, count: count, dataType: dataType, root: root)
+      .wait()
+    if let target {
+      try expectElements(target, label("gather root \(root)", dataType, nil, count, false)) {
+        Reference.value(rank: $0 / count, index: $0 % count, dataType: dataType, op: .min)
+      }
+    }
+  }
+
+  func scatter(_ dataType: DataType, count: Int, root: Int) throws {
+    let source = rank == root ? input(dataType, .min, count: count * size) : nil
+    let target = ElementBuffer(dataType, count: count)
+    try comm.scatter(source?.raw, into: target.raw, count: count, dataType: dataType, root: root)
+      .wait()
+    try expectElements(target, label("scatter root \(root)", dataType, nil, count, false)) {
+      Reference.value(rank: root, index: rank * count + $0, dataType: dataType, op: .min)
+    }
+  }
+
+  func allToAll(_ dataType: DataType, count: Int) throws {
+    let source = input(dataType, .max, count: count * size)
+    let target = ElementBuffer(dataType, count: count * size)
+    try comm.allToAll(source.raw, into: target.raw, count: count, dataType: dataType).wait()
+    try expectElements(target, label("alltoall", dataType, nil, count, false)) {
+      Reference.value(
+        rank: $0 / count, index: rank * count + $0 % count, dataType: dataType, op: .max)
+    }
+  }
+
+  func allToAllV(_ dataType: DataType, count: Int) throws {
+    let sent = { (from: Int, to: Int) in count + (from + 2 * to) % 3 }
+    let sendCounts = (0..<size).map { sent(rank, $0) }
+    let receiveCounts = (0..<size).map { sent($0, rank) }
+    let source = input(dataType, .max, count: sendCounts.reduce(0, +))
+    let target = ElementBuffer(dataType, count: receiveCounts.reduce(0, +))
+    try comm.allToAllV(
+      source.raw, sendCounts: sendCounts, into: target.raw, receiveCounts: receiveCounts,
+      dataType: dataType
+    ).wait()
+    var position = 0
+    for peer in 0..<size {
+      let start = (0..<rank).map { sent(peer, $0) }.reduce(0, +)
+      for index in 0..<receiveCounts[peer] {
+        let expected = Reference.value(
+          rank: peer, index: start + index, dataType: dataType, op: .max)
+        if target[position] != expected {
+          throw Mismatch(
+            description: label("alltoallv", dataType, nil, count, false)
+              + ": block from \(peer) element \(index) is \(target[position]), expected \(expected)"
+          )
+        }
+        position += 1
+      }
+    }
+  }
+
+  /// Each rank sends to the next and receives from the previous; even ranks send first so the
+  /// ring cannot deadlock when messages exceed the transport's buffering.
+  func sendReceive(_ dataType: DataType, count: Int) throws {
+    guard size > 1 else { return }
+    let next = (rank + 1) % size
+    let previous = (rank + size - 1) % size
+    let own = input(dataType, .sum, count: count)
+    let target = ElementBuffer(dataType, count: count)
+    let send = { try comm.send(own.raw, count: count, dataType: dataType, to: next, tag: 7).wait() }
+    let receive = {
+      try comm.receive(into: target.raw, count: count, dataType: dataType, from: previous, tag: 7)
+        .wait()
+    }
+    if rank % 2 == 0 {
+      try send()
+      try receive()
+    } else {
+      try receive()
+      try send()
+    }
+    try expectElements(target, label("send/recv", dataType, nil, count, false)) {
+      Reference.value(rank: previous, index: $0, dataType: dataType, op: .sum)
+    }
+  }
+}

@@ -1,0 +1,112 @@
+import CKaitianShim
+
+@testable import Kaitian
+
+/// Typed memory for tests: values go in and out as Double, stored in the buffer's dtype.
+final class ElementBuffer: @unchecked Sendable {
+  let dataType: DataType
+  let count: Int
+  let raw: UnsafeMutableRawPointer
+
+  init(_ dataType: DataType, count: Int, fill: (Int) -> Double = { _ in 0 }) {
+    self.dataType = dataType
+    self.count = count
+    raw = .allocate(byteCount: max(count * dataType.size, 8), alignment: 64)
+    for index in 0..<count { self[index] = fill(index) }
+  }
+
+  deinit { raw.deallocate() }
+
+  var bytes: [UInt8] {
+    Array(UnsafeRawBufferPointer(start: raw, count: count * dataType.size))
+  }
+
+  subscript(index: Int) -> Double {
+    get {
+      let at = raw + index * dataType.size
+      switch dataType {
+      case .int8: return Double(at.load(as: Int8.self))
+      case .uint8: return Double(at.load(as: UInt8.self))
+      case .int32: return Double(at.load(as: Int32.self))
+      case .int64: return Double(at.load(as: Int64.self))
+      case .float16: return Double(kt_half_to_float(at.load(as: UInt16.self)))
+      case .bfloat16: return Double(kt_bfloat16_to_float(at.load(as: UInt16.self)))
+      case .float32: return Double(at.load(as: Float.self))
+      case .float64: return at.load(as: Double.self)
+      }
+    }
+    set {
+      let at = raw + index * dataType.size
+      switch dataType {
+      case .int8: at.storeBytes(of: Int8(newValue), as: Int8.self)
+      case .uint8: at.storeBytes(of: UInt8(newValue), as: UInt8.self)
+      case .int32: at.storeBytes(of: Int32(newValue), as: Int32.self)
+      case .int64: at.storeBytes(of: Int64(newValue), as: Int64.self)
+      case .float16: at.storeBytes(of: kt_float_to_half(Float(newValue)), as: UInt16.self)
+      case .bfloat16: at.storeBytes(of: kt_float_to_bfloat16(Float(newValue)), as: UInt16.self)
+      case .float32: at.storeBytes(of: Float(newValue), as: Float.self)
+      case .float64: at.storeBytes(of: newValue, as: Double.self)
+      }
+    }
+  }
+}
+
+/// Inputs whose reductions are exact in every dtype for up to 8 ranks, and the expected
+/// results, computed independently of the engine.
+enum Reference {
+  static func value(rank: Int, index: Int, dataType: DataType, op: ReduceOp) -> Double {
+    let signed = dataType != .uint8
+    switch op {
+    case .sum, .avg:
+      let v = Double((rank * 7 + index * 3) % 5)
+      return signed ? v - 2 : v
+    case .prod:
+      if signed && (rank + index) % 4 == 3 { return -1 }
+      return (rank + index) % 3 == 0 ? 2 : 1
+    case .min, .max:
+      let v = Double((rank * 5 + index * 7) % 11)
+      return signed ? v - 5 : v
+    }
+  }
+
+  static func reduce(_ values: [Double], dataType: DataType, op: ReduceOp) -> Double {
+    switch op {
+    case .sum: return values.reduce(0, +)
+    case .prod: return values.reduce(1, *)
+    case .min: return values.min()!
+    case .max: return values.max()!
+    case .avg:
+      let sum = values.reduce(0, +)
+      let n = values.count
+      switch dataType {
+      case .int8, .uint8, .int32, .int64: return Double(Int(sum) / n)
+      case .float32: return Double(Float(sum) / Float(n))
+      case .float64: return sum / Double(n)
+      case .float16: return Double(kt_half_to_float(kt_float_to_half(Float(sum) / Float(n))))
+      case .bfloat16:
+        return Double(kt_bfloat16_to_float(kt_float_to_bfloat16(Float(sum) / Float(n))))
+      }
+    }
+  }
+
+  /// The reduction over all ranks of element `index`.
+  static func reduced(index: Int, size: Int, dataType: DataType, op: ReduceOp) -> Double {
+    reduce(
+      (0..<size).map { value(rank: $0, index: index, dataType: dataType, op: op) },
+      dataType: dataType, op: op)
+  }
+}
+
+struct Mismatch: Error, CustomStringConvertible {
+  let description: String
+}
+
+/// Throws naming the first element of `buffer` that differs from `expected`.
+func expectElements(
+  _ buffer: ElementBuffer, _ what: String, count: Int? = nil, _ expected: (Int) -> Double
+) throws {
+  for index in 0..<(count ?? buffer.count) where buffer[index] != expected(index) {
+    throw Mismatch(
+      description: "\(what): element \(index) is \(buffer[index]), expected \(expected(index))")
+  }
+}
