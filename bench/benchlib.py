@@ -1,0 +1,111 @@
+"""Pure helpers shared by the benchmark scripts (no torch import here).
+
+Conventions follow nccl-tests:
+
+* ``size_bytes`` is the size of the whole buffer a collective works on (for
+  allgather the gathered output, for reduce_scatter and alltoall the input).
+* ``algbw = size_bytes / time`` in GB/s (1 GB = 1e9 bytes).
+* ``busbw = algbw * factor`` with the per-collective factor of
+  :func:`busbw_factor`, so that bus bandwidths of different collectives and
+  rank counts are comparable with the hardware's bandwidth.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable
+from typing import Any
+
+_SIZE_RE = re.compile(r"^\s*(\d+)\s*([kmgt]?)(i?b)?\s*$", re.IGNORECASE)
+_SIZE_SHIFT = {"": 0, "k": 10, "m": 20, "g": 30, "t": 40}
+
+COLLECTIVES = ("allreduce", "broadcast", "reduce", "allgather", "reduce_scatter", "alltoall")
+
+
+def parse_size(text: str) -> int:
+    """Parse a byte count such as ``8``, ``1K``, ``64M``, ``2GiB`` (binary multiples)."""
+    match = _SIZE_RE.match(text)
+    if match is None:
+        raise ValueError(f"invalid size {text!r}: expected e.g. 8, 1K, 64M, 1G")
+    number, suffix, _ = match.groups()
+    return int(number) << _SIZE_SHIFT[suffix.lower()]
+
+
+def format_size(nbytes: int) -> str:
+    """Render a byte count with the largest binary suffix that divides it exactly."""
+    for suffix, shift in (("G", 30), ("M", 20), ("K", 10)):
+        if nbytes >= 1 << shift and nbytes % (1 << shift) == 0:
+            return f"{nbytes >> shift}{suffix}"
+    return str(nbytes)
+
+
+def size_label(nbytes: int) -> str:
+    """Human label for a byte count: ``8 B``, ``1 KiB``, ``64 MiB``."""
+    text = format_size(nbytes)
+    return f"{text[:-1]} {text[-1]}iB" if text[-1].isalpha() else f"{text} B"
+
+
+def size_range(min_bytes: int, max_bytes: int) -> list[int]:
+    """Sizes from ``min_bytes`` doubling while not above ``max_bytes``."""
+    if min_bytes <= 0:
+        raise ValueError("min size must be positive")
+    if max_bytes < min_bytes:
+        raise ValueError("max size must not be below min size")
+    sizes = []
+    size = min_bytes
+    while size <= max_bytes:
+        sizes.append(size)
+        size *= 2
+    return sizes
+
+
+def busbw_factor(collective: str, ranks: int) -> float:
+    """nccl-tests' bus-bandwidth factor for ``collective`` over ``ranks`` ranks."""
+    if ranks < 1:
+        raise ValueError("ranks must be at least 1")
+    if collective == "allreduce":
+        return 2 * (ranks - 1) / ranks
+    if collective in ("allgather", "reduce_scatter", "alltoall"):
+        return (ranks - 1) / ranks
+    if collective in ("broadcast", "reduce"):
+        return 1.0
+    raise ValueError(f"unknown collective {collective!r}")
+
+
+def bandwidths(collective: str, size_bytes: int, ranks: int, time_us: float) -> tuple[float, float]:
+    """``(algbw, busbw)`` in GB/s for one collective call of ``time_us`` microseconds."""
+    if time_us <= 0:
+        raise ValueError("time must be positive")
+    algbw = size_bytes / (time_us * 1e-6) / 1e9
+    return algbw, algbw * busbw_factor(collective, ranks)
+
+
+def parse_json_lines(text: str) -> list[dict[str, Any]]:
+    """Parse a benchmark's ``--json`` output: one object per line.
+
+    Lines not starting with ``{`` (progress, tables, blank lines) are ignored; a
+    line that starts with ``{`` but is not a JSON object is an error.
+    """
+    records = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        stripped = line.strip()
+        if not stripped.startswith("{"):
+            continue
+        try:
+            record = json.loads(stripped)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"line {number}: malformed JSON: {error}") from error
+        if not isinstance(record, dict):
+            raise ValueError(f"line {number}: expected a JSON object")
+        records.append(record)
+    return records
+
+
+def by_size(records: Iterable[dict[str, Any]], collective: str) -> dict[int, dict[str, Any]]:
+    """Index timed results of one collective by ``size_bytes`` (skips non-timed records)."""
+    return {
+        int(record["size_bytes"]): record
+        for record in records
+        if record.get("collective") == collective and "time_us" in record
+    }
