@@ -32,7 +32,7 @@ public final class Communicator: @unchecked Sendable {
   /// with `token`), and maps shared memory with peers on the same host. Blocks until every rank
   /// has joined or `options.timeoutSeconds` passes.
   public init(
-    store: any KeyValueStore, rank: Int, size: Int, token: JobToken,
+    store: any RendezvousStore, rank: Int, size: Int, token: JobToken,
     options: CommunicatorOptions = CommunicatorOptions(), advertisedHostHint: String? = nil
   ) throws(KaitianError) {
     guard size >= 1, rank >= 0, rank < size else {

@@ -59,7 +59,7 @@ final class Mesh: @unchecked Sendable {
   /// Publishes this rank's endpoint, learns everyone's, connects to lower ranks and accepts
   /// higher ones, then maps shared memory with same-host peers.
   static func establish(
-    store: any KeyValueStore, rank: Int, size: Int, token: JobToken,
+    store: any RendezvousStore, rank: Int, size: Int, token: JobToken,
     options: CommunicatorOptions, advertisedHost: String
   ) throws(KaitianError) -> Mesh {
     let deadline = Deadline.after(.milliseconds(Int64(options.timeoutSeconds * 1000)))
@@ -119,7 +119,7 @@ final class Mesh: @unchecked Sendable {
   }
 
   private static func exchangeEndpoints(
-    store: any KeyValueStore, prefix: String, rank: Int, size: Int, own: PeerEndpoint,
+    store: any RendezvousStore, prefix: String, rank: Int, size: Int, own: PeerEndpoint,
     options: CommunicatorOptions
   ) throws(KaitianError) -> [PeerEndpoint] {
     let timeout = Duration.milliseconds(Int64(options.timeoutSeconds * 1000))

@@ -24,7 +24,7 @@ enum SharedMemoryLinks {
 
   /// `localRanks` lists every rank on this host, this one included.
   static func establish(
-    store: any KeyValueStore, prefix: String, rank: Int, localRanks: [Int], ringBytes: Int,
+    store: any RendezvousStore, prefix: String, rank: Int, localRanks: [Int], ringBytes: Int,
     deadline: Deadline
   ) throws(KaitianError) -> Established {
     let ranks = localRanks.sorted()

@@ -1,0 +1,198 @@
+/*
+ * kaitian.h: the C ABI of Kaitian's host-memory collective engine.
+ *
+ * Modelled on nccl.h: opaque handles, a result enum with fixed numbers, outputs through
+ * pointers, an error string per thread and per communicator, and a config struct that starts
+ * with its size and version so it can grow. Every collective is asynchronous: it returns a
+ * work handle at once; the call runs on the communicator's engine thread in issue order.
+ * Buffers are host memory, borrowed until the work completes.
+ *
+ * Thread safety: all functions may be called from any thread. Calls on one communicator run
+ * in the order they were issued, so issue them from one thread (or order them yourself).
+ */
+#ifndef KAITIAN_H
+#define KAITIAN_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define KAITIAN_MAJOR 0
+#define KAITIAN_MINOR 1
+#define KAITIAN_PATCH 0
+#define KAITIAN_VERSION(X, Y, Z) ((X) * 10000 + (Y) * 100 + (Z))
+#define KAITIAN_VERSION_CODE KAITIAN_VERSION(KAITIAN_MAJOR, KAITIAN_MINOR, KAITIAN_PATCH)
+
+typedef struct ktComm *ktComm_t;
+typedef struct ktWork *ktWork_t;
+typedef struct ktStore *ktStore_t;
+typedef struct ktStoreServer *ktStoreServer_t;
+
+typedef enum {
+  ktSuccess = 0,
+  ktInvalidArgument = 1, /* a bad argument from the caller */
+  ktInvalidUsage = 2,    /* a valid argument at the wrong time (destroyed communicator, ...) */
+  ktSystemError = 3,     /* the operating system refused (sockets, shared memory, threads) */
+  ktRemoteError = 4,     /* a peer failed, left, or its connection broke */
+  ktTimeout = 5,         /* a call or a wait passed its deadline */
+  ktMismatch = 6,        /* ranks issued different collectives (kind, dtype, count, root, order) */
+  ktInProgress = 7,      /* the work has not finished yet */
+  ktInternalError = 8,   /* a bug in Kaitian: please report it */
+  ktNumResults = 9
+} ktResult_t;
+
+typedef enum {
+  ktInt8 = 0,
+  ktUint8 = 1,
+  ktInt32 = 2,
+  ktInt64 = 3,
+  ktFloat16 = 4,
+  ktFloat32 = 5,
+  ktFloat64 = 6,
+  ktBfloat16 = 7,
+  ktNumTypes = 8
+} ktDataType_t;
+
+typedef enum { ktSum = 0, ktProd = 1, ktMax = 2, ktMin = 3, ktAvg = 4, ktNumOps = 5 } ktRedOp_t;
+
+typedef enum {
+  ktTransportDefault = -1, /* KAITIAN_TRANSPORT, else auto */
+  ktTransportAuto = 0,     /* shared memory on one host, TCP between hosts */
+  ktTransportTcp = 1,
+  ktTransportShm = 2
+} ktTransport_t;
+
+/* Communicator settings. Start from KT_CONFIG_INITIALIZER; a zero or NULL field means "from the
+ * environment (KAITIAN_*), else the default". */
+typedef struct {
+  size_t size;          /* sizeof(ktConfig_t) */
+  unsigned int version; /* KAITIAN_VERSION_CODE */
+  const char *token;    /* job token for peer connections; NULL: KAITIAN_TOKEN(_FILE) */
+  const char *storePrefix; /* namespace of this communicator's keys; NULL: "kaitian" */
+  const char *hostId;      /* ranks with equal ids share memory; NULL: KAITIAN_HOST_ID, hostname */
+  const char *socketAddr;  /* address peers connect to; NULL: KAITIAN_SOCKET_ADDR/IFNAME, ... */
+  int transport;           /* a ktTransport_t */
+  double timeoutSeconds;   /* per call and for set-up; <= 0: KAITIAN_TIMEOUT, else 300 */
+} ktConfig_t;
+
+#define KT_CONFIG_INITIALIZER \
+  { sizeof(ktConfig_t), KAITIAN_VERSION_CODE, NULL, NULL, NULL, NULL, ktTransportDefault, 0.0 }
+
+/* ---- Version and errors ---- */
+ktResult_t ktGetVersion(int *version);
+/* A static description of a result code. */
+const char *ktGetErrorString(ktResult_t result);
+/* The message of the last failed call made by this thread ("" if none). Valid until the
+ * thread's next Kaitian call. */
+const char *ktGetLastError(void);
+
+/* ---- Rendezvous store ---- */
+/* Starts Kaitian's store server on host:port (port 0 picks a free one, returned in *boundPort).
+ * token NULL: KAITIAN_TOKEN(_FILE). */
+ktResult_t ktStoreServerStart(ktStoreServer_t *server, const char *host, int port,
+                              const char *token, int *boundPort);
+ktResult_t ktStoreServerStop(ktStoreServer_t server);
+
+/* Connects to a Kaitian store server at "host:port" or "[v6]:port". */
+ktResult_t ktStoreConnect(ktStore_t *store, const char *address, const char *token,
+                          double timeoutSeconds);
+
+/* A store backed by the caller's functions (for example torch.distributed's store). Each
+ * function returns 0 on success, 1 on timeout, and -1 on any other failure; *length receives a
+ * value's size. If capacity is too small, get returns 2 with *length set to the size needed
+ * and the caller asks again. The functions may be called from any thread. */
+typedef struct {
+  size_t size; /* sizeof(ktStoreCallbacks_t) */
+  void *userData;
+  int (*set)(void *userData, const char *key, const void *value, size_t length);
+  int (*get)(void *userData, const char *key, void *value, size_t capacity, size_t *length,
+             double timeoutSeconds);
+  int (*add)(void *userData, const char *key, int64_t delta, int64_t *result);
+  int (*wait)(void *userData, const char *const *keys, size_t count, double timeoutSeconds);
+} ktStoreCallbacks_t;
+ktResult_t ktStoreFromCallbacks(ktStore_t *store, const ktStoreCallbacks_t *callbacks);
+
+ktResult_t ktStoreSet(ktStore_t store, const char *key, const void *value, size_t length);
+/* Waits up to timeoutSeconds for the key. Returns ktInvalidArgument with *length set to the
+ * size needed when capacity is too small. */
+ktResult_t ktStoreGet(ktStore_t store, const char *key, void *value, size_t capacity,
+                      size_t *length, double timeoutSeconds);
+ktResult_t ktStoreAdd(ktStore_t store, const char *key, int64_t delta, int64_t *result);
+ktResult_t ktStoreFree(ktStore_t store);
+
+/* ---- Communicators ---- */
+/* Joins a communicator of nranks ranks as `rank`; blocks until all ranks have joined or the
+ * timeout passes. The store must stay valid until ktCommInitRank returns. */
+ktResult_t ktCommInitRank(ktComm_t *comm, ktStore_t store, int nranks, int rank,
+                          const ktConfig_t *config);
+/* Finishes issued calls, tells peers this rank leaves, and frees the communicator. */
+ktResult_t ktCommDestroy(ktComm_t comm);
+/* Fails the communicator on every rank: pending and later calls fail with `reason`. */
+ktResult_t ktCommAbort(ktComm_t comm, const char *reason);
+ktResult_t ktCommCount(const ktComm_t comm, int *count);
+ktResult_t ktCommUserRank(const ktComm_t comm, int *rank);
+/* ktSuccess while healthy; otherwise the code of the first fatal error. */
+ktResult_t ktCommGetAsyncError(ktComm_t comm, ktResult_t *asyncError);
+/* The message of the communicator's first fatal error ("" if none). Valid until destroy. */
+const char *ktCommGetLastError(ktComm_t comm);
+
+/* ---- Collectives (out-of-place when the buffers differ, in-place when they coincide) ---- */
+ktResult_t ktAllReduce(const void *sendbuff, void *recvbuff, size_t count,
+                       ktDataType_t datatype, ktRedOp_t op, ktComm_t comm, ktWork_t *work);
+/* recvbuff is used on the root only. */
+ktResult_t ktReduce(const void *sendbuff, void *recvbuff, size_t count, ktDataType_t datatype,
+                    ktRedOp_t op, int root, ktComm_t comm, ktWork_t *work);
+/* sendbuff is read on the root only; every rank's recvbuff receives it. */
+ktResult_t ktBroadcast(const void *sendbuff, void *recvbuff, size_t count,
+                       ktDataType_t datatype, int root, ktComm_t comm, ktWork_t *work);
+/* recvbuff holds nranks * sendcount elements in rank order. */
+ktResult_t ktAllGather(const void *sendbuff, void *recvbuff, size_t sendcount,
+                       ktDataType_t datatype, ktComm_t comm, ktWork_t *work);
+/* recvcounts[r] elements from rank r, packed in rank order; equal on every rank. */
+ktResult_t ktAllGatherV(const void *sendbuff, void *recvbuff, const size_t *recvcounts,
+                        ktDataType_t datatype, ktComm_t comm, ktWork_t *work);
+/* sendbuff holds nranks * recvcount elements; rank r receives block r of the reduction. */
+ktResult_t ktReduceScatter(const void *sendbuff, void *recvbuff, size_t recvcount,
+                           ktDataType_t datatype, ktRedOp_t op, ktComm_t comm, ktWork_t *work);
+/* The root's recvbuff receives nranks * sendcount elements. */
+ktResult_t ktGather(const void *sendbuff, void *recvbuff, size_t sendcount,
+                    ktDataType_t datatype, int root, ktComm_t comm, ktWork_t *work);
+/* The root's sendbuff holds nranks * recvcount elements; rank r receives block r. */
+ktResult_t ktScatter(const void *sendbuff, void *recvbuff, size_t recvcount,
+                     ktDataType_t datatype, int root, ktComm_t comm, ktWork_t *work);
+/* Block p (count elements) goes to rank p. */
+ktResult_t ktAllToAll(const void *sendbuff, void *recvbuff, size_t count, ktDataType_t datatype,
+                      ktComm_t comm, ktWork_t *work);
+/* sendcounts[p] elements to rank p, recvcounts[q] from rank q, blocks packed in rank order. */
+ktResult_t ktAllToAllV(const void *sendbuff, const size_t *sendcounts, void *recvbuff,
+                       const size_t *recvcounts, ktDataType_t datatype, ktComm_t comm,
+                       ktWork_t *work);
+ktResult_t ktBarrier(ktComm_t comm, ktWork_t *work);
+/* Matched in issue order per pair of ranks; the tags must agree. */
+ktResult_t ktSend(const void *sendbuff, size_t count, ktDataType_t datatype, int peer, int tag,
+                  ktComm_t comm, ktWork_t *work);
+ktResult_t ktRecv(void *recvbuff, size_t count, ktDataType_t datatype, int peer, int tag,
+                  ktComm_t comm, ktWork_t *work);
+
+/* ---- Work handles ---- */
+/* Waits up to timeoutSeconds (< 0: no limit). Returns the call's result, or ktInProgress when
+ * the wait timed out (the call keeps running). */
+ktResult_t ktWorkWait(ktWork_t work, double timeoutSeconds);
+/* *done = 1 once the call has ended; returns ktSuccess or the call's error once ended. */
+ktResult_t ktWorkTest(ktWork_t work, int *done);
+/* Calls callback(userData, result) once when the call ends, on the engine thread (or at once
+ * on this thread if it already has). Keep it short; it must not wait on the communicator. */
+typedef void (*ktWorkCallback_t)(void *userData, ktResult_t result);
+ktResult_t ktWorkSetCallback(ktWork_t work, ktWorkCallback_t callback, void *userData);
+/* The call's error message, or NULL while running or after success. Valid until ktWorkFree. */
+const char *ktWorkGetError(ktWork_t work);
+/* Releases the handle; the call itself still runs to completion. */
+ktResult_t ktWorkFree(ktWork_t work);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* KAITIAN_H */
