@@ -1,6 +1,10 @@
 // swift-tools-version: 6.0
 import PackageDescription
 
+/// Absolute path of the KaitianC target's header module and export list: compiler and linker
+/// flags are not resolved relative to the package.
+let kaitianCHeader = String(#filePath.dropLast("/Package.swift".count)) + "/Sources/KaitianC/Header"
+
 let package = Package(
   name: "Kaitian",
   products: [
@@ -19,18 +23,42 @@ let package = Package(
     ),
     .target(name: "KaitianStore"),
     .target(name: "Kaitian", dependencies: ["CKaitianShim", "KaitianStore"]),
-    .target(name: "KaitianC", dependencies: ["Kaitian"]),
+    .target(
+      name: "KaitianC", dependencies: ["Kaitian"], exclude: ["Header"],
+      // The header is imported as a Clang module for its exact struct layouts; the version
+      // script keeps the library's exports to the kt* functions of include/kaitian.h.
+      swiftSettings: [
+        .unsafeFlags(["-Xcc", "-fmodule-map-file=\(kaitianCHeader)/module.modulemap"])
+      ],
+      linkerSettings: [
+        .unsafeFlags(["-Xlinker", "--version-script=\(kaitianCHeader)/exports.map"])
+      ]),
+    // Starting and supervising local ranks: `kaitian bench` and `kaitian run`.
+    .target(name: "KaitianLaunch"),
     .executableTarget(
       name: "KaitianCLI",
       dependencies: [
         "Kaitian",
+        "KaitianLaunch",
+        "KaitianVerification",
         .product(name: "ArgumentParser", package: "swift-argument-parser"),
       ],
       path: "Sources/kaitian"
     ),
+    // Reference inputs and expected results: `kaitian bench --check` and the tests use them.
+    .target(name: "KaitianVerification", dependencies: ["Kaitian", "CKaitianShim"]),
     .testTarget(name: "KaitianShimTests", dependencies: ["CKaitianShim"]),
     .testTarget(name: "KaitianStoreTests", dependencies: ["KaitianStore"]),
-    .testTarget(name: "KaitianTests", dependencies: ["Kaitian", "KaitianStore", "CKaitianShim"]),
+    .testTarget(
+      name: "KaitianTests",
+      dependencies: [
+        "Kaitian", "KaitianStore", "KaitianVerification", "KaitianLaunch", "CKaitianShim",
+        "KaitianCLI", "KaitianTestWorker",
+      ]),
+    // Ranks as processes for the tests: runs the check matrix, or loops until killed.
+    .executableTarget(
+      name: "KaitianTestWorker", dependencies: ["Kaitian", "KaitianVerification"],
+      path: "Tests/KaitianTestWorker"),
   ],
   swiftLanguageModes: [.v6]
 )

@@ -16,31 +16,34 @@ enum AllReduce {
     _ context: CallContext, input: UnsafeRawPointer, output: UnsafeMutableRawPointer, count: Int,
     algorithm: Algorithm
   ) throws(KaitianError) {
-    let bytes = count * context.elementSize
-    if UnsafeRawPointer(output) != input {
-      output.copyMemory(from: input, byteCount: bytes)
-    }
     switch algorithm {
-    case .ring: try ring(context, buffer: output, count: count)
-    case .recursiveDoubling: try recursiveDoubling(context, buffer: output, count: count)
+    case .ring:
+      try ring(context, input: input, output: output, count: count)
+    case .recursiveDoubling:
+      if UnsafeRawPointer(output) != input {
+        output.copyMemory(from: input, byteCount: count * context.elementSize)
+      }
+      try recursiveDoubling(context, buffer: output, count: count)
     }
   }
 
-  /// Ring allreduce in place: after the reduce-scatter pass the rank finishes its own chunk
-  /// (divides it for avg) before it circulates, so every rank copies the same final bits.
+  /// Ring allreduce. The reduce-scatter pass reads this rank's chunks from `input` and leaves
+  /// partial sums in `output`, so out-of-place costs no extra copy. After it the rank finishes
+  /// its own chunk (divides it for avg) before it circulates, so every rank copies the same
+  /// final bits; the all-gather pass fills every other chunk of `output`.
   private static func ring(
-    _ context: CallContext, buffer: UnsafeMutableRawPointer, count: Int
+    _ context: CallContext, input: UnsafeRawPointer, output: UnsafeMutableRawPointer, count: Int
   ) throws(KaitianError) {
     let size = context.size
     let elementSize = context.elementSize
     let chunks = Partition(count: count, parts: size)
-    let chunkAddress = { (chunk: Int) in buffer + chunks.offsets[chunk] * elementSize }
+    let outputChunk = { (chunk: Int) in output + chunks.offsets[chunk] * elementSize }
     try Ring.reduceScatter(
-      context, chunks: chunks, shift: 0, input: { UnsafeRawPointer(chunkAddress($0)) },
-      stash: { _, chunk in chunkAddress(chunk) })
+      context, chunks: chunks, shift: 0, input: { input + chunks.offsets[$0] * elementSize },
+      stash: { _, chunk in outputChunk(chunk) })
     let owned = ringIndex(context.rank + 1, size)
-    context.kernel.finish(chunkAddress(owned), count: chunks.counts[owned], contributors: size)
-    try Ring.allGather(context, blocks: chunks, shift: 1, buffer: buffer)
+    context.kernel.finish(outputChunk(owned), count: chunks.counts[owned], contributors: size)
+    try Ring.allGather(context, blocks: chunks, shift: 1, buffer: output)
   }
 
   /// Recursive doubling. For a size that is not a power of two, the first 2 * extra ranks pair

@@ -21,6 +21,7 @@ final class CallContext {
   private let spinNanoseconds: Int64
   private let health: CommunicatorHealth
   private let doorbell: Doorbell?
+  private var neighbourTagsExchanged = false
 
   init(
     rank: Int, size: Int, name: String, links: [PeerLink?], key: CallKey, header: OpHeader,
@@ -50,6 +51,7 @@ final class CallContext {
   /// Runs a set of transfers to completion, all at once, so sends and receives to different
   /// peers (and both directions of one link) overlap.
   func run(_ transfers: [Transfer]) throws(KaitianError) {
+    let transfers = withNeighbourTags(transfers)
     guard !transfers.isEmpty else { return }
     var states = try transfers.map { transfer throws(KaitianError) in
       try TransferProgress(transfer, link: link(to: transfer.peer), context: self)
@@ -81,6 +83,36 @@ final class CallContext {
       }
       sleep(until: states, ticket: ticket, now: now)
     }
+  }
+
+  /// Makes sure the call's tags went around the ring, for calls whose algorithm ran no
+  /// transfers at all. Call once after the algorithm.
+  func finish() throws(KaitianError) {
+    if !neighbourTagsExchanged { try run([]) }
+  }
+
+  /// Every collective's first step also carries its tag to the right neighbour and takes one
+  /// from the left, riding on the algorithm's own messages where it has them there.
+  ///
+  /// Why: an algorithm in which some rank only sends (a broadcast root, a reduce leaf) would
+  /// never compare its call with anybody's, so ranks that disagree about the root would both
+  /// "succeed" with wrong data. With the ring every rank checks its left neighbour, so all
+  /// ranks agree or somebody reports the difference, before any result is final.
+  private func withNeighbourTags(_ transfers: [Transfer]) -> [Transfer] {
+    guard !neighbourTagsExchanged else { return transfers }
+    neighbourTagsExchanged = true
+    guard size > 1, key.stream == .collective else { return transfers }
+    let right = (rank + 1) % size
+    let left = (rank + size - 1) % size
+    var all = transfers
+    let empty = UnsafeMutableRawBufferPointer(start: nil, count: 0)
+    if !transfers.contains(where: { $0.isSend && $0.peer == right }) {
+      all.append(.send(UnsafeRawBufferPointer(empty), to: right))
+    }
+    if !transfers.contains(where: { !$0.isSend && $0.peer == left }) {
+      all.append(.receive(empty, from: left))
+    }
+    return all
   }
 
   /// The tag for the first message of this call on `link`, or nil when it was already sent.

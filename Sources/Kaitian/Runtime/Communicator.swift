@@ -168,7 +168,9 @@ public final class Communicator: @unchecked Sendable {
     engine.submit(
       QueuedCall(work: work) { () throws(KaitianError) in
         do throws(KaitianError) {
-          try body(context())
+          let context = context()
+          try body(context)
+          try context.finish()
         } catch {
           throw error.attributed(rank: self.rank, call: name)
         }

@@ -16,6 +16,9 @@ public final class StoreClient: KeyValueStore {
 
   /// The server as the caller named it, for messages.
   public let server: Endpoint
+  /// This side's address of the connection: the address of the interface that reaches the
+  /// server, which is what peers of a multi-host job can usually reach too.
+  public let localAddress: SocketAddress
   private let limits: StoreWireLimits
   private let operationTimeout: Duration
   private let connection: Mutex<Connection>
@@ -59,6 +62,7 @@ public final class StoreClient: KeyValueStore {
       }
     }
     self.server = server
+    self.localAddress = socket.localAddress
     self.limits = limits
     self.operationTimeout = operationTimeout
     self.connection = Mutex(.open(socket))

@@ -1,9 +1,12 @@
-@testable import Kaitian
+import Kaitian
 
 /// One check per collective: run it on `comm` with reference inputs and compare every element
 /// with the independently computed result. Throws on the first wrong element.
-struct CollectiveChecks {
-  let comm: Communicator
+public struct CollectiveChecks {
+  public let comm: Communicator
+
+  public init(comm: Communicator) { self.comm = comm }
+
   var rank: Int { comm.rank }
   var size: Int { comm.size }
 
@@ -20,7 +23,7 @@ struct CollectiveChecks {
       + " on rank \(rank) of \(size)"
   }
 
-  func allReduce(_ dataType: DataType, _ op: ReduceOp, count: Int, inPlace: Bool) throws {
+  public func allReduce(_ dataType: DataType, _ op: ReduceOp, count: Int, inPlace: Bool) throws {
     let source = input(dataType, op, count: count)
     let target = inPlace ? source : ElementBuffer(dataType, count: count)
     try comm.allReduce(source.raw, into: target.raw, count: count, dataType: dataType, op: op)
@@ -30,7 +33,7 @@ struct CollectiveChecks {
     }
   }
 
-  func reduce(_ dataType: DataType, _ op: ReduceOp, count: Int, root: Int, inPlace: Bool) throws {
+  public func reduce(_ dataType: DataType, _ op: ReduceOp, count: Int, root: Int, inPlace: Bool) throws {
     let source = input(dataType, op, count: count)
     let target = inPlace ? source : ElementBuffer(dataType, count: count)
     try comm.reduce(
@@ -43,7 +46,7 @@ struct CollectiveChecks {
     }
   }
 
-  func broadcast(_ dataType: DataType, count: Int, root: Int, inPlace: Bool) throws {
+  public func broadcast(_ dataType: DataType, count: Int, root: Int, inPlace: Bool) throws {
     let source = input(dataType, .sum, count: count)
     let target = inPlace ? source : ElementBuffer(dataType, count: count)
     try comm.broadcast(source.raw, into: target.raw, count: count, dataType: dataType, root: root)
@@ -53,7 +56,7 @@ struct CollectiveChecks {
     }
   }
 
-  func allGather(_ dataType: DataType, count: Int, inPlace: Bool) throws {
+  public func allGather(_ dataType: DataType, count: Int, inPlace: Bool) throws {
     let target = ElementBuffer(dataType, count: count * size)
     let source: UnsafeRawPointer
     let own = input(dataType, .max, count: count)
@@ -69,7 +72,7 @@ struct CollectiveChecks {
     }
   }
 
-  func allGatherV(_ dataType: DataType, count: Int) throws {
+  public func allGatherV(_ dataType: DataType, count: Int) throws {
     let counts = (0..<size).map { count + $0 * 3 % 4 }
     let offsets = counts.indices.map { counts[..<$0].reduce(0, +) }
     let own = input(dataType, .max, count: counts[rank])
@@ -88,7 +91,7 @@ struct CollectiveChecks {
     }
   }
 
-  func reduceScatter(_ dataType: DataType, _ op: ReduceOp, count: Int) throws {
+  public func reduceScatter(_ dataType: DataType, _ op: ReduceOp, count: Int) throws {
     let source = input(dataType, op, count: count * size)
     let target = ElementBuffer(dataType, count: count)
     try comm.reduceScatter(source.raw, into: target.raw, count: count, dataType: dataType, op: op)
@@ -98,7 +101,7 @@ struct CollectiveChecks {
     }
   }
 
-  func gather(_ dataType: DataType, count: Int, root: Int) throws {
+  public func gather(_ dataType: DataType, count: Int, root: Int) throws {
     let own = input(dataType, .min, count: count)
     let target = rank == root ? ElementBuffer(dataType, count: count * size) : nil
     try comm.gather(own.raw, into: target?.raw, count: count, dataType: dataType, root: root)
@@ -110,7 +113,7 @@ struct CollectiveChecks {
     }
   }
 
-  func scatter(_ dataType: DataType, count: Int, root: Int) throws {
+  public func scatter(_ dataType: DataType, count: Int, root: Int) throws {
     let source = rank == root ? input(dataType, .min, count: count * size) : nil
     let target = ElementBuffer(dataType, count: count)
     try comm.scatter(source?.raw, into: target.raw, count: count, dataType: dataType, root: root)
@@ -120,7 +123,7 @@ struct CollectiveChecks {
     }
   }
 
-  func allToAll(_ dataType: DataType, count: Int) throws {
+  public func allToAll(_ dataType: DataType, count: Int) throws {
     let source = input(dataType, .max, count: count * size)
     let target = ElementBuffer(dataType, count: count * size)
     try comm.allToAll(source.raw, into: target.raw, count: count, dataType: dataType).wait()
@@ -130,7 +133,7 @@ struct CollectiveChecks {
     }
   }
 
-  func allToAllV(_ dataType: DataType, count: Int) throws {
+  public func allToAllV(_ dataType: DataType, count: Int) throws {
     let sent = { (from: Int, to: Int) in count + (from + 2 * to) % 3 }
     let sendCounts = (0..<size).map { sent(rank, $0) }
     let receiveCounts = (0..<size).map { sent($0, rank) }
@@ -159,7 +162,7 @@ struct CollectiveChecks {
 
   /// Each rank sends to the next and receives from the previous; even ranks send first so the
   /// ring cannot deadlock when messages exceed the transport's buffering.
-  func sendReceive(_ dataType: DataType, count: Int) throws {
+  public func sendReceive(_ dataType: DataType, count: Int) throws {
     guard size > 1 else { return }
     let next = (rank + 1) % size
     let previous = (rank + size - 1) % size
@@ -179,6 +182,57 @@ struct CollectiveChecks {
     }
     try expectElements(target, label("send/recv", dataType, nil, count, false)) {
       Reference.value(rank: previous, index: $0, dataType: dataType, op: .sum)
+    }
+  }
+
+  // MARK: Matrices shared by the thread and process tests
+
+  /// allreduce, reduce (both in place and not) and reduce_scatter for every dtype, op and count.
+  public func reductionMatrix(counts: [Int]) throws {
+    for dataType in DataType.allCases {
+      for op in ReduceOp.allCases {
+        for count in counts {
+          for inPlace in [false, true] {
+            try allReduce(dataType, op, count: count, inPlace: inPlace)
+            try reduce(dataType, op, count: count, root: count % size, inPlace: inPlace)
+          }
+          try reduceScatter(dataType, op, count: count)
+        }
+      }
+    }
+  }
+
+  /// Every collective that moves data without reducing it, for every dtype and count, with
+  /// roots that vary with the count.
+  public func dataMovementMatrix(counts: [Int]) throws {
+    for dataType in DataType.allCases {
+      for count in counts {
+        let root = (count + 1) % size
+        for inPlace in [false, true] {
+          try broadcast(dataType, count: count, root: root, inPlace: inPlace)
+          try allGather(dataType, count: count, inPlace: inPlace)
+        }
+        try allGatherV(dataType, count: count)
+        try gather(dataType, count: count, root: root)
+        try scatter(dataType, count: count, root: root)
+        try allToAll(dataType, count: count)
+        try allToAllV(dataType, count: count)
+        try sendReceive(dataType, count: count)
+        try comm.barrier().wait()
+      }
+    }
+  }
+
+  /// Several MiB, so ring and chain algorithms wrap small shared-memory rings many times.
+  public func largeMessages() throws {
+    let count = 786_433  // prime; 3 MiB of float32
+    for dataType in [DataType.float32, .bfloat16] {
+      try allReduce(dataType, .sum, count: count, inPlace: false)
+      try allReduce(dataType, .max, count: count, inPlace: true)
+      try reduce(dataType, .sum, count: count, root: size - 1, inPlace: false)
+      try broadcast(dataType, count: count, root: 1 % size, inPlace: false)
+      try allGather(dataType, count: count / size, inPlace: false)
+      try reduceScatter(dataType, .sum, count: count / size)
     }
   }
 }

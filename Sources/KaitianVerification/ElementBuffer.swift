@@ -1,14 +1,13 @@
 import CKaitianShim
+import Kaitian
 
-@testable import Kaitian
+/// Typed host memory for checks: values go in and out as Double, stored in the buffer's dtype.
+public final class ElementBuffer: @unchecked Sendable {
+  public let dataType: DataType
+  public let count: Int
+  public let raw: UnsafeMutableRawPointer
 
-/// Typed memory for tests: values go in and out as Double, stored in the buffer's dtype.
-final class ElementBuffer: @unchecked Sendable {
-  let dataType: DataType
-  let count: Int
-  let raw: UnsafeMutableRawPointer
-
-  init(_ dataType: DataType, count: Int, fill: (Int) -> Double = { _ in 0 }) {
+  public init(_ dataType: DataType, count: Int, fill: (Int) -> Double = { _ in 0 }) {
     self.dataType = dataType
     self.count = count
     raw = .allocate(byteCount: max(count * dataType.size, 8), alignment: 64)
@@ -17,11 +16,11 @@ final class ElementBuffer: @unchecked Sendable {
 
   deinit { raw.deallocate() }
 
-  var bytes: [UInt8] {
+  public var bytes: [UInt8] {
     Array(UnsafeRawBufferPointer(start: raw, count: count * dataType.size))
   }
 
-  subscript(index: Int) -> Double {
+  public subscript(index: Int) -> Double {
     get {
       let at = raw + index * dataType.size
       switch dataType {
@@ -52,9 +51,9 @@ final class ElementBuffer: @unchecked Sendable {
 }
 
 /// Inputs whose reductions are exact in every dtype for up to 8 ranks, and the expected
-/// results, computed independently of the engine.
-enum Reference {
-  static func value(rank: Int, index: Int, dataType: DataType, op: ReduceOp) -> Double {
+/// results, computed independently of the engine (used by the tests and `kaitian bench --check`).
+public enum Reference {
+  public static func value(rank: Int, index: Int, dataType: DataType, op: ReduceOp) -> Double {
     let signed = dataType != .uint8
     switch op {
     case .sum, .avg:
@@ -69,7 +68,7 @@ enum Reference {
     }
   }
 
-  static func reduce(_ values: [Double], dataType: DataType, op: ReduceOp) -> Double {
+  public static func reduce(_ values: [Double], dataType: DataType, op: ReduceOp) -> Double {
     switch op {
     case .sum: return values.reduce(0, +)
     case .prod: return values.reduce(1, *)
@@ -90,19 +89,19 @@ enum Reference {
   }
 
   /// The reduction over all ranks of element `index`.
-  static func reduced(index: Int, size: Int, dataType: DataType, op: ReduceOp) -> Double {
+  public static func reduced(index: Int, size: Int, dataType: DataType, op: ReduceOp) -> Double {
     reduce(
       (0..<size).map { value(rank: $0, index: index, dataType: dataType, op: op) },
       dataType: dataType, op: op)
   }
 }
 
-struct Mismatch: Error, CustomStringConvertible {
-  let description: String
+public struct Mismatch: Error, CustomStringConvertible {
+  public let description: String
 }
 
 /// Throws naming the first element of `buffer` that differs from `expected`.
-func expectElements(
+public func expectElements(
   _ buffer: ElementBuffer, _ what: String, count: Int? = nil, _ expected: (Int) -> Double
 ) throws {
   for index in 0..<(count ?? buffer.count) where buffer[index] != expected(index) {

@@ -1,0 +1,103 @@
+import ArgumentParser
+import Glibc
+import KaitianStore
+
+/// `kaitian store serve`: the rendezvous store as a standalone server.
+struct StoreCommand: ParsableCommand {
+  static let configuration = CommandConfiguration(
+    commandName: "store", abstract: "Run Kaitian's rendezvous store.",
+    subcommands: [Serve.self])
+
+  struct Serve: ParsableCommand {
+    static let configuration = CommandConfiguration(
+      abstract: "Serve the store until interrupted (Ctrl-C or SIGTERM).",
+      discussion: """
+        Clients must prove the job token (KAITIAN_TOKEN or KAITIAN_TOKEN_FILE, or --token-file). \
+        With --generate-token a fresh token is written to the --token-file path first.
+        """)
+
+    @Option(help: "Address to listen on; :: means every IPv4 and IPv6 address.")
+    var host = "::"
+
+    @Option(help: "Port to listen on; 0 picks a free port.")
+    var port: UInt16 = 29_400
+
+    @Option(help: "File holding the job token (overrides KAITIAN_TOKEN).")
+    var tokenFile: String?
+
+    @Flag(help: "Create a fresh token and write it to --token-file (mode 0600).")
+    var generateToken = false
+
+    func validate() throws {
+      if generateToken && tokenFile == nil {
+        throw ValidationError("--generate-token needs --token-file to write the token to")
+      }
+    }
+
+    func run() throws {
+      let token = try loadToken()
+      // Before any thread starts, so every thread inherits the mask and sigwait gets them.
+      ShutdownSignal.block()
+      let server = StoreServer(host: host, port: port, token: token)
+      let bound = try server.start()
+      print("kaitian store listening on \(Endpoint(host: host, port: bound))")
+      fflush(nil)
+      ShutdownSignal.waitForInterrupt()
+      server.stop()
+      print("kaitian store stopped")
+    }
+
+    private func loadToken() throws -> JobToken {
+      if generateToken, let tokenFile {
+        let token = JobToken.generate()
+        try TokenFile.write(token, to: tokenFile)
+        return token
+      }
+      if let tokenFile {
+        setenv(JobToken.fileEnvironmentVariable, tokenFile, 1)
+      }
+      return try JobToken.requiredFromEnvironment()
+    }
+  }
+}
+
+/// Writes a token to a file only its owner can read.
+enum TokenFile {
+  static func write(_ token: JobToken, to path: String) throws {
+    let fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0o600)
+    guard fd >= 0 else {
+      throw ValidationError("cannot write the token to \(path): \(String(cString: strerror(errno)))")
+    }
+    defer { close(fd) }
+    let text = Array((token.stringValue + "\n").utf8)
+    guard Glibc.write(fd, text, text.count) == text.count else {
+      throw ValidationError("cannot write the token to \(path): \(String(cString: strerror(errno)))")
+    }
+  }
+}
+
+/// Turns SIGINT and SIGTERM into something a thread waits for, instead of process death.
+enum ShutdownSignal {
+  private static var signals: sigset_t {
+    var signals = sigset_t()
+    sigemptyset(&signals)
+    sigaddset(&signals, SIGINT)
+    sigaddset(&signals, SIGTERM)
+    return signals
+  }
+
+  /// Blocks the two signals in this thread and every thread it starts afterwards.
+  static func block() {
+    var set = signals
+    pthread_sigmask(SIG_BLOCK, &set, nil)
+  }
+
+  /// Waits until one of them arrives; returns its number. Call `block()` first.
+  @discardableResult
+  static func waitForInterrupt() -> Int32 {
+    var set = signals
+    var received: Int32 = 0
+    sigwait(&set, &received)
+    return received
+  }
+}
