@@ -112,7 +112,7 @@ final class ProcessJob {
     var pid: pid_t = 0
     let result = posix_spawn(&pid, path, &actions, nil, argv, envp)
     guard result == 0 else {
-      throw StoreError.invalidArgument("cannot start \(path): \(String(cString: strerror(result)))")
+      throw SpawnError(description: "cannot start \(path): \(String(cString: strerror(result)))")
     }
     return pid
   }
@@ -129,4 +129,8 @@ final class ProcessJob {
     }
     return String(decoding: result, as: UTF8.self)
   }
+}
+
+struct SpawnError: Error, CustomStringConvertible {
+  let description: String
 }

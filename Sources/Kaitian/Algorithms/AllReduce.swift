@@ -9,7 +9,7 @@ enum AllReduce {
   }
 
   static func choose(byteCount: Int, count: Int, size: Int, ringThreshold: Int) -> Algorithm {
-    (byteCount >= ringThreshold && count >= size) ? .ring : .recursiveDoubling
+    (size > 1 && byteCount >= ringThreshold && count >= size) ? .ring : .recursiveDoubling
   }
 
   static func run(

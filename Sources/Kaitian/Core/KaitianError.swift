@@ -22,12 +22,31 @@ public struct KaitianError: Error, Sendable, CustomStringConvertible, Equatable 
   /// What went wrong and, where possible, what to do about it.
   public let cause: String
 
+  /// For an error a peer reported: its full original description, which is what this rank
+  /// passes on, so a failure relayed through several ranks is not wrapped once per hop.
+  let relayed: String?
+
   public init(_ code: Code, rank: Int? = nil, call: String? = nil, _ cause: String) {
+    self.init(code, rank: rank, call: call, cause, relayed: nil)
+  }
+
+  init(_ code: Code, rank: Int?, call: String?, _ cause: String, relayed: String?) {
     self.code = code
     self.rank = rank
     self.call = call
     self.cause = cause
+    self.relayed = relayed
   }
+
+  /// A failure that a peer reported; `report` is that peer's own description of it.
+  static func reported(code: Code, report: String) -> KaitianError {
+    KaitianError(
+      code, rank: nil, call: nil, "aborted because of a failure elsewhere: \(report)",
+      relayed: report)
+  }
+
+  /// What to tell peers about this failure.
+  var report: String { relayed ?? description }
 
   public var description: String {
     var parts: [String] = []
@@ -39,7 +58,8 @@ public struct KaitianError: Error, Sendable, CustomStringConvertible, Equatable 
 
   /// The same failure attributed to a rank and call, keeping what was already known.
   func attributed(rank: Int, call: String?) -> KaitianError {
-    KaitianError(code, rank: self.rank ?? rank, call: self.call ?? call, cause)
+    KaitianError(
+      code, rank: self.rank ?? rank, call: self.call ?? call, cause, relayed: relayed)
   }
 
   static func invalidArgument(_ cause: String) -> KaitianError {

@@ -49,9 +49,10 @@ public final class Communicator: @unchecked Sendable {
       store: store, rank: rank, size: size, token: token, options: options,
       advertisedHost: host)
     engine = try Engine(rank: rank, health: health) { [unowned self] error in fail(error) }
-    watchdog = try Watchdog(rank: rank, controls: mesh.controls, endpoints: mesh.endpoints) {
-      [unowned self] error in fail(error)
-    }
+    watchdog = try Watchdog(
+      rank: rank, controls: mesh.controls, endpoints: mesh.endpoints,
+      onDeparture: { [unowned self] peer in mesh.links[peer]?.peerDeparted() },
+      onFailure: { [unowned self] error in fail(error) })
   }
 
   deinit { destroy() }

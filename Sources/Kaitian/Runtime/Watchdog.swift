@@ -20,15 +20,19 @@ final class Watchdog: @unchecked Sendable {
   private let endpoints: [PeerEndpoint]
   private let rank: Int
   private let onFailure: @Sendable (KaitianError) -> Void
+  private let onDeparture: @Sendable (Int) -> Void
   private let departed: Mutex<Set<Int>> = Mutex([])
   private let wakePipe: (read: Int32, write: Int32)
   private var thread: OSThread?
 
-  /// `onFailure` runs on the watchdog thread with what a peer reported or how it was lost.
+  /// `onFailure` runs on the watchdog thread with what a peer reported or how it was lost;
+  /// `onDeparture` with the rank of a peer that left on purpose.
   init(
     rank: Int, controls: [TCPSocket?], endpoints: [PeerEndpoint],
+    onDeparture: @escaping @Sendable (Int) -> Void,
     onFailure: @escaping @Sendable (KaitianError) -> Void
   ) throws(KaitianError) {
+    self.onDeparture = onDeparture
     self.rank = rank
     self.controls = controls
     self.endpoints = endpoints
@@ -50,7 +54,7 @@ final class Watchdog: @unchecked Sendable {
 
   /// Tells every peer why this rank gave up, best effort and briefly.
   func broadcastAbort(_ error: KaitianError) {
-    send(.abort, code: error.code.rawValue, text: error.description)
+    send(.abort, code: error.code.rawValue, text: error.report)
   }
 
   /// Tells every peer that this rank is leaving on purpose, then stops watching.
@@ -113,12 +117,11 @@ final class Watchdog: @unchecked Sendable {
       switch FrameKind(rawValue: payload[0]) {
       case .goodbye:
         departed.withLock { _ = $0.insert(peer) }
+        onDeparture(peer)
         return true
       case .abort:
         let text = String(decoding: payload[5...], as: UTF8.self)
-        onFailure(
-          KaitianError(
-            KaitianError.Code(rawValue: code) ?? .remoteError, "rank \(peer) failed: \(text)"))
+        onFailure(.reported(code: KaitianError.Code(rawValue: code) ?? .remoteError, report: text))
         return true
       case nil:
         onFailure(lost(peer, "it sent an unknown control frame"))

@@ -43,9 +43,14 @@ protocol PeerLink: AnyObject {
   func finishReceivedMessage(length: Int)
   /// Makes every later call fail and wakes a sleeping engine thread; safe from any thread.
   func shutDown()
+  /// The peer left on purpose (destroyed its communicator): what it already sent can still be
+  /// received, but waiting for more fails. Safe from any thread.
+  func peerDeparted()
 }
 
 extension PeerLink {
   func finishSentMessage(length: Int) {}
   func finishReceivedMessage(length: Int) {}
+  /// A socket reports the peer's close by itself.
+  func peerDeparted() {}
 }

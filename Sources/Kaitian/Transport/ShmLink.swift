@@ -20,6 +20,7 @@ final class ShmLink: PeerLink, @unchecked Sendable {
   private var sendCursor = 0
   private var receiveCursor = 0
   private let isShutDown = Atomic<Bool>(false)
+  private let hasPeerDeparted = Atomic<Bool>(false)
   private static let pieceBytes = 256 * 1024
 
   /// The segments are kept alive by the link: rings and doorbells point into them.
@@ -45,7 +46,10 @@ final class ShmLink: PeerLink, @unchecked Sendable {
       var piece = min(bytes.count - sent, free, Self.pieceBytes)
       // Only a message's last piece may end off the 8-byte grid (see ShmRing).
       if piece < bytes.count - sent { piece &= ~(ShmRing.alignment - 1) }
-      guard piece > 0 else { break }
+      guard piece > 0 else {
+        if hasPeerDeparted.load(ordering: .acquiring) { throw departed("send to") }
+        break
+      }
       copyIn(bytes.baseAddress! + sent, count: piece)
       sendCursor += piece
       sent += piece
@@ -71,7 +75,16 @@ final class ShmLink: PeerLink, @unchecked Sendable {
     while consumed < limit {
       var piece = min(incoming.written - receiveCursor, limit - consumed, Self.pieceBytes)
       piece -= piece % granularity
-      guard piece > 0 else { break }
+      guard piece > 0 else {
+        // Check the flag before looking at the ring again: data the peer wrote before it
+        // left must still be delivered.
+        if hasPeerDeparted.load(ordering: .acquiring)
+          && incoming.written - receiveCursor < min(limit - consumed, granularity)
+        {
+          throw departed("receive from")
+        }
+        break
+      }
       let start = receiveCursor % incoming.capacity
       let first = min(piece, incoming.capacity - start)
       body(UnsafeRawBufferPointer(start: incoming.data + start, count: first))
@@ -94,6 +107,17 @@ final class ShmLink: PeerLink, @unchecked Sendable {
     receiveCursor = ShmRing.aligned(receiveCursor)
     incoming.publishConsumed(receiveCursor)
     peerDoorbell.ring()
+  }
+
+  func peerDeparted() {
+    hasPeerDeparted.store(true, ordering: .releasing)
+    ownDoorbell.ring()
+  }
+
+  private func departed(_ action: String) -> KaitianError {
+    .remote(
+      "rank \(peer) destroyed its communicator, so this rank cannot \(action) it; every rank "
+        + "must issue the same calls before destroying")
   }
 
   func shutDown() {
