@@ -2,10 +2,9 @@
 
 Runs ``--ranks`` processes on this machine that join a gloo process group over
 127.0.0.1 and time collectives like nccl-tests does. For every size each rank
-runs ``--warmup`` untimed calls, then ``--iters`` calls each preceded by a
-barrier and timed with ``time.perf_counter``; every call's time is reduced to
-its maximum over ranks and the reported ``time_us`` is the mean of those
-maxima. A final untimed call on known inputs checks the result (``wrong`` counts
+runs ``--warmup`` untimed calls, then, after one barrier, ``--iters`` calls back
+to back (each waited for), timed with ``time.perf_counter``; ``time_us`` is the
+mean time per call of the slowest rank, exactly as ``kaitian bench`` measures. A final untimed call on known inputs checks the result (``wrong`` counts
 wrong elements over all ranks).
 
 ``--memcpy`` instead measures single-thread memcpy bandwidth (``ctypes.memmove``
@@ -231,21 +230,19 @@ def unsupported_reason(collective: str, cfg: Config, rank: int) -> str | None:
 
 
 def time_case(case: Case, cfg: Config) -> tuple[float, int]:
-    """Mean over iterations of the max-over-ranks call time (seconds), and wrong elements."""
+    """The slowest rank's mean time per call (seconds) over back-to-back calls, and wrong elements."""
     for _ in range(cfg.warmup):
-        dist.barrier()
         case.run()
-    times = torch.zeros(cfg.iters, dtype=torch.float64)
-    for i in range(cfg.iters):
-        dist.barrier()
-        start = time.perf_counter()
+    dist.barrier()
+    start = time.perf_counter()
+    for _ in range(cfg.iters):
         case.run()
-        times[i] = time.perf_counter() - start
+    elapsed = torch.tensor([(time.perf_counter() - start) / cfg.iters], dtype=torch.float64)
     dist.barrier()
     errors = torch.tensor([case.check()], dtype=torch.int64)
-    dist.all_reduce(times, op=dist.ReduceOp.MAX)
+    dist.all_reduce(elapsed, op=dist.ReduceOp.MAX)
     dist.all_reduce(errors, op=dist.ReduceOp.SUM)
-    return float(times.mean().item()), int(errors.item())
+    return float(elapsed.item()), int(errors.item())
 
 
 def result_record(collective: str, count: int, cfg: Config, seconds: float, errors: int) -> dict[str, Any]:

@@ -32,6 +32,7 @@ enum RankHarness {
   /// errors each rank threw (nil where it succeeded).
   static func run(
     size: Int, layout: Layout = .sharedMemory, timeoutSeconds: Double = 20,
+    host: String = "127.0.0.1",
     configure: @escaping @Sendable (inout CommunicatorOptions) -> Void = { _ in },
     _ body: @escaping @Sendable (Communicator) throws -> Void
   ) -> [String?] {
@@ -42,7 +43,7 @@ enum RankHarness {
       try! OSThread.spawn(name: "rank \(rank)") {
         var options = CommunicatorOptions(
           hostIdentity: layout.host(of: rank), timeoutSeconds: timeoutSeconds,
-          advertisedHost: "127.0.0.1", storePrefix: prefix, ringThresholdBytes: 1024,
+          advertisedHost: host, storePrefix: prefix, ringThresholdBytes: 1024,
           sharedMemoryRingBytes: 64 * 1024)
         configure(&options)
         do {
