@@ -65,8 +65,9 @@ typedef enum {
   ktTransportShm = 2
 } ktTransport_t;
 
-/* Communicator settings. Start from KT_CONFIG_INITIALIZER; a zero or NULL field means "from the
- * environment (KAITIAN_*), else the default". */
+/* Communicator settings. Start from KT_CONFIG_INITIALIZER: a NULL string, a timeout <= 0 and
+ * transport ktTransportDefault mean "from the environment (KAITIAN_*), else the default". (A
+ * config zeroed with memset asks for ktTransportAuto, since that enum value is 0.) */
 typedef struct {
   size_t size;          /* sizeof(ktConfig_t) */
   unsigned int version; /* KAITIAN_VERSION_CODE */

@@ -63,6 +63,12 @@ public struct StoreError: Error, CustomStringConvertible, Sendable, Equatable {
 
   // MARK: Constructors with the messages users see
 
+  /// An error of a store implemented outside this package (the C ABI's callback store),
+  /// classified by its implementer; `description` reaches users as is.
+  public static func foreign(_ code: Code, _ description: String) -> StoreError {
+    StoreError(code, description)
+  }
+
   static func timeout(missing keys: [String], waited: Duration) -> StoreError {
     let shown = keys.prefix(8).map { "'\($0)'" }.joined(separator: ", ")
     let more = keys.count > 8 ? " and \(keys.count - 8) more" : ""
