@@ -241,16 +241,18 @@ final class Mesh: @unchecked Sendable {
     var connections = Connections(
       control: Array(repeating: nil, count: size), data: Array(repeating: nil, count: size))
     var received = 0
+    var lastRefusal: String?
     while received < expected {
       let socket: TCPSocket
       do {
         socket = try listener.accept(deadline: deadline)
       } catch {
+        let refusal = lastRefusal.map { "; the last refused connection: \($0)" } ?? ""
         return .failure(
           KaitianError(
             .timeout, rank: rank, call: "communicator set-up",
             "only \(received) of \(expected) connections from higher ranks arrived (\(error)); "
-              + "a rank did not start or cannot reach this one"))
+              + "a rank did not start or cannot reach this one\(refusal)"))
       }
       let hello: [UInt8]
       do {
@@ -259,6 +261,7 @@ final class Mesh: @unchecked Sendable {
           on: socket, token: token, purpose: handshakePurpose, deadline: .after(.seconds(5)))
       } catch {
         Log.warn("mesh", "rank \(rank) refused a connection: \(error)")
+        lastRefusal = "\(error)"
         continue
       }
       let fields = String(decoding: hello, as: UTF8.self).split(separator: " ")
@@ -267,6 +270,7 @@ final class Mesh: @unchecked Sendable {
         let kind = ConnectionKind(rawValue: String(fields[3])), fields[4] == prefix
       else {
         Log.warn("mesh", "rank \(rank) refused a connection with an unexpected hello")
+        lastRefusal = "a connection with an unexpected hello (another job or communicator?)"
         continue
       }
       switch kind {
