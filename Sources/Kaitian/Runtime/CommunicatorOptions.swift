@@ -36,7 +36,7 @@ public struct CommunicatorOptions: Sendable {
     hostIdentity: String = CommunicatorOptions.defaultHostIdentity(),
     transport: Transport = .auto, timeoutSeconds: Double = 300, advertisedHost: String? = nil,
     storePrefix: String = "kaitian", spinMicroseconds: Int = 50,
-    ringThresholdBytes: Int = 64 * 1024, sharedMemoryRingBytes: Int = 4 << 20
+    ringThresholdBytes: Int = 64 * 1024, sharedMemoryRingBytes: Int = 1 << 20
   ) {
     self.hostIdentity = hostIdentity
     self.transport = transport
