@@ -6,6 +6,8 @@
 #   .venv/         Python venv at the repository root with torch, torchvision, numpy, pytest,
 #                  scikit-learn, matplotlib and ruff (formatter and linter) from PyPI
 #   .build/release kaitian and libKaitianC.so (swift build -c release)
+#   kaitian        the PyTorch package in python/, installed editable into .venv, so
+#                  `.venv/bin/python -c "import kaitian"` works and finds .build/release
 #
 # Environment: PYTHON=/path/to/python3 picks the interpreter for the venv.
 set -euo pipefail
@@ -97,8 +99,20 @@ build_swift() {
   log "built .build/release/kaitian and .build/release/libKaitianC.so"
 }
 
+# Editable, so the package finds the freshly built .build/release/libKaitianC.so in this tree.
+install_kaitian_package() {
+  if .venv/bin/python -m pip show -q kaitian >/dev/null 2>&1; then
+    log "python package kaitian already installed (editable)"
+    return
+  fi
+  log "installing the kaitian python package (pip install -e python)"
+  .venv/bin/python -m pip install -q --no-deps -e python
+}
+
 install_apt_packages
 create_venv
 install_pip_packages
 build_swift
+install_kaitian_package
+.venv/bin/python -c "import kaitian" || { echo "setup.sh: import kaitian failed" >&2; exit 1; }
 log "setup done"

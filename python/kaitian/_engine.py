@@ -1,0 +1,202 @@
+"""An engine communicator and the plumbing from its work handles to torch futures.
+
+A torch collective becomes a Plan: host buffers (the user's tensors when they already are
+contiguous CPU tensors, temporaries otherwise), the engine calls over them, and a finish step that
+copies temporaries back and names the future's value. The engine runs the calls on its own
+thread; the last completion callback finishes the plan and completes the future, so the Python
+caller returns at once and DDP overlaps communication with backward.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import itertools
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from . import _native
+
+Call = tuple[str, tuple[object, ...]]
+"""An engine function name and its arguments before the trailing (comm, &work)."""
+
+
+@dataclass
+class Plan:
+    """Engine calls over host buffers plus the step that publishes their result.
+
+    `keep` holds every tensor whose memory the engine borrows, so none is freed (or reused by
+    torch's caching allocator) before the engine is done with it.
+    """
+
+    calls: list[Call]
+    finish: Callable[[], list[torch.Tensor]]
+    keep: list[object] = field(default_factory=list)
+
+
+def host(t: torch.Tensor, keep: list[object]) -> torch.Tensor:
+    """`t` itself when the engine can read and write it in place, else a contiguous CPU copy."""
+    buf = t if t.device.type == "cpu" and t.is_contiguous() else t.detach().contiguous().cpu()
+    keep.append(buf)
+    return buf
+
+
+def host_empty(t: torch.Tensor, keep: list[object]) -> torch.Tensor:
+    """`t` itself when the engine can write it in place, else an uninitialised CPU buffer."""
+    buf = t if t.device.type == "cpu" and t.is_contiguous() else torch.empty(t.shape, dtype=t.dtype)
+    keep.append(buf)
+    return buf
+
+
+def copied_back(
+    pairs: list[tuple[torch.Tensor, torch.Tensor]], value: list[torch.Tensor]
+) -> Callable[[], list[torch.Tensor]]:
+    """A finish step: copy host temporaries into the user's tensors they stand for, then `value`."""
+
+    def finish() -> list[torch.Tensor]:
+        for target, buf in pairs:
+            if buf is not target:
+                target.copy_(buf)
+        return value
+
+    return finish
+
+
+# Completion callbacks: one CFUNCTYPE for the life of the process (ctypes must keep it alive),
+# routed by an integer key to the pending plan.
+_pending: dict[int, Callable[[int], None]] = {}
+_pending_lock = threading.Lock()
+_keys = itertools.count(1)
+
+
+def _on_complete(user_data: int | None, result: int) -> None:
+    with _pending_lock:
+        done = _pending.pop(user_data or 0, None)
+    if done is not None:
+        done(result)
+
+
+_ON_COMPLETE = _native.WorkCallbackFn(_on_complete)
+
+
+class Communicator:
+    """One ktComm_t. Calls are issued in program order from whichever thread runs the collective."""
+
+    def __init__(
+        self,
+        store_handle: int,
+        nranks: int,
+        rank: int,
+        prefix: str,
+        token: str,
+        host_id: str,
+        timeout_seconds: float,
+    ) -> None:
+        self.rank = rank
+        self.nranks = nranks
+        self.timeout_seconds = timeout_seconds
+        self._api = _native.lib()
+        self._strings = [s.encode() for s in (token, prefix, host_id)]
+        config = _native.Config(
+            ctypes.sizeof(_native.Config),
+            _native.VERSION_CODE,
+            self._strings[0],
+            self._strings[1],
+            self._strings[2],
+            None,
+            _native.TRANSPORT_DEFAULT,
+            timeout_seconds,
+        )
+        handle = ctypes.c_void_p()
+        _native.check(self._api.ktCommInitRank(ctypes.byref(handle), store_handle, nranks, rank, ctypes.byref(config)))
+        self.handle: int | None = handle.value
+        self._finished: list[int] = []  # work handles whose callbacks ran, freed by the next issuer
+        self._finished_lock = threading.Lock()
+
+    def _issue(self, call: Call) -> int:
+        if self.handle is None:
+            raise _native.KaitianInvalidUsageError("kaitian: the communicator was destroyed", _native.INVALID_USAGE)
+        name, args = call
+        work = ctypes.c_void_p()
+        _native.check(getattr(self._api, name)(*args, self.handle, ctypes.byref(work)), self.handle)
+        return work.value
+
+    def _free_finished(self) -> None:
+        with self._finished_lock:
+            finished, self._finished = self._finished, []
+        for work in finished:
+            self._api.ktWorkFree(work)
+
+    def _error(self, work: int, result: int) -> _native.KaitianError:
+        raw = self._api.ktWorkGetError(work)
+        return _native.error_for(result, raw.decode(errors="replace") if raw else "")
+
+    def submit(self, plan: Plan, future: torch.futures.Future) -> None:
+        """Issues the plan's calls and completes `future` from the engine thread when all end.
+
+        Work handles are freed later by the issuing thread, not inside the callback, because the
+        callback runs on the engine thread and must not call back into the communicator.
+        """
+        self._free_finished()
+        state = {"left": len(plan.calls), "error": None}
+        lock = threading.Lock()
+
+        def settle() -> None:
+            if state["error"] is not None:
+                future.set_exception(state["error"])
+                return
+            try:
+                future.set_result(plan.finish())
+            except Exception as error:  # the copy back failed; the caller must see it from wait()
+                future.set_exception(error)
+
+        if not plan.calls:
+            settle()
+            return
+        for call in plan.calls:
+            work = self._issue(call)
+            key = next(_keys)
+
+            def done(result: int, work: int = work) -> None:
+                with lock:
+                    if result != _native.SUCCESS and state["error"] is None:
+                        state["error"] = self._error(work, result)
+                    state["left"] -= 1
+                    last = state["left"] == 0
+                with self._finished_lock:
+                    self._finished.append(work)
+                if last:
+                    plan.keep.clear()
+                    settle()
+
+            with _pending_lock:
+                _pending[key] = done
+            _native.check(self._api.ktWorkSetCallback(work, _ON_COMPLETE, key))
+
+    def run(self, plan: Plan) -> list[torch.Tensor]:
+        """Issues the plan's calls, waits for all of them and returns the finished value."""
+        self._free_finished()
+        works = [self._issue(call) for call in plan.calls]
+        error: _native.KaitianError | None = None
+        for work in works:
+            result = self._api.ktWorkWait(work, -1.0)
+            if result != _native.SUCCESS and error is None:
+                error = self._error(work, result)
+            self._api.ktWorkFree(work)
+        if error is not None:
+            raise error
+        return plan.finish()
+
+    def abort(self, reason: str) -> None:
+        """Fails pending and later calls on every rank with `reason`."""
+        if self.handle is not None:
+            self._api.ktCommAbort(self.handle, reason.encode())
+
+    def destroy(self) -> None:
+        """Finishes issued calls, tells the peers this rank leaves, and frees the communicator."""
+        if self.handle is not None:
+            handle, self.handle = self.handle, None
+            self._api.ktCommDestroy(handle)
+            self._free_finished()

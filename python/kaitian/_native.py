@@ -1,0 +1,304 @@
+"""ctypes bindings for Kaitian's C ABI (include/kaitian.h).
+
+The package talks to the Swift engine only through this module, so it has no compiled torch
+extension and the same wheel works with every vendor's PyTorch build. The library is loaded on
+first use, not at import: `import kaitian` must work (and register the backend) on a machine where
+the library has not been built yet, and fail with a clear message only when a communicator is
+actually needed.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import threading
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+LIBRARY_NAME = "libKaitianC.so"
+VERSION_CODE = 100  # KAITIAN_VERSION(0, 1, 0)
+
+# ktResult_t
+SUCCESS = 0
+INVALID_ARGUMENT = 1
+INVALID_USAGE = 2
+SYSTEM_ERROR = 3
+REMOTE_ERROR = 4
+TIMEOUT = 5
+MISMATCH = 6
+IN_PROGRESS = 7
+INTERNAL_ERROR = 8
+
+# ktTransport_t
+TRANSPORT_DEFAULT = -1
+
+
+class KaitianError(RuntimeError):
+    """An engine call failed; the message is the engine's own (it names rank, call and cause)."""
+
+    def __init__(self, message: str, code: int = INTERNAL_ERROR) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class KaitianInvalidArgumentError(KaitianError):
+    """The caller passed a bad argument."""
+
+
+class KaitianInvalidUsageError(KaitianError):
+    """A valid argument at the wrong time, for example a call on a destroyed communicator."""
+
+
+class KaitianSystemError(KaitianError):
+    """The operating system refused (sockets, shared memory, threads)."""
+
+
+class KaitianRemoteError(KaitianError):
+    """A peer failed, left, or its connection broke."""
+
+
+class KaitianTimeoutError(KaitianError):
+    """A call or a wait passed its deadline."""
+
+
+class KaitianMismatchError(KaitianError):
+    """Ranks issued different collectives (kind, dtype, count, root or order)."""
+
+
+class KaitianInternalError(KaitianError):
+    """A bug in Kaitian."""
+
+
+_ERROR_CLASSES: dict[int, type[KaitianError]] = {
+    INVALID_ARGUMENT: KaitianInvalidArgumentError,
+    INVALID_USAGE: KaitianInvalidUsageError,
+    SYSTEM_ERROR: KaitianSystemError,
+    REMOTE_ERROR: KaitianRemoteError,
+    TIMEOUT: KaitianTimeoutError,
+    MISMATCH: KaitianMismatchError,
+    INTERNAL_ERROR: KaitianInternalError,
+}
+
+
+def error_for(code: int, message: str) -> KaitianError:
+    """The exception for a result code; falls back to the code's static description."""
+    if not message:
+        message = f"kaitian: {error_string(code)}"
+    return _ERROR_CLASSES.get(code, KaitianError)(message, code)
+
+
+class Config(ctypes.Structure):
+    """ktConfig_t. Starts with its size and version so the engine can tell which layout it got."""
+
+    _fields_ = [
+        ("size", ctypes.c_size_t),
+        ("version", ctypes.c_uint),
+        ("token", ctypes.c_char_p),
+        ("storePrefix", ctypes.c_char_p),
+        ("hostId", ctypes.c_char_p),
+        ("socketAddr", ctypes.c_char_p),
+        ("transport", ctypes.c_int),
+        ("timeoutSeconds", ctypes.c_double),
+    ]
+
+
+StoreSetFn = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_char_p, ctypes.c_void_p, ctypes.c_size_t)
+StoreGetFn = ctypes.CFUNCTYPE(
+    ctypes.c_int,
+    ctypes.c_void_p,
+    ctypes.c_char_p,
+    ctypes.c_void_p,
+    ctypes.c_size_t,
+    ctypes.POINTER(ctypes.c_size_t),
+    ctypes.c_double,
+)
+StoreAddFn = ctypes.CFUNCTYPE(
+    ctypes.c_int, ctypes.c_void_p, ctypes.c_char_p, ctypes.c_int64, ctypes.POINTER(ctypes.c_int64)
+)
+StoreWaitFn = ctypes.CFUNCTYPE(
+    ctypes.c_int, ctypes.c_void_p, ctypes.POINTER(ctypes.c_char_p), ctypes.c_size_t, ctypes.c_double
+)
+
+
+class StoreCallbacks(ctypes.Structure):
+    """ktStoreCallbacks_t."""
+
+    _fields_ = [
+        ("size", ctypes.c_size_t),
+        ("userData", ctypes.c_void_p),
+        ("set", StoreSetFn),
+        ("get", StoreGetFn),
+        ("add", StoreAddFn),
+        ("wait", StoreWaitFn),
+    ]
+
+
+WorkCallbackFn = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_int)
+
+_p = ctypes.c_void_p
+_pp = ctypes.POINTER(ctypes.c_void_p)
+_size = ctypes.c_size_t
+_psize = ctypes.POINTER(ctypes.c_size_t)
+_int = ctypes.c_int
+_str = ctypes.c_char_p
+
+# name -> (restype, argtypes); every function of kaitian.h.
+_SIGNATURES: dict[str, tuple[object, list[object]]] = {
+    "ktGetVersion": (_int, [ctypes.POINTER(_int)]),
+    "ktGetErrorString": (_str, [_int]),
+    "ktGetLastError": (_str, []),
+    "ktStoreServerStart": (_int, [_pp, _str, _int, _str, ctypes.POINTER(_int)]),
+    "ktStoreServerStop": (_int, [_p]),
+    "ktStoreConnect": (_int, [_pp, _str, _str, ctypes.c_double]),
+    "ktStoreFromCallbacks": (_int, [_pp, ctypes.POINTER(StoreCallbacks)]),
+    "ktStoreSet": (_int, [_p, _str, _p, _size]),
+    "ktStoreGet": (_int, [_p, _str, _p, _size, _psize, ctypes.c_double]),
+    "ktStoreAdd": (_int, [_p, _str, ctypes.c_int64, ctypes.POINTER(ctypes.c_int64)]),
+    "ktStoreFree": (_int, [_p]),
+    "ktCommInitRank": (_int, [_pp, _p, _int, _int, ctypes.POINTER(Config)]),
+    "ktCommDestroy": (_int, [_p]),
+    "ktCommAbort": (_int, [_p, _str]),
+    "ktCommCount": (_int, [_p, ctypes.POINTER(_int)]),
+    "ktCommUserRank": (_int, [_p, ctypes.POINTER(_int)]),
+    "ktCommGetAsyncError": (_int, [_p, ctypes.POINTER(_int)]),
+    "ktCommGetLastError": (_str, [_p]),
+    "ktAllReduce": (_int, [_p, _p, _size, _int, _int, _p, _pp]),
+    "ktReduce": (_int, [_p, _p, _size, _int, _int, _int, _p, _pp]),
+    "ktBroadcast": (_int, [_p, _p, _size, _int, _int, _p, _pp]),
+    "ktAllGather": (_int, [_p, _p, _size, _int, _p, _pp]),
+    "ktAllGatherV": (_int, [_p, _p, _psize, _int, _p, _pp]),
+    "ktReduceScatter": (_int, [_p, _p, _size, _int, _int, _p, _pp]),
+    "ktGather": (_int, [_p, _p, _size, _int, _int, _p, _pp]),
+    "ktScatter": (_int, [_p, _p, _size, _int, _int, _p, _pp]),
+    "ktAllToAll": (_int, [_p, _p, _size, _int, _p, _pp]),
+    "ktAllToAllV": (_int, [_p, _psize, _p, _psize, _int, _p, _pp]),
+    "ktBarrier": (_int, [_p, _pp]),
+    "ktSend": (_int, [_p, _size, _int, _int, _int, _p, _pp]),
+    "ktRecv": (_int, [_p, _size, _int, _int, _int, _p, _pp]),
+    "ktWorkWait": (_int, [_p, ctypes.c_double]),
+    "ktWorkTest": (_int, [_p, ctypes.POINTER(_int)]),
+    "ktWorkSetCallback": (_int, [_p, WorkCallbackFn, _p]),
+    "ktWorkGetError": (_str, [_p]),
+    "ktWorkFree": (_int, [_p]),
+}
+
+
+def library_candidates() -> list[Path]:
+    """Where the library is looked for, in order.
+
+    KAITIAN_LIBRARY wins; then a copy bundled next to this file (a wheel); then the Swift build
+    directories of the repository this package sits in (an editable install, or a venv inside
+    the repository), release before debug because release is what setup builds.
+    """
+    explicit = os.environ.get("KAITIAN_LIBRARY")
+    if explicit:
+        return [Path(explicit)]
+    here = Path(__file__).resolve().parent
+    found = [here / LIBRARY_NAME]
+    for parent in here.parents:
+        if (parent / "Package.swift").is_file():
+            found += [parent / ".build" / "release" / LIBRARY_NAME, parent / ".build" / "debug" / LIBRARY_NAME]
+            break
+    return found
+
+
+_lib: ctypes.CDLL | None = None
+_lib_lock = threading.Lock()
+
+
+def lib() -> ctypes.CDLL:
+    """The loaded library with every function's argtypes and restype set."""
+    global _lib
+    with _lib_lock:
+        if _lib is None:
+            candidates = library_candidates()
+            path = next((p for p in candidates if p.is_file()), None)
+            if path is None:
+                tried = ", ".join(str(p) for p in candidates)
+                raise OSError(
+                    f"kaitian: {LIBRARY_NAME} not found (tried {tried}); build it with "
+                    "`swift build -c release` in the repository or set KAITIAN_LIBRARY"
+                )
+            loaded = ctypes.CDLL(str(path))
+            for name, (restype, argtypes) in _SIGNATURES.items():
+                try:
+                    fn = getattr(loaded, name)
+                except AttributeError:
+                    raise OSError(
+                        f"kaitian: {path} has no {name}: an old build? rebuild it or set KAITIAN_LIBRARY"
+                    ) from None
+                fn.restype = restype
+                fn.argtypes = argtypes
+            _lib = loaded
+        return _lib
+
+
+def error_string(code: int) -> str:
+    """The engine's static description of a result code (or a local one if it is not loaded)."""
+    if _lib is None:
+        return f"result {code}"
+    text = _lib.ktGetErrorString(code)
+    return text.decode(errors="replace") if text else f"result {code}"
+
+
+def check(code: int, comm: int | None = None) -> None:
+    """Raises the KaitianError for a failed call, with the thread's (or communicator's) message."""
+    if code == SUCCESS:
+        return
+    api = lib()
+    raw = api.ktGetLastError() or (api.ktCommGetLastError(comm) if comm else None)
+    raise error_for(code, raw.decode(errors="replace") if raw else "")
+
+
+def version() -> int:
+    """KAITIAN_VERSION_CODE of the loaded library."""
+    out = ctypes.c_int()
+    check(lib().ktGetVersion(ctypes.byref(out)))
+    return out.value
+
+
+_DTYPES: dict[torch.dtype, int] = {
+    torch.int8: 0,
+    torch.uint8: 1,
+    torch.int32: 2,
+    torch.int64: 3,
+    torch.float16: 4,
+    torch.float32: 5,
+    torch.float64: 6,
+    torch.bfloat16: 7,
+}
+
+
+def datatype(dtype: torch.dtype) -> int:
+    """ktDataType_t for a torch dtype; TypeError names the dtypes the engine has."""
+    try:
+        return _DTYPES[dtype]
+    except KeyError:
+        names = ", ".join(str(d).removeprefix("torch.") for d in _DTYPES)
+        raise TypeError(f"kaitian: dtype {dtype} is not supported (supported: {names})") from None
+
+
+# ktRedOp_t; torch's ReduceOp compares by value but does not hash like its enum, so a list.
+SUM, PROD, MAX, MIN, AVG = 0, 1, 2, 3, 4
+_OPS: list[tuple[object, int]] = [
+    (dist.ReduceOp.SUM, SUM),
+    (dist.ReduceOp.PRODUCT, PROD),
+    (dist.ReduceOp.MAX, MAX),
+    (dist.ReduceOp.MIN, MIN),
+    (dist.ReduceOp.AVG, AVG),
+]
+
+
+def reduce_op(op: object) -> int:
+    """ktRedOp_t for a torch ReduceOp; bitwise ops and PREMUL_SUM are refused."""
+    for torch_op, code in _OPS:
+        if op == torch_op:
+            return code
+    raise ValueError(f"kaitian: reduce op {op} is not supported (supported: SUM, PRODUCT, MIN, MAX, AVG)")
+
+
+def torch_reduce_op(code: int) -> object:
+    """The torch ReduceOp for a ktRedOp_t (for vendor process groups inside a group)."""
+    return next(torch_op for torch_op, c in _OPS if c == code)

@@ -1,0 +1,136 @@
+"""The engine's rendezvous store, backed by the torch.distributed Store of the process group.
+
+Reusing torch's store means a job started by torchrun (or init_process_group with any init
+method) needs no second rendezvous service: the engine's communicators meet under their own key
+prefixes in the store torch already created.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import secrets
+import threading
+from datetime import timedelta
+from pathlib import Path
+
+import torch.distributed as dist
+
+from . import _native
+
+log = logging.getLogger("kaitian")
+
+_OK, _TIMED_OUT, _FAILED, _TOO_SMALL = 0, 1, -1, 2
+
+
+def _is_timeout(error: Exception) -> bool:
+    """torch stores report a timeout as a RuntimeError subclass whose text says so."""
+    text = str(error).lower()
+    return "timeout" in text or "timed out" in text
+
+
+class TorchStoreAdapter:
+    """A ktStore_t whose set/get/add/wait call a torch.distributed.Store.
+
+    The engine may call back from any of its threads; ctypes takes the GIL for each call. The
+    CFUNCTYPE objects and the callbacks struct live as long as this object: the engine holds raw
+    pointers to them. A value too large for the engine's buffer is kept until the engine asks
+    again with a larger one (the "2 = buffer too small" protocol), so the key is fetched once.
+    """
+
+    def __init__(self, store: dist.Store) -> None:
+        self._store = store
+        self._pending: dict[bytes, bytes] = {}
+        self._lock = threading.Lock()
+        self._fns = (
+            _native.StoreSetFn(self._set),
+            _native.StoreGetFn(self._get),
+            _native.StoreAddFn(self._add),
+            _native.StoreWaitFn(self._wait),
+        )
+        self._callbacks = _native.StoreCallbacks(ctypes.sizeof(_native.StoreCallbacks), None, *self._fns)
+        handle = ctypes.c_void_p()
+        api = _native.lib()
+        _native.check(api.ktStoreFromCallbacks(ctypes.byref(handle), ctypes.byref(self._callbacks)))
+        self.handle = handle.value
+
+    def free(self) -> None:
+        """Releases the engine's store; call once no communicator init is running on it."""
+        if self.handle:
+            _native.lib().ktStoreFree(self.handle)
+            self.handle = None
+
+    def _set(self, _user: int, key: bytes, value: int, length: int) -> int:
+        try:
+            self._store.set(key.decode(), ctypes.string_at(value, length))
+            return _OK
+        except Exception as error:  # an exception must not cross into Swift
+            log.warning("kaitian store set %r failed: %s", key, error)
+            return _TIMED_OUT if _is_timeout(error) else _FAILED
+
+    def _get(self, _user: int, key: bytes, buffer: int, capacity: int, length: ctypes.c_void_p, timeout: float) -> int:
+        try:
+            with self._lock:
+                data = self._pending.pop(key, None)
+            if data is None:
+                name = key.decode()
+                if timeout > 0:
+                    self._store.wait([name], timedelta(seconds=timeout))
+                data = self._store.get(name)
+            length[0] = len(data)
+            if len(data) > capacity:
+                with self._lock:
+                    self._pending[key] = data
+                return _TOO_SMALL
+            ctypes.memmove(buffer, data, len(data))
+            return _OK
+        except Exception as error:
+            if _is_timeout(error):
+                return _TIMED_OUT
+            log.warning("kaitian store get %r failed: %s", key, error)
+            return _FAILED
+
+    def _add(self, _user: int, key: bytes, delta: int, result: ctypes.c_void_p) -> int:
+        try:
+            result[0] = self._store.add(key.decode(), delta)
+            return _OK
+        except Exception as error:
+            log.warning("kaitian store add %r failed: %s", key, error)
+            return _TIMED_OUT if _is_timeout(error) else _FAILED
+
+    def _wait(self, _user: int, keys: ctypes.c_void_p, count: int, timeout: float) -> int:
+        try:
+            names = [keys[i].decode() for i in range(count)]
+            if timeout > 0:
+                self._store.wait(names, timedelta(seconds=timeout))
+            else:
+                self._store.wait(names)
+            return _OK
+        except Exception as error:
+            if _is_timeout(error):
+                return _TIMED_OUT
+            log.warning("kaitian store wait failed: %s", error)
+            return _FAILED
+
+
+def job_token(store: dist.Store, rank: int, timeout: timedelta) -> str:
+    """The token that authenticates the engine's peer connections.
+
+    KAITIAN_TOKEN or KAITIAN_TOKEN_FILE when the operator set one (needed when the store itself is
+    reachable by others than the job). Otherwise rank 0 draws one and publishes it through the torch
+    store. Trust model: whoever can reach the torch store can already read every rendezvous key and
+    disrupt the job, so the generated token protects the engine's data sockets from everyone else on
+    the network (port scanners, other jobs), not from the store's own users.
+    """
+    token = os.environ.get("KAITIAN_TOKEN")
+    if token:
+        return token
+    path = os.environ.get("KAITIAN_TOKEN_FILE")
+    if path:
+        return Path(path).read_text().strip()
+    key = "kaitian/token"
+    if rank == 0:
+        store.set(key, secrets.token_hex(32))
+    store.wait([key], timeout)
+    return store.get(key).decode()

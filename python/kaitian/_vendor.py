@@ -1,0 +1,145 @@
+"""Intra-group libraries: the vendor's own torch backend, or the engine.
+
+The hybrid algorithm needs four collectives inside a group (allreduce, reduce-scatter,
+allgather, broadcast), each run to completion on the hybrid worker thread. The vendor process
+group is constructed directly rather than with torch.distributed.new_group, because the backend
+constructor runs while init_process_group is still building the default group, and new_group
+needs that group to exist.
+"""
+
+from __future__ import annotations
+
+import importlib
+from datetime import timedelta
+from typing import Protocol
+
+import torch
+import torch.distributed as dist
+from torch.distributed import distributed_c10d as c10d
+
+from . import _native
+from ._engine import Communicator, Plan
+
+# Modules that register a vendor's torch backend when imported (out-of-tree PyTorch plugins).
+_PLUGIN_MODULES = {"cncl": "torch_mlu", "hccl": "torch_npu"}
+# The device each library's tensors live on.
+_BACKEND_DEVICE = {"gloo": "cpu", "nccl": "cuda", "cncl": "mlu", "hccl": "npu", "xccl": "xpu"}
+
+
+class IntraGroup(Protocol):
+    """Blocking collectives among the ranks of one intra-group, on tensors on `device`."""
+
+    device: torch.device
+
+    def allreduce(self, t: torch.Tensor, op: int) -> None: ...
+    def reduce_scatter(self, out: torch.Tensor, inp: torch.Tensor, op: int) -> None: ...
+    def allgather(self, out: torch.Tensor, inp: torch.Tensor) -> None: ...
+    def broadcast(self, t: torch.Tensor, root: int) -> None: ...
+
+
+class EngineIntraGroup:
+    """The engine inside a group (the default for cpu): shared memory between the group's ranks."""
+
+    device = torch.device("cpu")
+
+    def __init__(self, comm: Communicator) -> None:
+        self.comm = comm
+
+    def _run(self, name: str, *args: object, keep: list[object]) -> None:
+        self.comm.run(Plan([(name, args)], lambda: [], keep))
+
+    def allreduce(self, t: torch.Tensor, op: int) -> None:
+        dt = _native.datatype(t.dtype)
+        self._run("ktAllReduce", t.data_ptr(), t.data_ptr(), t.numel(), dt, op, keep=[t])
+
+    def reduce_scatter(self, out: torch.Tensor, inp: torch.Tensor, op: int) -> None:
+        dt = _native.datatype(out.dtype)
+        self._run("ktReduceScatter", inp.data_ptr(), out.data_ptr(), out.numel(), dt, op, keep=[out, inp])
+
+    def allgather(self, out: torch.Tensor, inp: torch.Tensor) -> None:
+        dt = _native.datatype(inp.dtype)
+        self._run("ktAllGather", inp.data_ptr(), out.data_ptr(), inp.numel(), dt, keep=[out, inp])
+
+    def broadcast(self, t: torch.Tensor, root: int) -> None:
+        dt = _native.datatype(t.dtype)
+        self._run("ktBroadcast", t.data_ptr(), t.data_ptr(), t.numel(), dt, root, keep=[t])
+
+
+class TorchIntraGroup:
+    """A torch process group (gloo, nccl, cncl, hccl, xccl) inside a group.
+
+    Uses the method names every torch from 1.13 on has (`_reduce_scatter_base`,
+    `_allgather_base`) on the backend object itself.
+    """
+
+    def __init__(self, pg: object, device: torch.device) -> None:
+        self.pg = pg
+        self.device = device
+
+    def allreduce(self, t: torch.Tensor, op: int) -> None:
+        opts = dist.AllreduceOptions()
+        opts.reduceOp = _native.torch_reduce_op(op)
+        self.pg.allreduce([t], opts).wait()
+
+    def reduce_scatter(self, out: torch.Tensor, inp: torch.Tensor, op: int) -> None:
+        opts = dist.ReduceScatterOptions()
+        opts.reduceOp = _native.torch_reduce_op(op)
+        self.pg._reduce_scatter_base(out, inp, opts).wait()
+
+    def allgather(self, out: torch.Tensor, inp: torch.Tensor) -> None:
+        self.pg._allgather_base(out, inp).wait()
+
+    def broadcast(self, t: torch.Tensor, root: int) -> None:
+        opts = dist.BroadcastOptions()
+        opts.rootRank = root
+        opts.rootTensor = 0
+        self.pg.broadcast([t], opts).wait()
+
+
+def _current_device(kind: str) -> torch.device:
+    """The device this process drives for a device type (index from the vendor's torch module)."""
+    if kind == "cpu":
+        return torch.device("cpu")
+    module = getattr(torch, kind)
+    return torch.device(kind, module.current_device())
+
+
+def create_torch_intra_group(
+    backend: str, store: dist.Store, rank: int, size: int, timeout: timedelta, global_ranks: list[int]
+) -> TorchIntraGroup:
+    """The vendor process group for one intra-group, on its own prefix of the job's store.
+
+    gloo runs here (the CPU-only test configurations). nccl, cncl, hccl and xccl are written
+    against torch's and the vendors' public APIs but have not been run on hardware.
+    """
+    if backend == "gloo":
+        return TorchIntraGroup(dist.ProcessGroupGloo(store, rank, size, timeout), torch.device("cpu"))
+    device = _current_device(_BACKEND_DEVICE.get(backend, "cpu"))
+    if backend == "nccl":
+        # Not run on hardware.
+        options = dist.ProcessGroupNCCL.Options()
+        options._timeout = timeout
+        return TorchIntraGroup(dist.ProcessGroupNCCL(store, rank, size, options), device)
+    # Out-of-tree backends (cncl from torch_mlu, hccl from torch_npu, xccl and any other name
+    # registered with torch.distributed.Backend.register_backend): created through the same
+    # creator torch's init_process_group would call. Not run on hardware.
+    if backend in _PLUGIN_MODULES:
+        importlib.import_module(_PLUGIN_MODULES[backend])
+    ensure = getattr(dist.Backend, "_ensure_backend_registered", None)  # torch >= 2.15: lazy builtins
+    if ensure is not None:
+        ensure(backend)
+    plugin = dist.Backend._plugins.get(backend.upper())
+    if plugin is None:
+        raise ValueError(f"kaitian: intra-group backend {backend!r} is not registered with torch.distributed")
+    if getattr(plugin, "extended_api", False):
+        options = c10d._DistributedBackendOptions()
+        options.store = store
+        options.group_rank = rank
+        options.group_size = size
+        options.timeout = timeout
+        options.group_id = f"kaitian-intra-{global_ranks[0]}"
+        options.global_ranks_in_group = global_ranks
+        pg = plugin.creator_fn(options, None)
+    else:
+        pg = plugin.creator_fn(store, rank, size, timeout)
+    return TorchIntraGroup(pg, device)

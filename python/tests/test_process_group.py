@@ -1,0 +1,69 @@
+"""The "kaitian" backend end to end: ranks are real processes, as under torchrun."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import torch
+from kaitian import _native
+from ranks import assert_all_ok, run_ranks
+from workloads import STEPS, train
+
+pytestmark = pytest.mark.skipif(
+    not any(p.is_file() for p in _native.library_candidates()), reason="libKaitianC.so is not built"
+)
+
+
+def hybrid_env(kinds: list[str]) -> object:
+    """Ranks declare the given device kinds; cpu-a groups use gloo inside, cpu-b the engine."""
+    return lambda r: {"KAITIAN_DEVICE_KIND": kinds[r], "KAITIAN_INTRA_BACKEND": "cpu-a=gloo,cpu-b=kaitian"}
+
+
+def check_gradients(per_rank: list[dict[str, object]], size: int) -> None:
+    """Bitwise identical across ranks, and equal to single-process training on the full batch."""
+    single = train(0, 1, ddp=False)
+    for rank in range(1, size):
+        for step in range(STEPS):
+            for a, b in zip(per_rank[0]["grads"][step], per_rank[rank]["grads"][step], strict=True):
+                assert torch.equal(a, b), f"rank {rank} step {step}: gradients differ from rank 0"
+    for step in range(STEPS):
+        for got, want in zip(per_rank[0]["grads"][step], single[step], strict=True):
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+FLAT = [("cpu", "kaitian")]
+HYBRID = [("cpu-a", "gloo"), ("cpu-b", "kaitian")]
+
+
+@pytest.mark.parametrize(
+    ("size", "env", "groups"),
+    [
+        pytest.param(2, None, FLAT, id="flat-2"),
+        pytest.param(3, None, FLAT, id="flat-3"),
+        # Unequal groups: {0, 1} cpu-a over gloo and {2} cpu-b over the engine.
+        pytest.param(3, hybrid_env(["cpu-a", "cpu-a", "cpu-b"]), HYBRID, id="hybrid-2+1"),
+        # Equal groups (reduce-scatter / column allreduce / allgather), interleaved ranks.
+        pytest.param(4, hybrid_env(["cpu-a", "cpu-b", "cpu-a", "cpu-b"]), HYBRID, id="hybrid-2+2"),
+        # Unequal groups whose smaller one has two ranks: two shard columns, then broadcasts.
+        pytest.param(5, hybrid_env(["cpu-a", "cpu-a", "cpu-b", "cpu-b", "cpu-b"]), HYBRID, id="hybrid-2+3"),
+    ],
+)
+def test_collectives_and_ddp(size: int, env: object, groups: list[tuple[str, str]]) -> None:
+    values = assert_all_ok(run_ranks("full", size, env), size)
+    assert [(kind, backend) for kind, backend, _ in values[0]["groups"]] == groups
+    assert all(v["checks"] > 50 for v in values)
+    check_gradients(values, size)
+
+
+def test_killed_rank_makes_the_others_raise() -> None:
+    size, timeout = 3, 5.0
+    out = run_ranks("kill", size, lambda r: {"KAITIAN_TIMEOUT": str(timeout)}, timeout=60, expect=size - 1)
+    assert size - 1 not in out, "the killed rank reported"
+    for rank in range(size - 1):
+        status, value = out.get(rank, ("missing", None))
+        assert status == "ok", f"rank {rank}: {status} {value}"
+        assert value["raised"], f"rank {rank} did not notice the dead rank"
+        assert value["seconds"] < timeout + 10, f"rank {rank} took {value['seconds']:.1f}s"
+        # The engine's words, e.g. "rank 1: lost rank 2 (pid 123 on host 'vm'): its process exited ..."
+        assert re.search(rf"rank {size - 1}\b", value["message"]), value["message"]

@@ -1,0 +1,264 @@
+"""What each spawned rank runs: collective checks against a reference, DDP training, a crash.
+
+Every input is a function of (rank, case), so each rank computes the reference result of every
+collective itself. Values are small integers wherever the op allows, so sums and products are
+exact in every dtype (float16 and bfloat16 included) whatever order the engine reduces in.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+DTYPES = [
+    torch.float16,
+    torch.bfloat16,
+    torch.float32,
+    torch.float64,
+    torch.int8,
+    torch.uint8,
+    torch.int32,
+    torch.int64,
+]
+OPS = {
+    "sum": dist.ReduceOp.SUM,
+    "product": dist.ReduceOp.PRODUCT,
+    "min": dist.ReduceOp.MIN,
+    "max": dist.ReduceOp.MAX,
+    "avg": dist.ReduceOp.AVG,
+}
+
+
+def value(rank: int, case: int, n: int, dtype: torch.dtype, op: str = "sum") -> torch.Tensor:
+    """A deterministic input: small non-negative ints, {1, 2} for products, signs for floats."""
+    g = torch.Generator().manual_seed(rank * 7919 + case)
+    if op == "product":
+        t = torch.randint(1, 3, (n,), generator=g)
+    else:
+        t = torch.randint(0, 5, (n,), generator=g)
+    if dtype.is_floating_point and op != "avg":
+        t = t * (torch.randint(0, 2, (n,), generator=g) * 2 - 1)
+    return t.to(dtype)
+
+
+def reference(op: str, inputs: list[torch.Tensor]) -> torch.Tensor:
+    stacked = torch.stack([x.double() for x in inputs])
+    if op == "sum":
+        return stacked.sum(0)
+    if op == "product":
+        return stacked.prod(0)
+    if op == "min":
+        return stacked.min(0).values
+    if op == "max":
+        return stacked.max(0).values
+    return stacked.sum(0) / len(inputs)
+
+
+def check_equal(got: torch.Tensor, want: torch.Tensor, what: str, avg: bool = False) -> None:
+    if avg and got.dtype.is_floating_point:
+        tol = 1e-2 if got.element_size() == 2 else 1e-6
+        ok = torch.allclose(got.double(), want.double(), rtol=tol, atol=tol)
+    elif avg:
+        ok = bool(((got.double() - want.double().trunc()).abs() <= 1).all())
+    else:
+        ok = torch.equal(got.double(), want.double())
+    assert ok, f"{what}: got {got.tolist()[:8]} want {want.tolist()[:8]}"
+
+
+def check_collectives(rank: int, size: int) -> int:
+    """Every collective against its reference; returns how many checks ran."""
+    checks = 0
+    n = 37  # not a multiple of any group size: exercises shard padding
+    for di, dtype in enumerate(DTYPES):
+        for oi, (name, op) in enumerate(OPS.items()):
+            case = di * 10 + oi
+            t = value(rank, case, n, dtype, name)
+            dist.all_reduce(t, op=op)
+            want = reference(name, [value(r, case, n, dtype, name) for r in range(size)])
+            check_equal(t, want.to(dtype) if name != "avg" else want, f"all_reduce {name} {dtype}", avg=name == "avg")
+            checks += 1
+
+    # Asynchronous, several in flight, then waited in order.
+    tensors = [value(rank, 100 + i, 1000 * (i + 1), torch.float32) for i in range(4)]
+    works = [dist.all_reduce(t, async_op=True) for t in tensors]
+    for i, (t, w) in enumerate(zip(tensors, works, strict=True)):
+        w.wait()
+        want = reference("sum", [value(r, 100 + i, 1000 * (i + 1), torch.float32) for r in range(size)])
+        check_equal(t, want, "async all_reduce")
+        checks += 1
+
+    # Non-contiguous: a transposed view is reduced through a temporary and copied back.
+    base = value(rank, 200, 24, torch.float32).view(4, 6)
+    t = base.t()
+    dist.all_reduce(t)
+    want = reference("sum", [value(r, 200, 24, torch.float32).view(4, 6) for r in range(size)]).t()
+    check_equal(t, want, "all_reduce non-contiguous")
+    checks += 1
+
+    for dtype in (torch.float16, torch.bfloat16, torch.float32, torch.int64):
+        root = size - 1
+        t = value(rank, 300, n, dtype)
+        dist.broadcast(t, src=root)
+        check_equal(t, value(root, 300, n, dtype), f"broadcast {dtype}")
+
+        outs = [torch.empty(n, dtype=dtype) for _ in range(size)]
+        dist.all_gather(outs, value(rank, 301, n, dtype))
+        for r in range(size):
+            check_equal(outs[r], value(r, 301, n, dtype), f"all_gather {dtype}")
+
+        out = torch.empty(n * size, dtype=dtype)
+        dist.all_gather_into_tensor(out, value(rank, 302, n, dtype))
+        check_equal(out, torch.cat([value(r, 302, n, dtype) for r in range(size)]), f"all_gather_into_tensor {dtype}")
+
+        out = torch.empty(n, dtype=dtype)
+        dist.reduce_scatter_tensor(out, value(rank, 303, n * size, dtype), op=dist.ReduceOp.MAX)
+        want = reference("max", [value(r, 303, n * size, dtype) for r in range(size)])[rank * n : (rank + 1) * n]
+        check_equal(out, want, f"reduce_scatter_tensor max {dtype}")
+
+        out = torch.empty(n, dtype=dtype)
+        dist.reduce_scatter(out, list(value(rank, 304, n * size, dtype).chunk(size)))
+        want = reference("sum", [value(r, 304, n * size, dtype) for r in range(size)])[rank * n : (rank + 1) * n]
+        check_equal(out, want, f"reduce_scatter {dtype}")
+
+        t = value(rank, 305, n, dtype)
+        dist.reduce(t, dst=root, op=dist.ReduceOp.MIN)
+        if rank == root:
+            check_equal(t, reference("min", [value(r, 305, n, dtype) for r in range(size)]), f"reduce {dtype}")
+
+        gathered = [torch.empty(n, dtype=dtype) for _ in range(size)] if rank == 0 else None
+        dist.gather(value(rank, 306, n, dtype), gathered, dst=0)
+        if rank == 0:
+            for r in range(size):
+                check_equal(gathered[r], value(r, 306, n, dtype), f"gather {dtype}")
+
+        out = torch.empty(n, dtype=dtype)
+        scatter_list = [value(r, 307, n, dtype) for r in range(size)] if rank == 0 else None
+        dist.scatter(out, scatter_list, src=0)
+        check_equal(out, value(rank, 307, n, dtype), f"scatter {dtype}")
+        checks += 8
+
+    # all_to_all_single, equal and uneven splits (rank r sends r + p + 1 rows to rank p).
+    send = value(rank, 400, 3 * size, torch.float32).view(size, 3)
+    out = torch.empty(size, 3)
+    dist.all_to_all_single(out, send)
+    for p in range(size):
+        check_equal(out[p], value(p, 400, 3 * size, torch.float32).view(size, 3)[rank], "all_to_all_single")
+    in_splits = [rank + p + 1 for p in range(size)]
+    out_splits = [p + rank + 1 for p in range(size)]
+    send = torch.arange(sum(in_splits) * 2, dtype=torch.float64).view(-1, 2) + 1000 * rank
+    out = torch.empty(sum(out_splits), 2, dtype=torch.float64)
+    dist.all_to_all_single(out, send, out_splits, in_splits)
+    offset = 0
+    for p in range(size):
+        sent = torch.arange(sum(p + q + 1 for q in range(size)) * 2, dtype=torch.float64).view(-1, 2) + 1000 * p
+        start = sum(p + q + 1 for q in range(rank))
+        check_equal(out[offset : offset + out_splits[p]], sent[start : start + out_splits[p]], "all_to_all_single v")
+        offset += out_splits[p]
+    checks += 2
+
+    dist.barrier()
+
+    # Point to point around a ring: even ranks send first, odd ranks receive first.
+    nxt, prv = (rank + 1) % size, (rank - 1) % size
+    got = torch.empty(5, dtype=torch.int32)
+    if size > 1:
+        if rank % 2 == 0:
+            dist.send(value(rank, 500, 5, torch.int32), nxt)
+            dist.recv(got, prv)
+        else:
+            dist.recv(got, prv)
+            dist.send(value(rank, 500, 5, torch.int32), nxt)
+        check_equal(got, value(prv, 500, 5, torch.int32), "send/recv")
+        checks += 1
+
+    # A subgroup (new_group) of the first and last rank: its own topology, engine and token.
+    if size >= 3:
+        members = [0, size - 1]
+        sub = dist.new_group(members, backend="kaitian")
+        if rank in members:
+            t = value(rank, 600, n, torch.float32)
+            dist.all_reduce(t, group=sub)
+            check_equal(t, reference("sum", [value(r, 600, n, torch.float32) for r in members]), "subgroup all_reduce")
+            checks += 1
+
+    # Refusals are clear errors raised at the call, not hangs.
+    for bad in (
+        lambda: dist.all_reduce(torch.ones(2, dtype=torch.int16)),
+        lambda: dist.all_reduce(torch.ones(2, dtype=torch.int32), op=dist.ReduceOp.BAND),
+    ):
+        try:
+            bad()
+        except (TypeError, ValueError) as error:
+            assert "kaitian" in str(error)
+        else:
+            raise AssertionError("an unsupported dtype or op was accepted")
+    return checks
+
+
+class Net(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(8, 32), nn.Tanh(), nn.Linear(32, 32), nn.Tanh(), nn.Linear(32, 4))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
+
+
+BATCH = 60  # divisible by every world size tested
+STEPS = 4
+
+
+def batch(step: int) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(1000 + step)
+    return torch.randn(BATCH, 8, generator=g), torch.randint(0, 4, (BATCH,), generator=g)
+
+
+def train(rank: int, size: int, ddp: bool, kill_at: int | None = None) -> list[list[torch.Tensor]]:
+    """SGD on the same global batches; each rank takes its slice. Returns gradients per step."""
+    torch.manual_seed(0)
+    model = Net()
+    if ddp:
+        model = nn.parallel.DistributedDataParallel(model, bucket_cap_mb=0.004)  # several buckets
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    per = BATCH // size
+    grads = []
+    for step in range(STEPS):
+        x, y = batch(step)
+        x, y = x[rank * per : (rank + 1) * per], y[rank * per : (rank + 1) * per]
+        if kill_at is not None and step == kill_at and rank == size - 1:
+            os.kill(os.getpid(), signal.SIGKILL)
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        grads.append([p.grad.clone() for p in model.parameters()])
+        opt.step()
+    return grads
+
+
+def scenario_full(rank: int, size: int) -> dict[str, object]:
+    pg = dist.distributed_c10d._get_default_group()
+    groups = [(g.kind, g.backend, g.ranks) for g in pg.topology.groups]
+    return {"groups": groups, "checks": check_collectives(rank, size), "grads": train(rank, size, ddp=True)}
+
+
+def scenario_ddp(rank: int, size: int) -> dict[str, object]:
+    return {"grads": train(rank, size, ddp=True)}
+
+
+def scenario_kill(rank: int, size: int) -> dict[str, object]:
+    """The last rank dies at step 2; the survivors must fail, not hang, and say who died."""
+    start = time.monotonic()
+    try:
+        train(rank, size, ddp=True, kill_at=2)
+        for _ in range(1000):  # keep communicating in case the death landed between steps
+            dist.all_reduce(torch.ones(1))
+    except Exception as error:
+        return {"raised": True, "message": str(error), "seconds": time.monotonic() - start}
+    return {"raised": False, "message": "", "seconds": time.monotonic() - start}
+
+
+SCENARIOS = {"full": scenario_full, "ddp": scenario_ddp, "kill": scenario_kill}
