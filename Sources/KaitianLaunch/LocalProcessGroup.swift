@@ -2,16 +2,48 @@ import Glibc
 
 /// Starts local processes and supervises them as one job: when one fails, the others are
 /// stopped (SIGTERM, then SIGKILL after a grace period), as torchrun does.
+///
+/// Every member runs in its own process group, so a terminal's Ctrl-C reaches only the
+/// supervisor: it forwards SIGTERM to each group on SIGINT or SIGTERM, and killing a group
+/// also ends whatever the member started itself (a shell's children, a data loader's workers).
+/// Members read standard input from /dev/null: a process outside the terminal's foreground
+/// group that reads the terminal would be stopped.
+///
+/// One `run` at a time per process: it installs process-wide handlers for SIGINT, SIGTERM
+/// and SIGPIPE while it runs and restores the previous ones afterwards.
 public struct LocalProcessGroup {
   public struct Member: Sendable {
     public var name: String
+    /// The program to start; nil means the group's `executable`. Looked up in PATH when it has
+    /// no slash.
+    public var executable: String?
     public var arguments: [String]
     public var environment: [String: String]
+    /// Where the member's output goes; nil: straight to this process's stdout and stderr.
+    public var output: CapturedOutput?
 
-    public init(name: String, arguments: [String], environment: [String: String]) {
+    public init(
+      name: String, executable: String? = nil, arguments: [String],
+      environment: [String: String], output: CapturedOutput? = nil
+    ) {
       self.name = name
+      self.executable = executable
       self.arguments = arguments
       self.environment = environment
+      self.output = output
+    }
+  }
+
+  /// Output read through pipes: each line of the member's stdout (stderr) is written to this
+  /// process's stdout (stderr) after `prefix`, and both streams are appended to `logPath`
+  /// without the prefix.
+  public struct CapturedOutput: Sendable {
+    public var prefix: String
+    public var logPath: String
+
+    public init(prefix: String, logPath: String) {
+      self.prefix = prefix
+      self.logPath = logPath
     }
   }
 
@@ -25,89 +57,222 @@ public struct LocalProcessGroup {
     public var description: String {
       switch self {
       case .status(let code): "exited with status \(code)"
-      case .signal(let number):
-        "was killed by signal \(number) (\(String(cString: strsignal(number))))"
+      case .signal(let number): "was killed by signal \(number) (\(signalName(number)))"
       }
     }
+  }
+
+  /// A member's exit with its wall-clock and CPU time (user + system, including the children
+  /// it waited for).
+  public struct Ending: Sendable {
+    public let exit: Exit
+    public let seconds: Double
+    public let cpuSeconds: Double
   }
 
   public struct Failure: Error, CustomStringConvertible {
     public let member: String
+    public let index: Int
     public let exit: Exit
     public var description: String { "\(member) \(exit)" }
   }
 
-  public let executable: String
-  public var graceSeconds = 3.0
+  /// What the supervisor reports while it runs, for a launcher's progress lines.
+  public enum Event: Sendable {
+    case started(member: Int, pid: pid_t)
+    case ended(member: Int, Ending)
+    /// A signal asked the job to stop: SIGTERM went to every member still running.
+    case interrupted(signal: Int32)
+  }
 
-  public init(executable: String, graceSeconds: Double = 3.0) {
+  public struct Outcome: Sendable {
+    /// One per member; nil only for members that were never started.
+    public var endings: [Ending?]
+    /// The first member that did not exit with status 0 on its own (not counting members
+    /// stopped because of an earlier failure or an interruption).
+    public var firstFailure: Failure?
+    /// The SIGINT or SIGTERM that stopped the job, if one did.
+    public var interruption: Int32?
+  }
+
+  public var executable: String?
+  public var graceSeconds = 3.0
+  public var onEvent: (Event) -> Void = { _ in }
+
+  public init(executable: String? = nil, graceSeconds: Double = 3.0) {
     self.executable = executable
     self.graceSeconds = graceSeconds
   }
 
-  /// Runs every member to completion. Returns each member's exit; the first failure, if any,
-  /// is reported by `firstFailure`.
-  public func run(_ members: [Member]) throws -> (exits: [Exit?], firstFailure: Failure?) {
-    var pids: [pid_t] = []
-    for member in members {
-      pids.append(try spawn(member))
+  /// Runs every member to completion, or until one fails or a signal arrives; then stops the
+  /// rest. Throws only when a member cannot be started (the ones already started are stopped).
+  public func run(_ members: [Member]) throws(LaunchError) -> Outcome {
+    let interrupts = try InterruptPipe.install()
+    defer { interrupts.uninstall() }
+    let devNull = open("/dev/null", O_RDONLY | O_CLOEXEC)
+    defer { close(devNull) }
+
+    var running: [Running] = []
+    defer { running.indices.forEach { running[$0].closeAll() } }
+    for (index, member) in members.enumerated() {
+      do {
+        running.append(try spawn(member, stdin: devNull))
+        onEvent(.started(member: index, pid: running[index].pid))
+      } catch {
+        for started in running { kill(-started.pid, SIGKILL) }
+        for started in running { _ = started.reap(blocking: true) }
+        throw error
+      }
     }
-    var exits: [Exit?] = Array(repeating: nil, count: members.count)
-    var firstFailure: Failure?
+
+    var outcome = Outcome(
+      endings: Array(repeating: nil, count: members.count), firstFailure: nil, interruption: nil)
     var stopRequested: Double?
-    while exits.contains(where: { $0 == nil }) {
-      var status: Int32 = 0
-      let pid = waitpid(-1, &status, WNOHANG)
-      if pid > 0, let index = pids.firstIndex(of: pid) {
-        let exit = Self.decode(status)
-        exits[index] = exit
-        if !exit.succeeded && firstFailure == nil {
-          firstFailure = Failure(member: members[index].name, exit: exit)
-          stopRequested = Self.now()
-          for (other, otherPid) in pids.enumerated() where exits[other] == nil {
-            kill(otherPid, SIGTERM)
-          }
-        }
-        continue
+    var killed = false
+    let stopRemaining = { (signal: Int32) in
+      for (index, member) in running.enumerated() where outcome.endings[index] == nil {
+        kill(-member.pid, signal)
       }
-      if let started = stopRequested, Self.now() - started > graceSeconds {
-        for (other, otherPid) in pids.enumerated() where exits[other] == nil {
-          kill(otherPid, SIGKILL)
-        }
-      }
-      usleep(20_000)
     }
-    return (exits, firstFailure)
+    while outcome.endings.contains(where: { $0 == nil }) {
+      if let signal = pump(&running, interrupts: interrupts, timeoutMilliseconds: 20) {
+        if outcome.interruption == nil && outcome.firstFailure == nil {
+          outcome.interruption = signal
+          onEvent(.interrupted(signal: signal))
+          stopRequested = Self.now()
+          stopRemaining(SIGTERM)
+        } else if !killed {
+          // A second Ctrl-C means "now": skip the rest of the grace period.
+          stopRemaining(SIGKILL)
+          killed = true
+        }
+      }
+      for index in running.indices where outcome.endings[index] == nil {
+        guard let ending = running[index].reap(blocking: false) else { continue }
+        outcome.endings[index] = ending
+        // Whatever the member left behind in its group goes with it.
+        kill(-running[index].pid, SIGKILL)
+        onEvent(.ended(member: index, ending))
+        if !ending.exit.succeeded && stopRequested == nil {
+          outcome.firstFailure = Failure(
+            member: members[index].name, index: index, exit: ending.exit)
+          stopRequested = Self.now()
+          stopRemaining(SIGTERM)
+        }
+      }
+      if let started = stopRequested, !killed, Self.now() - started > graceSeconds {
+        stopRemaining(SIGKILL)
+        killed = true
+      }
+    }
+    // The last lines written before each exit are still in the pipes.
+    let drainEnd = Self.now() + 1
+    while running.contains(where: \.hasOpenOutput) && Self.now() < drainEnd {
+      _ = pump(&running, interrupts: nil, timeoutMilliseconds: 20)
+    }
+    running.indices.forEach { running[$0].flushPartialLines() }
+    return outcome
   }
 
-  private func spawn(_ member: Member) throws -> pid_t {
+  /// Copies whatever output is ready (waiting at most `timeoutMilliseconds`); returns a signal
+  /// number when SIGINT or SIGTERM arrived.
+  private func pump(
+    _ running: inout [Running], interrupts: InterruptPipe?, timeoutMilliseconds: Int32
+  ) -> Int32? {
+    var fds: [pollfd] = []
+    var owners: [(member: Int, stream: Int)] = []
+    if let interrupts {
+      fds.append(pollfd(fd: interrupts.readEnd, events: Int16(POLLIN), revents: 0))
+      owners.append((-1, -1))
+    }
+    for (index, member) in running.enumerated() {
+      for (stream, pipe) in member.pipes.enumerated() where pipe.fd >= 0 {
+        fds.append(pollfd(fd: pipe.fd, events: Int16(POLLIN), revents: 0))
+        owners.append((index, stream))
+      }
+    }
+    guard poll(&fds, nfds_t(fds.count), timeoutMilliseconds) > 0 else { return nil }
+    var signal: Int32?
+    for (slot, fd) in fds.enumerated() where fd.revents != 0 {
+      let owner = owners[slot]
+      if owner.member < 0 {
+        signal = interrupts?.take()
+      } else {
+        running[owner.member].readAvailable(stream: owner.stream)
+      }
+    }
+    return signal
+  }
+
+  private func spawn(_ member: Member, stdin: Int32) throws(LaunchError) -> Running {
+    guard let program = member.executable ?? executable else {
+      preconditionFailure("\(member.name): no executable for the member or the group")
+    }
     var environment = Self.currentEnvironment()
     for (key, value) in member.environment { environment[key] = value }
-    let argv = ([executable] + member.arguments).map { strdup($0) } + [nil]
+
+    var actions = posix_spawn_file_actions_t()
+    posix_spawn_file_actions_init(&actions)
+    defer { posix_spawn_file_actions_destroy(&actions) }
+    posix_spawn_file_actions_adddup2(&actions, stdin, 0)
+    var running = Running(pid: 0, started: Self.now(), output: member.output)
+    if let output = member.output {
+      running.log = open(output.logPath, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
+      guard running.log >= 0 else {
+        throw LaunchError("cannot write the log \(output.logPath): \(Self.errorText(errno))")
+      }
+      for stream in 0..<2 {
+        var ends: [Int32] = [-1, -1]
+        guard makePipe(&ends, nonBlocking: false) else {
+          running.closeAll()
+          throw LaunchError("cannot create a pipe for \(member.name): \(Self.errorText(errno))")
+        }
+        running.pipes[stream].fd = ends[0]
+        running.writeEnds.append(ends[1])
+        posix_spawn_file_actions_adddup2(&actions, ends[1], Int32(stream + 1))
+      }
+    }
+    defer { running.closeWriteEnds() }
+
+    var attributes = posix_spawnattr_t()
+    posix_spawnattr_init(&attributes)
+    defer { posix_spawnattr_destroy(&attributes) }
+    // Own process group; no blocked signals; SIGINT, SIGTERM and SIGPIPE back to their
+    // defaults (an ignored signal would otherwise stay ignored across exec).
+    posix_spawnattr_setpgroup(&attributes, 0)
+    var noSignals = sigset_t()
+    sigemptyset(&noSignals)
+    posix_spawnattr_setsigmask(&attributes, &noSignals)
+    var defaults = sigset_t()
+    sigemptyset(&defaults)
+    for signal in [SIGINT, SIGTERM, SIGPIPE] { sigaddset(&defaults, signal) }
+    posix_spawnattr_setsigdefault(&attributes, &defaults)
+    posix_spawnattr_setflags(
+      &attributes, Int16(POSIX_SPAWN_SETPGROUP | POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF))
+
+    let argv = ([program] + member.arguments).map { strdup($0) } + [nil]
     let envp = environment.map { strdup("\($0.key)=\($0.value)") } + [nil]
     defer {
       argv.forEach { free($0) }
       envp.forEach { free($0) }
     }
-    var pid: pid_t = 0
-    let result = posix_spawn(&pid, executable, nil, nil, argv, envp)
+    let result = posix_spawnp(&running.pid, program, &actions, &attributes, argv, envp)
     guard result == 0 else {
-      throw LaunchError("cannot start \(member.name) (\(executable)): \(String(cString: strerror(result)))")
+      running.closeAll()
+      throw LaunchError("cannot start \(member.name) (\(program)): \(Self.errorText(result))")
     }
-    return pid
+    running.started = Self.now()
+    return running
   }
 
-  private static func decode(_ status: Int32) -> Exit {
-    // WIFEXITED / WEXITSTATUS / WTERMSIG are macros Swift cannot import.
-    let signal = status & 0x7f
-    return signal == 0 ? .status((status >> 8) & 0xff) : .signal(signal)
-  }
-
-  private static func now() -> Double {
+  /// Seconds on the monotonic clock.
+  public static func now() -> Double {
     var time = timespec()
     clock_gettime(CLOCK_MONOTONIC, &time)
     return Double(time.tv_sec) + Double(time.tv_nsec) / 1e9
   }
+
+  static func errorText(_ code: Int32) -> String { String(cString: strerror(code)) }
 
   private static func currentEnvironment() -> [String: String] {
     var result: [String: String] = [:]
@@ -123,9 +288,193 @@ public struct LocalProcessGroup {
   }
 }
 
+/// One started member: its pid, and for captured output its pipes and log file.
+private struct Running {
+  struct Pipe {
+    var fd: Int32 = -1
+    var pending: [UInt8] = []
+  }
+
+  /// Longest line kept whole; longer ones are written in pieces.
+  static let maximumLine = 64 << 10
+
+  var pid: pid_t
+  var started: Double
+  let output: LocalProcessGroup.CapturedOutput?
+  var pipes = [Pipe(), Pipe()]
+  var writeEnds: [Int32] = []
+  var log: Int32 = -1
+
+  init(pid: pid_t, started: Double, output: LocalProcessGroup.CapturedOutput?) {
+    self.pid = pid
+    self.started = started
+    self.output = output
+  }
+
+  var hasOpenOutput: Bool { pipes.contains { $0.fd >= 0 } }
+
+  /// The member's ending if it has exited; `blocking` waits for it.
+  func reap(blocking: Bool) -> LocalProcessGroup.Ending? {
+    var status: Int32 = 0
+    var usage = rusage()
+    var result: pid_t
+    repeat {
+      result = wait4(pid, &status, blocking ? 0 : WNOHANG, &usage)
+    } while result < 0 && errno == EINTR
+    guard result == pid else { return nil }
+    // WIFEXITED / WEXITSTATUS / WTERMSIG are macros Swift cannot import.
+    let signal = status & 0x7f
+    let exit: LocalProcessGroup.Exit = signal == 0 ? .status((status >> 8) & 0xff) : .signal(signal)
+    let cpu = { (time: timeval) in Double(time.tv_sec) + Double(time.tv_usec) / 1e6 }
+    return LocalProcessGroup.Ending(
+      exit: exit, seconds: LocalProcessGroup.now() - started,
+      cpuSeconds: cpu(usage.ru_utime) + cpu(usage.ru_stime))
+  }
+
+  mutating func readAvailable(stream: Int) {
+    var buffer = [UInt8](repeating: 0, count: 65_536)
+    let count = read(pipes[stream].fd, &buffer, buffer.count)
+    if count < 0 && (errno == EINTR || errno == EAGAIN) { return }
+    guard count > 0 else {
+      close(pipes[stream].fd)
+      pipes[stream].fd = -1
+      flushPartialLine(stream: stream)
+      return
+    }
+    var pending = pipes[stream].pending
+    var lineStart = 0
+    for index in 0..<count where buffer[index] == UInt8(ascii: "\n") {
+      pending += buffer[lineStart...index]
+      emit(pending, stream: stream)
+      pending.removeAll(keepingCapacity: true)
+      lineStart = index + 1
+    }
+    pending += buffer[lineStart..<count]
+    pipes[stream].pending = pending
+    if pending.count >= Self.maximumLine {
+      flushPartialLine(stream: stream)
+    }
+  }
+
+  mutating func flushPartialLines() {
+    for stream in pipes.indices { flushPartialLine(stream: stream) }
+  }
+
+  private mutating func flushPartialLine(stream: Int) {
+    guard !pipes[stream].pending.isEmpty else { return }
+    emit(pipes[stream].pending + [UInt8(ascii: "\n")], stream: stream)
+    pipes[stream].pending.removeAll()
+  }
+
+  /// Writes one line (ending in a newline) to the log and, prefixed, to this process's stream.
+  /// Write errors are ignored: a closed terminal must not stop the job, and the log is the
+  /// record that matters.
+  private func emit(_ line: [UInt8], stream: Int) {
+    guard let output else { return }
+    writeAll(log, line)
+    writeAll(Int32(stream + 1), Array(output.prefix.utf8) + line)
+  }
+
+  private func writeAll(_ fd: Int32, _ bytes: [UInt8]) {
+    var offset = 0
+    while offset < bytes.count {
+      let written = bytes[offset...].withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
+      if written < 0 && errno == EINTR { continue }
+      guard written > 0 else { return }
+      offset += written
+    }
+  }
+
+  mutating func closeWriteEnds() {
+    writeEnds.forEach { close($0) }
+    writeEnds = []
+  }
+
+  mutating func closeAll() {
+    closeWriteEnds()
+    for stream in pipes.indices where pipes[stream].fd >= 0 {
+      close(pipes[stream].fd)
+      pipes[stream].fd = -1
+    }
+    if log >= 0 {
+      close(log)
+      log = -1
+    }
+  }
+}
+
+/// SIGINT and SIGTERM turned into a byte on a pipe that the supervisor polls with the members'
+/// output (the self-pipe trick): a handler may only do async-signal-safe things such as write.
+private struct InterruptPipe {
+  let readEnd: Int32
+  private let writeEnd: Int32
+  private let previous: [(Int32, sighandler_t?)]
+
+  nonisolated(unsafe) private static var handlerWriteEnd: Int32 = -1
+
+  static func install() throws(LaunchError) -> InterruptPipe {
+    var ends: [Int32] = [-1, -1]
+    guard makePipe(&ends, nonBlocking: true) else {
+      throw LaunchError("cannot create the signal pipe: \(LocalProcessGroup.errorText(errno))")
+    }
+    handlerWriteEnd = ends[1]
+    let handler: @convention(c) (Int32) -> Void = { number in
+      var byte = UInt8(truncatingIfNeeded: number)
+      _ = write(InterruptPipe.handlerWriteEnd, &byte, 1)
+    }
+    // SIGPIPE ignored: a closed terminal shows up as a failed write, not as the supervisor's
+    // death with its members left running.
+    let previous = [
+      (SIGINT, signal(SIGINT, handler)), (SIGTERM, signal(SIGTERM, handler)),
+      (SIGPIPE, signal(SIGPIPE, SIG_IGN)),
+    ]
+    // A parent may have started this process with them blocked (test runners do).
+    var interrupts = sigset_t()
+    sigemptyset(&interrupts)
+    sigaddset(&interrupts, SIGINT)
+    sigaddset(&interrupts, SIGTERM)
+    pthread_sigmask(SIG_UNBLOCK, &interrupts, nil)
+    return InterruptPipe(readEnd: ends[0], writeEnd: ends[1], previous: previous)
+  }
+
+  /// The signal that arrived, if any.
+  func take() -> Int32? {
+    var byte: UInt8 = 0
+    return read(readEnd, &byte, 1) == 1 ? Int32(byte) : nil
+  }
+
+  func uninstall() {
+    for (number, handler) in previous { signal(number, handler) }
+    close(readEnd)
+    close(writeEnd)
+  }
+}
+
+/// pipe2(O_CLOEXEC), which Swift's Glibc module does not declare: no end may leak into a
+/// worker started later (its output pipe would then never reach end of file).
+private func makePipe(_ ends: inout [Int32], nonBlocking: Bool) -> Bool {
+  guard pipe(&ends) == 0 else { return false }
+  for fd in ends {
+    _ = fcntl(fd, F_SETFD, FD_CLOEXEC)
+    if nonBlocking { _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK) }
+  }
+  return true
+}
+
 public struct LaunchError: Error, CustomStringConvertible {
   public let description: String
   public init(_ description: String) { self.description = description }
+}
+
+/// SIGTERM for 15: the name users know, where strsignal gives "Terminated".
+public func signalName(_ number: Int32) -> String {
+  let names: [Int32: String] = [
+    SIGHUP: "SIGHUP", SIGINT: "SIGINT", SIGQUIT: "SIGQUIT", SIGILL: "SIGILL", SIGTRAP: "SIGTRAP",
+    SIGABRT: "SIGABRT", SIGBUS: "SIGBUS", SIGFPE: "SIGFPE", SIGKILL: "SIGKILL", SIGUSR1: "SIGUSR1",
+    SIGSEGV: "SIGSEGV", SIGUSR2: "SIGUSR2", SIGPIPE: "SIGPIPE", SIGALRM: "SIGALRM",
+    SIGTERM: "SIGTERM", SIGXCPU: "SIGXCPU", SIGSYS: "SIGSYS",
+  ]
+  return names[number] ?? "signal \(number)"
 }
 
 /// The path of the running executable, so a launcher can start copies of itself.

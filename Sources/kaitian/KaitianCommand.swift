@@ -1,16 +1,18 @@
 import ArgumentParser
 import Kaitian
 
-/// The `kaitian` command: benchmarks the engine and serves the rendezvous store.
+/// The `kaitian` command: discovers devices, launches jobs, benchmarks the engine, and serves
+/// the rendezvous store.
 @main
 struct KaitianCommand: ParsableCommand {
   static let configuration = CommandConfiguration(
     commandName: "kaitian",
     abstract: "Collective communication across heterogeneous accelerators.",
     discussion: """
-      Kaitian joins ranks of different device kinds into one training job. This command \
-      benchmarks its host-memory engine and runs its rendezvous store.
+      Kaitian joins ranks of different device kinds into one training job. This command lists \
+      the accelerators of this host, launches a job's workers, benchmarks the host-memory \
+      engine, and runs the rendezvous store.
       """,
     version: KaitianVersion.string,
-    subcommands: [BenchCommand.self, StoreCommand.self])
+    subcommands: [BenchCommand.self, DevicesCommand.self, RunCommand.self, StoreCommand.self])
 }
