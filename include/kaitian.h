@@ -193,6 +193,41 @@ const char *ktWorkGetError(ktWork_t work);
 /* Releases the handle; the call itself still runs to completion. */
 ktResult_t ktWorkFree(ktWork_t work);
 
+/* ---- Load-adaptive planning ---- */
+typedef enum {
+  ktPlanFixedGlobal = 0, /* split a fixed global batch in proportion to speed (default) */
+  ktPlanPaper = 1        /* the paper: the fastest keeps `batch`, others batch * t_min / t_i */
+} ktPlanMode_t;
+
+/* Per-rank batch sizes from measured speeds. secondsPerSample[i] > 0 is rank i's compute time
+ * per sample (compute only, not time waiting in collectives). maxBatch may be NULL; entries
+ * <= 0 mean no memory limit for that rank. In ktPlanFixedGlobal, `batch` is the global batch:
+ * the result sums to it exactly (largest remainder), every rank gets at least 1, no rank more
+ * than its maxBatch (ktInvalidArgument if the limits cannot hold `batch` or batch < nranks).
+ * In ktPlanPaper, `batch` is the fastest rank's batch and rank i gets
+ * max(1, round(batch * t_min / t_i)), capped by maxBatch. Writes nranks entries to batches. */
+ktResult_t ktPlanBatches(int nranks, const double *secondsPerSample, const int64_t *maxBatch,
+                         int64_t batch, ktPlanMode_t mode, int64_t *batches);
+
+/* Online re-balancing: feed per-step compute times, ask for a new plan when due. The
+ * rebalancer smooths each rank's seconds per sample (exponential moving average with factor
+ * `smoothing` in (0, 1]) and proposes a change only when some rank's batch would move by more
+ * than `hysteresis` (a fraction of its current batch, e.g. 0.1) so plans do not oscillate. It
+ * is a pure function of the observations fed to it, so ranks that feed the same numbers (e.g.
+ * after an allgather) agree on every proposal without further communication. */
+typedef struct ktRebalancer *ktRebalancer_t;
+ktResult_t ktRebalancerCreate(ktRebalancer_t *rebalancer, int nranks, int64_t batch,
+                              ktPlanMode_t mode, const int64_t *maxBatch, double smoothing,
+                              double hysteresis);
+/* Rank `rank` spent computeSeconds on `samples` samples in its last step(s). */
+ktResult_t ktRebalancerObserve(ktRebalancer_t rebalancer, int rank, double computeSeconds,
+                               int64_t samples);
+/* Writes the current plan to batches (nranks entries) and sets *changed = 1 when it differs
+ * from the previous proposal (0 otherwise). The first call returns the plan from the first
+ * observations (or an even split when no rank has been observed). */
+ktResult_t ktRebalancerPropose(ktRebalancer_t rebalancer, int64_t *batches, int *changed);
+ktResult_t ktRebalancerFree(ktRebalancer_t rebalancer);
+
 #ifdef __cplusplus
 }
 #endif
