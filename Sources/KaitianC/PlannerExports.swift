@@ -1,0 +1,114 @@
+import Kaitian
+import KaitianHeader
+import KaitianStore
+
+// The load-adaptive planning functions of include/kaitian.h.
+
+/// ktRebalancer_t: a Rebalancer behind a lock, since the header lets any thread call any
+/// function.
+final class RebalancerHandle: OpaqueHandle {
+  let rebalancer: ConditionLock<Rebalancer>
+
+  init(_ rebalancer: Rebalancer) { self.rebalancer = ConditionLock(rebalancer) }
+}
+
+extension Arguments {
+  func planMode(_ raw: ktPlanMode_t) throws(KaitianError) -> PlanMode {
+    let value = Int32(bitPattern: raw.rawValue)
+    guard let mode = PlanMode(rawValue: value) else {
+      throw invalid(
+        "mode \(value) is not a ktPlanMode_t (0: ktPlanFixedGlobal, 1: ktPlanPaper)")
+    }
+    return mode
+  }
+
+  /// The rank count of a planning call: it sizes every array the call reads or writes.
+  func ranks(_ nranks: Int32) throws(KaitianError) -> Int {
+    guard nranks >= 1 else { throw invalid("nranks is \(nranks); it must be at least 1") }
+    return Int(nranks)
+  }
+
+  /// The planner of one call; entryPoint names the call in its errors.
+  func planner(
+    ranks: Int, batch: Int64, mode: ktPlanMode_t, maxBatch: UnsafePointer<Int64>?
+  ) throws(KaitianError) -> BatchPlanner {
+    // The header's "<= 0: no limit" becomes nil; a NULL array means no limits at all.
+    let limits = maxBatch.map { pointer in
+      UnsafeBufferPointer(start: pointer, count: ranks).map { $0 > 0 ? Int($0) : nil }
+    }
+    return try BatchPlanner(
+      ranks: ranks, batch: Int(batch), mode: try planMode(mode), maxBatch: limits)
+  }
+}
+
+@_cdecl("ktPlanBatches")
+public func ktPlanBatches(
+  _ nranks: Int32, _ secondsPerSample: UnsafePointer<Double>?, _ maxBatch: UnsafePointer<Int64>?,
+  _ batch: Int64, _ mode: ktPlanMode_t, _ batches: UnsafeMutablePointer<Int64>?
+) -> ktResult_t {
+  entryPoint("ktPlanBatches") { arguments throws(KaitianError) in
+    let ranks = try arguments.ranks(nranks)
+    let times = Array(
+      UnsafeBufferPointer(
+        start: try arguments.required(secondsPerSample, "secondsPerSample"), count: ranks))
+    let batches = try arguments.required(batches, "batches")
+    let planner = try arguments.planner(
+      ranks: ranks, batch: batch, mode: mode, maxBatch: maxBatch)
+    let plan = try planner.plan(secondsPerSample: times)
+    for (rank, size) in plan.enumerated() { batches[rank] = Int64(size) }
+  }
+}
+
+@_cdecl("ktRebalancerCreate")
+public func ktRebalancerCreate(
+  _ rebalancer: UnsafeMutablePointer<ktRebalancer_t?>?, _ nranks: Int32, _ batch: Int64,
+  _ mode: ktPlanMode_t, _ maxBatch: UnsafePointer<Int64>?, _ smoothing: Double,
+  _ hysteresis: Double
+) -> ktResult_t {
+  entryPoint("ktRebalancerCreate") { arguments throws(KaitianError) in
+    let rebalancer = try arguments.required(rebalancer, "rebalancer")
+    rebalancer.pointee = nil
+    let planner = try arguments.planner(
+      ranks: try arguments.ranks(nranks), batch: batch, mode: mode, maxBatch: maxBatch)
+    rebalancer.pointee = RebalancerHandle(
+      try Rebalancer(planner: planner, smoothing: smoothing, hysteresis: hysteresis)
+    ).retainedPointer()
+  }
+}
+
+@_cdecl("ktRebalancerObserve")
+public func ktRebalancerObserve(
+  _ rebalancer: ktRebalancer_t?, _ rank: Int32, _ computeSeconds: Double, _ samples: Int64
+) -> ktResult_t {
+  entryPoint("ktRebalancerObserve") { arguments throws(KaitianError) in
+    let handle = RebalancerHandle.from(try arguments.required(rebalancer, "rebalancer"))
+    try handle.rebalancer.withLock { rebalancer throws(KaitianError) in
+      try rebalancer.observe(
+        rank: Int(rank), computeSeconds: computeSeconds, samples: Int(samples))
+    }
+  }
+}
+
+@_cdecl("ktRebalancerPropose")
+public func ktRebalancerPropose(
+  _ rebalancer: ktRebalancer_t?, _ batches: UnsafeMutablePointer<Int64>?,
+  _ changed: UnsafeMutablePointer<Int32>?
+) -> ktResult_t {
+  entryPoint("ktRebalancerPropose") { arguments throws(KaitianError) in
+    let handle = RebalancerHandle.from(try arguments.required(rebalancer, "rebalancer"))
+    let batches = try arguments.required(batches, "batches")
+    let changed = try arguments.required(changed, "changed")
+    let proposal = try handle.rebalancer.withLock { rebalancer throws(KaitianError) in
+      try rebalancer.propose()
+    }
+    for (rank, size) in proposal.batches.enumerated() { batches[rank] = Int64(size) }
+    changed.pointee = proposal.changed ? 1 : 0
+  }
+}
+
+@_cdecl("ktRebalancerFree")
+public func ktRebalancerFree(_ rebalancer: ktRebalancer_t?) -> ktResult_t {
+  entryPoint("ktRebalancerFree") { arguments throws(KaitianError) in
+    RebalancerHandle.release(try arguments.required(rebalancer, "rebalancer"))
+  }
+}
