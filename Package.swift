@@ -53,8 +53,11 @@ let package = Package(
       name: "KaitianTests",
       dependencies: [
         "Kaitian", "KaitianStore", "KaitianVerification", "KaitianLaunch", "CKaitianShim",
-        "KaitianCLI", "KaitianTestWorker",
+        "KaitianCLI", "KaitianTestWorker", "KaitianFuzz",
       ]),
+    // The fuzz target for the network decoders (scripts/fuzz.sh); a corpus replayer otherwise.
+    .executableTarget(
+      name: "KaitianFuzz", dependencies: ["KaitianStore"], path: "Tests/KaitianFuzz"),
     // Ranks as processes for the tests: runs the check matrix, or loops until killed.
     .executableTarget(
       name: "KaitianTestWorker", dependencies: ["Kaitian", "KaitianVerification"],

@@ -79,8 +79,17 @@ extension Duration {
     return sum
   }
 
-  /// The duration in whole milliseconds, saturating; used on the wire and in messages.
-  var milliseconds: Int64 { nanoseconds / 1_000_000 }
+  /// The duration in whole milliseconds, saturating at the bounds of `Int64` (computed from
+  /// the components, not from `nanoseconds`, whose range ends at 292 years, so that every
+  /// millisecond count read from the wire encodes back to itself).
+  var milliseconds: Int64 {
+    let (seconds, attoseconds) = components
+    let (scaled, overflow) = seconds.multipliedReportingOverflow(by: 1_000)
+    if overflow { return seconds > 0 ? .max : .min }
+    let (sum, overflow2) = scaled.addingReportingOverflow(attoseconds / 1_000_000_000_000_000)
+    if overflow2 { return seconds > 0 ? .max : .min }
+    return sum
+  }
 
   /// "1.5 s" or "250 ms": short and readable in error messages.
   var secondsDescription: String {
