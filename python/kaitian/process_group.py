@@ -16,10 +16,13 @@ libraries to the four collectives every one of them has.
 
 from __future__ import annotations
 
+import atexit
 import ctypes
+import itertools
 import os
 import queue
 import threading
+import time
 from collections.abc import Callable
 from datetime import timedelta
 
@@ -42,32 +45,50 @@ def _unwrap(fut: Future) -> list[torch.Tensor]:
     return fut.value()
 
 
-def _work_from_future(fut: Future) -> dist.Work:
-    """A torch Work completed by `fut` (torch >= 2.0 has the factory; 1.13 gets a Python Work).
+def _work_from_future(fut: Future, call: str) -> dist.Work:
+    """The Work of one collective, completed by `fut`; `call` names it in errors ("rank 0: allreduce #7").
 
     Python's Future.set_exception stores the exception as the future's *value*, which only Python
     callers unwrap; C++ callers such as DDP's reducer would read it as a tensor list and crash.
     Chaining through `then` turns it into a real error of the C++ future: wait() raises it (with
     the engine's message) in C++ and Python alike.
     """
-    settled = fut.then(_unwrap)
-    create = getattr(torch._C._distributed_c10d, "_create_work_from_future", None)
-    if create is not None:
-        return create(settled)
-    return _FutureWork(settled)
+    return _FutureWork(fut.then(_unwrap), call)
 
 
 class _FutureWork(torch._C._distributed_c10d.Work):
-    """Work over a future for torch versions without `_create_work_from_future`."""
+    """A Work over a future whose wait honours its timeout.
 
-    def __init__(self, fut: Future) -> None:
+    A Python Work rather than torch's `_create_work_from_future`, whose wait ignores the timeout.
+    torch calls this class's wait and get_future from C++ too (DDP's reducer takes the future) and
+    keeps the Python object alive while C++ holds the Work, in every version from 1.13 on.
+    """
+
+    def __init__(self, fut: Future, call: str) -> None:
         super().__init__()
         self._fut = fut
+        self._call = call
 
     def is_completed(self) -> bool:
         return self._fut.done()
 
     def wait(self, timeout: timedelta | None = None) -> bool:
+        """Waits for the collective; with a positive `timeout`, at most that long.
+
+        A plain wait() gets None from Python and timedelta(0) (torch's kNoTimeout) from C++: then
+        the process group's own deadline, which the engine applies to every call, is the limit.
+        When `timeout` expires first this raises KaitianTimeoutError naming rank and call, as
+        torch's backends raise on a timed-out wait; the collective stays issued and may still
+        complete, so its tensors must not be reused until the group is aborted or destroyed.
+        """
+        seconds = timeout.total_seconds() if timeout is not None else 0.0
+        if seconds > 0 and not self._fut.done():
+            settled = threading.Event()
+            self._fut.add_done_callback(lambda _: settled.set())
+            if not settled.wait(seconds):
+                raise _native.KaitianTimeoutError(
+                    f"kaitian: {self._call}: not complete after Work.wait(timeout={seconds:g} s)", _native.TIMEOUT
+                )
         self._fut.wait()
         return True
 
@@ -89,31 +110,119 @@ def _size_array(values: list[int], keep: list[object]) -> ctypes.Array:
     return array
 
 
-class _Worker:
-    """One thread running a process group's hybrid collectives in issue order."""
+def _settle(fut: Future, error: Exception) -> None:
+    """Fails `fut` unless it completed meanwhile (a torch Future completes once)."""
+    try:
+        fut.set_exception(error)
+    except RuntimeError:
+        pass
 
-    def __init__(self, name: str) -> None:
+
+class _Worker:
+    """One thread running a process group's hybrid collectives in issue order, and a watch on the job.
+
+    Why the watch: a rank blocked in a vendor library's collective (gloo's cannot be aborted)
+    would wait for that library's own timeout and then report a broken connection, not which rank
+    was lost; a column communicator's errors use its own rank numbers, not the global ones. The
+    all-ranks engine communicator notices a dead or failed peer within milliseconds, whatever this
+    rank is doing, and names it by global rank. So `health` (that communicator's state) is polled;
+    once it reports an error, every pending and later collective fails with it at once, and
+    `on_failure` aborts the group's engine communicators so this thread is released as soon as it
+    can be (a call inside gloo still ends only at gloo's timeout, which is the group's timeout).
+    A collective that fails on this thread fails the whole group the same way, because a half-done
+    hierarchical collective leaves the ranks out of step.
+
+    After a failure this thread may still be inside gloo, released by gloo's timeout (the group's)
+    or as soon as the gloo peers exit. Closing the group, and the interpreter's exit, wait for it
+    that long at most: a daemon thread that comes back from C++ while Python finalizes is killed
+    by the interpreter inside torch's C++ frames, and the process aborts ("terminate called
+    without an active exception") instead of exiting.
+    """
+
+    POLL_SECONDS = 0.02
+
+    def __init__(
+        self,
+        name: str,
+        health: Callable[[], Exception | None],
+        on_failure: Callable[[Exception], None],
+        timeout_seconds: float,
+    ) -> None:
+        self._health = health
+        self._on_failure = on_failure
+        self._timeout_seconds = timeout_seconds
+        self._grace_seconds = min(1.0, timeout_seconds)
+        self._lock = threading.Lock()
+        self._pending: set[Future] = set()
+        self._failure: Exception | None = None
+        self._stop = threading.Event()
         self._jobs: queue.SimpleQueue[tuple[Job, Future] | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
+        self._watch = threading.Thread(target=self._watch_health, name=f"{name}-watch", daemon=True)
         self._thread.start()
+        self._watch.start()
 
     def enqueue(self, job: Job) -> Future:
         fut = Future()
+        with self._lock:
+            failure = self._failure
+            if failure is None:
+                self._pending.add(fut)
+        if failure is not None:
+            fut.set_exception(failure)
+            return fut
+        fut.add_done_callback(self._discard)
         self._jobs.put((job, fut))
         return fut
+
+    def _discard(self, fut: Future) -> None:
+        with self._lock:
+            self._pending.discard(fut)
 
     def _loop(self) -> None:
         while (item := self._jobs.get()) is not None:
             job, fut = item
+            if fut.done():  # already failed with the group
+                continue
             try:
                 job(fut)
             except Exception as error:  # every failure belongs to the collective's future
-                if not fut.done():
-                    fut.set_exception(error)
+                if self._failure is None:  # else the group failed already; its communicators may be gone
+                    self._fail(self._explain(error))
+
+    def _explain(self, error: Exception) -> Exception:
+        """The all-ranks communicator's error when it reports one soon, for it names the lost rank."""
+        deadline = time.monotonic() + self._grace_seconds
+        while (cause := self._health()) is None and time.monotonic() < deadline:
+            time.sleep(self.POLL_SECONDS)
+        if cause is None:
+            return error
+        cause.__cause__ = error
+        return cause
+
+    def _watch_health(self) -> None:
+        while not self._stop.wait(self.POLL_SECONDS):
+            if (error := self._health()) is not None:
+                self._fail(error)
+                return
+
+    def _fail(self, error: Exception) -> None:
+        with self._lock:
+            if self._failure is not None:
+                return
+            self._failure = error
+            pending, self._pending = self._pending, set()
+        for fut in pending:
+            _settle(fut, error)
+        self._on_failure(error)
+        atexit.register(self._thread.join, self._timeout_seconds)
 
     def close(self) -> None:
+        """Stops the watch, then lets issued collectives finish (at most the timeout after a failure)."""
+        self._stop.set()
+        self._watch.join()
         self._jobs.put(None)
-        self._thread.join()
+        self._thread.join(timeout=self._timeout_seconds if self._failure is not None else None)
 
 
 class ProcessGroupKaitian(dist.ProcessGroup):
@@ -134,6 +243,7 @@ class ProcessGroupKaitian(dist.ProcessGroup):
         self._timeout_seconds = float(env_timeout) if env_timeout else timeout.total_seconds()
         self._rank = rank
         self._size = size
+        self._calls = itertools.count(1)
         self.topology = Topology.exchange(store, rank, size, timeout)
         token = job_token(store, rank, timeout)
         adapter = TorchStoreAdapter(store)
@@ -172,7 +282,25 @@ class ProcessGroupKaitian(dist.ProcessGroup):
                 )
         if len(topo.groups) > 1 and local < topo.columns:
             self._column = communicator(len(topo.groups), group.index, f"kaitian/column/{local}")
-        self._worker = _Worker(f"kaitian-pg{self._rank}")
+        self._worker = _Worker(f"kaitian-pg{self._rank}", self._world_error, self._abort_engine, self._timeout_seconds)
+
+    def _world_error(self) -> _native.KaitianError | None:
+        """The all-ranks communicator's first fatal error (a lost or aborted peer), if any."""
+        handle = self._world.handle
+        if handle is None:
+            return None
+        api = _native.lib()
+        code = ctypes.c_int(_native.SUCCESS)
+        api.ktCommGetAsyncError(handle, ctypes.byref(code))
+        if code.value == _native.SUCCESS:
+            return None
+        raw = api.ktCommGetLastError(handle)
+        return _native.error_for(code.value, raw.decode(errors="replace") if raw else "")
+
+    def _abort_engine(self, error: Exception) -> None:
+        """Fails this group's engine communicators on every rank with `error`'s message."""
+        for comm in self._communicators():
+            comm.abort(str(error))
 
     # ---- identity ----
 
@@ -189,13 +317,18 @@ class ProcessGroupKaitian(dist.ProcessGroup):
 
     # ---- dispatch ----
 
-    def _engine(self, build: Callable[[], Plan]) -> dist.Work:
+    def _call(self, name: str) -> str:
+        """How errors name a call: this rank, the collective and its number in this group."""
+        return f"rank {self._rank}: {name} #{next(self._calls)}"
+
+    def _engine(self, name: str, build: Callable[[], Plan]) -> dist.Work:
         """Runs a plan on the all-ranks communicator: directly when flat, in order when hybrid."""
+        call = self._call(name)
         if self._worker is None:
             fut = Future()
             self._world.submit(build(), fut)
-            return _work_from_future(fut)
-        return _work_from_future(self._worker.enqueue(lambda fut: self._world.submit(build(), fut)))
+            return _work_from_future(fut, call)
+        return _work_from_future(self._worker.enqueue(lambda fut: self._world.submit(build(), fut)), call)
 
     # ---- collectives ----
 
@@ -210,7 +343,7 @@ class ProcessGroupKaitian(dist.ProcessGroup):
                     self._allreduce_hybrid(t, op)
                 fut.set_result(tensors)
 
-            return _work_from_future(self._worker.enqueue(job))
+            return _work_from_future(self._worker.enqueue(job), self._call("allreduce"))
 
         def build() -> Plan:
             keep: list[object] = []
@@ -221,7 +354,7 @@ class ProcessGroupKaitian(dist.ProcessGroup):
             ]
             return Plan(calls, copied_back(pairs, tensors), keep)
 
-        return self._engine(build)
+        return self._engine("allreduce", build)
 
     def allreduce_coalesced(self, tensors: list[torch.Tensor], opts: object = None) -> dist.Work:
         return self.allreduce(tensors, opts)
@@ -313,7 +446,7 @@ class ProcessGroupKaitian(dist.ProcessGroup):
             ]
             return Plan(calls, copied_back(pairs, tensors), keep)
 
-        return self._engine(build)
+        return self._engine("broadcast", build)
 
     def allgather(
         self, output_tensors: list[list[torch.Tensor]], input_tensors: list[torch.Tensor], opts: object = None
@@ -342,7 +475,7 @@ class ProcessGroupKaitian(dist.ProcessGroup):
 
             return Plan(calls, finish, keep)
 
-        return self._engine(build)
+        return self._engine("allgather", build)
 
     def _allgather_base(self, output: torch.Tensor, input: torch.Tensor, opts: object = None) -> dist.Work:
         return self.allgather_into_tensor_coalesced([output], [input], opts)
@@ -361,7 +494,7 @@ class ProcessGroupKaitian(dist.ProcessGroup):
                 )
             return Plan(calls, copied_back(pairs, outputs), keep)
 
-        return self._engine(build)
+        return self._engine("allgather_into_tensor_coalesced", build)
 
     def reduce_scatter(
         self, output_tensors: list[torch.Tensor], input_tensors: list[list[torch.Tensor]], opts: object = None
@@ -386,7 +519,7 @@ class ProcessGroupKaitian(dist.ProcessGroup):
                     finishers.append((out, flat.split(counts)[self._rank].view(out.shape)))
             return Plan(calls, copied_back(finishers, output_tensors), keep)
 
-        return self._engine(build)
+        return self._engine("reduce_scatter", build)
 
     def _reduce_scatter_base(self, output: torch.Tensor, input: torch.Tensor, opts: object = None) -> dist.Work:
         return self.reduce_scatter_tensor_coalesced([output], [input], opts)
@@ -406,7 +539,7 @@ class ProcessGroupKaitian(dist.ProcessGroup):
                 calls.append(("ktReduceScatter", (src.data_ptr(), dst.data_ptr(), dst.numel(), dt, op)))
             return Plan(calls, copied_back(pairs, outputs), keep)
 
-        return self._engine(build)
+        return self._engine("reduce_scatter_tensor_coalesced", build)
 
     def reduce(self, tensors: list[torch.Tensor], opts: object = None) -> dist.Work:
         op = _reduce_op(opts)
@@ -421,7 +554,7 @@ class ProcessGroupKaitian(dist.ProcessGroup):
             ]
             return Plan(calls, copied_back(pairs, tensors), keep)
 
-        return self._engine(build)
+        return self._engine("reduce", build)
 
     def gather(
         self, output_tensors: list[list[torch.Tensor]], input_tensors: list[torch.Tensor], opts: object = None
@@ -446,7 +579,7 @@ class ProcessGroupKaitian(dist.ProcessGroup):
 
             return Plan([call], finish, keep)
 
-        return self._engine(build)
+        return self._engine("gather", build)
 
     def scatter(
         self, output_tensors: list[torch.Tensor], input_tensors: list[list[torch.Tensor]], opts: object = None
@@ -465,7 +598,7 @@ class ProcessGroupKaitian(dist.ProcessGroup):
             call = ("ktScatter", (send, dst.data_ptr(), dst.numel(), _native.datatype(dst.dtype), root))
             return Plan([call], copied_back([(out, dst)], output_tensors), keep)
 
-        return self._engine(build)
+        return self._engine("scatter", build)
 
     def alltoall_base(
         self,
@@ -490,7 +623,7 @@ class ProcessGroupKaitian(dist.ProcessGroup):
                 )
             return Plan([call], copied_back([(output, dst)], [output]), keep)
 
-        return self._engine(build)
+        return self._engine("alltoall_base", build)
 
     def _split_counts(self, t: torch.Tensor, splits: list[int]) -> list[int]:
         """Element counts per rank for splits along dim 0 (equal rows when splits is empty)."""
@@ -521,10 +654,10 @@ class ProcessGroupKaitian(dist.ProcessGroup):
 
             return Plan([call], finish, keep)
 
-        return self._engine(build)
+        return self._engine("alltoall", build)
 
     def barrier(self, opts: object = None) -> dist.Work:
-        return self._engine(lambda: Plan([("ktBarrier", ())], lambda: []))
+        return self._engine("barrier", lambda: Plan([("ktBarrier", ())], lambda: []))
 
     def send(self, tensors: list[torch.Tensor], dstRank: int, tag: int = 0) -> dist.Work:
         def build() -> Plan:
@@ -533,7 +666,7 @@ class ProcessGroupKaitian(dist.ProcessGroup):
             calls = [("ktSend", (b.data_ptr(), b.numel(), _native.datatype(b.dtype), dstRank, tag)) for b in bufs]
             return Plan(calls, lambda: tensors, keep)
 
-        return self._engine(build)
+        return self._engine("send", build)
 
     def recv(self, tensors: list[torch.Tensor], srcRank: int, tag: int = 0) -> dist.Work:
         def build() -> Plan:
@@ -542,7 +675,7 @@ class ProcessGroupKaitian(dist.ProcessGroup):
             calls = [("ktRecv", (b.data_ptr(), b.numel(), _native.datatype(b.dtype), srcRank, tag)) for _, b in pairs]
             return Plan(calls, copied_back(pairs, tensors), keep)
 
-        return self._engine(build)
+        return self._engine("recv", build)
 
     # torch >= 2.15 names for the single-tensor forms.
     all_gather_single = _allgather_base

@@ -60,10 +60,13 @@ def run_ranks(
     env: Callable[[int], dict[str, str]] | None = None,
     timeout: float = 120.0,
     expect: int | None = None,
+    exit_codes: dict[int, int | None] | None = None,
 ) -> dict[int, tuple[str, object]]:
     """Runs SCENARIOS[scenario] on `size` ranks; returns {rank: (status, value)}.
 
     `expect` is how many ranks are expected to report (fewer when a scenario kills a rank).
+    `exit_codes`, when given, receives each rank process's exit code, or None for a process that
+    had not exited 10 s after the results were in (and was killed).
     """
     ctx = multiprocessing.get_context("spawn")
     results = ctx.Queue()
@@ -83,8 +86,10 @@ def run_ranks(
     except queue.Empty:
         pass
     finally:
-        for p in procs:
+        for rank, p in enumerate(procs):
             p.join(timeout=10)
+            if exit_codes is not None:
+                exit_codes[rank] = p.exitcode
             if p.is_alive():
                 p.kill()
                 p.join()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import signal
 import time
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -218,8 +219,13 @@ def batch(step: int) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.randn(BATCH, 8, generator=g), torch.randint(0, 4, (BATCH,), generator=g)
 
 
-def train(rank: int, size: int, ddp: bool, kill_at: int | None = None) -> list[list[torch.Tensor]]:
-    """SGD on the same global batches; each rank takes its slice. Returns gradients per step."""
+def train(
+    rank: int, size: int, ddp: bool, kill_at: int | None = None, starts: list[float] | None = None
+) -> list[list[torch.Tensor]]:
+    """SGD on the same global batches; each rank takes its slice. Returns gradients per step.
+
+    `starts`, when given, receives each step's start time (time.monotonic()).
+    """
     torch.manual_seed(0)
     model = Net()
     if ddp:
@@ -230,6 +236,8 @@ def train(rank: int, size: int, ddp: bool, kill_at: int | None = None) -> list[l
     for step in range(STEPS):
         x, y = batch(step)
         x, y = x[rank * per : (rank + 1) * per], y[rank * per : (rank + 1) * per]
+        if starts is not None:
+            starts.append(time.monotonic())
         if kill_at is not None and step == kill_at and rank == size - 1:
             os.kill(os.getpid(), signal.SIGKILL)
         opt.zero_grad()
@@ -261,4 +269,50 @@ def scenario_kill(rank: int, size: int) -> dict[str, object]:
     return {"raised": False, "message": "", "seconds": time.monotonic() - start}
 
 
-SCENARIOS = {"full": scenario_full, "ddp": scenario_ddp, "kill": scenario_kill}
+def scenario_kill_timed(rank: int, size: int) -> dict[str, object]:
+    """As scenario_kill, timed from the start of the step in which the last rank dies.
+
+    DDP keeps the ranks in step, so a survivor starts that step within a few milliseconds of the
+    rank's death: `detect_seconds` is how long the survivor took to notice it.
+    """
+    starts: list[float] = []
+    try:
+        train(rank, size, ddp=True, kill_at=2, starts=starts)
+        for _ in range(1000):
+            dist.all_reduce(torch.ones(1))
+    except Exception as error:
+        return {"raised": True, "message": str(error), "detect_seconds": time.monotonic() - starts[-1]}
+    return {"raised": False, "message": "", "detect_seconds": time.monotonic() - starts[-1]}
+
+
+def scenario_wait_timeout(rank: int, size: int) -> dict[str, object]:
+    """Rank 0 waits with a short Work.wait(timeout) for an allreduce the others join late.
+
+    Returns what rank 0's wait raised and how long it took, and whether the allreduce still
+    completed correctly once everyone joined (the collective stays issued after a timed-out wait).
+    """
+    t = torch.ones(4)
+    result: dict[str, object] = {"raised": False, "message": "", "wait_seconds": 0.0}
+    if rank != 0:
+        time.sleep(3.0)
+    work = dist.all_reduce(t, async_op=True)
+    if rank == 0:
+        started = time.monotonic()
+        try:
+            work.wait(timeout=timedelta(seconds=0.5))
+        except RuntimeError as error:
+            result.update(raised=True, message=str(error), type=type(error).__name__)
+        result["wait_seconds"] = time.monotonic() - started
+    work.wait()
+    result["sum"] = t.tolist()
+    dist.barrier()
+    return result
+
+
+SCENARIOS = {
+    "full": scenario_full,
+    "ddp": scenario_ddp,
+    "kill": scenario_kill,
+    "kill_timed": scenario_kill_timed,
+    "wait_timeout": scenario_wait_timeout,
+}
