@@ -4,8 +4,9 @@ Runs ``--ranks`` processes on this machine that join a gloo process group over
 127.0.0.1 and time collectives like nccl-tests does. For every size each rank
 runs ``--warmup`` untimed calls, then, after one barrier, ``--iters`` calls back
 to back (each waited for), timed with ``time.perf_counter``; ``time_us`` is the
-mean time per call of the slowest rank, exactly as ``kaitian bench`` measures. A final untimed call on known inputs checks the result (``wrong`` counts
-wrong elements over all ranks).
+mean time per call of the slowest rank, exactly as ``kaitian bench`` measures.
+A final untimed call on known inputs checks the result (``wrong`` counts wrong
+elements over all ranks).
 
 ``--memcpy`` instead measures single-thread memcpy bandwidth (``ctypes.memmove``
 of ``--max-bytes`` between two preallocated buffers) as the machine's yardstick.
