@@ -57,6 +57,7 @@ final class CallContext {
       try TransferProgress(transfer, link: link(to: transfer.peer), context: self)
     }
     var lastProgress = kt_monotonic_ns()
+    var spins = 0
     while true {
       let ticket = doorbell?.ticket ?? 0
       var progressed = false
@@ -78,7 +79,10 @@ final class CallContext {
       }
       if now >= deadline { throw timedOut(states) }
       if now - lastProgress < spinNanoseconds {
-        kt_cpu_relax()
+        // Yield now and then: when ranks outnumber free cores, the peer we wait for may need
+        // this core to make the progress we are spinning for.
+        spins &+= 1
+        if spins % 32 == 0 { sched_yield() } else { kt_cpu_relax() }
         continue
       }
       sleep(until: states, ticket: ticket, now: now)
