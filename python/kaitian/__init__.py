@@ -21,11 +21,21 @@ from ._native import (
     KaitianSystemError,
     KaitianTimeoutError,
 )
+from .planner import Rebalancer, gather_speeds, measure_plan, measure_speed, plan_batches
 from .process_group import BACKEND_NAME, ProcessGroupKaitian, create_process_group
+from .rebalance import OnlineBalancer, PlanChange
+from .sampler import AdaptiveBatchSampler, AdaptiveSampler, loader_batch_size
 from .topology import Group, Topology, intra_backends, local_device_kind
+from .weighting import GradientWeighting, install_weighting, weighted_allreduce_hook
 
 __all__ = [
     "BACKEND_NAME",
+    "AdaptiveBatchSampler",
+    "AdaptiveSampler",
+    "GradientWeighting",
+    "OnlineBalancer",
+    "PlanChange",
+    "Rebalancer",
     "Group",
     "KaitianError",
     "KaitianInternalError",
@@ -37,9 +47,16 @@ __all__ = [
     "KaitianTimeoutError",
     "ProcessGroupKaitian",
     "Topology",
+    "gather_speeds",
+    "install_weighting",
     "intra_backends",
+    "loader_batch_size",
     "local_device_kind",
+    "measure_plan",
+    "measure_speed",
+    "plan_batches",
     "register",
+    "weighted_allreduce_hook",
 ]
 
 

@@ -302,3 +302,52 @@ def reduce_op(op: object) -> int:
 def torch_reduce_op(code: int) -> object:
     """The torch ReduceOp for a ktRedOp_t (for vendor process groups inside a group)."""
     return next(torch_op for torch_op, c in _OPS if c == code)
+
+
+# ---- Load-adaptive planning (kaitian.h) ----
+# Bound on first use, not through _SIGNATURES: a library built before the planner existed still
+# serves every collective, and only planning fails, with a message saying to rebuild.
+
+# ktPlanMode_t
+PLAN_FIXED_GLOBAL = 0
+PLAN_PAPER = 1
+
+_i64 = ctypes.c_int64
+_pi64 = ctypes.POINTER(ctypes.c_int64)
+_PLANNER_SIGNATURES: dict[str, tuple[object, list[object]]] = {
+    "ktPlanBatches": (_int, [_int, ctypes.POINTER(ctypes.c_double), _pi64, _i64, _int, _pi64]),
+    "ktRebalancerCreate": (_int, [_pp, _int, _i64, _int, _pi64, ctypes.c_double, ctypes.c_double]),
+    "ktRebalancerObserve": (_int, [_p, _int, ctypes.c_double, _i64]),
+    "ktRebalancerPropose": (_int, [_p, _pi64, ctypes.POINTER(_int)]),
+    "ktRebalancerFree": (_int, [_p]),
+}
+_planner_bound = False
+
+
+def planner_lib() -> ctypes.CDLL:
+    """The library with the planner's functions bound; OSError names a build without them."""
+    global _planner_bound
+    api = lib()
+    with _lib_lock:
+        if not _planner_bound:
+            for name, (restype, argtypes) in _PLANNER_SIGNATURES.items():
+                try:
+                    fn = getattr(api, name)
+                except AttributeError:
+                    raise OSError(
+                        f"kaitian: the loaded {LIBRARY_NAME} has no {name} (built before the planner?): "
+                        "rebuild it with `swift build -c release` or set KAITIAN_LIBRARY"
+                    ) from None
+                fn.restype = restype
+                fn.argtypes = argtypes
+            _planner_bound = True
+    return api
+
+
+def has_planner() -> bool:
+    """Whether the loadable library exports the planner (tests skip the native parts otherwise)."""
+    try:
+        planner_lib()
+    except OSError:
+        return False
+    return True

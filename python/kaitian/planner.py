@@ -1,0 +1,223 @@
+"""Per-rank batch sizes from measured speed: the Swift planner through ctypes, and the measurement.
+
+The planning math lives in Swift (ktPlanBatches, ktRebalancer* in kaitian.h) so every front end
+(this package, the CLI, other languages) plans identically; this module only converts arguments,
+times the user's own model, and gathers every rank's figure so all ranks plan from the same
+numbers and therefore agree on the plan without a further round of communication.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import time
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from . import _native
+
+_MODES = {"fixed-global": _native.PLAN_FIXED_GLOBAL, "paper": _native.PLAN_PAPER}
+
+
+def _mode(mode: str) -> int:
+    try:
+        return _MODES[mode]
+    except KeyError:
+        raise ValueError(f"kaitian: plan mode {mode!r} is unknown (use 'fixed-global' or 'paper')") from None
+
+
+def _limits(max_batch: Sequence[int | None] | None, nranks: int) -> ctypes.Array | None:
+    """ktPlanBatches' maxBatch array (<= 0 means no limit), or None when no rank has a limit."""
+    if max_batch is None:
+        return None
+    if len(max_batch) != nranks:
+        raise ValueError(f"kaitian: max_batch has {len(max_batch)} entries for {nranks} ranks")
+    return (ctypes.c_int64 * nranks)(*[0 if m is None else int(m) for m in max_batch])
+
+
+def plan_batches(
+    seconds_per_sample: Sequence[float],
+    batch: int,
+    mode: str = "fixed-global",
+    max_batch: Sequence[int | None] | None = None,
+) -> list[int]:
+    """Each rank's batch size from its compute seconds per sample (ktPlanBatches).
+
+    "fixed-global" (default): `batch` is the global batch, split in proportion to speed by largest
+    remainder; the result sums to `batch` exactly and every rank gets at least 1, so the
+    optimisation (learning rate, global batch) does not depend on the hardware mix. "paper": the
+    fastest rank keeps `batch` and rank i gets batch * t_min / t_i (at least 1). `max_batch`, one
+    entry per rank (None or <= 0 for no limit), caps each rank, e.g. by its device memory.
+    """
+    n = len(seconds_per_sample)
+    if n == 0:
+        raise ValueError("kaitian: plan_batches needs at least one rank")
+    api = _native.planner_lib()
+    seconds = (ctypes.c_double * n)(*[float(s) for s in seconds_per_sample])
+    out = (ctypes.c_int64 * n)()
+    _native.check(api.ktPlanBatches(n, seconds, _limits(max_batch, n), int(batch), _mode(mode), out))
+    return list(out)
+
+
+class Rebalancer:
+    """A ktRebalancer: smoothed per-rank speeds in, a plan out, changed only past a hysteresis.
+
+    It is a pure function of what it is fed, so ranks that feed it the same (allgathered)
+    observations in the same order propose the same plans without talking to each other.
+    """
+
+    def __init__(
+        self,
+        nranks: int,
+        batch: int,
+        mode: str = "fixed-global",
+        max_batch: Sequence[int | None] | None = None,
+        smoothing: float = 0.5,
+        hysteresis: float = 0.1,
+    ) -> None:
+        api = _native.planner_lib()
+        handle = ctypes.c_void_p()
+        _native.check(
+            api.ktRebalancerCreate(
+                ctypes.byref(handle),
+                int(nranks),
+                int(batch),
+                _mode(mode),
+                _limits(max_batch, nranks),
+                float(smoothing),
+                float(hysteresis),
+            )
+        )
+        self._handle: int | None = handle.value
+        self.nranks = nranks
+
+    def observe(self, rank: int, compute_seconds: float, samples: int) -> None:
+        """Rank `rank` spent `compute_seconds` (compute only) on `samples` samples."""
+        _native.check(_native.planner_lib().ktRebalancerObserve(self._live(), rank, compute_seconds, samples))
+
+    def propose(self) -> tuple[list[int], bool]:
+        """The current plan, and whether it differs from the previous proposal."""
+        out = (ctypes.c_int64 * self.nranks)()
+        changed = ctypes.c_int()
+        _native.check(_native.planner_lib().ktRebalancerPropose(self._live(), out, ctypes.byref(changed)))
+        return list(out), bool(changed.value)
+
+    def close(self) -> None:
+        """Frees the native rebalancer; idempotent."""
+        if self._handle:
+            handle, self._handle = self._handle, None
+            _native.check(_native.planner_lib().ktRebalancerFree(handle))
+
+    def _live(self) -> int:
+        if not self._handle:
+            raise _native.KaitianInvalidUsageError("kaitian: the rebalancer is closed", _native.INVALID_USAGE)
+        return self._handle
+
+    def __enter__(self) -> Rebalancer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        if getattr(self, "_handle", None) and _native._lib is not None:
+            self.close()
+
+
+def _synchronize(device: torch.device) -> None:
+    """Waits for queued kernels so the clock covers the work, not just its launch."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def measure_speed(
+    model: nn.Module,
+    sample_batch: tuple[torch.Tensor, ...] | list[torch.Tensor],
+    loss_fn: Callable[..., torch.Tensor],
+    steps: int = 10,
+    warmup: int = 2,
+    min_seconds: float = 0.5,
+) -> float:
+    """This rank's compute seconds per sample for the user's own model: forward, loss, backward.
+
+    `sample_batch` is (inputs, targets) already on the model's device; `loss_fn(output, targets)`.
+    Runs `warmup` untimed steps (allocator, kernel selection, caches), then at least `steps` timed
+    steps and at least `min_seconds`: the mean over a long window, not a median of short steps,
+    because CPU quotas (cgroup periods of 100 ms) and clock boosts make short steps lie. Nothing
+    collective runs (pass the plain module, or call this before wrapping it in DDP), and the
+    model is left as found: gradients and buffers (BatchNorm statistics) are restored.
+    """
+    inputs, targets = sample_batch[0], sample_batch[1]
+    samples = len(inputs)
+    if samples == 0:
+        raise ValueError("kaitian: measure_speed needs a non-empty sample batch")
+    params = [p for p in model.parameters() if p.requires_grad]
+    saved_grads = [None if p.grad is None else p.grad.detach().clone() for p in params]
+    saved_buffers = [b.detach().clone() for b in model.buffers()]
+    device = inputs.device
+
+    def step() -> None:
+        for p in params:
+            p.grad = None
+        loss_fn(model(inputs), targets).backward()
+
+    try:
+        for _ in range(warmup):
+            step()
+        _synchronize(device)
+        done = 0
+        started = time.perf_counter()
+        while done < steps or time.perf_counter() - started < min_seconds:
+            step()
+            done += 1
+            _synchronize(device)
+        elapsed = time.perf_counter() - started
+    finally:
+        with torch.no_grad():
+            for p, g in zip(params, saved_grads, strict=True):
+                p.grad = g
+            for b, saved in zip(model.buffers(), saved_buffers, strict=True):
+                b.copy_(saved)
+    return elapsed / (done * samples)
+
+
+def gather_floats(values: list[float], group: dist.ProcessGroup | None) -> list[list[float]]:
+    """Every rank's `values` (float64), in rank order, on a device the group's backend accepts."""
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend(group) == "nccl" else "cpu"
+    mine = torch.tensor(values, dtype=torch.float64, device=device)
+    out = [torch.empty_like(mine) for _ in range(dist.get_world_size(group))]
+    dist.all_gather(out, mine, group=group)
+    return [t.cpu().tolist() for t in out]
+
+
+def gather_speeds(
+    seconds_per_sample: float, max_batch: int | None = None, group: dist.ProcessGroup | None = None
+) -> tuple[list[float], list[int | None]]:
+    """Every rank's seconds per sample and batch limit (None: no limit), through one allgather."""
+    rows = gather_floats([seconds_per_sample, float(max_batch or 0)], group)
+    return [row[0] for row in rows], [int(row[1]) if row[1] > 0 else None for row in rows]
+
+
+def measure_plan(
+    model: nn.Module,
+    sample_batch: tuple[torch.Tensor, ...] | list[torch.Tensor],
+    loss_fn: Callable[..., torch.Tensor],
+    batch: int,
+    mode: str = "fixed-global",
+    max_batch: int | None = None,
+    group: dist.ProcessGroup | None = None,
+    steps: int = 10,
+    warmup: int = 2,
+    min_seconds: float = 0.5,
+) -> tuple[list[int], list[float]]:
+    """Measures this rank (measure_speed), gathers every rank's figure, returns (plan, speeds).
+
+    Collective: every rank of `group` must call it. `max_batch` is this rank's own limit (its
+    device memory). Every rank plans from the same gathered numbers, so all get the same plan.
+    """
+    seconds = measure_speed(model, sample_batch, loss_fn, steps, warmup, min_seconds)
+    speeds, limits = gather_speeds(seconds, max_batch, group)
+    has_limits = any(m is not None for m in limits)
+    return plan_batches(speeds, batch, mode, limits if has_limits else None), speeds

@@ -1,0 +1,91 @@
+"""Exact gradient averaging with unequal per-rank batches: a DDP communication hook.
+
+Each rank's loss is a mean over its own b_i samples, so its gradient g_i is a per-rank mean.
+DDP's default average (1/world) * sum(g_i) weights a sample on a small-batch rank more than one
+on a large-batch rank (what the original prototype does). This hook scales g_i by b_i / B
+(B = sum of the plan) and allreduces with SUM, which gives sum(b_i * g_i) / B: the mean over
+all B samples, exactly the gradient of single-process training on the whole global batch.
+One multiply per bucket and the ordinary SUM allreduce, so it works on every backend ("kaitian",
+gloo, nccl) without a second collective for the sample counts: the plan is known to every rank.
+"""
+
+# No `from __future__ import annotations` here: DDP checks the hook's annotations at run time
+# (dist.GradBucket, torch.futures.Future[torch.Tensor]) and would see strings.
+
+import time
+from collections.abc import Sequence
+
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+
+from .sampler import AdaptiveSampler
+
+
+class GradientWeighting:
+    """The hook's state: where each step's plan comes from, and when this rank's compute ended.
+
+    With an AdaptiveSampler the plan may change between iterations, so the state counts the
+    gradient synchronisations of the sampler's current pass (DDP fires the last bucket once per
+    backward) and weights step k with the sampler's plan of iteration k. That holds whatever the
+    DataLoader prefetches, because it counts steps actually trained, not batches prepared.
+    """
+
+    def __init__(self, source: AdaptiveSampler | Sequence[int], process_group: dist.ProcessGroup | None = None) -> None:
+        self.process_group = process_group
+        if isinstance(source, AdaptiveSampler):
+            self.sampler: AdaptiveSampler | None = source
+            self._plan: list[int] | None = None
+            self.rank = source.rank
+        else:
+            self.sampler = None
+            self._plan = [int(b) for b in source]
+            self.rank = dist.get_rank(process_group)
+            if len(self._plan) != dist.get_world_size(process_group):
+                raise ValueError(f"kaitian: a plan of {len(self._plan)} ranks for a group of a different size")
+        self.step = 0  # synchronisations done in the sampler's current pass
+        self._pass_id = -1
+        self.compute_end = 0.0  # perf_counter when the latest step's last bucket became ready
+        self.last_batch = (0, 0)  # (this rank's samples, global samples) of the latest step
+
+    def current(self) -> tuple[int, int]:
+        """(this rank's batch, global batch) of the step being reduced."""
+        if self.sampler is None:
+            plan = self._plan
+        else:
+            if self.sampler.pass_id != self._pass_id:
+                self._pass_id = self.sampler.pass_id
+                self.step = 0
+            plan = self.sampler.batch_sizes_at(self.step)
+        return plan[self.rank], sum(plan)
+
+    def finish_step(self, batch: tuple[int, int]) -> None:
+        """Called at the last bucket: the rank's backward has produced every gradient."""
+        self.compute_end = time.perf_counter()
+        self.last_batch = batch
+        self.step += 1
+
+
+def _first(fut: torch.futures.Future) -> torch.Tensor:
+    value = fut.value()
+    return value[0] if isinstance(value, list) else value
+
+
+def weighted_allreduce_hook(state: GradientWeighting, bucket: dist.GradBucket) -> torch.futures.Future[torch.Tensor]:
+    """DDP comm hook: bucket *= b_rank / B, then SUM-allreduce; the result is the full-batch mean."""
+    local, total = state.current()
+    if bucket.is_last():
+        state.finish_step((local, total))
+    buffer = bucket.buffer()
+    buffer.mul_(local / total)
+    work = dist.all_reduce(buffer, op=dist.ReduceOp.SUM, group=state.process_group, async_op=True)
+    return work.get_future().then(_first)
+
+
+def install_weighting(
+    model: DistributedDataParallel, sampler_or_plan: AdaptiveSampler | Sequence[int]
+) -> GradientWeighting:
+    """Registers weighted_allreduce_hook on `model` (once, before the first backward); returns its state."""
+    state = GradientWeighting(sampler_or_plan, model.process_group)
+    model.register_comm_hook(state, weighted_allreduce_hook)
+    return state

@@ -1,0 +1,178 @@
+"""Load-adaptive scheduling without processes: the sampler's contract, the planner through ctypes,
+and the speed measurement."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import kaitian
+import pytest
+import torch
+from kaitian import _native
+from torch import nn
+from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
+
+needs_planner = pytest.mark.skipif(not _native.has_planner(), reason="libKaitianC.so built without the planner")
+
+
+def shards(n: int, plan: list[int], epoch: int = 0, **kwargs: object) -> list[list[list[int]]]:
+    """Every rank's batches for one epoch: shards[rank][iteration] = indices."""
+    out = []
+    for rank in range(len(plan)):
+        sampler = kaitian.AdaptiveSampler(range(n), len(plan), rank, batch_sizes=plan, **kwargs)
+        sampler.set_epoch(epoch)
+        out.append(list(sampler.batch_sampler()))
+    return out
+
+
+@pytest.mark.parametrize("n,plan", [(100, [7, 3]), (97, [5, 1, 11]), (12, [4, 8]), (5, [3, 4]), (64, [1])])
+def test_every_sample_once_padding_only_from_the_start_of_the_permutation(n: int, plan: list[int]) -> None:
+    batches = shards(n, plan)
+    iterations = {len(b) for b in batches}
+    assert len(iterations) == 1, "every rank runs the same number of iterations"
+    total = sum(plan)
+    assert iterations.pop() == -(-n // total)
+    for rank, mine in enumerate(batches):
+        assert all(len(b) == plan[rank] for b in mine), "every batch full, including the last"
+    counts = Counter(i for mine in batches for b in mine for i in b)
+    assert set(counts) == set(range(n))
+    padding = -(-n // total) * total - n
+    assert sum(counts.values()) == n + padding
+    assert sum(c - 1 for c in counts.values()) == padding
+
+
+def test_drop_last_uses_each_sample_at_most_once() -> None:
+    batches = shards(100, [7, 3], drop_last=True)
+    assert [len(b) for b in batches] == [10, 10]
+    used = [i for mine in batches for b in mine for i in b]
+    assert len(used) == len(set(used)) == 100
+    assert shards(9, [7, 3], drop_last=True) == [[], []]
+
+
+def test_deterministic_from_seed_and_epoch() -> None:
+    assert shards(50, [3, 7], epoch=2, seed=5) == shards(50, [3, 7], epoch=2, seed=5)
+    assert shards(50, [3, 7], epoch=2, seed=5) != shards(50, [3, 7], epoch=3, seed=5)
+    assert shards(50, [3, 7], epoch=2, seed=5) != shards(50, [3, 7], epoch=2, seed=6)
+    in_order = shards(20, [3, 7], shuffle=False)
+    assert in_order[0][0] == [0, 1, 2] and in_order[1][0] == list(range(3, 10))
+
+
+def test_drop_in_for_distributed_sampler_with_a_dataloader() -> None:
+    data = TensorDataset(torch.arange(30))
+    plan = [4, 2]
+    seen = []
+    for rank in range(2):
+        sampler = kaitian.AdaptiveSampler(data, num_replicas=2, rank=rank, shuffle=True, seed=1, batch_sizes=plan)
+        assert sampler.batch_size == kaitian.loader_batch_size(plan, rank) == plan[rank]
+        loader = DataLoader(data, batch_size=kaitian.loader_batch_size(plan, rank), sampler=sampler)
+        sampler.set_epoch(0)
+        batches = [b[0].tolist() for b in loader]
+        assert len(sampler) == 5 * plan[rank] == sum(len(b) for b in batches)
+        seen += [i for b in batches for i in b]
+    assert sorted(seen) == list(range(30))
+    # Same keyword arguments as torch's sampler.
+    torch_sampler = DistributedSampler(data, num_replicas=2, rank=0, shuffle=True, seed=1, drop_last=False)
+    assert len(torch_sampler) == 15
+
+
+def test_plan_change_mid_epoch_takes_effect_at_the_given_iteration_on_every_rank() -> None:
+    n = 40
+    views = []
+    for rank in range(2):
+        sampler = kaitian.AdaptiveSampler(range(n), 2, rank, batch_sizes=[5, 5])
+        views.append((sampler, iter(sampler.batch_sampler())))
+    got: list[list[list[int]]] = [[], []]
+    for _ in range(2):
+        for rank, (_, it) in enumerate(views):
+            got[rank].append(next(it))
+    for sampler, _ in views:
+        with pytest.raises(ValueError, match="already prepared"):
+            sampler.set_batch_sizes([8, 2], iteration=1)
+        sampler.set_batch_sizes([8, 2], iteration=2)
+        assert sampler.batch_sizes_at(1) == [5, 5] and sampler.batch_sizes_at(2) == [8, 2]
+    for rank, (_, it) in enumerate(views):
+        got[rank] += list(it)
+    assert [len(b) for b in got[0]] == [5, 5, 8, 8]
+    assert [len(b) for b in got[1]] == [5, 5, 2, 2]
+    assert sorted(i for mine in got for b in mine for i in b) == list(range(n))
+    # The next epoch starts with the latest plan.
+    sampler = views[0][0]
+    assert sampler.batch_sizes == [8, 2] and len(sampler.batch_sampler()) == 4
+
+
+def test_plan_change_without_iteration_waits_for_the_next_epoch() -> None:
+    sampler = kaitian.AdaptiveSampler(range(20), 2, 0, batch_sizes=[5, 5])
+    it = iter(sampler)
+    first = [next(it) for _ in range(5)]
+    sampler.set_batch_sizes([2, 8])
+    assert len(first + list(it)) == 10, "the running epoch keeps its plan"
+    assert len(list(sampler)) == 4, "the next one uses the new plan"
+
+
+def test_fixed_size_loader_refuses_a_mid_epoch_change() -> None:
+    sampler = kaitian.AdaptiveSampler(range(20), 2, 0, batch_sizes=[5, 5])
+    it = iter(sampler)
+    next(it)
+    with pytest.raises(ValueError, match="fixed DataLoader batch size"):
+        sampler.set_batch_sizes([2, 8], iteration=3)
+
+
+@pytest.mark.parametrize("plan", [[0, 4], [3], [-1, 2]])
+def test_bad_plans_are_refused(plan: list[int]) -> None:
+    with pytest.raises(ValueError):
+        kaitian.AdaptiveSampler(range(10), 2, 0, batch_sizes=plan)
+
+
+def test_loader_batch_size_checks_the_rank() -> None:
+    with pytest.raises(ValueError):
+        kaitian.loader_batch_size([3, 4], 2)
+
+
+@needs_planner
+def test_plan_batches_sums_minimum_and_monotonic() -> None:
+    speeds = [0.001, 0.002, 0.004, 0.1]
+    plan = kaitian.plan_batches(speeds, 64)
+    assert sum(plan) == 64 and min(plan) >= 1
+    assert plan == sorted(plan, reverse=True), "a slower rank never gets more"
+    assert kaitian.plan_batches([1.0, 1000.0], 8) == [7, 1], "at least one sample each"
+    faster = kaitian.plan_batches([0.001, 0.001, 0.002, 0.1], 64)
+    assert faster[1] >= plan[1], "speeding a rank up never shrinks its share"
+    assert kaitian.plan_batches([1.0, 2.0], 30, mode="paper") == [30, 15]
+    capped = kaitian.plan_batches([0.001, 0.004], 50, max_batch=[30, None])
+    assert capped == [30, 20]
+
+
+@needs_planner
+def test_plan_batches_refuses_impossible_requests() -> None:
+    with pytest.raises(kaitian.KaitianInvalidArgumentError):
+        kaitian.plan_batches([1.0, 1.0, 1.0], 2)
+    with pytest.raises(kaitian.KaitianInvalidArgumentError):
+        kaitian.plan_batches([1.0, 1.0], 50, max_batch=[10, 10])
+    with pytest.raises(ValueError, match="mode"):
+        kaitian.plan_batches([1.0], 4, mode="fastest")
+
+
+@needs_planner
+def test_rebalancer_hysteresis_and_closing() -> None:
+    with kaitian.Rebalancer(2, 20, smoothing=1.0, hysteresis=0.2) as rebalancer:
+        plan, changed = rebalancer.propose()
+        assert plan == [10, 10] and changed
+        rebalancer.observe(0, 1.0, 10)
+        rebalancer.observe(1, 1.05, 10)
+        assert rebalancer.propose() == ([10, 10], False), "5% noise is below the hysteresis"
+        rebalancer.observe(1, 3.0, 10)
+        plan, changed = rebalancer.propose()
+        assert changed and plan == [15, 5]
+    with pytest.raises(kaitian.KaitianInvalidUsageError):
+        rebalancer.propose()
+
+
+def test_measure_speed_times_the_model_and_leaves_it_as_found() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 32), nn.BatchNorm1d(32), nn.ReLU(), nn.Linear(32, 4))
+    batch = (torch.randn(32, 16), torch.randint(0, 4, (32,)))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    seconds = kaitian.measure_speed(model, batch, nn.functional.cross_entropy, steps=3, warmup=1, min_seconds=0.05)
+    assert 0 < seconds < 0.01
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items()), "buffers restored"
+    assert all(p.grad is None for p in model.parameters()), "gradients restored"
