@@ -47,13 +47,15 @@ let package = Package(
     ),
     // Reference inputs and expected results: `kaitian bench --check` and the tests use them.
     .target(name: "KaitianVerification", dependencies: ["Kaitian", "CKaitianShim"]),
-    .testTarget(name: "KaitianShimTests", dependencies: ["CKaitianShim"]),
-    .testTarget(name: "KaitianStoreTests", dependencies: ["KaitianStore"]),
+    // Helpers every test target shares (a seeded random generator).
+    .target(name: "KaitianTestSupport", path: "Tests/KaitianTestSupport"),
+    .testTarget(name: "KaitianShimTests", dependencies: ["CKaitianShim", "KaitianTestSupport"]),
+    .testTarget(name: "KaitianStoreTests", dependencies: ["KaitianStore", "KaitianTestSupport"]),
     .testTarget(
       name: "KaitianTests",
       dependencies: [
         "Kaitian", "KaitianStore", "KaitianVerification", "KaitianLaunch", "CKaitianShim",
-        "KaitianCLI", "KaitianTestWorker", "KaitianFuzz",
+        "KaitianCLI", "KaitianTestWorker", "KaitianFuzz", "KaitianTestSupport",
       ]),
     // The fuzz target for the network decoders (scripts/fuzz.sh); a corpus replayer otherwise.
     .executableTarget(

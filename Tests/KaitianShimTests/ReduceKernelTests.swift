@@ -1,4 +1,5 @@
 import CKaitianShim
+import KaitianTestSupport
 import Testing
 
 // Checks the C reduction kernels (kt_reduce.c) against plain Swift references.
@@ -46,19 +47,6 @@ enum Op: CaseIterable, Sendable, CustomTestStringConvertible {
   var testDescription: String { "\(self)" }
 }
 
-/// Deterministic generator so a failure reproduces exactly.
-struct SplitMix64: RandomNumberGenerator {
-  var state: UInt64
-
-  mutating func next() -> UInt64 {
-    state &+= 0x9E37_79B9_7F4A_7C15
-    var z = state
-    z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-    z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-    return z ^ (z >> 31)
-  }
-}
-
 // MARK: - References
 
 /// Max as the kernels define it: any NaN gives the default quiet NaN, and a tie
@@ -102,7 +90,7 @@ func bfloat16Reference(_ f: Float) -> UInt16 {
 /// One dtype's element type, random inputs and references.
 struct Kernel<T: BitwiseCopyable> {
   var dtype: DType
-  var random: (inout SplitMix64) -> T
+  var random: (inout SeededRandom) -> T
   var reduce: (Op, T, T) -> T
   var divide: (T, Int64) -> T
   var bits: (T) -> UInt64
@@ -162,7 +150,7 @@ let halfSpecials: [UInt16] = [
   0xfbff, 0x3c00, 0xbc00,
 ]
 
-func randomHalf(_ rng: inout SplitMix64) -> UInt16 {
+func randomHalf(_ rng: inout SeededRandom) -> UInt16 {
   rng.next() % 8 == 0
     ? halfSpecials.randomElement(using: &rng)! : UInt16(truncatingIfNeeded: rng.next())
 }
@@ -280,7 +268,7 @@ func expectSame<T>(
 }
 
 func checkReduce<T: BitwiseCopyable>(_ k: Kernel<T>, _ op: Op) {
-  var rng = SplitMix64(state: UInt64(k.dtype.c) << 8 | UInt64(op.c))
+  var rng = SeededRandom(seed: UInt64(k.dtype.c) << 8 | UInt64(op.c))
   let (random, reduce, bits, isNaN) = (k.random, k.reduce, k.bits, k.isNaN)
   let exact = k.exactNaN(op)
   for count in [0, 1, 7, 31, 1_000_003] {
@@ -298,7 +286,7 @@ func checkReduce<T: BitwiseCopyable>(_ k: Kernel<T>, _ op: Op) {
 }
 
 func checkDivide<T: BitwiseCopyable>(_ k: Kernel<T>) {
-  var rng = SplitMix64(state: 0xd1 << 8 | UInt64(k.dtype.c))
+  var rng = SeededRandom(seed: 0xd1 << 8 | UInt64(k.dtype.c))
   let (random, divide, bits, isNaN) = (k.random, k.divide, k.bits, k.isNaN)
   for count in [0, 1, 7, 31, 1_000_003] {
     let data = makeArray(count) { _ in random(&rng) }
@@ -548,7 +536,7 @@ func checkDivide<T: BitwiseCopyable>(_ k: Kernel<T>) {
       #expect(kt_float_to_half(f) == want, "\(f) (0x\(String(f.bitPattern, radix: 16)))")
     }
     // Swift's Float16(Float) is correctly rounded; compare on many random floats.
-    var rng = SplitMix64(state: 16)
+    var rng = SeededRandom(seed: 16)
     var bad: [UInt32] = []
     for i in 0..<1_000_000 {
       let f: Float
@@ -583,7 +571,7 @@ func checkDivide<T: BitwiseCopyable>(_ k: Kernel<T>) {
       let f = Float(bitPattern: bits)
       #expect(kt_float_to_bfloat16(f) == want, "0x\(String(bits, radix: 16))")
     }
-    var rng = SplitMix64(state: 17)
+    var rng = SeededRandom(seed: 17)
     var bad: [UInt32] = []
     for _ in 0..<1_000_000 {
       let f = Float(bitPattern: UInt32(truncatingIfNeeded: rng.next()))

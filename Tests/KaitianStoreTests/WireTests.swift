@@ -1,3 +1,4 @@
+import KaitianTestSupport
 import Testing
 
 @testable import KaitianStore
@@ -79,7 +80,7 @@ import Testing
   }
 
   @Test func randomBytesNeverCrashTheDecoders() {
-    var generator = SplitMix64(seed: 0x5eed)
+    var generator = SeededRandom(seed: 0x5eed)
     for iteration in 0..<10_000 {
       let length = Int(generator.next() % 48)
       var bytes = (0..<length).map { _ in UInt8(truncatingIfNeeded: generator.next()) }
@@ -88,19 +89,6 @@ import Testing
       _ = try? StoreWire.decodeRequest(bytes)
       _ = try? StoreWire.decodeResponse(bytes)
     }
-  }
-}
-
-/// A small deterministic generator, so a fuzz failure can be reproduced.
-struct SplitMix64: RandomNumberGenerator {
-  private var state: UInt64
-  init(seed: UInt64) { state = seed }
-  mutating func next() -> UInt64 {
-    state &+= 0x9e37_79b9_7f4a_7c15
-    var z = state
-    z = (z ^ (z >> 30)) &* 0xbf58_476d_1ce4_e5b9
-    z = (z ^ (z >> 27)) &* 0x94d0_49bb_1331_11eb
-    return z ^ (z >> 31)
   }
 }
 

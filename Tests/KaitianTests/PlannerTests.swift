@@ -1,19 +1,7 @@
+import KaitianTestSupport
 import Testing
 
 @testable import Kaitian
-
-/// A small deterministic generator, so a failing random case reproduces exactly.
-private struct PlannerRandom: RandomNumberGenerator {
-  private var state: UInt64
-  init(seed: UInt64) { state = seed }
-  mutating func next() -> UInt64 {
-    state &+= 0x9e37_79b9_7f4a_7c15
-    var z = state
-    z = (z ^ (z >> 30)) &* 0xbf58_476d_1ce4_e5b9
-    z = (z ^ (z >> 27)) &* 0x94d0_49bb_1331_11eb
-    return z ^ (z >> 31)
-  }
-}
 
 /// One random planning problem: times spanning two orders of magnitude, like a fast GPU
 /// beside a CPU, and a global batch from a few samples per rank to thousands.
@@ -22,7 +10,7 @@ private struct Problem: CustomStringConvertible {
   var batch: Int
   var limits: [Int?]
 
-  init(_ random: inout PlannerRandom, limited: Bool) {
+  init(_ random: inout SeededRandom, limited: Bool) {
     let ranks = Int.random(in: 1...9, using: &random)
     times = (0..<ranks).map { _ in Double.random(in: 0.001...0.1, using: &random) }
     batch = Int.random(in: ranks...4096, using: &random)
@@ -49,7 +37,7 @@ private struct Problem: CustomStringConvertible {
   static let cases = 2000
 
   @Test func fixedGlobalSumsExactlyWithinBounds() throws {
-    var random = PlannerRandom(seed: 1)
+    var random = SeededRandom(seed: 1)
     for _ in 0..<Self.cases {
       let problem = Problem(&random, limited: true)
       let batches = try problem.plan()
@@ -79,7 +67,7 @@ private struct Problem: CustomStringConvertible {
 
   /// Without limits, each batch is within one sample of the exact proportional share, and a faster rank never gets fewer samples than a slower one.
   @Test func fixedGlobalIsProportionalAndMonotonic() throws {
-    var random = PlannerRandom(seed: 2)
+    var random = SeededRandom(seed: 2)
     for _ in 0..<Self.cases {
       let problem = Problem(&random, limited: false)
       let batches = try problem.plan()
@@ -125,7 +113,7 @@ private struct Problem: CustomStringConvertible {
   /// Measurement noise of +-2% moves each rank's exact share by at most about 4% of it, so
   /// its batch by at most 4% of the share plus the one sample largest remainder may add.
   @Test func stableUnderNoise() throws {
-    var random = PlannerRandom(seed: 3)
+    var random = SeededRandom(seed: 3)
     for _ in 0..<Self.cases {
       let problem = Problem(&random, limited: false)
       let batches = try problem.plan()
@@ -144,7 +132,7 @@ private struct Problem: CustomStringConvertible {
     let planner = try BatchPlanner(ranks: 2, batch: 64, mode: .paper)
     #expect(try planner.plan(secondsPerSample: [1, 2]) == [64, 32])
     #expect(try BatchPlanner.scores(secondsPerSample: [1, 2]) == [1, 0.5])
-    var random = PlannerRandom(seed: 4)
+    var random = SeededRandom(seed: 4)
     for _ in 0..<Self.cases {
       let problem = Problem(&random, limited: true)
       let batches = try problem.plan(.paper)
@@ -220,7 +208,7 @@ private struct Problem: CustomStringConvertible {
   /// first plan over many steps, where the same rebalancer without hysteresis re-plans often.
   @Test func hysteresisPreventsOscillation() throws {
     func changes(hysteresis: Double) throws -> Int {
-      var random = PlannerRandom(seed: 5)
+      var random = SeededRandom(seed: 5)
       var rebalancer = try Self.rebalancer(ranks: 3, batch: 300, hysteresis: hysteresis)
       let speeds = [0.01, 0.02, 0.03]
       var changes = 0
@@ -269,7 +257,7 @@ private struct Problem: CustomStringConvertible {
 
   /// Two rebalancers fed the same observations agree on every proposal.
   @Test func deterministic() throws {
-    var random = PlannerRandom(seed: 6)
+    var random = SeededRandom(seed: 6)
     var first = try Self.rebalancer(ranks: 4, batch: 512, hysteresis: 0.05)
     var second = first
     for step in 0..<500 {

@@ -30,7 +30,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _rank_main(rank: int, size: int, port: int, env: dict[str, str], scenario: str, results: object) -> None:
+def _rank_main(
+    rank: int,
+    size: int,
+    port: int,
+    env: dict[str, str],
+    scenario: str | Callable[..., object],
+    args: tuple[object, ...],
+    results: object,
+) -> None:
     for path in (PYTHON_DIR, TESTS_DIR):
         if path not in sys.path:
             sys.path.insert(0, path)
@@ -44,7 +52,8 @@ def _rank_main(rank: int, size: int, port: int, env: dict[str, str], scenario: s
 
         torch.set_num_threads(1)
         dist.init_process_group("kaitian", rank=rank, world_size=size, timeout=timedelta(seconds=60))
-        value = SCENARIOS[scenario](rank, size)
+        function = SCENARIOS[scenario] if isinstance(scenario, str) else scenario
+        value = function(rank, size, *args)
         dist.destroy_process_group()
         # Bytes, not tensors: a queued tensor is shared by file descriptor and dies with this process.
         payload = io.BytesIO()
@@ -55,15 +64,18 @@ def _rank_main(rank: int, size: int, port: int, env: dict[str, str], scenario: s
 
 
 def run_ranks(
-    scenario: str,
+    scenario: str | Callable[..., object],
     size: int,
     env: Callable[[int], dict[str, str]] | None = None,
+    args: tuple[object, ...] = (),
     timeout: float = 120.0,
     expect: int | None = None,
     exit_codes: dict[int, int | None] | None = None,
 ) -> dict[int, tuple[str, object]]:
-    """Runs SCENARIOS[scenario] on `size` ranks; returns {rank: (status, value)}.
+    """Runs scenario(rank, size, *args) on `size` ranks; returns {rank: (status, value)}.
 
+    `scenario` is a name in workloads.SCENARIOS or a module-level function (it is pickled to the
+    spawned ranks).
     `expect` is how many ranks are expected to report (fewer when a scenario kills a rank).
     `exit_codes`, when given, receives each rank process's exit code, or None for a process that
     had not exited 10 s after the results were in (and was killed).
@@ -73,7 +85,10 @@ def run_ranks(
     port = free_port()
     base = {"KAITIAN_TIMEOUT": "20"}
     procs = [
-        ctx.Process(target=_rank_main, args=(r, size, port, {**base, **(env(r) if env else {})}, scenario, results))
+        ctx.Process(
+            target=_rank_main,
+            args=(r, size, port, {**base, **(env(r) if env else {})}, scenario, args, results),
+        )
         for r in range(size)
     ]
     for p in procs:

@@ -1,20 +1,13 @@
 """Load-adaptive scheduling across spawned ranks: exact weighting, and re-balancing under a slowdown.
 
-The rank harness is this module's own (spawned processes, like ranks.py) because its scenarios
-need arguments and a second backend (gloo) beside "kaitian" in the same job.
+Ranks are spawned by ranks.run_ranks with this module's scenario functions and their arguments.
 """
 
 from __future__ import annotations
 
-import io
 import json
-import multiprocessing
-import os
-import queue
 import time
-import traceback
 from collections.abc import Callable
-from datetime import timedelta
 
 import kaitian
 import pytest
@@ -22,7 +15,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from kaitian import _native
-from ranks import free_port
+from ranks import assert_all_ok, run_ranks
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, TensorDataset
@@ -30,47 +23,9 @@ from torch.utils.data import DataLoader, TensorDataset
 pytestmark = pytest.mark.skipif(not _native.has_planner(), reason="libKaitianC.so built without the planner")
 
 
-def _rank_main(rank: int, size: int, port: int, scenario: Callable[..., object], args: tuple, results: object) -> None:
-    os.environ.update(
-        {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": str(rank), "WORLD_SIZE": str(size)}
-    )
-    os.environ["KAITIAN_TIMEOUT"] = "20"
-    try:
-        torch.set_num_threads(1)
-        dist.init_process_group("kaitian", rank=rank, world_size=size, timeout=timedelta(seconds=30))
-        value = scenario(rank, size, *args)
-        dist.destroy_process_group()
-        payload = io.BytesIO()
-        torch.save(value, payload)
-        results.put((rank, "ok", payload.getvalue()))
-    except BaseException:
-        results.put((rank, "error", traceback.format_exc()))
-
-
 def run(scenario: Callable[..., object], size: int, *args: object, timeout: float = 90.0) -> list[object]:
     """Every rank's return value of scenario(rank, size, *args), in rank order."""
-    ctx = multiprocessing.get_context("spawn")
-    results = ctx.Queue()
-    port = free_port()
-    procs = [ctx.Process(target=_rank_main, args=(r, size, port, scenario, args, results)) for r in range(size)]
-    for p in procs:
-        p.start()
-    out: dict[int, tuple[str, object]] = {}
-    try:
-        while len(out) < size:
-            rank, status, value = results.get(timeout=timeout)
-            out[rank] = (status, torch.load(io.BytesIO(value)) if status == "ok" else value)
-    except queue.Empty:
-        pass
-    finally:
-        for p in procs:
-            p.join(timeout=10)
-            if p.is_alive():
-                p.kill()
-                p.join()
-    errors = [f"rank {r}: {v}" for r, (s, v) in sorted(out.items()) if s != "ok"]
-    assert not errors and len(out) == size, f"ranks reported {sorted(out)}\n" + "\n".join(errors)
-    return [out[r][1] for r in range(size)]
+    return assert_all_ok(run_ranks(scenario, size, args=args, timeout=timeout), size)
 
 
 def regression_data() -> TensorDataset:
