@@ -330,6 +330,19 @@ class ProcessGroupKaitian(dist.ProcessGroup):
             return _work_from_future(fut, call)
         return _work_from_future(self._worker.enqueue(lambda fut: self._world.submit(build(), fut)), call)
 
+    def _in_place(self, name: str, tensors: list[torch.Tensor], function: str, *extra: object) -> dist.Work:
+        """One in-place engine call per tensor (staged through host memory), e.g. ktAllReduce."""
+
+        def build() -> Plan:
+            keep: list[object] = []
+            pairs = [(t, host(t, keep)) for t in tensors]
+            calls = [
+                (function, (b.data_ptr(), b.data_ptr(), b.numel(), _native.datatype(b.dtype), *extra)) for _, b in pairs
+            ]
+            return Plan(calls, copied_back(pairs, tensors), keep)
+
+        return self._engine(name, build)
+
     # ---- collectives ----
 
     def allreduce(self, tensors: list[torch.Tensor], opts: object = None) -> dist.Work:
@@ -344,17 +357,7 @@ class ProcessGroupKaitian(dist.ProcessGroup):
                 fut.set_result(tensors)
 
             return _work_from_future(self._worker.enqueue(job), self._call("allreduce"))
-
-        def build() -> Plan:
-            keep: list[object] = []
-            pairs = [(t, host(t, keep)) for t in tensors]
-            calls = [
-                ("ktAllReduce", (b.data_ptr(), b.data_ptr(), b.numel(), _native.datatype(b.dtype), op))
-                for _, b in pairs
-            ]
-            return Plan(calls, copied_back(pairs, tensors), keep)
-
-        return self._engine("allreduce", build)
+        return self._in_place("allreduce", tensors, "ktAllReduce", op)
 
     def allreduce_coalesced(self, tensors: list[torch.Tensor], opts: object = None) -> dist.Work:
         return self.allreduce(tensors, opts)
@@ -436,17 +439,7 @@ class ProcessGroupKaitian(dist.ProcessGroup):
 
     def broadcast(self, tensors: list[torch.Tensor], opts: object = None) -> dist.Work:
         root = opts.rootRank if opts is not None else 0
-
-        def build() -> Plan:
-            keep: list[object] = []
-            pairs = [(t, host(t, keep)) for t in tensors]
-            calls = [
-                ("ktBroadcast", (b.data_ptr(), b.data_ptr(), b.numel(), _native.datatype(b.dtype), root))
-                for _, b in pairs
-            ]
-            return Plan(calls, copied_back(pairs, tensors), keep)
-
-        return self._engine("broadcast", build)
+        return self._in_place("broadcast", tensors, "ktBroadcast", root)
 
     def allgather(
         self, output_tensors: list[list[torch.Tensor]], input_tensors: list[torch.Tensor], opts: object = None
@@ -544,17 +537,7 @@ class ProcessGroupKaitian(dist.ProcessGroup):
     def reduce(self, tensors: list[torch.Tensor], opts: object = None) -> dist.Work:
         op = _reduce_op(opts)
         root = opts.rootRank if opts is not None else 0
-
-        def build() -> Plan:
-            keep: list[object] = []
-            pairs = [(t, host(t, keep)) for t in tensors]
-            calls = [
-                ("ktReduce", (b.data_ptr(), b.data_ptr(), b.numel(), _native.datatype(b.dtype), op, root))
-                for _, b in pairs
-            ]
-            return Plan(calls, copied_back(pairs, tensors), keep)
-
-        return self._engine("reduce", build)
+        return self._in_place("reduce", tensors, "ktReduce", op, root)
 
     def gather(
         self, output_tensors: list[list[torch.Tensor]], input_tensors: list[torch.Tensor], opts: object = None
