@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import re
+import socket
 from collections.abc import Iterable
 from typing import Any
 
@@ -109,3 +110,20 @@ def by_size(records: Iterable[dict[str, Any]], collective: str) -> dict[int, dic
         for record in records
         if record.get("collective") == collective and "time_us" in record
     }
+
+
+def verdict_word(met: bool | None) -> str:
+    """How a report states a goal: met, NOT met, or not measured (None)."""
+    return {True: "met", False: "NOT met", None: "not measured"}[met]
+
+
+def table_cell(value: float | None, digits: int) -> str:
+    """A markdown table cell: the value to `digits` decimals, or "-" when it was not measured."""
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free right now (for a rendezvous of local ranks)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])

@@ -34,7 +34,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from benchlib import by_size, format_size, parse_json_lines, size_label
+from benchlib import by_size, format_size, parse_json_lines, size_label, table_cell, verdict_word
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO_ROOT = BENCH_DIR.parent
@@ -240,14 +240,6 @@ def evaluate_goals(rows: list[dict[str, Any]], memcpy_gbps: float | None) -> lis
     return goals
 
 
-def verdict_word(met: bool | None) -> str:
-    return {True: "met", False: "NOT met", None: "not measured"}[met]
-
-
-def _cell(value: float | None, digits: int) -> str:
-    return "-" if value is None else f"{value:.{digits}f}"
-
-
 def render_markdown(document: dict[str, Any]) -> str:
     """The comparison as a markdown report."""
     config, machine, memcpy = document["config"], document["machine"], document["memcpy"]
@@ -273,16 +265,16 @@ def render_markdown(document: dict[str, Any]) -> str:
     for row in document["rows"]:
         cells = [
             str(row["size_bytes"]),
-            _cell(row["shm_time_us"], 2),
-            _cell(row["shm_busbw_gbps"], 3),
-            _cell(row["tcp_time_us"], 2),
-            _cell(row["tcp_busbw_gbps"], 3),
-            _cell(row["gloo_time_us"], 2),
-            _cell(row["gloo_busbw_gbps"], 3),
-            _cell(row["gloo_over_shm_time"], 2),
-            _cell(row["shm_over_gloo_busbw"], 2),
-            _cell(row["gloo_over_tcp_time"], 2),
-            _cell(row["tcp_over_gloo_busbw"], 2),
+            table_cell(row["shm_time_us"], 2),
+            table_cell(row["shm_busbw_gbps"], 3),
+            table_cell(row["tcp_time_us"], 2),
+            table_cell(row["tcp_busbw_gbps"], 3),
+            table_cell(row["gloo_time_us"], 2),
+            table_cell(row["gloo_busbw_gbps"], 3),
+            table_cell(row["gloo_over_shm_time"], 2),
+            table_cell(row["shm_over_gloo_busbw"], 2),
+            table_cell(row["gloo_over_tcp_time"], 2),
+            table_cell(row["tcp_over_gloo_busbw"], 2),
         ]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "## Verdict", ""]

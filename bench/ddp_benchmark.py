@@ -32,7 +32,6 @@ import importlib.metadata
 import json
 import os
 import platform
-import socket
 import statistics
 import subprocess
 import sys
@@ -41,6 +40,8 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+from benchlib import free_port, table_cell, verdict_word
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO_ROOT = BENCH_DIR.parent
@@ -127,10 +128,6 @@ def verdict(value: float | None, goal: float) -> bool | None:
     return None if value is None else value <= goal
 
 
-def verdict_word(met: bool | None) -> str:
-    return {True: "met", False: "NOT met", None: "not measured"}[met]
-
-
 def model_rows(runs: list[ConfigRun]) -> list[dict[str, Any]]:
     """Per model: each configuration's summary over all rounds, the two ratios and the two verdicts."""
     rows = []
@@ -164,10 +161,6 @@ def model_rows(runs: list[ConfigRun]) -> list[dict[str, Any]]:
     return rows
 
 
-def _cell(value: float | None, digits: int) -> str:
-    return "-" if value is None else f"{value:.{digits}f}"
-
-
 def render_markdown(document: dict[str, Any]) -> str:
     """The benchmark as a markdown report: one table of step times, one of ratios, the verdicts."""
     config, machine = document["config"], document["machine"]
@@ -193,9 +186,9 @@ def render_markdown(document: dict[str, Any]) -> str:
             cells = [
                 row["model"],
                 name,
-                _cell(summary["mean_ms"], 1),
-                _cell(summary["median_ms"], 1),
-                " / ".join(_cell(median, 1) for median in summary["round_medians_ms"]),
+                table_cell(summary["mean_ms"], 1),
+                table_cell(summary["median_ms"], 1),
+                " / ".join(table_cell(median, 1) for median in summary["round_medians_ms"]),
                 "-" if loss is None else f"{loss:.4f}",
             ]
             lines.append("| " + " | ".join(cells) + " |")
@@ -207,19 +200,19 @@ def render_markdown(document: dict[str, Any]) -> str:
     for row in document["rows"]:
         cells = [
             row["model"],
-            _cell(row["kaitian_over_gloo"], 3),
-            _cell(row["kaitian_over_gloo_mean"], 3),
-            _cell(row["hetero_over_homogeneous"], 3),
-            _cell(row["hetero_over_homogeneous_mean"], 3),
+            table_cell(row["kaitian_over_gloo"], 3),
+            table_cell(row["kaitian_over_gloo_mean"], 3),
+            table_cell(row["hetero_over_homogeneous"], 3),
+            table_cell(row["hetero_over_homogeneous_mean"], 3),
         ]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "## Verdict (median step time)", ""]
     for row in document["rows"]:
         lines.append(
             f"- {row['model']}: kaitian <= gloo: **{verdict_word(row['kaitian_le_gloo'])}**"
-            f" (ratio {_cell(row['kaitian_over_gloo'], 3)});"
+            f" (ratio {table_cell(row['kaitian_over_gloo'], 3)});"
             f" hetero within {HETERO_OVER_HOMOGENEOUS_GOAL - 1:.0%} of homogeneous:"
-            f" **{verdict_word(row['hetero_within_10pct'])}** (ratio {_cell(row['hetero_over_homogeneous'], 3)})"
+            f" **{verdict_word(row['hetero_within_10pct'])}** (ratio {table_cell(row['hetero_over_homogeneous'], 3)})"
         )
     errors = [run for run in document["runs"] if run["error"]]
     if errors:
@@ -264,12 +257,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 # ---- running the ranks ----
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def run_config(model: str, config: Config, round_index: int, args: argparse.Namespace) -> ConfigRun:

@@ -21,7 +21,6 @@ import ctypes
 import json
 import math
 import os
-import socket
 import statistics
 import sys
 import time
@@ -35,7 +34,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from benchlib import COLLECTIVES, bandwidths, parse_size, size_label, size_range
+from benchlib import COLLECTIVES, bandwidths, free_port, parse_size, size_label, size_range
 
 DTYPES: dict[str, torch.dtype] = {
     "float32": torch.float32,
@@ -118,13 +117,6 @@ def element_count(collective: str, size_bytes: int, itemsize: int, ranks: int) -
     if collective in SPLITTING:
         count -= count % ranks
     return count
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that is free right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def build_case(collective: str, count: int, cfg: Config, rank: int) -> Case:
