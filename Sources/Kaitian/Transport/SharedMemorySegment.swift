@@ -1,4 +1,5 @@
 import Glibc
+import KaitianStore
 
 /// A POSIX shared-memory mapping (shm_open + mmap) that the ranks of one host share.
 ///
@@ -76,6 +77,5 @@ final class SharedMemorySegment: @unchecked Sendable {
   }
 }
 
-func errnoText(_ code: Int32 = errno) -> String {
-  String(cString: strerror(code)) + " (errno \(code))"
-}
+/// The current errno as text, for messages.
+func errnoText() -> String { SocketError.errnoDescription(errno) }

@@ -59,7 +59,8 @@ public struct SocketError: Error, CustomStringConvertible, Sendable {
       .peerClosed, errno: errno, "\(operation): the peer closed the connection\(reason)")
   }
 
-  static func errnoDescription(_ errno: Int32) -> String {
+  /// "No such file or directory (errno 2)": the text every Kaitian error uses for an errno.
+  public static func errnoDescription(_ errno: Int32) -> String {
     "\(String(cString: strerror(errno))) (errno \(errno))"
   }
 }
