@@ -5,7 +5,7 @@ Workers are made unequal by cgroup CPU quotas through `kaitian run` (needs root)
   three workers: A = 1.0 CPU on core 0, B = 0.5 and C = 0.25 CPU sharing core 1
 In one job per configuration, the same CNN trains on the same number of samples (global batch
 fixed) with (a) an equal split, (b) static shares measured before training, (c) online
-re-balancing starting from the equal split, and (d) worker A alone; every worker's solo
+re-balancing starting from the measured shares (as examples/train.py does), and (d) worker A alone; every worker's solo
 throughput is measured in the same job, and the ideal is their sum. Then (e) runs online
 re-balancing while B's quota is changed mid-run (B writes its own cgroup's quota file) and
 prints the throughput per window, to show the plan following the change.
@@ -77,8 +77,15 @@ def quota_file(proc_self_cgroup: str, root: str = "/sys/fs/cgroup") -> tuple[Pat
     return v2, "v2"
 
 
-def quota_text(cpus: float, kind: str, period_us: int = 100_000) -> str:
-    """What to write to the quota file for `cpus` CPUs."""
+def quota_period(path: Path, kind: str) -> int:
+    """The period (microseconds) the quota in `path` is a share of, as `kaitian run` set it."""
+    if kind == "v1":
+        return int((path.parent / "cpu.cfs_period_us").read_text())
+    return int(path.read_text().split()[1])
+
+
+def quota_text(cpus: float, kind: str, period_us: int) -> str:
+    """What to write to the quota file for `cpus` CPUs of a `period_us` period."""
     quota = int(cpus * period_us)
     return str(quota) if kind == "v1" else f"{quota} {period_us}"
 
@@ -216,7 +223,7 @@ def worker(args: argparse.Namespace) -> None:
         for step, (x, y) in enumerate(loader):
             if change_at is not None and step == change_at and rank == 1:
                 path, kind = quota_file(Path("/proc/self/cgroup").read_text())
-                path.write_text(quota_text(args.changed_quota, kind))
+                path.write_text(quota_text(args.changed_quota, kind, quota_period(path, kind)))
             plans.append(sampler.batch_sizes_at(step))
             optimizer.zero_grad()
             if balancer is None:
@@ -252,7 +259,7 @@ def worker(args: argparse.Namespace) -> None:
     measured, speeds = kaitian.measure_plan(build(), sample, F.cross_entropy, batch, min_seconds=args.measure_seconds)
     modes["static"] = train(measured, online=False)
     modes["static"]["measured_seconds_per_sample"] = speeds
-    modes["online"] = train(equal, online=True)
+    modes["online"] = train(measured, online=True)
     steps = len(modes["online"]["windows"]) * args.interval
     change = train(modes["online"]["plan"], online=True, change_at=steps // 2)
     solos_after = gather(solo(args.solo_seconds))
