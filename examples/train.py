@@ -19,7 +19,7 @@ Data:
   cifar10:DIR   CIFAR-10 from the standard python archive files in DIR (cifar-10-batches-py)
   synthetic     generated CIFAR-shaped data (3x32x32, 10 classes), said so in the output
 
-Models: mlp (a small CNN for digits), mobilenet_v2 and resnet18 (torchvision, 10 classes, 32x32 inputs).
+Models: cnn (a small CNN for digits), mobilenet_v2 and resnet18 (torchvision, 10 classes, 32x32 inputs).
 """
 
 from __future__ import annotations
@@ -124,7 +124,7 @@ class DigitsNet(nn.Module):
 
 
 def build_model(name: str) -> nn.Module:
-    if name == "mlp":
+    if name == "cnn":
         return DigitsNet()
     import torchvision
 
@@ -132,7 +132,7 @@ def build_model(name: str) -> nn.Module:
         return torchvision.models.mobilenet_v2(num_classes=10)
     if name == "resnet18":
         return torchvision.models.resnet18(num_classes=10)
-    raise SystemExit(f"unknown --model {name}; use mlp, mobilenet_v2 or resnet18")
+    raise SystemExit(f"unknown --model {name}; use cnn, mobilenet_v2 or resnet18")
 
 
 def load_data(spec: str, synthetic_samples: int) -> Dataset:
@@ -229,7 +229,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--backend", default="kaitian", help="kaitian (or gloo, nccl: the one-word switch)")
     parser.add_argument("--data", default="digits")
-    parser.add_argument("--model", default="mlp")
+    parser.add_argument("--model", default="cnn")
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--batch-size", type=int, default=32, help="per-rank batch with --adaptive off")
     parser.add_argument(
@@ -245,6 +245,7 @@ def main() -> None:
         "--resume", action="store_true", help="continue from --checkpoint-dir's checkpoint if there is one"
     )
     parser.add_argument("--result-json", type=Path, help="rank 0 writes the summary here as JSON")
+    parser.add_argument("--trace-dir", type=Path, help="every rank writes its per-step times to rank-R.json here")
     args = parser.parse_args()
     if args.resume and args.checkpoint_dir is None:
         parser.error("--resume needs --checkpoint-dir")
@@ -284,8 +285,8 @@ def main() -> None:
     sampler = kaitian.AdaptiveSampler(data.train, world, rank, shuffle=True, seed=0, batch_sizes=plan)
     loader = DataLoader(data.train, batch_sampler=sampler.batch_sampler())
     balancer = kaitian.OnlineBalancer(model, sampler, interval=args.interval) if args.adaptive == "online" else None
-    if balancer is None:
-        kaitian.install_weighting(model, sampler)
+    weighting = balancer.weighting if balancer else kaitian.install_weighting(model, sampler)
+    trace: list[dict[str, float]] = []  # per step: time, batch, compute and step seconds
 
     earlier = resumed.samples if resumed else 0  # samples all ranks trained before the checkpoint
     trained = 0  # samples this rank trained in this process, for its throughput
@@ -295,6 +296,7 @@ def main() -> None:
         sampler.set_epoch(epoch)
         torch.manual_seed(1000 * epoch + rank)  # the same random stream whether resumed or not
         for images, labels in loader:
+            step_started = time.perf_counter()
             optimizer.zero_grad()
             if balancer is None:
                 loss = F.cross_entropy(model(images), labels)
@@ -305,6 +307,18 @@ def main() -> None:
                     loss.backward()
             optimizer.step()
             trained += len(labels)
+            now = time.perf_counter()
+            # Compute ends when the last gradient is ready (the weighting hook notes it); the rest
+            # of the step is waiting for the other ranks and the allreduce.
+            compute_end = weighting.compute_end if weighting.compute_end >= step_started else now
+            trace.append(
+                {
+                    "time": now - started,
+                    "batch": len(labels),
+                    "compute": compute_end - step_started,
+                    "step": now - step_started,
+                }
+            )
         samples_so_far = torch.tensor([float(trained)], dtype=torch.float64)
         dist.all_reduce(samples_so_far)
         say(f"epoch {epoch + 1}/{args.epochs}: loss {loss.item():.4f}, plan {sampler.batch_sizes}", flush=True)
@@ -363,6 +377,10 @@ def main() -> None:
                 "parameters_sha256": digest,
             }
             args.result_json.write_text(json.dumps(result, indent=1) + "\n")
+    if args.trace_dir is not None:
+        args.trace_dir.mkdir(parents=True, exist_ok=True)
+        record = {"rank": rank, "kind": kaitian.local_device_kind(), "steps": trace}
+        (args.trace_dir / f"rank-{rank}.json").write_text(json.dumps(record) + "\n")
     if balancer is not None:
         balancer.close()
     dist.destroy_process_group()
