@@ -157,8 +157,8 @@ def worker(args: argparse.Namespace) -> None:
     import torch
     import torch.distributed as dist
     import torch.nn.functional as F
+    from kaitian.device_bench import benchmark_model
     from kaitian.planner import gather_floats
-    from torch import nn
     from torch.nn.parallel import DistributedDataParallel
     from torch.utils.data import DataLoader, TensorDataset
 
@@ -167,21 +167,8 @@ def worker(args: argparse.Namespace) -> None:
     rank, world = dist.get_rank(), dist.get_world_size()
     batch = args.batch
 
-    def build() -> nn.Module:
-        torch.manual_seed(0)
-        return nn.Sequential(
-            nn.Conv2d(3, 32, 3, padding=1),
-            nn.ReLU(),
-            nn.MaxPool2d(2),
-            nn.Conv2d(32, 64, 3, padding=1),
-            nn.ReLU(),
-            nn.MaxPool2d(2),
-            nn.Conv2d(64, 64, 3, padding=1),
-            nn.ReLU(),
-            nn.AdaptiveAvgPool2d(1),
-            nn.Flatten(),
-            nn.Linear(64, 10),
-        )
+    # The same CNN `kaitian devices --bench` times, seeded the same way on every rank.
+    build = benchmark_model
 
     generator = torch.Generator().manual_seed(0)
     images = torch.randn(args.samples, 3, 32, 32, generator=generator)
