@@ -132,3 +132,56 @@ def test_resume_without_a_checkpoint_starts_from_scratch(tmp_path: Path) -> None
     )
     assert "no checkpoint in" in done.stdout
     assert checkpoint_epoch(tmp_path / "empty" / "checkpoint.pt") == 1
+
+
+def load_example() -> object:
+    """examples/train.py as a module (it is a script, not part of the package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("train_example", TRAIN)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["train_example"] = module  # dataclasses look their module up while the class is made
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_cifar10_is_read_from_the_standard_archive_files(tmp_path: Path) -> None:
+    """The python-version archive: data_batch_1..5 and test_batch, pickled dicts of uint8 rows."""
+    import pickle
+
+    import numpy as np
+
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    batches = {}
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        data = rng.integers(0, 256, size=(4, 3072), dtype=np.uint8)
+        labels = [int(x) for x in rng.integers(0, 10, size=4)]
+        batches[name] = (data, labels)
+        with open(folder / name, "wb") as handle:
+            pickle.dump({b"data": data, b"labels": labels, b"batch_label": name.encode()}, handle)
+    example = load_example()
+    dataset = example.load_data(f"cifar10:{tmp_path}", 0)  # type: ignore[attr-defined]
+    assert dataset.real
+    images, labels = dataset.train.tensors
+    assert images.shape == (20, 3, 32, 32) and labels.tolist() == sum(
+        (batches[f"data_batch_{i}"][1] for i in range(1, 6)), []
+    )
+    first = torch.tensor(batches["data_batch_1"][0][0], dtype=torch.float32).reshape(3, 32, 32) / 255
+    assert torch.equal(images[0], first)
+    assert dataset.test.tensors[0].shape == (4, 3, 32, 32)
+
+
+def test_missing_cifar10_files_name_the_file(tmp_path: Path) -> None:
+    example = load_example()
+    with pytest.raises(FileNotFoundError, match="data_batch_1"):
+        example.load_data(f"cifar10:{tmp_path}", 0)  # type: ignore[attr-defined]
+
+
+def test_generated_data_says_so() -> None:
+    example = load_example()
+    dataset = example.load_data("synthetic", 100)  # type: ignore[attr-defined]
+    assert not dataset.real and "GENERATED" in dataset.description
+    assert dataset.train.tensors[0].shape == (80, 3, 32, 32)
