@@ -184,6 +184,10 @@ def worker(args: argparse.Namespace) -> None:
         model = build()
         optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
         x, y = images[:batch], labels[:batch]
+        for _ in range(3):  # warm-up: the first steps pay for allocation and kernel selection
+            optimizer.zero_grad()
+            F.cross_entropy(model(x), y).backward()
+            optimizer.step()
         done, started = 0, time.perf_counter()
         while time.perf_counter() - started < seconds:
             optimizer.zero_grad()
@@ -302,10 +306,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, help="also save the markdown report to this file")
     parser.add_argument("--configs", default="2,3", help="which configurations: 2 workers, 3 workers")
     parser.add_argument("--samples", type=int, help="samples per run (default 3840, quick 768)")
-    parser.add_argument("--batch", type=int, default=64, help="global batch")
+    parser.add_argument("--batch", type=int, default=128, help="global batch")
     parser.add_argument("--interval", type=int, default=5, help="re-balancing interval in steps")
     parser.add_argument("--solo-seconds", type=float, help="each worker's solo run (default 6, quick 2)")
-    parser.add_argument("--measure-seconds", type=float, default=1.0, help="measure_speed's minimum window")
+    parser.add_argument("--measure-seconds", type=float, default=2.0, help="measure_speed's minimum window")
     parser.add_argument("--timeout", type=float, default=1800.0, help="seconds per job")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--config-name", default="", help=argparse.SUPPRESS)
