@@ -290,9 +290,10 @@ struct RunCommand: ParsableCommand {
     let token = try jobToken(placement)
     let store = try openJobStore(placement, jobID: jobID, token: token)
     defer { store.close() }
-    let layout: NodeLayout
+    var layout: NodeLayout
     let masterPort: String
     if let rendezvous = store.rendezvous {
+      let inherited = Self.environment()
       Progress.say(
         "job \(jobID): node \(placement.nodeRank) of \(placement.nodeCount) (from "
           + "\(placement.source)) joining the store at \(store.address)")
@@ -302,6 +303,9 @@ struct RunCommand: ParsableCommand {
           masterPort: placement.nodeRank == 0 ? "\(try FreePort.pick())" : nil,
           groups: job.groups.map { "\($0.kind):\($0.count)" }),
         timeoutSeconds: joinTimeout, progress: Progress.say)
+      if inherited["KAITIAN_SOCKET_ADDR"] == nil && inherited["KAITIAN_SOCKET_IFNAME"] == nil {
+        layout.socketAddress = store.localAddress
+      }
     } else {
       layout = NodeLayout(worldSize: job.groups.reduce(0) { $0 + $1.count })
       masterPort = "\(try FreePort.pick())"
@@ -504,7 +508,8 @@ struct RunCommand: ParsableCommand {
       server: server, address: address,
       rendezvous: NodeRendezvous(
         store: client, jobID: jobID, nodeRank: placement.nodeRank,
-        nodeCount: placement.nodeCount))
+        nodeCount: placement.nodeCount),
+      localAddress: client.localAddress.host)
   }
 
   static func environment() -> [String: String] {
@@ -532,6 +537,8 @@ struct JobStore {
   /// host:port for KAITIAN_STORE.
   var address: String
   var rendezvous: NodeRendezvous?
+  /// This host's address on its connection to the store (several nodes only).
+  var localAddress: String?
 
   func close() { server?.stop() }
 }

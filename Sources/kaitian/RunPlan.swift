@@ -291,10 +291,15 @@ struct RunPlan {
           ]
         }
         if let hostID = layout.hostID { variables.append(("KAITIAN_HOST_ID", hostID)) }
+        let own = environment.merging(group.environment) { _, groupValue in groupValue }
+        if let address = layout.socketAddress, own["KAITIAN_SOCKET_ADDR"] == nil,
+          own["KAITIAN_SOCKET_IFNAME"] == nil
+        {
+          variables.append(("KAITIAN_SOCKET_ADDR", address))
+        }
         if let devices = group.devices, let variable = group.visibilityVariable {
           variables.append((variable, devices.map(String.init).joined(separator: ",")))
         }
-        let own = environment.merging(group.environment) { _, groupValue in groupValue }
         variables += own.sorted { $0.key < $1.key }.map { ($0.key, $0.value) }
         let affinity = group.cpuList.map { [taskset, "-c", $0] } ?? []
         ranks.append(
@@ -371,6 +376,10 @@ struct NodeLayout: Equatable {
   var worldSize: Int
   /// KAITIAN_HOST_ID for this node's workers; nil leaves the variable to the environment.
   var hostID: String?
+  /// KAITIAN_SOCKET_ADDR for this node's workers: the address this host reached node 0's
+  /// store from, which the other hosts can usually reach too (the engine would otherwise
+  /// advertise 127.0.0.1). nil leaves it to the environment.
+  var socketAddress: String?
 }
 
 extension String {
