@@ -160,6 +160,17 @@ struct NodeRendezvous: Sendable {
     }
   }
 
+  /// Shows that this node's launcher is alive: `beat` counts up, and a node whose count stops
+  /// changing was killed without a chance to publish anything.
+  func beat(_ count: Int) throws(StoreError) {
+    try store.set(key: prefix + "alive/\(nodeRank)", value: Array("\(count)".utf8))
+  }
+
+  /// The last heartbeat of node `rank`, if it has sent one.
+  func heartbeat(of rank: Int) throws(StoreError) -> String? {
+    try store.tryGet(key: prefix + "alive/\(rank)").map { String(decoding: $0, as: UTF8.self) }
+  }
+
   /// The nodes not done yet, or the failure that ended the job.
   func unfinished() throws(StoreError) -> (nodes: [Int], failure: String?) {
     if let failure = try failure() { return ([], failure) }
@@ -182,7 +193,7 @@ struct NodeRendezvous: Sendable {
 }
 
 /// Watches the store for another node's failure while this node's workers run, on a thread of
-/// its own, so that the supervisor only reads a flag.
+/// its own, so that the supervisor only reads a flag; it also sends this node's heartbeat.
 final class FailureWatch: Sendable {
   /// What the thread and the supervisor share.
   private final class State: Sendable {

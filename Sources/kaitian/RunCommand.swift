@@ -411,15 +411,24 @@ struct RunCommand: ParsableCommand {
   }
 
   /// Records this node's success; node 0 then keeps serving the store until every node is
-  /// done, since their workers still use it.
+  /// done, since their workers still use it, or until one fails or stops sending heartbeats.
   private func finish(_ rendezvous: NodeRendezvous) throws {
     try rendezvous.markDone()
     guard rendezvous.nodeRank == 0 else { return }
+    let silenceLimit = 30.0
     var lastReport = LocalProcessGroup.now()
+    var heartbeats: [Int: (value: String?, since: Double)] = [:]
     while true {
+      let now = LocalProcessGroup.now()
       let state: (nodes: [Int], failure: String?)
       do {
         state = try rendezvous.unfinished()
+        for node in state.nodes {
+          let value = try rendezvous.heartbeat(of: node)
+          if heartbeats[node]?.value != value || heartbeats[node] == nil {
+            heartbeats[node] = (value, now)
+          }
+        }
       } catch {
         throw LaunchError("node 0 cannot read the job's state from its own store: \(error)")
       }
@@ -427,8 +436,14 @@ struct RunCommand: ParsableCommand {
         throw LaunchError("this node's ranks succeeded but the job failed: \(failure)")
       }
       if state.nodes.isEmpty { return }
-      if LocalProcessGroup.now() - lastReport >= 10 {
-        lastReport = LocalProcessGroup.now()
+      if let silent = state.nodes.first(where: { now - heartbeats[$0]!.since > silenceLimit }) {
+        throw LaunchError(
+          rendezvous.reportFailure(
+            "node \(silent) sent no heartbeat for \(Int(silenceLimit)) s without finishing (was "
+              + "its kaitian run killed?)"))
+      }
+      if now - lastReport >= 10 {
+        lastReport = now
         Progress.say(
           "waiting for node\(state.nodes.count == 1 ? "" : "s") "
             + "\(state.nodes.map(String.init).joined(separator: ", ")) to finish (they use this "

@@ -199,6 +199,25 @@ struct MultiNodeJobTests {
     #expect(KaitianProcess.noProcessMatches(marker))
   }
 
+  @Test func aNodeWhoseLauncherDiesStopsNodeZerosWait() throws {
+    let port = try FreePort.pick()
+    let master = ["--master-addr", "127.0.0.1"]
+    let zero = try node(
+      0, of: 2, port: port, job: "dead", groups: ["cpu:1"], extra: master, command: ["true"])
+    let one = try node(
+      1, of: 2, port: port, job: "dead", groups: ["cpu:1"], extra: master,
+      command: ["/bin/sh", "-c", "echo worker $$; exec sleep 60"])
+    #expect(one.waitForOutput("worker ", seconds: 15))
+    // SIGKILL leaves no chance to publish anything; its worker is orphaned and ended here.
+    one.signal(SIGKILL)
+    _ = one.wait(seconds: 5)
+    let orphan = one.output.split(separator: " ").last.flatMap { Int32($0.trimmingSpaces()) }
+    defer { if let orphan { kill(orphan, SIGKILL) } }
+    #expect(zero.wait(seconds: 50) == 1)
+    #expect(
+      zero.errors.contains("node 1 sent no heartbeat for 30 s without finishing"), "\(zero.errors)")
+  }
+
   @Test func aNodeThatNeverJoinsIsATimeout() throws {
     let port = try FreePort.pick()
     let zero = try node(
