@@ -261,7 +261,8 @@ struct RunCommand: ParsableCommand {
         groups: job.groups, command: job.command, environment: job.environment, jobID: jobID,
         logDirectory: logDirectory,
         store: placement.nodeCount > 1
-          ? "\(placement.masterAddress):\(storePort)" : RunPlan.pendingStore,
+          ? Endpoint(host: placement.masterAddress, port: storePort).description
+          : RunPlan.pendingStore,
         masterAddress: placement.masterAddress, masterPort: RunPlan.pendingPort,
         taskset: taskset ?? "taskset",
         layout: NodeLayout(
@@ -278,7 +279,8 @@ struct RunCommand: ParsableCommand {
     guard let taskset else {
       throw LaunchError("cpus= needs taskset (util-linux) on PATH; install it or drop cpus=")
     }
-    if !noDeviceCheck,
+    let needsDevices = job.groups.contains { DeviceCheck.acceleratorKinds.contains($0.kind) }
+    if !noDeviceCheck, needsDevices,
       let problem = DeviceCheck.problem(
         groups: job.groups, probes: DeviceProbe.probeTools(timeoutSeconds: 10),
         label: { job.labels[$0] })
@@ -290,26 +292,7 @@ struct RunCommand: ParsableCommand {
     let token = try jobToken(placement)
     let store = try openJobStore(placement, jobID: jobID, token: token)
     defer { store.close() }
-    var layout: NodeLayout
-    let masterPort: String
-    if let rendezvous = store.rendezvous {
-      let inherited = Self.environment()
-      Progress.say(
-        "job \(jobID): node \(placement.nodeRank) of \(placement.nodeCount) (from "
-          + "\(placement.source)) joining the store at \(store.address)")
-      (layout, masterPort) = try rendezvous.join(
-        NodeRendezvous.Registration(
-          nodeCount: placement.nodeCount, hostID: hostID(placement) ?? "",
-          masterPort: placement.nodeRank == 0 ? "\(try FreePort.pick())" : nil,
-          groups: job.groups.map { "\($0.kind):\($0.count)" }),
-        timeoutSeconds: joinTimeout, progress: Progress.say)
-      if inherited["KAITIAN_SOCKET_ADDR"] == nil && inherited["KAITIAN_SOCKET_IFNAME"] == nil {
-        layout.socketAddress = store.localAddress
-      }
-    } else {
-      layout = NodeLayout(worldSize: job.groups.reduce(0) { $0 + $1.count })
-      masterPort = "\(try FreePort.pick())"
-    }
+    let (layout, masterPort) = try place(job, placement: placement, store: store, jobID: jobID)
     let plan = RunPlan(
       groups: job.groups, command: job.command, environment: job.environment, jobID: jobID,
       logDirectory: logDirectory, store: store.address, masterAddress: placement.masterAddress,
@@ -317,6 +300,32 @@ struct RunCommand: ParsableCommand {
     try supervise(
       plan, token: token, store: store.address, rendezvous: store.rendezvous,
       graceSeconds: job.graceSeconds)
+  }
+
+  /// This node's place in the job and torch's MASTER_PORT: on one host, everything; on
+  /// several, what the node rendezvous in the store decides.
+  private func place(
+    _ job: JobDescription, placement: NodePlacement, store: JobStore, jobID: String
+  ) throws -> (NodeLayout, String) {
+    guard let rendezvous = store.rendezvous else {
+      return (
+        NodeLayout(worldSize: job.groups.reduce(0) { $0 + $1.count }), "\(try FreePort.pick())"
+      )
+    }
+    Progress.say(
+      "job \(jobID): node \(placement.nodeRank) of \(placement.nodeCount) (from "
+        + "\(placement.source)) joining the store at \(store.address)")
+    var (layout, masterPort) = try rendezvous.join(
+      NodeRendezvous.Registration(
+        nodeCount: placement.nodeCount, hostID: hostID(placement) ?? "",
+        masterPort: placement.nodeRank == 0 ? "\(try FreePort.pick())" : nil,
+        groups: job.groups.map { "\($0.kind):\($0.count)" }),
+      timeoutSeconds: joinTimeout, progress: Progress.say)
+    let inherited = Self.environment()
+    if inherited["KAITIAN_SOCKET_ADDR"] == nil && inherited["KAITIAN_SOCKET_IFNAME"] == nil {
+      layout.socketAddress = store.localAddress
+    }
+    return (layout, masterPort)
   }
 
   /// Starts every rank of the plan and supervises them until they end; on several nodes,

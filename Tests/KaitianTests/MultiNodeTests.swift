@@ -338,20 +338,84 @@ struct MultiNodeJobTests {
     "two hosts in network namespaces: engine collectives over TCP between them, shared memory inside",
     .enabled(if: namespacesPossible, "needs root and `ip netns add` (CAP_NET_ADMIN)"))
   func twoHostsInNetworkNamespaces() throws {
+    let worker = ChildProcess.builtProduct("KaitianTestWorker")
+    let (zero, one, addresses) = try runOnTwoHosts(
+      job: "netns",
+      command: [
+        "/bin/sh", "-c", "KAITIAN_TEST_STORE=$KAITIAN_STORE exec \"$0\" matrix", worker,
+      ])
+    let errors = zero.errors + one.errors
+    // Each rank: its host's other rank by shared memory, the other host's two by TCP.
+    let meshLines = errors.split(separator: "\n").filter { $0.contains("connected: ") }
+    #expect(meshLines.count == 4, "\(meshLines)")
+    #expect(
+      meshLines.allSatisfy { $0.contains("1 peers by shared memory, 2 by TCP") }, "\(meshLines)")
+    // The launcher told the engine which address the other host reaches.
+    #expect(one.errors.contains("listening on \(addresses[1])"), "\(meshLines)")
+    #expect(zero.errors.contains("listening on \(addresses[0])"), "\(meshLines)")
+  }
+
+  /// The repository's venv python and the C library it loads, when both are there.
+  static let python: (interpreter: String, library: String)? = {
+    let root = String(#filePath.dropLast("/Tests/KaitianTests/MultiNodeTests.swift".count))
+    let interpreter = root + "/.venv/bin/python"
+    let library = ChildProcess.builtProduct("libKaitianC.so")
+    guard access(interpreter, X_OK) == 0, access(library, R_OK) == 0 else { return nil }
+    return (interpreter, library)
+  }()
+
+  static let pythonScript = """
+    import os, sys
+    sys.path.insert(0, os.environ["KAITIAN_TEST_PYTHON_DIR"])
+    from datetime import timedelta
+    import torch, torch.distributed as dist
+    import kaitian  # registers the backend
+    rank, size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    dist.init_process_group("kaitian", rank=rank, world_size=size, timeout=timedelta(seconds=60))
+    t = torch.arange(1000, dtype=torch.float32) + rank
+    dist.all_reduce(t)
+    want = torch.arange(1000, dtype=torch.float32) * size + size * (size - 1) / 2
+    assert torch.equal(t, want), (t[:4], want[:4])
+    print(f"allreduce ok rank={rank} host={os.environ['KAITIAN_HOST_ID']}", flush=True)
+    dist.destroy_process_group()
+    """
+
+  @Test(
+    "two hosts in network namespaces: torch.distributed with backend kaitian, torch's store on node 0",
+    .enabled(if: namespacesPossible, "needs root and `ip netns add` (CAP_NET_ADMIN)"),
+    .enabled(if: python != nil, "needs .venv/bin/python and a built libKaitianC.so"))
+  func torchAllReduceOnTwoHostsInNetworkNamespaces() throws {
+    let python = try #require(Self.python)
+    let root = String(#filePath.dropLast("/Tests/KaitianTests/MultiNodeTests.swift".count))
+    let (zero, one, _) = try runOnTwoHosts(
+      job: "netns-torch", command: [python.interpreter, "-c", Self.pythonScript],
+      environment: [
+        "KAITIAN_LIBRARY": python.library, "KAITIAN_TEST_PYTHON_DIR": root + "/python",
+      ])
+    let lines = (zero.output + one.output).split(separator: "\n").filter {
+      $0.contains("allreduce ok")
+    }
+    #expect(lines.count == 4, "\(zero.errors.suffix(2000)) \(one.errors.suffix(2000))")
+    #expect(zero.output.contains("allreduce ok rank=1 host=test-host-0"))
+    #expect(one.output.contains("allreduce ok rank=3 host=test-host-1"))
+  }
+
+  /// Node 0 and node 1 of a job with two CPU ranks each, in two fresh network namespaces;
+  /// expects both launchers to exit 0 within the time, and removes the namespaces.
+  private func runOnTwoHosts(
+    job: String, command: [String], environment: [String: String] = [:]
+  ) throws -> (zero: ChildProcess, one: ChildProcess, addresses: [String]) {
     let hosts = try TwoHosts()
     defer { hosts.remove() }
-    let worker = ChildProcess.builtProduct("KaitianTestWorker")
-    let command = [
-      "/bin/sh", "-c", "KAITIAN_TEST_STORE=$KAITIAN_STORE exec \"$0\" matrix", worker,
-    ]
-    let debug = ["KAITIAN_DEBUG": "INFO"]
+    var environment = environment
+    environment["KAITIAN_DEBUG"] = "INFO"
     let master = ["--master-addr", hosts.addresses[0]]
     let zero = try node(
-      0, of: 2, port: 29_400, job: "netns", groups: ["cpu:2"], extra: master, command: command,
-      environment: debug, wrapper: ["/usr/sbin/ip", "netns", "exec", hosts.names[0]])
+      0, of: 2, port: 29_400, job: job, groups: ["cpu:2"], extra: master, command: command,
+      environment: environment, wrapper: ["/usr/sbin/ip", "netns", "exec", hosts.names[0]])
     let one = try node(
-      1, of: 2, port: 29_400, job: "netns", groups: ["cpu:2"], extra: master, command: command,
-      environment: debug, wrapper: ["/usr/sbin/ip", "netns", "exec", hosts.names[1]])
+      1, of: 2, port: 29_400, job: job, groups: ["cpu:2"], extra: master, command: command,
+      environment: environment, wrapper: ["/usr/sbin/ip", "netns", "exec", hosts.names[1]])
     // A launcher killed by ChildProcess's SIGKILL would leave its workers behind.
     defer {
       for launcher in [zero, one] where !launcher.poll() {
@@ -361,14 +425,6 @@ struct MultiNodeJobTests {
     }
     #expect(zero.wait(seconds: 55) == 0, "node 0: \(zero.errors.suffix(3000))")
     #expect(one.wait(seconds: 10) == 0, "node 1: \(one.errors.suffix(3000))")
-    let errors = zero.errors + one.errors
-    // Each rank: its host's other rank by shared memory, the other host's two by TCP.
-    let meshLines = errors.split(separator: "\n").filter { $0.contains("connected: ") }
-    #expect(meshLines.count == 4, "\(meshLines)")
-    #expect(
-      meshLines.allSatisfy { $0.contains("1 peers by shared memory, 2 by TCP") }, "\(meshLines)")
-    // The launcher told the engine which address the other host reaches.
-    #expect(one.errors.contains("listening on \(hosts.addresses[1])"), "\(meshLines)")
-    #expect(zero.errors.contains("listening on \(hosts.addresses[0])"), "\(meshLines)")
+    return (zero, one, hosts.addresses)
   }
 }
