@@ -14,7 +14,8 @@ let package = Package(
     .executable(name: "kaitian", targets: ["KaitianCLI"]),
   ],
   dependencies: [
-    .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0")
+    .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+    .package(url: "https://github.com/LebJe/TOMLKit", from: "0.6.0"),
   ],
   targets: [
     .target(
@@ -42,6 +43,7 @@ let package = Package(
         "KaitianLaunch",
         "KaitianVerification",
         .product(name: "ArgumentParser", package: "swift-argument-parser"),
+        .product(name: "TOMLKit", package: "TOMLKit"),
       ],
       path: "Sources/kaitian"
     ),

@@ -93,11 +93,17 @@ public struct LocalProcessGroup {
     public var firstFailure: Failure?
     /// The SIGINT or SIGTERM that stopped the job, if one did.
     public var interruption: Int32?
+    /// Whether `stopRequest` stopped the job.
+    public var stoppedOnRequest = false
   }
 
   public var executable: String?
   public var graceSeconds = 3.0
   public var onEvent: (Event) -> Void = { _ in }
+  /// Asked on every turn of the supervision loop (about every 20 ms): returning true stops
+  /// the members as an interruption does, for a reason outside this host (a multi-host
+  /// launcher whose other host failed). Keep it cheap: read a flag another thread sets.
+  public var stopRequest: () -> Bool = { false }
 
   public init(executable: String? = nil, graceSeconds: Double = 3.0) {
     self.executable = executable
@@ -146,6 +152,11 @@ public struct LocalProcessGroup {
           stopRemaining(SIGKILL)
           killed = true
         }
+      }
+      if stopRequested == nil && stopRequest() {
+        outcome.stoppedOnRequest = true
+        stopRequested = Self.now()
+        stopRemaining(SIGTERM)
       }
       for index in running.indices where outcome.endings[index] == nil {
         guard let ending = running[index].reap(blocking: false) else { continue }

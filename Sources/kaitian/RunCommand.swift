@@ -4,7 +4,9 @@ import KaitianLaunch
 import KaitianStore
 
 /// `kaitian run`: starts a job's workers on this host with their ranks, devices and limits,
-/// supervises them as torchrun does, and serves the job's rendezvous store meanwhile.
+/// supervises them as torchrun does, and serves the job's rendezvous store meanwhile. With
+/// several hosts, one `kaitian run` per host; node 0's serves the store and all of them meet
+/// there.
 struct RunCommand: ParsableCommand {
   static let configuration = CommandConfiguration(
     commandName: "run",
@@ -21,17 +23,31 @@ struct RunCommand: ParsableCommand {
 
       Group options: cpu=FRACTION limits each worker to that many CPUs with a cgroup (needs \
       root); cpus=LIST pins each worker to those CPUs (taskset); devices=LIST is what the \
-      group's workers see, worker i using the i-th (KAITIAN_GROUP_RANK).
+      group's workers see, worker i using the i-th (KAITIAN_GROUP_RANK). Accelerator groups \
+      must fit the devices `kaitian devices` finds (--no-device-check skips that).
+
+      --job-file FILE describes the groups, command, environment and launch prefixes in TOML \
+      instead of --group and --prefix (see docs/CLI.md); words after -- are appended to its \
+      commands.
+
+      Several hosts: run kaitian run on each with --nnodes N, its --node-rank, the same \
+      --master-addr (node 0's address: node 0 serves the store on --store-port), the same \
+      --job-id and the same token (KAITIAN_TOKEN, KAITIAN_TOKEN_FILE or --token-file). Under \
+      srun these come from SLURM_NNODES, SLURM_NODEID, SLURM_JOB_ID and scontrol. A worker \
+      failing on any host stops the job on every host.
 
       Output is streamed line by line as "[rank R KIND] ..." and kept per rank in --log-dir. \
       When a worker fails, the others get SIGTERM, then SIGKILL after --grace-seconds, and \
       the command exits 1 naming the rank; Ctrl-C or SIGTERM stops every worker the same way \
-      and exits 130. Jobs over several hosts are not supported yet.
+      and exits 130.
 
       Examples:
         kaitian run --group cpu:1:cpu=1.0 --group cpu-slow:2:cpu=0.3 -- .venv/bin/python train.py
         kaitian run --group cuda:2:devices=0,1 --group mlu:2:devices=0,1 \\
           --prefix mlu='conda run -n cambricon' -- python train.py --epochs 2
+        kaitian run --job-file job.toml -- --epochs 2
+        kaitian run --nnodes 2 --node-rank 0 --master-addr 10.0.0.1 --job-id j1 \\
+          --token-file /shared/token --group cuda:8 -- python train.py
       """)
 
   @Option(
@@ -48,16 +64,43 @@ struct RunCommand: ParsableCommand {
       valueName: "kind=words"))
   var prefixes: [String] = []
 
+  @Option(
+    name: .customLong("job-file"),
+    help: ArgumentHelp("A TOML job file instead of --group and --prefix.", valueName: "path"))
+  var jobFile: String?
+
   @Option(help: "Directory for the per-rank logs (default: ./kaitian-logs/<job id>).")
   var logDir: String?
 
   @Option(
-    name: .customLong("job-id"), help: "The job's name: letters, digits, - and _ (default: random)."
+    name: .customLong("job-id"),
+    help: "The job's name: letters, digits, - and _ (default: random; SLURM_JOB_ID under Slurm)."
   )
   var jobID: String?
 
-  @Option(help: "Seconds between SIGTERM and SIGKILL when stopping workers.")
-  var graceSeconds = 5.0
+  @Option(help: "Seconds between SIGTERM and SIGKILL when stopping workers (default: 5).")
+  var graceSeconds: Double?
+
+  @Option(help: "Number of hosts (nodes) in the job (default: 1, or SLURM_NNODES).")
+  var nnodes: Int?
+
+  @Option(help: "This host's node rank, 0 to nnodes-1 (default: SLURM_NODEID).")
+  var nodeRank: Int?
+
+  @Option(help: "Node 0's address that every node reaches (default: Slurm's first host).")
+  var masterAddr: String?
+
+  @Option(help: "Port of the store that node 0 serves when there are several nodes.")
+  var storePort: UInt16 = 29_400
+
+  @Option(help: "File holding the job token every node shares (overrides KAITIAN_TOKEN).")
+  var tokenFile: String?
+
+  @Option(help: "Seconds to wait for every node to join the store.")
+  var joinTimeout = 300.0
+
+  @Flag(help: "Launch accelerator groups even where `kaitian devices` does not find them.")
+  var noDeviceCheck = false
 
   @Flag(help: "Print the plan (ranks, commands, environment, quotas) and start nothing.")
   var dryRun = false
@@ -68,37 +111,67 @@ struct RunCommand: ParsableCommand {
   @Argument(parsing: .postTerminator, help: "The command every worker runs, after --.")
   var command: [String] = []
 
+  /// What the flags or the job file ask for, before anything about hosts is known.
+  struct JobDescription {
+    var groups: [GroupSpec]
+    /// How to name group i in messages: its --group flag or its place in the job file.
+    var labels: [String]
+    var command: [String]
+    var environment: [String: String]
+    var jobID: String?
+    var logDirectory: String?
+    var graceSeconds: Double
+  }
+
   func validate() throws {
-    guard !groups.isEmpty else {
-      throw ValidationError("give at least one --group KIND:COUNT, e.g. --group cpu:2")
+    if jobFile != nil {
+      guard groups.isEmpty && prefixes.isEmpty else {
+        throw ValidationError(
+          "--job-file describes the groups and prefixes: drop --group and --prefix, or drop "
+            + "--job-file")
+      }
+    } else {
+      guard !groups.isEmpty else {
+        throw ValidationError(
+          "give at least one --group KIND:COUNT, e.g. --group cpu:2, or a --job-file")
+      }
+      guard !command.isEmpty else {
+        throw ValidationError(
+          "no command given: put the worker's command after --, e.g. "
+            + "kaitian run --group cpu:2 -- python train.py")
+      }
     }
-    _ = try parsedGroups()
-    _ = try parsedPrefixes()
-    guard !command.isEmpty else {
-      throw ValidationError(
-        "no command given: put the worker's command after --, e.g. "
-          + "kaitian run --group cpu:2 -- python train.py")
+    let job = try describedJob()
+    let placement = try resolvedPlacement(job)
+    if !dryRun { _ = try jobToken(placement) }
+    if let graceSeconds, graceSeconds < 0 {
+      throw ValidationError("--grace-seconds must be 0 or more")
     }
-    guard graceSeconds >= 0 else { throw ValidationError("--grace-seconds must be 0 or more") }
+    guard joinTimeout > 0 else { throw ValidationError("--join-timeout must be more than 0") }
     guard !json || dryRun else {
       throw ValidationError("--json prints the plan: use it with --dry-run")
     }
-    if let jobID {
-      guard !jobID.isEmpty, jobID.count <= 64,
-        jobID.unicodeScalars.allSatisfy({
-          ("a"..."z").contains($0) || ("A"..."Z").contains($0) || ("0"..."9").contains($0)
-            || $0 == "-" || $0 == "_"
-        })
-      else {
-        throw ValidationError("--job-id \(jobID): use 1 to 64 letters, digits, - and _")
-      }
+    if let jobID, let problem = Self.jobIDProblem(jobID) {
+      throw ValidationError("--job-id \(jobID): \(problem)")
     }
   }
 
+  /// Why `id` cannot be a job id, or nil when it can.
+  static func jobIDProblem(_ id: String) -> String? {
+    let valid =
+      !id.isEmpty && id.count <= 64
+      && id.unicodeScalars.allSatisfy {
+        ("a"..."z").contains($0) || ("A"..."Z").contains($0) || ("0"..."9").contains($0)
+          || $0 == "-" || $0 == "_"
+      }
+    return valid ? nil : "use 1 to 64 letters, digits, - and _"
+  }
+
+  static var hostCPUs: Int { Int(sysconf(Int32(_SC_NPROCESSORS_CONF))) }
+
   func parsedGroups() throws(ValidationError) -> [GroupSpec] {
-    let hostCPUs = Int(sysconf(Int32(_SC_NPROCESSORS_CONF)))
     var result: [GroupSpec] = []
-    for group in groups { result.append(try GroupSpec(parsing: group, hostCPUs: hostCPUs)) }
+    for group in groups { result.append(try GroupSpec(parsing: group, hostCPUs: Self.hostCPUs)) }
     return result
   }
 
@@ -127,36 +200,141 @@ struct RunCommand: ParsableCommand {
     return result
   }
 
+  /// The job from --job-file (flags for the log directory, job id and grace period win over
+  /// the file's), or from --group and --prefix.
+  func describedJob() throws(ValidationError) -> JobDescription {
+    guard let jobFile else {
+      let prefixes = try parsedPrefixes()
+      var groups = try parsedGroups()
+      for index in groups.indices { groups[index].prefix = prefixes[groups[index].kind] ?? [] }
+      return JobDescription(
+        groups: groups, labels: self.groups.map { "--group \($0)" }, command: command,
+        environment: [:], jobID: jobID, logDirectory: logDir, graceSeconds: graceSeconds ?? 5)
+    }
+    let file: JobFile
+    do {
+      file = try JobFile.load(
+        path: jobFile, hostCPUs: Self.hostCPUs, commandOnCommandLine: !command.isEmpty)
+    } catch {
+      throw ValidationError(error.description)
+    }
+    var groups = file.groups
+    for index in groups.indices where groups[index].command != nil {
+      groups[index].command! += command
+    }
+    return JobDescription(
+      groups: groups,
+      labels: file.groupLines.enumerated().map { index, line in
+        "\(jobFile)\(line.map { ":\($0)" } ?? ""): [[group]] \(index + 1)"
+      },
+      command: (file.command ?? []) + command, environment: file.environment,
+      jobID: jobID ?? file.jobID, logDirectory: logDir ?? file.logDirectory,
+      graceSeconds: graceSeconds ?? file.graceSeconds ?? 5)
+  }
+
+  /// Which node this is, from the flags or Slurm; several nodes need a shared job id.
+  func resolvedPlacement(_ job: JobDescription) throws(ValidationError) -> NodePlacement {
+    let placement = try NodePlacement.resolve(
+      nnodes: nnodes, nodeRank: nodeRank, masterAddress: masterAddr, jobID: job.jobID,
+      environment: Self.environment(),
+      firstSlurmHost: { NodePlacement.firstSlurmHost(environment: Self.environment()) })
+    guard placement.nodeCount == 1 || placement.jobID != nil else {
+      throw ValidationError(
+        "--nnodes \(placement.nodeCount) needs --job-id (the same on every node) so that the "
+          + "nodes find each other in the store")
+    }
+    return placement
+  }
+
   func run() throws {
-    let job = jobID ?? Self.randomJobID()
-    let logDirectory = logDir ?? "kaitian-logs/\(job)"
-    let groups = try parsedGroups()
-    let prefixes = try parsedPrefixes()
-    let needsTaskset = groups.contains { $0.cpuList != nil }
+    let job = try describedJob()
+    let placement = try resolvedPlacement(job)
+    let jobID = placement.jobID ?? Self.randomJobID()
+    if let problem = Self.jobIDProblem(jobID) {
+      throw ValidationError("job id \(jobID): \(problem)")
+    }
+    let logDirectory = job.logDirectory ?? "kaitian-logs/\(jobID)"
+    let needsTaskset = job.groups.contains { $0.cpuList != nil }
     let taskset = needsTaskset ? ExecutableSearch.find("taskset") : "taskset"
     if dryRun {
       let plan = RunPlan(
-        groups: groups, prefixes: prefixes, command: command, jobID: job,
-        logDirectory: logDirectory, store: RunPlan.pendingStore, masterPort: RunPlan.pendingPort,
-        taskset: taskset ?? "taskset")
+        groups: job.groups, command: job.command, environment: job.environment, jobID: jobID,
+        logDirectory: logDirectory,
+        store: placement.nodeCount > 1
+          ? Endpoint(host: placement.masterAddress, port: storePort).description
+          : RunPlan.pendingStore,
+        masterAddress: placement.masterAddress, masterPort: RunPlan.pendingPort,
+        taskset: taskset ?? "taskset",
+        layout: NodeLayout(
+          nodeRank: placement.nodeRank, nodeCount: placement.nodeCount,
+          worldSize: job.groups.reduce(0) { $0 + $1.count }, hostID: hostID(placement)))
+      if placement.nodeCount > 1 {
+        Progress.say(
+          "dry run of node \(placement.nodeRank) of \(placement.nodeCount): ranks are shown from "
+            + "0; the real ones follow the other nodes' when they join")
+      }
       print(json ? plan.json() : plan.describe())
       return
     }
     guard let taskset else {
       throw LaunchError("cpus= needs taskset (util-linux) on PATH; install it or drop cpus=")
     }
+    let needsDevices = job.groups.contains { DeviceCheck.acceleratorKinds.contains($0.kind) }
+    if !noDeviceCheck, needsDevices,
+      let problem = DeviceCheck.problem(
+        groups: job.groups, probes: DeviceProbe.probeTools(timeoutSeconds: 10),
+        label: { job.labels[$0] })
+    {
+      throw LaunchError(problem)
+    }
     try Directory.create(logDirectory)
 
-    let token = JobToken.generate()
-    let server = StoreServer(host: "127.0.0.1", port: 0, token: token)
-    let storePort = try server.start()
-    defer { server.stop() }
+    let token = try jobToken(placement)
+    let store = try openJobStore(placement, jobID: jobID, token: token)
+    defer { store.close() }
+    let (layout, masterPort) = try place(job, placement: placement, store: store, jobID: jobID)
     let plan = RunPlan(
-      groups: groups, prefixes: prefixes, command: command, jobID: job,
-      logDirectory: logDirectory, store: "127.0.0.1:\(storePort)",
-      masterPort: "\(try FreePort.pick())", taskset: taskset)
+      groups: job.groups, command: job.command, environment: job.environment, jobID: jobID,
+      logDirectory: logDirectory, store: store.address, masterAddress: placement.masterAddress,
+      masterPort: masterPort, taskset: taskset, layout: layout)
+    try supervise(
+      plan, token: token, store: store.address, rendezvous: store.rendezvous,
+      graceSeconds: job.graceSeconds)
+  }
 
-    let cgroups = plan.needsCgroups ? try CPUQuotaCgroups(job: job) : nil
+  /// This node's place in the job and torch's MASTER_PORT: on one host, everything; on
+  /// several, what the node rendezvous in the store decides.
+  private func place(
+    _ job: JobDescription, placement: NodePlacement, store: JobStore, jobID: String
+  ) throws -> (NodeLayout, String) {
+    guard let rendezvous = store.rendezvous else {
+      return (
+        NodeLayout(worldSize: job.groups.reduce(0) { $0 + $1.count }), "\(try FreePort.pick())"
+      )
+    }
+    Progress.say(
+      "job \(jobID): node \(placement.nodeRank) of \(placement.nodeCount) (from "
+        + "\(placement.source)) joining the store at \(store.address)")
+    var (layout, masterPort) = try rendezvous.join(
+      NodeRendezvous.Registration(
+        nodeCount: placement.nodeCount, hostID: hostID(placement) ?? "",
+        masterPort: placement.nodeRank == 0 ? "\(try FreePort.pick())" : nil,
+        groups: job.groups.map { "\($0.kind):\($0.count)" }),
+      timeoutSeconds: joinTimeout, progress: Progress.say)
+    let inherited = Self.environment()
+    if inherited["KAITIAN_SOCKET_ADDR"] == nil && inherited["KAITIAN_SOCKET_IFNAME"] == nil {
+      layout.socketAddress = store.localAddress
+    }
+    return (layout, masterPort)
+  }
+
+  /// Starts every rank of the plan and supervises them until they end; on several nodes,
+  /// publishes a local failure and stops when another node publishes one.
+  private func supervise(
+    _ plan: RunPlan, token: JobToken, store: String, rendezvous: NodeRendezvous?,
+    graceSeconds: Double
+  ) throws {
+    let cgroups = plan.needsCgroups ? try CPUQuotaCgroups(job: plan.jobID) : nil
     defer { cgroups?.remove() }
     var members: [LocalProcessGroup.Member] = []
     for rank in plan.ranks {
@@ -176,9 +354,18 @@ struct RunCommand: ParsableCommand {
           output: .init(prefix: "[\(rank.label)] ", logPath: rank.logPath)))
     }
 
+    let layout = plan.layout
+    let place =
+      layout.nodeCount > 1
+      ? " on node \(layout.nodeRank) of \(layout.nodeCount) (ranks \(layout.firstRank)-"
+        + "\(layout.firstRank + plan.ranks.count - 1) of \(layout.worldSize))" : ""
     Progress.say(
-      "job \(job): \(plan.ranks.count) ranks, store 127.0.0.1:\(storePort), logs in \(logDirectory)"
+      "job \(plan.jobID): \(plan.ranks.count) ranks\(place), store \(store), logs in "
+        + plan.logDirectory
         + (cgroups.map { ", cgroups in \($0.jobDirectory)" } ?? ""))
+    let watch = try rendezvous.map { rendezvous throws(LaunchError) in
+      try FailureWatch(rendezvous: rendezvous, intervalSeconds: 0.25)
+    }
     var supervisor = LocalProcessGroup(graceSeconds: graceSeconds)
     supervisor.onEvent = { event in
       switch event {
@@ -195,23 +382,189 @@ struct RunCommand: ParsableCommand {
             + "\(Progress.seconds(graceSeconds)); Ctrl-C again to kill now)")
       }
     }
+    if let watch {
+      supervisor.stopRequest = {
+        guard let failure = watch.failure else { return false }
+        Progress.say("stopping this node's ranks: \(failure)")
+        return true
+      }
+    }
     let began = LocalProcessGroup.now()
-    let outcome = try supervisor.run(members)
+    let outcome: LocalProcessGroup.Outcome
+    do {
+      outcome = try supervisor.run(members)
+    } catch {
+      watch?.stop()
+      rendezvous?.reportFailure("could not start its ranks: \(error)")
+      throw error
+    }
+    watch?.stop()
     Progress.summary(plan: plan, outcome: outcome, seconds: LocalProcessGroup.now() - began)
 
     if let failure = outcome.firstFailure {
-      throw LaunchError(
-        "\(failure) (see \(plan.ranks[failure.index].logPath)); stopped the other ranks")
+      let text = "\(failure) (see \(plan.ranks[failure.index].logPath))"
+      rendezvous?.reportFailure(text)
+      throw LaunchError("\(text); stopped the other ranks")
     }
     if let signal = outcome.interruption {
+      rendezvous?.reportFailure("interrupted by \(signalName(signal))")
       Progress.say("interrupted by \(signalName(signal)); every rank stopped")
       throw ExitCode(130)
     }
+    if outcome.stoppedOnRequest {
+      throw LaunchError(
+        "the job failed on another node (\(watch?.failure ?? "unknown")); stopped this node's ranks"
+      )
+    }
+    if let rendezvous { try finish(rendezvous) }
+  }
+
+  /// Records this node's success; node 0 then keeps serving the store until every node is
+  /// done, since their workers still use it, or until one fails or stops sending heartbeats.
+  private func finish(_ rendezvous: NodeRendezvous) throws {
+    try rendezvous.markDone()
+    guard rendezvous.nodeRank == 0 else { return }
+    let silenceLimit = 30.0
+    var lastReport = LocalProcessGroup.now()
+    var heartbeats: [Int: (value: String?, since: Double)] = [:]
+    while true {
+      let now = LocalProcessGroup.now()
+      let state: (nodes: [Int], failure: String?)
+      do {
+        state = try rendezvous.unfinished()
+        for node in state.nodes {
+          let value = try rendezvous.heartbeat(of: node)
+          if heartbeats[node]?.value != value || heartbeats[node] == nil {
+            heartbeats[node] = (value, now)
+          }
+        }
+      } catch {
+        throw LaunchError("node 0 cannot read the job's state from its own store: \(error)")
+      }
+      if let failure = state.failure {
+        throw LaunchError("this node's ranks succeeded but the job failed: \(failure)")
+      }
+      if state.nodes.isEmpty { return }
+      if let silent = state.nodes.first(where: { now - heartbeats[$0]!.since > silenceLimit }) {
+        throw LaunchError(
+          rendezvous.reportFailure(
+            "node \(silent) sent no heartbeat for \(Int(silenceLimit)) s without finishing (was "
+              + "its kaitian run killed?)"))
+      }
+      if now - lastReport >= 10 {
+        lastReport = now
+        Progress.say(
+          "waiting for node\(state.nodes.count == 1 ? "" : "s") "
+            + "\(state.nodes.map(String.init).joined(separator: ", ")) to finish (they use this "
+            + "node's store)")
+      }
+      usleep(200_000)
+    }
+  }
+
+  /// KAITIAN_HOST_ID for the workers of several nodes: the launcher's own value if it has
+  /// one, else the host name and node rank (hosts in network namespaces or containers often
+  /// share a host name, and equal ids would make the engine try shared memory between them).
+  private func hostID(_ placement: NodePlacement) -> String? {
+    guard placement.nodeCount > 1 else { return nil }
+    if let own = Self.environment()["KAITIAN_HOST_ID"], !own.isEmpty { return own }
+    var name = [CChar](repeating: 0, count: 256)
+    gethostname(&name, name.count - 1)
+    let bytes = name.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }
+    return "\(String(decoding: bytes, as: UTF8.self))-node\(placement.nodeRank)"
+  }
+
+  /// A fresh token on one host; on several, the one every node was given.
+  private func jobToken(_ placement: NodePlacement) throws(ValidationError) -> JobToken {
+    guard placement.nodeCount > 1 else { return JobToken.generate() }
+    do {
+      if let tokenFile {
+        // The file wins over KAITIAN_TOKEN, as with `kaitian store serve --token-file`.
+        unsetenv(JobToken.environmentVariable)
+        setenv(JobToken.fileEnvironmentVariable, tokenFile, 1)
+      }
+      if let token = try JobToken.fromEnvironment() { return token }
+    } catch {
+      throw ValidationError("the job token: \(error)")
+    }
+    throw ValidationError(
+      "--nnodes \(placement.nodeCount) needs the job token that every node shares: set "
+        + "KAITIAN_TOKEN or KAITIAN_TOKEN_FILE, or give --token-file (`kaitian store serve "
+        + "--generate-token --token-file FILE` writes one)")
+  }
+
+  /// The job's store: on one host a private server on 127.0.0.1; on several, node 0 serves
+  /// it on every address at --store-port and every node (node 0 included) is a client of it.
+  private func openJobStore(
+    _ placement: NodePlacement, jobID: String, token: JobToken
+  ) throws -> JobStore {
+    guard placement.nodeCount > 1 else {
+      let server = StoreServer(host: "127.0.0.1", port: 0, token: token)
+      let port = try server.start()
+      return JobStore(server: server, address: "127.0.0.1:\(port)", rendezvous: nil)
+    }
+    var server: StoreServer?
+    if placement.nodeRank == 0 {
+      let local = StoreServer(host: "0.0.0.0", port: storePort, token: token)
+      do {
+        _ = try local.start()
+      } catch {
+        throw LaunchError(
+          "node 0 cannot serve the store on port \(storePort): \(error) (pick another "
+            + "--store-port, the same on every node)")
+      }
+      server = local
+    }
+    let address = Endpoint(host: placement.masterAddress, port: storePort).description
+    let client: StoreClient
+    do {
+      client = try StoreClient(
+        host: placement.masterAddress, port: storePort, token: token,
+        connectTimeout: .milliseconds(Int64(joinTimeout * 1000)),
+        clientName: "kaitian run node \(placement.nodeRank)")
+    } catch {
+      server?.stop()
+      throw LaunchError(
+        "node \(placement.nodeRank) cannot reach the store of node 0 at \(address) within "
+          + "\(Int(joinTimeout)) s: \(error)")
+    }
+    return JobStore(
+      server: server, address: address,
+      rendezvous: NodeRendezvous(
+        store: client, jobID: jobID, nodeRank: placement.nodeRank,
+        nodeCount: placement.nodeCount),
+      localAddress: client.localAddress.host)
+  }
+
+  static func environment() -> [String: String] {
+    var result: [String: String] = [:]
+    var cursor = environ
+    while let entry = cursor.pointee {
+      let text = String(cString: entry)
+      if let separator = text.firstIndex(of: "=") {
+        result[String(text[..<separator])] = String(text[text.index(after: separator)...])
+      }
+      cursor += 1
+    }
+    return result
   }
 
   private static func randomJobID() -> String {
     String(UInt32.random(in: 0...UInt32.max), radix: 16).leftPadded(to: 8)
   }
+}
+
+/// The store a job's workers use while it runs: the server this launcher serves (one host, or
+/// node 0) and, with several nodes, the rendezvous of the launchers through it.
+struct JobStore {
+  var server: StoreServer?
+  /// host:port for KAITIAN_STORE.
+  var address: String
+  var rendezvous: NodeRendezvous?
+  /// This host's address on its connection to the store (several nodes only).
+  var localAddress: String?
+
+  func close() { server?.stop() }
 }
 
 /// The launcher's own lines, on stderr so that stdout holds only the workers' output.

@@ -1,8 +1,8 @@
 import ArgumentParser
 import Glibc
 
-/// One `--group KIND:COUNT[:cpu=FRACTION][:cpus=LIST][:devices=LIST]`: COUNT workers of one
-/// device kind with the same limits and devices.
+/// One group of workers: COUNT workers of one device kind with the same limits, devices,
+/// launch prefix and environment. Made from a `--group` flag or a job file's `[[group]]`.
 struct GroupSpec: Equatable {
   var kind: String
   var count: Int
@@ -12,6 +12,19 @@ struct GroupSpec: Equatable {
   var cpuList: String?
   /// Accelerator ids the whole group sees, through the kind's visibility variable.
   var devices: [Int]?
+  /// Words before the command: `conda run -n env`, `docker run --rm img`.
+  var prefix: [String] = []
+  /// The group's own command instead of the job's (job files only).
+  var command: [String]?
+  /// Variables for this group's workers, over the job's (job files only).
+  var environment: [String: String] = [:]
+
+  /// What is wrong with a group, and which of its settings (`cpu`, `devices`...) is at fault,
+  /// so that a flag and a job file can each say where it was given.
+  struct Problem: Error {
+    var key: String?
+    var message: String
+  }
 
   /// The kinds Kaitian knows a vendor library for; other lowercase labels name CPU groups
   /// that differ in limits (cpu-slow, cpu-fast).
@@ -25,6 +38,72 @@ struct GroupSpec: Equatable {
 
   var visibilityVariable: String? { Self.visibilityVariables[kind] }
 
+  /// Checks every setting; `hostCPUs` bounds cpus= lists.
+  init(
+    kind: String, count: Int, cpuFraction: Double? = nil, cpuList: String? = nil,
+    devices: [Int]? = nil, hostCPUs: Int
+  ) throws(Problem) {
+    guard Self.isValidKind(kind) else {
+      throw Problem(
+        key: "kind",
+        message:
+          "unknown device kind '\(kind)'; use \(Self.knownKinds.joined(separator: ", ")) or a "
+          + "label of lowercase letters, digits, - and _ that starts with a letter (cpu-slow)")
+    }
+    guard count >= 1 else {
+      throw Problem(
+        key: "count", message: "the worker count '\(count)' must be a whole number of at least 1")
+    }
+    self.kind = kind
+    self.count = count
+    if let cpuFraction {
+      guard cpuFraction > 0, cpuFraction <= 64 else {
+        throw Problem(
+          key: "cpu",
+          message:
+            "cpu=\(RunPlan.format(cpuFraction)) must be a number of CPUs per worker in (0, 64], "
+            + "e.g. cpu=0.5")
+      }
+      self.cpuFraction = cpuFraction
+    }
+    if let cpuList {
+      guard let list = Self.parseList(cpuList, ranges: true), !list.isEmpty else {
+        throw Problem(
+          key: "cpus", message: "cpus=\(cpuList) must list CPU numbers and ranges, e.g. cpus=0-1,3")
+      }
+      if let beyond = list.first(where: { $0 >= hostCPUs }) {
+        throw Problem(
+          key: "cpus",
+          message: "cpus= names CPU \(beyond) but this host has CPUs 0-\(hostCPUs - 1)")
+      }
+      self.cpuList = cpuList
+    }
+    if let devices {
+      guard !devices.isEmpty, devices.allSatisfy({ $0 >= 0 }), Set(devices).count == devices.count
+      else {
+        throw Problem(
+          key: "devices",
+          message:
+            "devices=\(devices.map(String.init).joined(separator: ",")) must list distinct device "
+            + "ids, e.g. devices=0,1")
+      }
+      guard visibilityVariable != nil else {
+        throw Problem(
+          key: "devices",
+          message:
+            "devices= needs a kind whose runtime reads a visibility variable "
+            + "(\(Self.visibilityVariables.keys.sorted().joined(separator: ", "))), not \(kind)")
+      }
+      guard devices.count >= count else {
+        throw Problem(
+          key: "devices",
+          message:
+            "\(count) workers but devices= lists only \(devices.count); give each worker a device")
+      }
+      self.devices = devices
+    }
+  }
+
   /// Parses one --group value; `hostCPUs` bounds cpus= lists.
   init(parsing text: String, hostCPUs: Int) throws(ValidationError) {
     let fail = { (problem: String) in ValidationError("--group \(text): \(problem)") }
@@ -32,57 +111,42 @@ struct GroupSpec: Equatable {
     guard fields.count >= 2 else {
       throw fail("expected KIND:COUNT[:cpu=FRACTION][:cpus=LIST][:devices=LIST], e.g. cuda:2")
     }
-    kind = fields[0]
-    guard Self.isValidKind(kind) else {
-      throw fail(
-        "unknown device kind '\(kind)'; use \(Self.knownKinds.joined(separator: ", ")) or a "
-          + "label of lowercase letters, digits, - and _ that starts with a letter (cpu-slow)")
-    }
-    guard let count = Int(fields[1]), count >= 1 else {
-      throw fail("the worker count '\(fields[1])' must be a whole number of at least 1")
-    }
-    self.count = count
-    var seen: Set<String> = []
+    var values: [String: String] = [:]
     for field in fields.dropFirst(2) {
       guard let equals = field.firstIndex(of: "="), equals != field.startIndex else {
         throw fail("'\(field)' is not KEY=VALUE; keys are cpu, cpus and devices")
       }
       let key = String(field[..<equals])
-      let value = String(field[field.index(after: equals)...])
-      guard seen.insert(key).inserted else { throw fail("\(key)= is given twice") }
-      switch key {
-      case "cpu":
-        guard let fraction = Double(value), fraction > 0, fraction <= 64 else {
-          throw fail("cpu=\(value) must be a number of CPUs per worker in (0, 64], e.g. cpu=0.5")
-        }
-        cpuFraction = fraction
-      case "cpus":
-        guard let list = Self.parseList(value, ranges: true), !list.isEmpty else {
-          throw fail("cpus=\(value) must list CPU numbers and ranges, e.g. cpus=0-1,3")
-        }
-        if let beyond = list.first(where: { $0 >= hostCPUs }) {
-          throw fail("cpus= names CPU \(beyond) but this host has CPUs 0-\(hostCPUs - 1)")
-        }
-        cpuList = value
-      case "devices":
-        guard let list = Self.parseList(value, ranges: false), !list.isEmpty,
-          Set(list).count == list.count
-        else {
-          throw fail("devices=\(value) must list distinct device ids, e.g. devices=0,1")
-        }
-        guard visibilityVariable != nil else {
-          throw fail(
-            "devices= needs a kind whose runtime reads a visibility variable "
-              + "(\(Self.visibilityVariables.keys.sorted().joined(separator: ", "))), not \(kind)")
-        }
-        guard list.count >= count else {
-          throw fail(
-            "\(count) workers but devices= lists only \(list.count); give each worker a device")
-        }
-        devices = list
-      default:
+      guard ["cpu", "cpus", "devices"].contains(key) else {
         throw fail("unknown key '\(key)'; keys are cpu, cpus and devices")
       }
+      guard values[key] == nil else { throw fail("\(key)= is given twice") }
+      values[key] = String(field[field.index(after: equals)...])
+    }
+    var fraction: Double?
+    if let text = values["cpu"] {
+      guard let number = Double(text) else {
+        throw fail("cpu=\(text) must be a number of CPUs per worker in (0, 64], e.g. cpu=0.5")
+      }
+      fraction = number
+    }
+    var devices: [Int]?
+    if let text = values["devices"] {
+      guard let list = Self.parseList(text, ranges: false) else {
+        throw fail("devices=\(text) must list distinct device ids, e.g. devices=0,1")
+      }
+      devices = list
+    }
+    do {
+      try self.init(
+        kind: fields[0], count: Int(fields[1]) ?? 0, cpuFraction: fraction,
+        cpuList: values["cpus"], devices: devices, hostCPUs: hostCPUs)
+    } catch {
+      // The count as typed, not as parsed: "two" is not 0.
+      if error.key == "count" {
+        throw fail("the worker count '\(fields[1])' must be a whole number of at least 1")
+      }
+      throw fail(error.message)
     }
   }
 
@@ -176,6 +240,7 @@ struct RunPlan {
 
   var jobID: String
   var logDirectory: String
+  var layout: NodeLayout
   var ranks: [Rank]
   var needsCgroups: Bool { ranks.contains { $0.cpuFraction != nil } }
 
@@ -183,44 +248,75 @@ struct RunPlan {
   static let pendingStore = "127.0.0.1:<free port>"
   static let pendingPort = "<free port>"
 
-  /// `store` and `masterPort` are filled in at start; a dry run passes placeholders. The token
-  /// is added at start only, so that it never appears in a printed plan.
+  /// The variables `kaitian run` sets for every worker (the vendor visibility variables are
+  /// set only with devices=): a job file's env may not set them.
+  static let launcherVariables: Set<String> = [
+    "RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT",
+    "KAITIAN_DEVICE_KIND", "KAITIAN_GROUP", "KAITIAN_GROUP_RANK", "KAITIAN_GROUP_SIZE",
+    "KAITIAN_STORE", "KAITIAN_TOKEN", "KAITIAN_JOB_ID", "KAITIAN_NODE_RANK", "KAITIAN_NNODES",
+    "KAITIAN_HOST_ID",
+  ]
+
+  /// `store`, `masterAddress` and `masterPort` are filled in at start; a dry run passes
+  /// placeholders. The token is added at start only, so that it never appears in a printed
+  /// plan. Each group runs its own command if it has one, else `command`; `environment` is
+  /// the job's, under each group's own.
   init(
-    groups: [GroupSpec], prefixes: [String: [String]], command: [String], jobID: String,
-    logDirectory: String, store: String, masterPort: String, taskset: String
+    groups: [GroupSpec], command: [String], environment: [String: String] = [:], jobID: String,
+    logDirectory: String, store: String, masterAddress: String = "127.0.0.1",
+    masterPort: String, taskset: String, layout: NodeLayout? = nil
   ) {
     self.jobID = jobID
     self.logDirectory = logDirectory
-    let worldSize = groups.reduce(0) { $0 + $1.count }
+    let layout = layout ?? NodeLayout(worldSize: groups.reduce(0) { $0 + $1.count })
+    self.layout = layout
+    let localSize = groups.reduce(0) { $0 + $1.count }
     ranks = []
-    for (groupIndex, group) in groups.enumerated() {
+    for (localGroup, group) in groups.enumerated() {
+      let groupIndex = layout.firstGroup + localGroup
       for groupRank in 0..<group.count {
-        let rank = ranks.count
-        var environment: [(String, String)] = [
-          ("RANK", "\(rank)"), ("WORLD_SIZE", "\(worldSize)"), ("LOCAL_RANK", "\(rank)"),
-          ("LOCAL_WORLD_SIZE", "\(worldSize)"), ("MASTER_ADDR", "127.0.0.1"),
-          ("MASTER_PORT", masterPort), ("KAITIAN_DEVICE_KIND", group.kind),
-          ("KAITIAN_GROUP", "\(groupIndex)"), ("KAITIAN_GROUP_RANK", "\(groupRank)"),
-          ("KAITIAN_GROUP_SIZE", "\(group.count)"), ("KAITIAN_STORE", store),
-          ("KAITIAN_JOB_ID", jobID),
+        let localRank = ranks.count
+        let rank = layout.firstRank + localRank
+        var variables: [(String, String)] = [
+          ("RANK", "\(rank)"), ("WORLD_SIZE", "\(layout.worldSize)"),
+          ("LOCAL_RANK", "\(localRank)"), ("LOCAL_WORLD_SIZE", "\(localSize)"),
+          ("MASTER_ADDR", masterAddress), ("MASTER_PORT", masterPort),
+          ("KAITIAN_DEVICE_KIND", group.kind), ("KAITIAN_GROUP", "\(groupIndex)"),
+          ("KAITIAN_GROUP_RANK", "\(groupRank)"), ("KAITIAN_GROUP_SIZE", "\(group.count)"),
+          ("KAITIAN_STORE", store), ("KAITIAN_JOB_ID", jobID),
         ]
-        if let devices = group.devices, let variable = group.visibilityVariable {
-          environment.append((variable, devices.map(String.init).joined(separator: ",")))
+        if layout.nodeCount > 1 {
+          variables += [
+            ("KAITIAN_NODE_RANK", "\(layout.nodeRank)"), ("KAITIAN_NNODES", "\(layout.nodeCount)"),
+          ]
         }
+        if let hostID = layout.hostID { variables.append(("KAITIAN_HOST_ID", hostID)) }
+        let own = environment.merging(group.environment) { _, groupValue in groupValue }
+        if let address = layout.socketAddress, own["KAITIAN_SOCKET_ADDR"] == nil,
+          own["KAITIAN_SOCKET_IFNAME"] == nil
+        {
+          variables.append(("KAITIAN_SOCKET_ADDR", address))
+        }
+        if let devices = group.devices, let variable = group.visibilityVariable {
+          variables.append((variable, devices.map(String.init).joined(separator: ",")))
+        }
+        variables += own.sorted { $0.key < $1.key }.map { ($0.key, $0.value) }
         let affinity = group.cpuList.map { [taskset, "-c", $0] } ?? []
         ranks.append(
           Rank(
             rank: rank, group: groupIndex, groupRank: groupRank, kind: group.kind,
             cpuFraction: group.cpuFraction, cpuList: group.cpuList,
-            command: affinity + (prefixes[group.kind] ?? []) + command, environment: environment,
-            logPath: "\(logDirectory)/rank-\(rank).log"))
+            command: affinity + group.prefix + (group.command ?? command),
+            environment: variables, logPath: "\(logDirectory)/rank-\(rank).log"))
       }
     }
   }
 
   /// The plan as text: one block per rank.
   func describe() -> String {
-    var lines = ["job \(jobID): \(ranks.count) ranks, logs in \(logDirectory)"]
+    let node =
+      layout.nodeCount > 1 ? "node \(layout.nodeRank) of \(layout.nodeCount), " : ""
+    var lines = ["job \(jobID): \(node)\(ranks.count) ranks, logs in \(logDirectory)"]
     for rank in ranks {
       let quota = rank.cpuFraction.map { "cpu quota \(RunPlan.format($0)) CPU" } ?? "no cpu quota"
       let affinity = rank.cpuList.map { ", cpus \($0)" } ?? ""
@@ -246,7 +342,9 @@ struct RunPlan {
     }
     return JSON.object([
       ("job_id", .string(jobID)), ("log_dir", .string(logDirectory)),
-      ("world_size", .number(Double(self.ranks.count))), ("ranks", .array(ranks)),
+      ("node_rank", .number(Double(layout.nodeRank))),
+      ("nnodes", .number(Double(layout.nodeCount))),
+      ("world_size", .number(Double(layout.worldSize))), ("ranks", .array(ranks)),
     ]).rendered
   }
 
@@ -264,6 +362,24 @@ struct RunPlan {
       }
     return plain ? word : "'" + word.replacingAll("'", with: "'\\''") + "'"
   }
+}
+
+/// Where one host's workers sit in the whole job. One host: everything starts at 0. Several:
+/// ranks and group indices are numbered node by node (all of node 0's groups first), group by
+/// group inside a node, so every node computes the same numbering from the registrations.
+struct NodeLayout: Equatable {
+  var nodeRank = 0
+  var nodeCount = 1
+  /// The global rank of this node's first worker, and the global index of its first group.
+  var firstRank = 0
+  var firstGroup = 0
+  var worldSize: Int
+  /// KAITIAN_HOST_ID for this node's workers; nil leaves the variable to the environment.
+  var hostID: String?
+  /// KAITIAN_SOCKET_ADDR for this node's workers: the address this host reached node 0's
+  /// store from, which the other hosts can usually reach too (the engine would otherwise
+  /// advertise 127.0.0.1). nil leaves it to the environment.
+  var socketAddress: String?
 }
 
 extension String {

@@ -74,10 +74,10 @@ struct RunArgumentTests {
       "--group", "cpu:1", "--group", "cuda:2:devices=2,3", "--prefix", "cuda=conda run -n gpu",
       "--job-id", "j1", "--", "python", "t.py",
     ])
+    let job = try command.describedJob()
     let plan = RunPlan(
-      groups: try command.parsedGroups(), prefixes: try command.parsedPrefixes(),
-      command: command.command, jobID: "j1", logDirectory: "logs", store: "127.0.0.1:1",
-      masterPort: "2", taskset: "taskset")
+      groups: job.groups, command: job.command, jobID: "j1", logDirectory: "logs",
+      store: "127.0.0.1:1", masterPort: "2", taskset: "taskset")
     #expect(plan.ranks.map(\.kind) == ["cpu", "cuda", "cuda"])
     let last = Dictionary(uniqueKeysWithValues: plan.ranks[2].environment)
     #expect(last["RANK"] == "2" && last["WORLD_SIZE"] == "3" && last["KAITIAN_GROUP"] == "1")
