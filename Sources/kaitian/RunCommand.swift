@@ -15,7 +15,7 @@ struct RunCommand: ParsableCommand {
       LOCAL_RANK, LOCAL_WORLD_SIZE, MASTER_ADDR, MASTER_PORT (a free port for torch's own \
       store) and Kaitian's variables: KAITIAN_DEVICE_KIND, KAITIAN_GROUP, KAITIAN_GROUP_RANK, \
       KAITIAN_GROUP_SIZE, KAITIAN_STORE and KAITIAN_TOKEN (the embedded store this command \
-      starts), KAITIAN_JOB_ID, and with devices= the vendor's visibility variable \
+      starts, or the Redis of --store, keys under kaitian/<job id>/), KAITIAN_JOB_ID, and with devices= the vendor's visibility variable \
       (CUDA_VISIBLE_DEVICES, HIP_VISIBLE_DEVICES, MLU_VISIBLE_DEVICES, \
       ASCEND_RT_VISIBLE_DEVICES, ZE_AFFINITY_MASK).
 
@@ -56,6 +56,12 @@ struct RunCommand: ParsableCommand {
   )
   var jobID: String?
 
+  @Option(
+    help: ArgumentHelp(
+      "Use Redis as the job's store instead of starting one: redis://[:password@]host[:port][/db].",
+      valueName: "url"))
+  var store: String?
+
   @Option(help: "Seconds between SIGTERM and SIGKILL when stopping workers.")
   var graceSeconds = 5.0
 
@@ -79,6 +85,7 @@ struct RunCommand: ParsableCommand {
         "no command given: put the worker's command after --, e.g. "
           + "kaitian run --group cpu:2 -- python train.py")
     }
+    if let store { _ = try JobStore.parse(store) }
     guard graceSeconds >= 0 else { throw ValidationError("--grace-seconds must be 0 or more") }
     guard !json || dryRun else {
       throw ValidationError("--json prints the plan: use it with --dry-run")
@@ -137,7 +144,9 @@ struct RunCommand: ParsableCommand {
     if dryRun {
       let plan = RunPlan(
         groups: groups, prefixes: prefixes, command: command, jobID: job,
-        logDirectory: logDirectory, store: RunPlan.pendingStore, masterPort: RunPlan.pendingPort,
+        logDirectory: logDirectory,
+        store: try store.map { "\(try JobStore.parse($0))" } ?? RunPlan.pendingStore,
+        masterPort: RunPlan.pendingPort,
         taskset: taskset ?? "taskset")
       print(json ? plan.json() : plan.describe())
       return
@@ -148,12 +157,11 @@ struct RunCommand: ParsableCommand {
     try Directory.create(logDirectory)
 
     let token = JobToken.generate()
-    let server = StoreServer(host: "127.0.0.1", port: 0, token: token)
-    let storePort = try server.start()
-    defer { server.stop() }
+    let jobStore = try JobStore(option: store, jobID: job, token: token)
+    defer { jobStore.close().map { Progress.say($0) } }
     let plan = RunPlan(
       groups: groups, prefixes: prefixes, command: command, jobID: job,
-      logDirectory: logDirectory, store: "127.0.0.1:\(storePort)",
+      logDirectory: logDirectory, store: jobStore.address,
       masterPort: "\(try FreePort.pick())", taskset: taskset)
 
     let cgroups = plan.needsCgroups ? try CPUQuotaCgroups(job: job) : nil
@@ -177,7 +185,7 @@ struct RunCommand: ParsableCommand {
     }
 
     Progress.say(
-      "job \(job): \(plan.ranks.count) ranks, store 127.0.0.1:\(storePort), logs in \(logDirectory)"
+      "job \(job): \(plan.ranks.count) ranks, store \(jobStore.description), logs in \(logDirectory)"
         + (cgroups.map { ", cgroups in \($0.jobDirectory)" } ?? ""))
     var supervisor = LocalProcessGroup(graceSeconds: graceSeconds)
     supervisor.onEvent = { event in
