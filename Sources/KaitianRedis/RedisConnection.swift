@@ -166,7 +166,13 @@ final class RedisConnection: Sendable {
     let timer = channel.eventLoop.scheduleTask(in: .nanoseconds(timeout.nanoseconds)) {
       promise.fail(RedisFailure.timedOut)
     }
-    channel.writeAndFlush(RESPRequest(command: command, promise: promise), promise: nil)
+    // A failed write fails the request: on a closed channel the pipeline has no handlers left
+    // and nothing else would ever complete it.
+    let written = channel.eventLoop.makePromise(of: Void.self)
+    written.futureResult.whenFailure { error in
+      promise.fail(error is ChannelError ? RedisFailure.closed : RedisFailure.io("\(error)"))
+    }
+    channel.writeAndFlush(RESPRequest(command: command, promise: promise), promise: written)
     do {
       let reply = try promise.futureResult.wait()
       timer.cancel()
