@@ -73,14 +73,7 @@ final class RedisServer: Sendable {
     waitpid(running, &status, 0)
   }
 
-  var log: String {
-    guard let file = fopen("\(directory)/redis.log", "r") else { return "(no log)" }
-    defer { fclose(file) }
-    var text = ""
-    var line = [CChar](repeating: 0, count: 4096)
-    while fgets(&line, Int32(line.count), file) != nil { text += String(cString: line) }
-    return text
-  }
+  var log: String { readFile("\(directory)/redis.log") }
 }
 
 struct FixtureError: Error, CustomStringConvertible {
@@ -88,14 +81,19 @@ struct FixtureError: Error, CustomStringConvertible {
   init(_ description: String) { self.description = description }
 }
 
-/// Starts `program` with stdin, stdout and stderr on /dev/null.
-func spawn(_ program: String, _ arguments: [String], environment: [String]? = nil) throws -> pid_t {
+/// Starts `program` with stdin and stdout on /dev/null, stderr there too or in `stderrPath`.
+func spawn(
+  _ program: String, _ arguments: [String], environment: [String]? = nil,
+  stderrPath: String? = nil
+) throws -> pid_t {
   var actions = posix_spawn_file_actions_t()
   posix_spawn_file_actions_init(&actions)
   defer { posix_spawn_file_actions_destroy(&actions) }
-  for descriptor in Int32(0)...2 {
+  for descriptor in Int32(0)...1 {
     posix_spawn_file_actions_addopen(&actions, descriptor, "/dev/null", O_RDWR, 0)
   }
+  posix_spawn_file_actions_addopen(
+    &actions, 2, stderrPath ?? "/dev/null", O_WRONLY | O_CREAT | O_TRUNC, 0o644)
   let argv = ([program] + arguments).map { strdup($0) } + [nil]
   let envp = environment.map { $0.map { strdup($0) } + [nil] }
   defer {
