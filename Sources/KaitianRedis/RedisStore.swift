@@ -27,6 +27,8 @@ public final class RedisStore: KeyValueStore {
   public let jobTTL: Duration
   private let operationTimeout: Duration
   private let maxKeySize: Int
+  /// The largest value: what this client's decoder accepts back (`RESPLimits.maxBulkLength`).
+  private let maxValueSize: Int
   private let state: Mutex<State>
   /// The local address of the connection, the interface that reaches Redis.
   public let localHost: String?
@@ -64,6 +66,7 @@ public final class RedisStore: KeyValueStore {
     self.jobTTL = jobTTL
     self.operationTimeout = operationTimeout
     self.maxKeySize = maxKeySize
+    self.maxValueSize = limits.maxBulkLength
     self.localHost = connection.localHost
     self.state = Mutex(.open(connection))
     let reply = try request(
@@ -80,6 +83,7 @@ public final class RedisStore: KeyValueStore {
   // MARK: KeyValueStore
 
   public func set(key: String, value: [UInt8]) throws(StoreError) {
+    try checkValue(value, key: key)
     let reply = try write(Scripts.set, key: key, [value])
     guard reply == .simple("OK") || reply == .bulk(Self.bytes("OK")) else {
       throw unexpected(reply, "set")
@@ -130,6 +134,7 @@ public final class RedisStore: KeyValueStore {
   public func compareAndSet(
     key: String, expected: [UInt8]?, desired: [UInt8]
   ) throws(StoreError) -> [UInt8]? {
+    try checkValue(desired, key: key)
     let reply = try write(
       Scripts.compareAndSet, key: key,
       [desired, Self.bytes(expected == nil ? "0" : "1"), expected ?? []])
@@ -287,6 +292,16 @@ public final class RedisStore: KeyValueStore {
           + "(StoreWireLimits.maxKeySize): \(key.prefix(64))...")
     }
     return prefix + key
+  }
+
+  /// A value this client could not read back is refused before it reaches Redis.
+  private func checkValue(_ value: [UInt8], key: String) throws(StoreError) {
+    guard value.count <= maxValueSize else {
+      throw .foreign(
+        .valueTooLarge,
+        "the value of store key '\(key)' has \(value.count) bytes, over the \(maxValueSize)-byte "
+          + "limit (RESPLimits.maxBulkLength); store large data elsewhere or raise the limit")
+    }
   }
 
   private func keysGone() -> StoreError {

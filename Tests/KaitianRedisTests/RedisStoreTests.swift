@@ -207,5 +207,13 @@ struct RedisStoreTests {
     let long = String(repeating: "k", count: 5000)
     let error = #expect(throws: StoreError.self) { try store.set(key: long, value: [1]) }
     #expect(error?.code == .invalidArgument)
+    let small = try RedisStore(
+      url: server.url, prefix: "kaitian/small/", limits: RESPLimits(maxBulkLength: 8))
+    let large = #expect(throws: StoreError.self) {
+      try small.set(key: "k", value: [UInt8](repeating: 0, count: 9))
+    }
+    #expect(large?.code == .valueTooLarge)
+    try small.set(key: "k", value: [UInt8](repeating: 0, count: 8))
+    #expect(try small.tryGet(key: "k")?.count == 8)
   }
 }
