@@ -15,7 +15,8 @@ struct RunCommand: ParsableCommand {
       LOCAL_RANK, LOCAL_WORLD_SIZE, MASTER_ADDR, MASTER_PORT (a free port for torch's own \
       store) and Kaitian's variables: KAITIAN_DEVICE_KIND, KAITIAN_GROUP, KAITIAN_GROUP_RANK, \
       KAITIAN_GROUP_SIZE, KAITIAN_STORE and KAITIAN_TOKEN (the embedded store this command \
-      starts, or the Redis of --store, keys under kaitian/<job id>/), KAITIAN_JOB_ID, and with devices= the vendor's visibility variable \
+      starts, or the Redis of --store, keys under kaitian/<job id>/), KAITIAN_JOB_ID, and \
+      with devices= the vendor's visibility variable \
       (CUDA_VISIBLE_DEVICES, HIP_VISIBLE_DEVICES, MLU_VISIBLE_DEVICES, \
       ASCEND_RT_VISIBLE_DEVICES, ZE_AFFINITY_MASK).
 
@@ -185,7 +186,8 @@ struct RunCommand: ParsableCommand {
     }
 
     Progress.say(
-      "job \(job): \(plan.ranks.count) ranks, store \(jobStore.description), logs in \(logDirectory)"
+      "job \(job): \(plan.ranks.count) ranks, store \(jobStore.description), "
+        + "logs in \(logDirectory)"
         + (cgroups.map { ", cgroups in \($0.jobDirectory)" } ?? ""))
     var supervisor = LocalProcessGroup(graceSeconds: graceSeconds)
     supervisor.onEvent = { event in
