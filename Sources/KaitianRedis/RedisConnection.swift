@@ -111,7 +111,7 @@ final class RedisConnection: Sendable {
         guard ContinuousClock.now + pause < end else {
           throw StoreError.foreign(
             .connectionFailed,
-            "cannot connect to Redis at \(url.server) (\(error)) within "
+            "cannot connect to Redis at \(url.server) (\(reason(error))) within "
               + "\(seconds(connectTimeout)); check that redis-server runs there and that the "
               + "address in the store URL is right")
         }
@@ -119,6 +119,13 @@ final class RedisConnection: Sendable {
         pause = min(pause * 2, .milliseconds(500))
       }
     }
+  }
+
+  /// The system's word for a failed connect ("Connection refused") where there is one.
+  private static func reason(_ error: any Error) -> String {
+    let cause = (error as? NIOConnectionError)?.connectionErrors.first?.error ?? error
+    if let error = cause as? IOError { return String(cString: strerror(error.errnoCode)) }
+    return "\(cause)"
   }
 
   private func logIn(timeout: Duration) throws(StoreError) {
