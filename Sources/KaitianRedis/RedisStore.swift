@@ -93,9 +93,9 @@ public final class RedisStore: KeyValueStore {
   public func get(key: String, timeout: Duration) throws(StoreError) -> [UInt8] {
     let name = try stored(key)
     var value: [UInt8]?
-    try poll(timeout: timeout, waitingFor: [key]) { () throws(StoreError) -> Bool in
-      value = try self.values([name]).first ?? nil
-      return value != nil
+    try poll(timeout: timeout) { () throws(StoreError) -> [String] in
+      value = try self.values([name])[0]
+      return value == nil ? [key] : []
     }
     return value ?? []
   }
@@ -110,11 +110,8 @@ public final class RedisStore: KeyValueStore {
   public func wait(keys: [String], timeout: Duration) throws(StoreError) {
     var names: [String] = []
     for key in keys { names.append(try stored(key)) }
-    var missing = keys
-    try poll(timeout: timeout, waitingFor: { missing }) { () throws(StoreError) -> Bool in
-      let values = try self.values(names)
-      missing = zip(keys, values).filter { $0.1 == nil }.map(\.0)
-      return missing.isEmpty
+    try poll(timeout: timeout) { () throws(StoreError) -> [String] in
+      zip(keys, try self.values(names)).filter { $0.1 == nil }.map(\.0)
     }
   }
 
@@ -230,34 +227,30 @@ public final class RedisStore: KeyValueStore {
     return Array(values.dropFirst())
   }
 
-  /// Calls `check` until it returns true, sleeping 1 ms, 2 ms, ... up to 50 ms in between;
-  /// throws a timeout that names the keys still missing once `timeout` has passed.
+  /// Calls `check`, which returns the keys still missing, until it returns none, sleeping
+  /// 1 ms, 2 ms, ... up to 50 ms in between; throws a timeout that names the missing keys once
+  /// `timeout` has passed.
   private func poll(
-    timeout: Duration, waitingFor missing: () -> [String],
-    until check: () throws(StoreError) -> Bool
+    timeout: Duration, until check: () throws(StoreError) -> [String]
   ) throws(StoreError) {
     let start = ContinuousClock.now
     var pause = Duration.milliseconds(1)
     while true {
-      if try check() { return }
+      let missing = try check()
+      if missing.isEmpty { return }
       let waited = ContinuousClock.now - start
       guard waited < timeout else {
-        let shown = missing().prefix(8).map { "'\($0)'" }.joined(separator: ", ")
+        let shown = missing.prefix(8).map { "'\($0)'" }.joined(separator: ", ")
+        let more = missing.count > 8 ? " and \(missing.count - 8) more" : ""
         throw .foreign(
           .timeout,
-          "timed out after \(seconds(timeout)) waiting for store key(s) \(shown) in Redis at "
-            + "\(url.server) under \(prefix); the process that sets them may have failed or "
-            + "not started yet: check its log, or raise the timeout")
+          "timed out after \(seconds(timeout)) waiting for store key(s) \(shown)\(more) in "
+            + "Redis at \(url.server) under \(prefix); the process that sets them may have "
+            + "failed or not started yet: check its log, or raise the timeout")
       }
       sleep(min(pause, timeout - waited))
       pause = min(pause * 2, .milliseconds(50))
     }
-  }
-
-  private func poll(
-    timeout: Duration, waitingFor keys: [String], until check: () throws(StoreError) -> Bool
-  ) throws(StoreError) {
-    try poll(timeout: timeout, waitingFor: { keys }, until: check)
   }
 
   /// Every key name in Redis that starts with `namePrefix`, by SCAN (KEYS would block Redis).
