@@ -16,6 +16,7 @@ let package = Package(
   dependencies: [
     .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
     .package(url: "https://github.com/LebJe/TOMLKit", from: "0.6.0"),
+    .package(url: "https://github.com/apple/swift-nio", from: "2.101.2"),
   ],
   targets: [
     .target(
@@ -25,7 +26,7 @@ let package = Package(
     .target(name: "KaitianStore"),
     .target(name: "Kaitian", dependencies: ["CKaitianShim", "KaitianStore"]),
     .target(
-      name: "KaitianC", dependencies: ["Kaitian"], exclude: ["Header"],
+      name: "KaitianC", dependencies: ["Kaitian", "KaitianRedis"], exclude: ["Header"],
       // The header is imported as a Clang module for its exact struct layouts; the version
       // script keeps the library's exports to the kt* functions of include/kaitian.h.
       swiftSettings: [
@@ -34,6 +35,16 @@ let package = Package(
       linkerSettings: [
         .unsafeFlags(["-Xlinker", "--version-script=\(kaitianCHeader)/exports.map"])
       ]),
+    // Redis as the job store: a RESP2 client on swift-nio, and the store address locator.
+    .target(
+      name: "KaitianRedis",
+      dependencies: [
+        "KaitianStore", .product(name: "NIOCore", package: "swift-nio"),
+        .product(name: "NIOPosix", package: "swift-nio"),
+      ]),
+    .testTarget(
+      name: "KaitianRedisTests",
+      dependencies: ["KaitianRedis", "KaitianStore", "Kaitian", "KaitianCLI"]),
     // Starting and supervising local ranks: `kaitian bench` and `kaitian run`.
     .target(name: "KaitianLaunch"),
     .executableTarget(
@@ -41,6 +52,7 @@ let package = Package(
       dependencies: [
         "Kaitian",
         "KaitianLaunch",
+        "KaitianRedis",
         "KaitianVerification",
         .product(name: "ArgumentParser", package: "swift-argument-parser"),
         .product(name: "TOMLKit", package: "TOMLKit"),

@@ -97,7 +97,8 @@ ktResult_t ktStoreServerStart(ktStoreServer_t *server, const char *host, int por
                               const char *token, int *boundPort);
 ktResult_t ktStoreServerStop(ktStoreServer_t server);
 
-/* Connects to a Kaitian store server at "host:port" or "[v6]:port". */
+/* Connects to a Kaitian store server at "host:port" or "[v6]:port", or to Redis at
+ * "redis://[:password@]host[:port][/db]" (keys under kaitian/$KAITIAN_JOB_ID/; token unused). */
 ktResult_t ktStoreConnect(ktStore_t *store, const char *address, const char *token,
                           double timeoutSeconds);
 

@@ -1,4 +1,5 @@
 import Kaitian
+import KaitianRedis
 import KaitianStore
 
 /// A Swift object handed to C as an opaque pointer that owns one retain, taken when the handle
@@ -27,7 +28,9 @@ final class StoreHandle: OpaqueHandle {
 
   /// The address this process reaches the store server from: the interface peers of a
   /// multi-host job most likely reach this rank on. Unknown for a callback store.
-  var advertisedHostHint: String? { (store as? StoreClient)?.localAddress.host }
+  var advertisedHostHint: String? {
+    (store as? StoreClient)?.localAddress.host ?? (store as? RedisStore)?.localHost
+  }
 }
 
 /// ktStoreServer_t.

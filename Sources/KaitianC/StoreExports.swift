@@ -1,6 +1,7 @@
 import Glibc
 import Kaitian
 import KaitianHeader
+import KaitianRedis
 import KaitianStore
 
 // The rendezvous store functions of include/kaitian.h.
@@ -39,8 +40,8 @@ public func ktStoreServerStop(_ server: ktStoreServer_t?) -> ktResult_t {
   }
 }
 
-/// timeoutSeconds bounds connecting (the server may start later); <= 0 means StoreClient's
-/// default of 30 seconds.
+/// address is "host:port" (Kaitian's store) or "redis://..." (keys under kaitian/$KAITIAN_JOB_ID/).
+/// timeoutSeconds bounds connecting (the server may start later); <= 0 means 30 seconds.
 @_cdecl("ktStoreConnect")
 public func ktStoreConnect(
   _ store: UnsafeMutablePointer<ktStore_t?>?, _ address: UnsafePointer<CChar>?,
@@ -50,13 +51,21 @@ public func ktStoreConnect(
     let store = try arguments.required(store, "store")
     store.pointee = nil
     let address = try arguments.string(address, "address")
-    let token = try arguments.token(token, "token")
     let connectTimeout =
       timeoutSeconds > 0 ? try arguments.storeTimeout(timeoutSeconds) : .seconds(30)
+    let located: StoreLocator.Address
     do throws(StoreError) {
-      let client = try StoreClient.connect(
-        address: address, token: token, connectTimeout: connectTimeout,
-        clientName: "C ABI, pid \(getpid())")
+      located = try StoreLocator.parse(address)
+    } catch {
+      throw arguments.storeFailure(error)
+    }
+    // Only Kaitian's own store checks the job token; Redis has its password in the URL.
+    let token: JobToken? =
+      if case .embedded = located { try arguments.token(token, "token") } else { nil }
+    do throws(StoreError) {
+      let client = try StoreLocator.connect(
+        located, token: token, jobID: getenv("KAITIAN_JOB_ID").map { String(cString: $0) },
+        connectTimeout: connectTimeout, clientName: "C ABI, pid \(getpid())")
       store.pointee = StoreHandle(client).retainedPointer()
     } catch {
       throw arguments.storeFailure(error)

@@ -17,7 +17,8 @@ struct RunCommand: ParsableCommand {
       LOCAL_RANK, LOCAL_WORLD_SIZE, MASTER_ADDR, MASTER_PORT (a free port for torch's own \
       store) and Kaitian's variables: KAITIAN_DEVICE_KIND, KAITIAN_GROUP, KAITIAN_GROUP_RANK, \
       KAITIAN_GROUP_SIZE, KAITIAN_STORE and KAITIAN_TOKEN (the embedded store this command \
-      starts), KAITIAN_JOB_ID, and with devices= the vendor's visibility variable \
+      starts, or the Redis of --store, keys under kaitian/<job id>/), KAITIAN_JOB_ID, and \
+      with devices= the vendor's visibility variable \
       (CUDA_VISIBLE_DEVICES, HIP_VISIBLE_DEVICES, MLU_VISIBLE_DEVICES, \
       ASCEND_RT_VISIBLE_DEVICES, ZE_AFFINITY_MASK).
 
@@ -77,6 +78,12 @@ struct RunCommand: ParsableCommand {
     help: "The job's name: letters, digits, - and _ (default: random; SLURM_JOB_ID under Slurm)."
   )
   var jobID: String?
+
+  @Option(
+    help: ArgumentHelp(
+      "Use Redis as the job's store instead of serving one: redis://[:password@]host[:port][/db].",
+      valueName: "url"))
+  var store: String?
 
   @Option(help: "Seconds between SIGTERM and SIGKILL when stopping workers (default: 5).")
   var graceSeconds: Double?
@@ -148,6 +155,7 @@ struct RunCommand: ParsableCommand {
       throw ValidationError("--grace-seconds must be 0 or more")
     }
     guard joinTimeout > 0 else { throw ValidationError("--join-timeout must be more than 0") }
+    if let store { _ = try JobStore.parse(store) }
     guard !json || dryRun else {
       throw ValidationError("--json prints the plan: use it with --dry-run")
     }
@@ -260,9 +268,10 @@ struct RunCommand: ParsableCommand {
       let plan = RunPlan(
         groups: job.groups, command: job.command, environment: job.environment, jobID: jobID,
         logDirectory: logDirectory,
-        store: placement.nodeCount > 1
-          ? Endpoint(host: placement.masterAddress, port: storePort).description
-          : RunPlan.pendingStore,
+        store: try self.store.map { "\(try JobStore.parse($0))" }
+          ?? (placement.nodeCount > 1
+            ? Endpoint(host: placement.masterAddress, port: storePort).description
+            : RunPlan.pendingStore),
         masterAddress: placement.masterAddress, masterPort: RunPlan.pendingPort,
         taskset: taskset ?? "taskset",
         layout: NodeLayout(
@@ -290,15 +299,17 @@ struct RunCommand: ParsableCommand {
     try Directory.create(logDirectory)
 
     let token = try jobToken(placement)
-    let store = try openJobStore(placement, jobID: jobID, token: token)
-    defer { store.close() }
+    let store = try JobStore.open(
+      option: self.store, placement: placement, storePort: storePort, joinTimeout: joinTimeout,
+      jobID: jobID, token: token)
+    defer { store.close().map { Progress.say($0) } }
     let (layout, masterPort) = try place(job, placement: placement, store: store, jobID: jobID)
     let plan = RunPlan(
       groups: job.groups, command: job.command, environment: job.environment, jobID: jobID,
       logDirectory: logDirectory, store: store.address, masterAddress: placement.masterAddress,
       masterPort: masterPort, taskset: taskset, layout: layout)
     try supervise(
-      plan, token: token, store: store.address, rendezvous: store.rendezvous,
+      plan, token: token, store: store.description, rendezvous: store.rendezvous,
       graceSeconds: job.graceSeconds)
   }
 
@@ -334,6 +345,7 @@ struct RunCommand: ParsableCommand {
     _ plan: RunPlan, token: JobToken, store: String, rendezvous: NodeRendezvous?,
     graceSeconds: Double
   ) throws {
+    // `store` names the store in the launcher's lines (a Redis password never shows).
     let cgroups = plan.needsCgroups ? try CPUQuotaCgroups(job: plan.jobID) : nil
     defer { cgroups?.remove() }
     var members: [LocalProcessGroup.Member] = []
@@ -493,49 +505,7 @@ struct RunCommand: ParsableCommand {
         + "--generate-token --token-file FILE` writes one)")
   }
 
-  /// The job's store: on one host a private server on 127.0.0.1; on several, node 0 serves
-  /// it on every address at --store-port and every node (node 0 included) is a client of it.
-  private func openJobStore(
-    _ placement: NodePlacement, jobID: String, token: JobToken
-  ) throws -> JobStore {
-    guard placement.nodeCount > 1 else {
-      let server = StoreServer(host: "127.0.0.1", port: 0, token: token)
-      let port = try server.start()
-      return JobStore(server: server, address: "127.0.0.1:\(port)", rendezvous: nil)
-    }
-    var server: StoreServer?
-    if placement.nodeRank == 0 {
-      let local = StoreServer(host: "0.0.0.0", port: storePort, token: token)
-      do {
-        _ = try local.start()
-      } catch {
-        throw LaunchError(
-          "node 0 cannot serve the store on port \(storePort): \(error) (pick another "
-            + "--store-port, the same on every node)")
-      }
-      server = local
-    }
-    let address = Endpoint(host: placement.masterAddress, port: storePort).description
-    let client: StoreClient
-    do {
-      client = try StoreClient(
-        host: placement.masterAddress, port: storePort, token: token,
-        connectTimeout: .milliseconds(Int64(joinTimeout * 1000)),
-        clientName: "kaitian run node \(placement.nodeRank)")
-    } catch {
-      server?.stop()
-      throw LaunchError(
-        "node \(placement.nodeRank) cannot reach the store of node 0 at \(address) within "
-          + "\(Int(joinTimeout)) s: \(error)")
-    }
-    return JobStore(
-      server: server, address: address,
-      rendezvous: NodeRendezvous(
-        store: client, jobID: jobID, nodeRank: placement.nodeRank,
-        nodeCount: placement.nodeCount),
-      localAddress: client.localAddress.host)
-  }
-
+  /// This process's environment as a dictionary.
   static func environment() -> [String: String] {
     var result: [String: String] = [:]
     var cursor = environ
@@ -552,19 +522,6 @@ struct RunCommand: ParsableCommand {
   private static func randomJobID() -> String {
     String(UInt32.random(in: 0...UInt32.max), radix: 16).leftPadded(to: 8)
   }
-}
-
-/// The store a job's workers use while it runs: the server this launcher serves (one host, or
-/// node 0) and, with several nodes, the rendezvous of the launchers through it.
-struct JobStore {
-  var server: StoreServer?
-  /// host:port for KAITIAN_STORE.
-  var address: String
-  var rendezvous: NodeRendezvous?
-  /// This host's address on its connection to the store (several nodes only).
-  var localAddress: String?
-
-  func close() { server?.stop() }
 }
 
 /// The launcher's own lines, on stderr so that stdout holds only the workers' output.

@@ -1,0 +1,93 @@
+import KaitianStore
+
+/// Where a Redis server is and how to log in: `redis://[[user]:password@]host[:port][/db]`.
+///
+/// The password is kept out of `description` so that the URL can appear in logs and errors.
+public struct RedisURL: Sendable, Equatable, CustomStringConvertible {
+  public static let scheme = "redis://"
+  public static let defaultPort: UInt16 = 6379
+
+  public var host: String
+  public var port: UInt16
+  /// The ACL user for `AUTH user password`; nil sends `AUTH password` (the default user).
+  public var user: String?
+  public var password: String?
+  public var database: Int
+
+  public init(
+    host: String, port: UInt16 = defaultPort, user: String? = nil, password: String? = nil,
+    database: Int = 0
+  ) {
+    self.host = host
+    self.port = port
+    self.user = user
+    self.password = password
+    self.database = database
+  }
+
+  /// Parses the URL form; throws `.invalidArgument` naming what is wrong.
+  public init(parsing text: String) throws(StoreError) {
+    guard text.hasPrefix(Self.scheme) else {
+      throw Self.invalid(text, "it does not start with \(Self.scheme)")
+    }
+    var rest = Substring(text.dropFirst(Self.scheme.count))
+    var user: String?
+    var password: String?
+    if let at = rest.lastIndex(of: "@") {
+      let credentials = rest[..<at]
+      rest = rest[rest.index(after: at)...]
+      if let colon = credentials.firstIndex(of: ":") {
+        let name = credentials[..<colon]
+        user = name.isEmpty ? nil : String(name)
+        password = String(credentials[credentials.index(after: colon)...])
+      } else {
+        password = String(credentials)
+      }
+    }
+    var database = 0
+    if let slash = rest.firstIndex(of: "/") {
+      let text = rest[rest.index(after: slash)...]
+      guard let number = Int(text), number >= 0 else {
+        throw Self.invalid(text, "the database after / must be a number 0 or more")
+      }
+      database = number
+      rest = rest[..<slash]
+    }
+    let endpoint: Endpoint
+    do {
+      endpoint =
+        rest.contains(":") && !(rest.hasPrefix("[") && rest.hasSuffix("]"))
+        ? try Endpoint(parsing: String(rest))
+        : Endpoint(host: String(rest.trimmingBrackets), port: Self.defaultPort)
+    } catch {
+      throw Self.invalid(text, "\(error)")
+    }
+    guard !endpoint.host.isEmpty else { throw Self.invalid(text, "the host is missing") }
+    self.init(
+      host: endpoint.host, port: endpoint.port, user: user, password: password,
+      database: database)
+  }
+
+  /// `host:port`, as the messages name the server.
+  public var server: String { Endpoint(host: host, port: port).description }
+
+  public var description: String {
+    let credentials = password == nil ? "" : "\(user ?? ""):***@"
+    let database = database == 0 ? "" : "/\(database)"
+    return "\(Self.scheme)\(credentials)\(server)\(database)"
+  }
+
+  private static func invalid(_ text: some StringProtocol, _ reason: String) -> StoreError {
+    // The URL itself may hold a password: only the part that is wrong is quoted.
+    .foreign(
+      .invalidArgument,
+      "bad Redis URL (\(reason)); expected redis://[:password@]host[:port][/db], "
+        + "e.g. redis://127.0.0.1:6379")
+  }
+}
+
+extension Substring {
+  fileprivate var trimmingBrackets: Substring {
+    hasPrefix("[") && hasSuffix("]") ? dropFirst().dropLast() : self
+  }
+}

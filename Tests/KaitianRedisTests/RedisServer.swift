@@ -1,0 +1,129 @@
+import Glibc
+import KaitianRedis
+import KaitianStore
+import Synchronization
+import Testing
+
+/// A real `redis-server` for one test: started on a free port of 127.0.0.1 without persistence,
+/// in a temporary directory, and killed (with the directory removed) when the test drops it.
+final class RedisServer: Sendable {
+  /// Where redis-server is; nil when it is not installed.
+  static let executable: String? = ["/usr/bin/redis-server", "/usr/local/bin/redis-server"]
+    .first { access($0, X_OK) == 0 }
+
+  /// Tests that need a server are enabled by this; without one they are skipped here and the
+  /// `installedInCI` test fails in CI (env CI set), so CI cannot pass without exercising Redis.
+  static let isInstalled = executable != nil
+  static let notInstalledReason: Comment =
+    "redis-server is not installed (scripts/setup.sh installs it: apt-get install redis-server)"
+
+  let port: UInt16
+  let directory: String
+  private let extraArguments: [String]
+  /// The running server, 0 when there is none.
+  private let pid = Mutex<pid_t>(0)
+
+  var url: RedisURL { RedisURL(host: "127.0.0.1", port: port) }
+  var address: String { "redis://127.0.0.1:\(port)" }
+
+  init(arguments: [String] = []) throws {
+    var template = Array("/tmp/kaitian-redis-XXXXXX".utf8CString)
+    directory = String(cString: mkdtemp(&template))
+    port = try freePort()
+    extraArguments = arguments
+    try start()
+  }
+
+  deinit {
+    kill()
+    _ = try? run("/bin/rm", ["-rf", directory])
+  }
+
+  /// Starts the server (again, after `kill`, on the same port and empty).
+  func start() throws {
+    let arguments =
+      [
+        "--port", "\(port)", "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+        "--dir", directory, "--logfile", "\(directory)/redis.log",
+      ] + extraArguments
+    let started = try spawn(try #require(Self.executable), arguments)
+    pid.withLock { $0 = started }
+    // Ready once it accepts connections; a server that dies at start is reported with its log.
+    for _ in 0..<500 {
+      if canConnect(port: port) { return }
+      var status: Int32 = 0
+      if waitpid(started, &status, WNOHANG) == started {
+        pid.withLock { $0 = 0 }
+        throw FixtureError("redis-server exited at start: \(log)")
+      }
+      usleep(10_000)
+    }
+    throw FixtureError("redis-server did not accept connections within 5 s: \(log)")
+  }
+
+  /// SIGKILL, as a crash or an OOM kill would end it.
+  func kill() {
+    let running = pid.withLock { pid in
+      defer { pid = 0 }
+      return pid
+    }
+    guard running > 0 else { return }
+    Glibc.kill(running, SIGKILL)
+    var status: Int32 = 0
+    waitpid(running, &status, 0)
+  }
+
+  var log: String { readFile("\(directory)/redis.log") }
+}
+
+struct FixtureError: Error, CustomStringConvertible {
+  let description: String
+  init(_ description: String) { self.description = description }
+}
+
+/// Starts `program` with stdin and stdout on /dev/null, stderr there too or in `stderrPath`.
+func spawn(
+  _ program: String, _ arguments: [String], environment: [String]? = nil,
+  stderrPath: String? = nil
+) throws -> pid_t {
+  var actions = posix_spawn_file_actions_t()
+  posix_spawn_file_actions_init(&actions)
+  defer { posix_spawn_file_actions_destroy(&actions) }
+  for descriptor in Int32(0)...1 {
+    posix_spawn_file_actions_addopen(&actions, descriptor, "/dev/null", O_RDWR, 0)
+  }
+  posix_spawn_file_actions_addopen(
+    &actions, 2, stderrPath ?? "/dev/null", O_WRONLY | O_CREAT | O_TRUNC, 0o644)
+  let argv = ([program] + arguments).map { strdup($0) } + [nil]
+  let envp = environment.map { $0.map { strdup($0) } + [nil] }
+  defer {
+    for argument in argv { free(argument) }
+    for variable in envp ?? [] { free(variable) }
+  }
+  var pid: pid_t = 0
+  let result =
+    envp.map { posix_spawn(&pid, program, &actions, nil, argv, $0) }
+    ?? posix_spawn(&pid, program, &actions, nil, argv, environ)
+  guard result == 0 else {
+    throw FixtureError("cannot start \(program): \(String(cString: strerror(result)))")
+  }
+  return pid
+}
+
+/// Runs `program` to the end and returns its exit status (128 + signal if killed).
+func run(_ program: String, _ arguments: [String], environment: [String]? = nil) throws -> Int32 {
+  let pid = try spawn(program, arguments, environment: environment)
+  var status: Int32 = 0
+  while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
+  return status & 0x7F == 0 ? (status >> 8) & 0xFF : 128 + (status & 0x7F)
+}
+
+/// A port nobody listens on now (the kernel's choice for port 0).
+func freePort() throws -> UInt16 {
+  try TCPSocket.listen(host: "127.0.0.1", port: 0).localPort
+}
+
+func canConnect(port: UInt16) -> Bool {
+  (try? TCPSocket.connect(host: "127.0.0.1", port: port, deadline: .after(.milliseconds(50))))
+    != nil
+}
