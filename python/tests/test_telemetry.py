@@ -8,7 +8,6 @@ import logging
 from collections.abc import Iterator
 
 import pytest
-
 from kaitian import _native
 from kaitian.telemetry import (
     MAX_PLAN_CHANGES,
