@@ -155,6 +155,7 @@ struct RunCommand: ParsableCommand {
       groups: groups, prefixes: prefixes, command: command, jobID: job,
       logDirectory: logDirectory, store: "127.0.0.1:\(storePort)",
       masterPort: "\(try FreePort.pick())", taskset: taskset)
+    let record = try JobRecord.start(plan: plan, store: "127.0.0.1:\(storePort)", token: token)
 
     let cgroups = plan.needsCgroups ? try CPUQuotaCgroups(job: job) : nil
     defer { cgroups?.remove() }
@@ -197,6 +198,7 @@ struct RunCommand: ParsableCommand {
     }
     let began = LocalProcessGroup.now()
     let outcome = try supervisor.run(members)
+    record.finish(outcome)
     Progress.summary(plan: plan, outcome: outcome, seconds: LocalProcessGroup.now() - began)
 
     if let failure = outcome.firstFailure {
