@@ -19,6 +19,8 @@ struct JobRecord {
   /// Writes the files and the `monitor/job` key (state "running").
   static func start(plan: RunPlan, store: String, token: JobToken) throws -> JobRecord {
     let started = WallClock.now()
+    // A reused log directory's old snapshot would make the monitor show the previous job.
+    unlink("\(plan.logDirectory)/\(MonitorSource.snapshotFile)")
     try TextFile.write(
       "\(plan.logDirectory)/\(jobFile)",
       Array(

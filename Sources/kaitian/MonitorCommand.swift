@@ -28,10 +28,11 @@ struct MonitorCommand: ParsableCommand {
   @Argument(help: "The job's log directory (kaitian run --log-dir).")
   var logDir: String?
 
-  @Option(help: "The store's host:port, instead of a log directory.")
+  @Option(
+    help: ArgumentHelp("The store's address, instead of a log directory.", valueName: "host:port"))
   var store: String?
 
-  @Option(help: "File holding the job token (with --store).")
+  @Option(help: ArgumentHelp("File holding the job token (with --store).", valueName: "file"))
   var tokenFile: String?
 
   @Flag(help: "Print one view and exit.")
@@ -40,10 +41,13 @@ struct MonitorCommand: ParsableCommand {
   @Flag(help: "With --once: print the view as one JSON document.")
   var json = false
 
-  @Option(help: "Write a plot of shares and step times over time to FILE (.svg or .png) and exit.")
+  @Option(
+    help: ArgumentHelp(
+      "Write a plot of shares and step times over time to FILE (.svg or .png) and exit.",
+      valueName: "file"))
   var plot: String?
 
-  @Option(help: "Seconds between refreshes.")
+  @Option(help: ArgumentHelp("Seconds between refreshes.", valueName: "seconds"))
   var interval = 1.0
 
   func validate() throws {
