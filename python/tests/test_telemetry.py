@@ -8,6 +8,7 @@ import logging
 from collections.abc import Iterator
 
 import pytest
+import torch
 from kaitian import _native
 from kaitian.telemetry import (
     MAX_PLAN_CHANGES,
@@ -206,3 +207,47 @@ def test_from_environment_reads_rank_and_kind(
     t.close()
     sample = read_json(reader, "monitor/rank/2")
     assert isinstance(sample, dict) and sample["kind"] == "mlu" and sample["rank"] == 2
+
+
+BALANCED_STEPS = 30
+
+
+def balanced_scenario(rank: int, size: int) -> list[dict[str, object]]:
+    """OnlineBalancer training where rank 1 is 4x slower; telemetry comes from the environment."""
+    import time
+
+    import kaitian
+    import torch.nn.functional as F
+    from torch import nn
+    from torch.nn.parallel import DistributedDataParallel
+    from torch.utils.data import DataLoader, TensorDataset
+
+    data = TensorDataset(torch.randn(16 * BALANCED_STEPS, 4), torch.randn(16 * BALANCED_STEPS, 1))
+    sampler = kaitian.AdaptiveSampler(data, size, rank, batch_sizes=[8, 8])
+    loader = DataLoader(data, batch_sampler=sampler.batch_sampler())
+    torch.manual_seed(0)
+    model = DistributedDataParallel(nn.Linear(4, 1))
+    balancer = kaitian.OnlineBalancer(model, sampler, interval=5, smoothing=0.7, hysteresis=0.25)
+    assert balancer.telemetry is not None and balancer.telemetry is kaitian.job_telemetry()
+    for x, y in loader:
+        with balancer.step():
+            time.sleep((0.004 if rank == 1 else 0.001) * len(x))
+            F.mse_loss(model(x), y).backward()
+    balancer.close()
+    return [{"new": c.new, "step": c.step} for c in balancer.history]
+
+
+@pytest.mark.skipif(not _native.has_planner(), reason="libKaitianC.so built without the planner")
+def test_online_balancer_publishes_steps_and_plan_changes(server: Server, reader: StoreConnection) -> None:
+    from ranks import assert_all_ok, run_ranks
+
+    env = {"KAITIAN_STORE": server.address, "KAITIAN_TOKEN": TOKEN, "KAITIAN_DEVICE_KIND": "cpu"}
+    results = assert_all_ok(run_ranks(balanced_scenario, 2, env=lambda _rank: env, timeout=90.0), 2)
+    for rank in (0, 1):
+        sample = read_json(reader, f"monitor/rank/{rank}")
+        assert isinstance(sample, dict)
+        assert sample["step"] == BALANCED_STEPS, "close() flushed every step"
+        assert 0 <= sample["comm_seconds"] <= sample["step_seconds"]
+    history = results[0]
+    assert history, "rank 1 is 4x slower: the plan must change"
+    assert [c["new"] for c in read_json(reader, "monitor/plan")] == [c["new"] for c in history]  # type: ignore[union-attr]
