@@ -131,12 +131,12 @@ class JobTelemetry:
         address = os.environ.get("KAITIAN_STORE")
         if not address:
             return None
-        token = os.environ.get("KAITIAN_TOKEN", "")
-        if not token and os.environ.get("KAITIAN_TOKEN_FILE"):
-            with open(os.environ["KAITIAN_TOKEN_FILE"]) as file:
-                token = file.read().strip()
         rank = int(os.environ.get("RANK", "0"))
         try:
+            token = os.environ.get("KAITIAN_TOKEN", "")
+            if not token and os.environ.get("KAITIAN_TOKEN_FILE"):
+                with open(os.environ["KAITIAN_TOKEN_FILE"]) as file:
+                    token = file.read().strip()
             store = StoreConnection(address, token, timeout=5.0)
         except Exception as error:  # telemetry must never stop training
             log.warning("kaitian: rank %d: no telemetry for `kaitian monitor`: %s", rank, error)

@@ -251,3 +251,14 @@ def test_online_balancer_publishes_steps_and_plan_changes(server: Server, reader
     history = results[0]
     assert history, "rank 1 is 4x slower: the plan must change"
     assert [c["new"] for c in read_json(reader, "monitor/plan")] == [c["new"] for c in history]  # type: ignore[union-attr]
+
+
+def test_from_environment_with_a_missing_token_file_warns_and_gives_none(
+    server: Server, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv("KAITIAN_STORE", server.address)
+    monkeypatch.delenv("KAITIAN_TOKEN", raising=False)
+    monkeypatch.setenv("KAITIAN_TOKEN_FILE", "/nonexistent/kaitian-token")
+    with caplog.at_level(logging.WARNING, logger="kaitian"):
+        assert JobTelemetry.from_environment() is None
+    assert any("kaitian-token" in r.getMessage() for r in caplog.records)
