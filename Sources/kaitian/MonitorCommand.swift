@@ -162,7 +162,7 @@ final class MonitorConnection {
         "\(directory) has no \(JobRecord.jobFile): is it the log directory of a kaitian run job?")
     }
     let job = try MonitorJSONParser.parse(try TextFile.read(jobFile))
-    guard let address = job["store"]?.string else {
+    guard let address = job["store"]?.stringValue else {
       throw MonitorError(
         "\(jobFile) names no store (expected {\"job_id\", \"store\", \"started\"})")
     }

@@ -180,31 +180,3 @@ struct MonitorJSONParser {
     return value
   }
 }
-
-extension JSON {
-  /// The member `name` of an object; nil for other values or a missing member.
-  subscript(_ name: String) -> JSON? {
-    guard case .object(let members) = self else { return nil }
-    return members.first { $0.0 == name }?.1
-  }
-
-  var double: Double? {
-    if case .number(let value) = self { return value }
-    return nil
-  }
-
-  var int: Int? {
-    guard let value = double, value == value.rounded(), abs(value) < 1e15 else { return nil }
-    return Int(value)
-  }
-
-  var string: String? {
-    if case .string(let value) = self { return value }
-    return nil
-  }
-
-  var array: [JSON]? {
-    if case .array(let values) = self { return values }
-    return nil
-  }
-}

@@ -5,11 +5,9 @@
 /// A value that cannot be decoded is skipped and named in `problems`, so one bad writer does
 /// not hide the rest of the job.
 struct MonitorSnapshot {
-  struct RankInfo: Equatable {
+  struct RankInfo {
     var rank: Int
-    var label: String
     var kind: String
-    var group: Int
   }
 
   struct Job {
@@ -38,14 +36,11 @@ struct MonitorSnapshot {
     var time: Double
   }
 
-  /// One point of a rank's series: a publish window's means.
+  /// One point of a rank's series (a publish window's means): what the plots draw.
   struct Point {
     var time: Double
-    var step: Int
     var batch: Int
     var stepSeconds: Double
-    var commSeconds: Double
-    var samplesPerSecond: Double
   }
 
   struct PlanChange {
@@ -120,45 +115,61 @@ struct MonitorSnapshot {
     init(_ description: String) { self.description = description }
   }
 
-  private static func field<T>(_ value: JSON, _ name: String, _ read: (JSON) -> T?)
-    throws(DecodeError)
-    -> T
-  {
-    guard let member = value[name], let result = read(member) else {
-      throw DecodeError("missing or mistyped field '\(name)'")
-    }
+  private static func int(_ value: JSON, _ name: String) throws(DecodeError) -> Int {
+    guard let result = value[name]?.intValue else { throw mistyped(name) }
     return result
+  }
+
+  private static func double(_ value: JSON, _ name: String) throws(DecodeError) -> Double {
+    guard let result = value[name]?.doubleValue else { throw mistyped(name) }
+    return result
+  }
+
+  private static func string(_ value: JSON, _ name: String) throws(DecodeError) -> String {
+    guard let result = value[name]?.stringValue else { throw mistyped(name) }
+    return result
+  }
+
+  private static func array(_ value: JSON, _ name: String) throws(DecodeError) -> [JSON] {
+    guard let result = value[name]?.arrayValue else { throw mistyped(name) }
+    return result
+  }
+
+  private static func mistyped(_ name: String) -> DecodeError {
+    DecodeError("missing or mistyped field '\(name)'")
   }
 
   private static func job(_ value: JSON) throws(DecodeError) -> Job {
     var ranks: [RankInfo] = []
-    for entry in try field(value, "ranks", \.array) {
+    for entry in try array(value, "ranks") {
       ranks.append(
         RankInfo(
-          rank: try field(entry, "rank", \.int), label: try field(entry, "label", \.string),
-          kind: try field(entry, "kind", \.string), group: try field(entry, "group", \.int)))
+          rank: try int(entry, "rank"), kind: try string(entry, "kind"))
+      )
     }
     return Job(
-      jobID: try field(value, "job_id", \.string), worldSize: try field(value, "world_size", \.int),
-      started: try field(value, "started", \.double), state: try field(value, "state", \.string),
-      ended: value["ended"]?.double, failure: value["failure"]?.string, ranks: ranks)
+      jobID: try string(value, "job_id"),
+      worldSize: try int(value, "world_size"),
+      started: try double(value, "started"),
+      state: try string(value, "state"),
+      ended: value["ended"]?.doubleValue, failure: value["failure"]?.stringValue, ranks: ranks)
   }
 
   private static func sample(_ value: JSON) throws(DecodeError) -> Sample {
     Sample(
-      rank: try field(value, "rank", \.int), kind: try field(value, "kind", \.string),
-      host: value["host"]?.string ?? "?", pid: value["pid"]?.int ?? 0,
-      step: try field(value, "step", \.int), epoch: value["epoch"]?.int ?? 0,
-      batch: try field(value, "batch", \.int),
-      stepSeconds: try field(value, "step_seconds", \.double),
-      computeSeconds: try field(value, "compute_seconds", \.double),
-      commSeconds: try field(value, "comm_seconds", \.double),
-      samplesPerSecond: try field(value, "samples_per_second", \.double),
-      time: try field(value, "time", \.double))
+      rank: try int(value, "rank"), kind: try string(value, "kind"),
+      host: value["host"]?.stringValue ?? "?", pid: value["pid"]?.intValue ?? 0,
+      step: try int(value, "step"), epoch: value["epoch"]?.intValue ?? 0,
+      batch: try int(value, "batch"),
+      stepSeconds: try double(value, "step_seconds"),
+      computeSeconds: try double(value, "compute_seconds"),
+      commSeconds: try double(value, "comm_seconds"),
+      samplesPerSecond: try double(value, "samples_per_second"),
+      time: try double(value, "time"))
   }
 
   private static func chunk(_ value: JSON) throws(DecodeError) -> (index: Int, points: [Point]) {
-    let fields = try field(value, "fields", \.array).map { $0.string ?? "" }
+    let fields = try array(value, "fields").map { $0.stringValue ?? "" }
     func column(_ name: String) throws(DecodeError) -> Int {
       guard let index = fields.firstIndex(of: name) else {
         throw DecodeError("the series has no field '\(name)'")
@@ -166,42 +177,70 @@ struct MonitorSnapshot {
       return index
     }
     let time = try column("time")
-    let step = try column("step")
     let batch = try column("batch")
     let stepSeconds = try column("step_seconds")
-    let commSeconds = try column("comm_seconds")
-    let rate = try column("samples_per_second")
     var points: [Point] = []
-    for row in try field(value, "points", \.array) {
-      let numbers = (row.array ?? []).map(\.double)
+    for row in try array(value, "points") {
+      let numbers = (row.arrayValue ?? []).map(\.doubleValue)
       guard numbers.count == fields.count else {
         throw DecodeError("a point has \(numbers.count) values for \(fields.count) fields")
       }
       let values = numbers.map { $0 ?? .nan }
       points.append(
         Point(
-          time: values[time], step: Int(exactly: values[step].rounded()) ?? 0,
-          batch: Int(exactly: values[batch].rounded()) ?? 0, stepSeconds: values[stepSeconds],
-          commSeconds: values[commSeconds], samplesPerSecond: values[rate]))
+          time: values[time], batch: Int(exactly: values[batch].rounded()) ?? 0,
+          stepSeconds: values[stepSeconds]))
     }
-    return (try field(value, "chunk", \.int), points)
+    return (try int(value, "chunk"), points)
   }
 
   private static func planChanges(_ value: JSON) throws(DecodeError) -> [PlanChange] {
-    guard let entries = value.array else { throw DecodeError("expected a list of plan changes") }
+    guard let entries = value.arrayValue else {
+      throw DecodeError("expected a list of plan changes")
+    }
     var changes: [PlanChange] = []
     for entry in entries {
       func ints(_ name: String) throws(DecodeError) -> [Int] {
-        try field(entry, name, \.array).map { $0.int ?? 0 }
+        try array(entry, name).map { $0.intValue ?? 0 }
       }
       changes.append(
         PlanChange(
-          step: try field(entry, "step", \.int), epoch: try field(entry, "epoch", \.int),
-          iteration: try field(entry, "iteration", \.int), old: try ints("old"),
+          step: try int(entry, "step"), epoch: try int(entry, "epoch"),
+          iteration: try int(entry, "iteration"), old: try ints("old"),
           new: try ints("new"),
-          secondsPerSample: try field(entry, "seconds_per_sample", \.array).map { $0.double ?? 0 },
-          time: try field(entry, "time", \.double)))
+          secondsPerSample: try array(entry, "seconds_per_sample").map {
+            $0.doubleValue ?? 0
+          },
+          time: try double(entry, "time")))
     }
     return changes
+  }
+}
+
+extension JSON {
+  /// The member `name` of an object; nil for other values or a missing member.
+  subscript(_ name: String) -> JSON? {
+    guard case .object(let members) = self else { return nil }
+    return members.first { $0.0 == name }?.1
+  }
+
+  var doubleValue: Double? {
+    if case .number(let value) = self { return value }
+    return nil
+  }
+
+  var intValue: Int? {
+    guard let value = doubleValue, value == value.rounded(), abs(value) < 1e15 else { return nil }
+    return Int(value)
+  }
+
+  var stringValue: String? {
+    if case .string(let value) = self { return value }
+    return nil
+  }
+
+  var arrayValue: [JSON]? {
+    if case .array(let values) = self { return values }
+    return nil
   }
 }

@@ -39,8 +39,6 @@ struct PlotDrawing {
 
   /// Text is drawn this many pixels high (the raster font's 7 rows at scale 2).
   static let textHeight = 14.0
-  /// Width of one character: the raster font's advance, and about a monospace font's.
-  static let characterWidth = 12.0
 
   var width: Int
   var height: Int

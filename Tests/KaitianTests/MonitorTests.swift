@@ -67,11 +67,11 @@ struct MonitorJSONParserTests {
   @Test func parsesValuesStringsAndNesting() throws {
     let value = try MonitorJSONParser.parse(
       #" {"a": [1, -2.5e3, true, false, null], "s": "x\"\\\/\n\u00e9\ud83d\ude00", "o": {}} "#)
-    #expect(value["a"]?.array?.count == 5)
-    #expect(value["a"]?.array?[1].double == -2500)
-    #expect(value["s"]?.string == "x\"\\/\né😀")
+    #expect(value["a"]?.arrayValue?.count == 5)
+    #expect(value["a"]?.arrayValue?[1].doubleValue == -2500)
+    #expect(value["s"]?.stringValue == "x\"\\/\né😀")
     #expect(value["o"] != nil && value["missing"] == nil)
-    #expect(try MonitorJSONParser.parse("[]").array?.isEmpty == true)
+    #expect(try MonitorJSONParser.parse("[]").arrayValue?.isEmpty == true)
   }
 
   @Test(arguments: [
@@ -147,8 +147,8 @@ struct MonitorModelTests {
         "source", "store", "job", "total_samples_per_second", "global_batch", "ranks",
         "plan_changes", "problems",
       ])
-    #expect(document["job"]?["state"]?.string == "running")
-    let ranks = try #require(document["ranks"]?.array)
+    #expect(document["job"]?["state"]?.stringValue == "running")
+    let ranks = try #require(document["ranks"]?.arrayValue)
     #expect(ranks.count == 2)
     guard case .object(let rank) = ranks[1] else {
       Issue.record("rank not an object")
@@ -159,8 +159,8 @@ struct MonitorModelTests {
         "rank", "kind", "host", "pid", "step", "epoch", "batch", "share", "step_seconds",
         "compute_seconds", "comm_seconds", "comm_fraction", "samples_per_second", "age_seconds",
       ])
-    #expect(ranks[1]["share"]?.double == 0.25 && ranks[1]["kind"]?.string == "cpu-slow")
-    #expect(document["plan_changes"]?.array?.first?["new"]?.array?.count == 2)
+    #expect(ranks[1]["share"]?.doubleValue == 0.25 && ranks[1]["kind"]?.stringValue == "cpu-slow")
+    #expect(document["plan_changes"]?.arrayValue?.first?["new"]?.arrayValue?.count == 2)
   }
 
   @Test func sharesAreStepLinesFromTheTimeEveryRankPublished() throws {
@@ -332,9 +332,9 @@ struct MonitorLiveTests {
     let once = try ChildProcess("kaitian", ["monitor", logs, "--once", "--json"])
     #expect(once.wait(seconds: 20) == 0, "\(once.errors)")
     let job = try MonitorJSONParser.parse(once.output)["job"]
-    #expect(job?["state"]?.string == "failed")
-    #expect(job?["failure"]?.string?.contains("rank 0 cpu exited with status 3") == true)
-    #expect(job?["ended"]?.double != nil)
+    #expect(job?["state"]?.stringValue == "failed")
+    #expect(job?["failure"]?.stringValue?.contains("rank 0 cpu exited with status 3") == true)
+    #expect(job?["ended"]?.doubleValue != nil)
   }
 
   static let libraryAvailable = MonitorFiles.kaitianLibrary != nil
@@ -381,14 +381,14 @@ struct MonitorLiveTests {
     let once = try ChildProcess("kaitian", ["monitor", logs, "--once", "--json"])
     #expect(once.wait(seconds: 20) == 0, "\(once.errors)")
     let document = try MonitorJSONParser.parse(once.output)
-    #expect(document["source"]?.string == "snapshot")
-    #expect(document["job"]?["state"]?.string == "succeeded")
-    #expect(document["job"]?["job_id"]?.string == "e2e")
-    let ranks = try #require(document["ranks"]?.array)
-    #expect(ranks.map { $0["rank"]?.int } == [0, 1])
-    #expect(ranks.map { $0["step"]?.int } == [12, 12])
-    #expect(ranks.map { $0["batch"]?.int } == [10, 6])
-    #expect(document["plan_changes"]?.array?.count == 1)
+    #expect(document["source"]?.stringValue == "snapshot")
+    #expect(document["job"]?["state"]?.stringValue == "succeeded")
+    #expect(document["job"]?["job_id"]?.stringValue == "e2e")
+    let ranks = try #require(document["ranks"]?.arrayValue)
+    #expect(ranks.map { $0["rank"]?.intValue } == [0, 1])
+    #expect(ranks.map { $0["step"]?.intValue } == [12, 12])
+    #expect(ranks.map { $0["batch"]?.intValue } == [10, 6])
+    #expect(document["plan_changes"]?.arrayValue?.count == 1)
 
     for name in ["x.png", "x.svg"] {
       let path = "\(logs)/\(name)"
