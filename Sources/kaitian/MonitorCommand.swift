@@ -98,7 +98,9 @@ struct MonitorCommand: ParsableCommand {
       print((clearScreen ? "\u{1B}[H\u{1B}[2J" : "") + view.text + (clearScreen ? "" : "\n"))
       fflush(nil)
       if finished { return }
-      usleep(useconds_t(interval * 1_000_000))
+      var pause = timespec(
+        tv_sec: Int(interval), tv_nsec: Int((interval - interval.rounded(.down)) * 1e9))
+      nanosleep(&pause, nil)
     }
   }
 
