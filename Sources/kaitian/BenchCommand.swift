@@ -19,7 +19,8 @@ struct BenchCommand: ParsableCommand {
       Example: kaitian bench allreduce --ranks 2 --min-bytes 8 --max-bytes 64M
       """)
 
-  @Argument(help: "allreduce, reduce, broadcast, allgather, reduce_scatter, alltoall, gather, scatter")
+  @Argument(
+    help: "allreduce, reduce, broadcast, allgather, reduce_scatter, alltoall, gather, scatter")
   var collective: BenchCollective
 
   @Option(help: "Number of ranks (local processes).")
@@ -66,7 +67,9 @@ struct BenchCommand: ParsableCommand {
 
   func validate() throws {
     guard DataType(name: dtype) != nil else {
-      throw ValidationError("unknown --dtype \(dtype); use one of \(DataType.allCases.map(\.description).joined(separator: ", "))")
+      throw ValidationError(
+        "unknown --dtype \(dtype); use one of \(DataType.allCases.map(\.description).joined(separator: ", "))"
+      )
     }
     guard ReduceOp(name: op) != nil else {
       throw ValidationError("unknown --op \(op); use sum, prod, max, min or avg")
@@ -98,7 +101,9 @@ struct BenchCommand: ParsableCommand {
     let members = (0..<ranks).map { rank in
       LocalProcessGroup.Member(
         name: "rank \(rank)",
-        arguments: arguments + ["--worker-rank", "\(rank)", "--store-address", "127.0.0.1:\(port)"],
+        arguments: arguments + [
+          "--worker-rank", "\(rank)", "--store-address", "127.0.0.1:\(port)",
+        ],
         environment: [JobToken.environmentVariable: token.stringValue])
     }
     let outcome = try LocalProcessGroup(executable: currentExecutablePath()).run(members)

@@ -71,7 +71,8 @@ final class BenchReport {
     var line =
       " " + pad("\(bytes)", 11) + pad("\(count)", 14) + pad(options.dtype, 10) + pad(opText, 8)
       + pad(rootText, 8)
-      + columns(fixed(outOfPlace.microseconds, 1), fixed(out.algbw, 2), fixed(out.busbw, 2),
+      + columns(
+        fixed(outOfPlace.microseconds, 1), fixed(out.algbw, 2), fixed(out.busbw, 2),
         wrong(outOfPlace))
     if let inPlace, let inp {
       line += columns(
@@ -84,7 +85,8 @@ final class BenchReport {
 
   func printFooter() {
     guard !options.json else { return }
-    let average = busBandwidths.isEmpty ? 0 : busBandwidths.reduce(0, +) / Double(busBandwidths.count)
+    let average =
+      busBandwidths.isEmpty ? 0 : busBandwidths.reduce(0, +) / Double(busBandwidths.count)
     let verdict = options.check ? (wrongTotal == 0 ? "OK" : "FAILED") : "(not checked)"
     emit("# Out of bounds values : \(options.check ? "\(wrongTotal)" : "N/A") \(verdict)")
     emit("# Avg bus bandwidth    : \(fixed(average, 4))")

@@ -18,7 +18,8 @@ struct BenchWorker {
 
   func run() throws {
     let token = try JobToken.requiredFromEnvironment()
-    let store = try StoreClient.connect(address: storeAddress, token: token, clientName: "rank \(rank)")
+    let store = try StoreClient.connect(
+      address: storeAddress, token: token, clientName: "rank \(rank)")
     var communicatorOptions = try CommunicatorOptions.fromEnvironment()
     communicatorOptions.transport = options.transport
     let comm = try Communicator(

@@ -68,7 +68,7 @@ struct DevicesCommand: ParsableCommand {
       results, host: DeviceProbe.hostName(), measured: time(nil))
     if results.contains(where: { $0.score != nil }) {
       try Directory.create(String(path[..<(path.lastIndex(of: "/") ?? path.startIndex)]))
-      try TextFile.write(document.rendered + "\n", to: path)
+      try TextFile.write(path, Array((document.rendered + "\n").utf8))
     }
     if json {
       print(document.rendered)

@@ -18,6 +18,8 @@ final class JobStore {
   let address: String
   /// The store as the launcher's own lines name it (never with a password).
   let description: String
+  /// This launcher's own connection to the store (the job record writes through it).
+  let client: any KeyValueStore
   /// The launchers' rendezvous, with several nodes.
   let rendezvous: NodeRendezvous?
   /// This host's address on its connection to the store (several nodes only).
@@ -26,9 +28,10 @@ final class JobStore {
   private let redis: RedisStore?
 
   private init(
-    address: String, description: String, rendezvous: NodeRendezvous?, localAddress: String?,
-    server: StoreServer?, redis: RedisStore?
+    address: String, description: String, client: any KeyValueStore,
+    rendezvous: NodeRendezvous?, localAddress: String?, server: StoreServer?, redis: RedisStore?
   ) {
+    self.client = client
     self.address = address
     self.description = description
     self.rendezvous = rendezvous
@@ -63,16 +66,23 @@ final class JobStore {
       let prefix = RedisStore.prefix(jobID: jobID)
       let redis = try RedisStore(url: url, prefix: prefix, connectTimeout: .seconds(10))
       return JobStore(
-        address: option, description: "\(url) under \(prefix)",
+        address: option, description: "\(url) under \(prefix)", client: redis,
         rendezvous: rendezvous(redis, placement: placement, jobID: jobID),
         localAddress: placement.nodeCount > 1 ? redis.localHost : nil, server: nil, redis: redis)
     }
     guard placement.nodeCount > 1 else {
       let server = StoreServer(host: "127.0.0.1", port: 0, token: token)
       let address = "127.0.0.1:\(try server.start())"
-      return JobStore(
-        address: address, description: address, rendezvous: nil, localAddress: nil,
-        server: server, redis: nil)
+      do {
+        let client = try StoreClient.connect(
+          address: address, token: token, connectTimeout: .seconds(10), clientName: "kaitian run")
+        return JobStore(
+          address: address, description: address, client: client, rendezvous: nil,
+          localAddress: nil, server: server, redis: nil)
+      } catch {
+        server.stop()
+        throw error
+      }
     }
     var server: StoreServer?
     if placement.nodeRank == 0 {
@@ -100,7 +110,7 @@ final class JobStore {
           + "\(Int(joinTimeout)) s: \(error)")
     }
     return JobStore(
-      address: address, description: address,
+      address: address, description: address, client: client,
       rendezvous: rendezvous(client, placement: placement, jobID: jobID),
       localAddress: client.localAddress.host, server: server, redis: nil)
   }

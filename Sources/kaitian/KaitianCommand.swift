@@ -14,5 +14,8 @@ struct KaitianCommand: ParsableCommand {
       engine, and runs the rendezvous store.
       """,
     version: KaitianVersion.string,
-    subcommands: [BenchCommand.self, DevicesCommand.self, RunCommand.self, StoreCommand.self])
+    subcommands: [
+      BenchCommand.self, DevicesCommand.self, MonitorCommand.self, RunCommand.self,
+      StoreCommand.self,
+    ])
 }

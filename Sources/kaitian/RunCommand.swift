@@ -308,9 +308,10 @@ struct RunCommand: ParsableCommand {
       groups: job.groups, command: job.command, environment: job.environment, jobID: jobID,
       logDirectory: logDirectory, store: store.address, masterAddress: placement.masterAddress,
       masterPort: masterPort, taskset: taskset, layout: layout)
+    let record = try JobRecord.start(plan: plan, store: store, token: token)
     try supervise(
       plan, token: token, store: store.description, rendezvous: store.rendezvous,
-      graceSeconds: job.graceSeconds)
+      record: record, graceSeconds: job.graceSeconds)
   }
 
   /// This node's place in the job and torch's MASTER_PORT: on one host, everything; on
@@ -343,7 +344,7 @@ struct RunCommand: ParsableCommand {
   /// publishes a local failure and stops when another node publishes one.
   private func supervise(
     _ plan: RunPlan, token: JobToken, store: String, rendezvous: NodeRendezvous?,
-    graceSeconds: Double
+    record: JobRecord, graceSeconds: Double
   ) throws {
     // `store` names the store in the launcher's lines (a Redis password never shows).
     let cgroups = plan.needsCgroups ? try CPUQuotaCgroups(job: plan.jobID) : nil
@@ -411,6 +412,7 @@ struct RunCommand: ParsableCommand {
       throw error
     }
     watch?.stop()
+    record.finish(outcome)
     Progress.summary(plan: plan, outcome: outcome, seconds: LocalProcessGroup.now() - began)
 
     if let failure = outcome.firstFailure {

@@ -66,12 +66,14 @@ enum TokenFile {
   static func write(_ token: JobToken, to path: String) throws {
     let fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0o600)
     guard fd >= 0 else {
-      throw ValidationError("cannot write the token to \(path): \(String(cString: strerror(errno)))")
+      throw ValidationError(
+        "cannot write the token to \(path): \(String(cString: strerror(errno)))")
     }
     defer { close(fd) }
     let text = Array((token.stringValue + "\n").utf8)
     guard Glibc.write(fd, text, text.count) == text.count else {
-      throw ValidationError("cannot write the token to \(path): \(String(cString: strerror(errno)))")
+      throw ValidationError(
+        "cannot write the token to \(path): \(String(cString: strerror(errno)))")
     }
   }
 }

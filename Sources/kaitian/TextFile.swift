@@ -1,36 +1,69 @@
 import Glibc
 
-/// Whole-file writes that readers never see half done: the text goes to a temporary file in
-/// the same directory, which is then renamed over the target (rename is atomic on POSIX).
+/// Whole-file reads and writes with errors that name the file.
 enum TextFile {
-  struct WriteError: Error, CustomStringConvertible {
-    let description: String
+  static func read(_ path: String, limit: Int = 256 << 20) throws(FileError) -> [UInt8] {
+    let descriptor = open(path, O_RDONLY | O_CLOEXEC)
+    guard descriptor >= 0 else {
+      throw FileError("cannot read \(path): \(String(cString: strerror(errno)))")
+    }
+    defer { close(descriptor) }
+    var contents: [UInt8] = []
+    var chunk = [UInt8](repeating: 0, count: 65536)
+    while true {
+      let count = Glibc.read(descriptor, &chunk, chunk.count)
+      if count < 0 && errno == EINTR { continue }
+      guard count >= 0 else {
+        throw FileError("cannot read \(path): \(String(cString: strerror(errno)))")
+      }
+      if count == 0 { return contents }
+      contents += chunk[0..<count]
+      guard contents.count <= limit else {
+        throw FileError("\(path) is larger than \(limit) bytes; is it the right file?")
+      }
+    }
   }
 
-  static func write(_ text: String, to path: String, mode: mode_t = 0o644) throws(WriteError) {
-    let partial = "\(path).\(getpid()).partial"
-    let fail = { (step: String) in
-      WriteError(description: "cannot \(step) \(path): \(String(cString: strerror(errno)))")
+  /// Writes `bytes` to a temporary file and renames it over `path`, so a reader never sees a
+  /// half-written file (rename is atomic on POSIX; the fsync first makes the new contents
+  /// survive a crash that follows the rename).
+  static func write(_ path: String, _ bytes: [UInt8], mode: mode_t = 0o644) throws(FileError) {
+    let temporary = "\(path).\(getpid()).partial"
+    let descriptor = open(temporary, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode)
+    guard descriptor >= 0 else {
+      throw FileError("cannot write \(path): \(String(cString: strerror(errno)))")
     }
-    let fd = open(partial, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode)
-    guard fd >= 0 else { throw fail("write") }
-    let bytes = Array(text.utf8)
     var written = 0
     while written < bytes.count {
-      let count = bytes[written...].withUnsafeBytes { Glibc.write(fd, $0.baseAddress, $0.count) }
+      let count = bytes[written...].withUnsafeBytes {
+        Glibc.write(descriptor, $0.baseAddress, $0.count)
+      }
       if count < 0 && errno == EINTR { continue }
       guard count > 0 else {
-        let error = fail("write")
-        close(fd)
-        unlink(partial)
-        throw error
+        let reason = String(cString: strerror(errno))
+        close(descriptor)
+        unlink(temporary)
+        throw FileError("cannot write \(path): \(reason)")
       }
       written += count
     }
-    guard fsync(fd) == 0, close(fd) == 0, rename(partial, path) == 0 else {
-      let error = fail("save")
-      unlink(partial)
-      throw error
+    guard fsync(descriptor) == 0, close(descriptor) == 0, rename(temporary, path) == 0 else {
+      let reason = String(cString: strerror(errno))
+      unlink(temporary)
+      throw FileError("cannot write \(path): \(reason)")
     }
   }
+
+  static func exists(_ path: String) -> Bool { access(path, F_OK) == 0 }
+
+  static func isDirectory(_ path: String) -> Bool {
+    var status = stat()
+    return stat(path, &status) == 0 && (status.st_mode & S_IFMT) == S_IFDIR
+  }
+}
+
+/// A file that could not be read or written, named in the message.
+struct FileError: Error, CustomStringConvertible {
+  let description: String
+  init(_ description: String) { self.description = description }
 }

@@ -40,7 +40,7 @@ struct DeviceBenchmarkTests {
     var template = Array("/tmp/kaitian-fake-python-XXXXXX".utf8CString)
     let directory = String(cString: mkdtemp(&template))
     let path = "\(directory)/python"
-    try TextFile.write("#!/bin/sh\n\(body)\n", to: path, mode: 0o755)
+    try TextFile.write(path, Array("#!/bin/sh\n\(body)\n".utf8), mode: 0o755)
     return path
   }
 

@@ -5,7 +5,7 @@ import Testing
 /// deliberate one. KAITIAN_UPDATE_SNAPSHOTS=1 rewrites the snapshots instead of comparing.
 @Suite struct HelpSnapshotTests {
   static let commands: [[String]] = [
-    [], ["bench"], ["run"], ["devices"], ["store"], ["store", "serve"],
+    [], ["bench"], ["run"], ["devices"], ["monitor"], ["store"], ["store", "serve"],
   ]
 
   @Test(arguments: commands)

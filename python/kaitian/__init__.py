@@ -25,6 +25,7 @@ from .planner import Rebalancer, gather_speeds, measure_plan, measure_speed, pla
 from .process_group import BACKEND_NAME, ProcessGroupKaitian, create_process_group
 from .rebalance import OnlineBalancer, PlanChange
 from .sampler import AdaptiveBatchSampler, AdaptiveSampler, loader_batch_size
+from .telemetry import JobTelemetry, job_telemetry
 from .topology import Group, Topology, intra_backends, local_device_kind
 from .weighting import GradientWeighting, install_weighting, weighted_allreduce_hook
 
@@ -33,6 +34,7 @@ __all__ = [
     "AdaptiveBatchSampler",
     "AdaptiveSampler",
     "GradientWeighting",
+    "JobTelemetry",
     "OnlineBalancer",
     "PlanChange",
     "Rebalancer",
@@ -50,6 +52,7 @@ __all__ = [
     "gather_speeds",
     "install_weighting",
     "intra_backends",
+    "job_telemetry",
     "loader_batch_size",
     "local_device_kind",
     "measure_plan",

@@ -5,8 +5,9 @@ all ranks allgather (compute seconds, samples) of the window and feed them, in r
 identical ktRebalancers. The rebalancer is deterministic, so every rank gets the same proposal;
 rank 0's is broadcast and compared anyway, so a divergence fails loudly instead of hanging a
 later collective. A changed plan is scheduled in the AdaptiveSampler at the same iteration on
-every rank, logged, kept in `history`, and written as JSON to the job's torch store for the
-monitor (`<store_key>/history`, `<store_key>/current`).
+every rank, logged, kept in `history`, and written as JSON to the job's torch store
+(`<store_key>/history`, `<store_key>/current`). Under `kaitian run`, every step's timing and
+rank 0's plan changes also go to the job's Kaitian store for `kaitian monitor` (JobTelemetry).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from torch.nn.parallel import DistributedDataParallel
 from ._native import KaitianMismatchError
 from .planner import Rebalancer, gather_floats
 from .sampler import AdaptiveSampler
+from .telemetry import JobTelemetry, job_telemetry
 from .weighting import install_weighting
 
 log = logging.getLogger("kaitian")
@@ -55,6 +57,8 @@ class OnlineBalancer:
     batches the DataLoader prepares ahead (0 with num_workers=0; num_workers * prefetch_factor
     otherwise): a new plan starts that many iterations after the decision so no prepared batch
     is of the old size. `max_batch` is this rank's own limit (device memory), None for none.
+    `telemetry` receives each step's timing and rank 0's plan changes: True (the default) uses
+    `job_telemetry()` (None outside `kaitian run`), False turns it off, or pass a JobTelemetry.
     """
 
     def __init__(
@@ -69,6 +73,7 @@ class OnlineBalancer:
         lookahead: int = 0,
         store_key: str = STORE_KEY,
         rebalancer: Rebalancer | None = None,
+        telemetry: JobTelemetry | None | bool = True,
     ) -> None:
         if interval < 1:
             raise ValueError("kaitian: the re-balancing interval must be at least 1 step")
@@ -76,6 +81,7 @@ class OnlineBalancer:
         self.interval = interval
         self.lookahead = lookahead
         self.store_key = store_key
+        self.telemetry = job_telemetry() if telemetry is True else telemetry or None
         self.group = model.process_group
         self.weighting = install_weighting(model, sampler)
         plan = sampler.batch_sizes
@@ -106,9 +112,17 @@ class OnlineBalancer:
         ended = self.weighting.compute_end
         if ended < started:  # no gradient synchronised in this block (e.g. no backward)
             ended = time.perf_counter()
+        batch = self.weighting.last_batch[0]
         self._seconds += ended - started
-        self._samples += self.weighting.last_batch[0]
+        self._samples += batch
         self.steps += 1
+        if self.telemetry is not None:
+            self.telemetry.record_step(
+                batch=batch,
+                step_seconds=time.perf_counter() - started,
+                compute_seconds=ended - started,
+                epoch=self.sampler.epoch,
+            )
         if self.steps % self.interval == 0:
             self.rebalance()
 
@@ -148,6 +162,8 @@ class OnlineBalancer:
             ", ".join(f"{s:.3g}" for s in change.seconds_per_sample),
         )
         self._publish()
+        if self.telemetry is not None and dist.get_rank(self.group) == 0:
+            self.telemetry.record_plan_change(**asdict(change))
         return change
 
     def _check_agreement(self, proposal: Sequence[int]) -> None:
@@ -172,5 +188,7 @@ class OnlineBalancer:
         store.set(f"{self.store_key}/history", json.dumps([asdict(c) for c in self.history]))
 
     def close(self) -> None:
-        """Frees the native rebalancer."""
+        """Frees the native rebalancer and publishes the telemetry's last steps."""
         self.rebalancer.close()
+        if self.telemetry is not None:
+            self.telemetry.flush()
