@@ -286,6 +286,9 @@ def main() -> None:
     loader = DataLoader(data.train, batch_sampler=sampler.batch_sampler())
     balancer = kaitian.OnlineBalancer(model, sampler, interval=args.interval) if args.adaptive == "online" else None
     weighting = balancer.weighting if balancer else kaitian.install_weighting(model, sampler)
+    # Under `kaitian run`, `kaitian monitor` shows each rank's steps; OnlineBalancer reports its
+    # own, so the script reports them only without it.
+    telemetry = kaitian.job_telemetry() if balancer is None else None
     trace: list[dict[str, float]] = []  # per step: time, batch, compute and step seconds
 
     earlier = resumed.samples if resumed else 0  # samples all ranks trained before the checkpoint
@@ -319,6 +322,13 @@ def main() -> None:
                     "step": now - step_started,
                 }
             )
+            if telemetry is not None:
+                telemetry.record_step(
+                    batch=len(labels),
+                    step_seconds=now - step_started,
+                    compute_seconds=compute_end - step_started,
+                    epoch=epoch,
+                )
         samples_so_far = torch.tensor([float(trained)], dtype=torch.float64)
         dist.all_reduce(samples_so_far)
         say(f"epoch {epoch + 1}/{args.epochs}: loss {loss.item():.4f}, plan {sampler.batch_sizes}", flush=True)

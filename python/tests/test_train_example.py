@@ -81,6 +81,14 @@ def checkpoint_epoch(path: Path) -> int:
 def test_resume_after_a_killed_rank_equals_an_uninterrupted_run(tmp_path: Path) -> None:
     run_to_end(train_command(tmp_path, "whole"))
     whole = json.loads((tmp_path / "whole.json").read_text())
+    # The script reports its steps to the job's store: the monitor shows both ranks afterwards.
+    shown = subprocess.run(
+        [str(launcher()), "monitor", str(tmp_path / "logs-whole"), "--once", "--json"], capture_output=True, text=True
+    )
+    assert shown.returncode == 0, shown.stderr
+    view = json.loads(shown.stdout)
+    assert view["job"]["state"] == "succeeded"
+    assert [r["rank"] for r in view["ranks"]] == [0, 1] and all(r["step"] > 0 for r in view["ranks"])
 
     checkpoints = tmp_path / "checkpoints"
     job = subprocess.Popen(
