@@ -5,7 +5,7 @@ Workers are made unequal by cgroup CPU quotas through `kaitian run` (needs root)
   three workers: A = 1.0 CPU on core 0, B = 0.5 and C = 0.25 CPU sharing core 1
 In one job per configuration, the same CNN trains on the same number of samples (global batch
 fixed) with (a) an equal split, (b) static shares measured before training, (c) online
-re-balancing starting from the equal split, and (d) worker A alone; every worker's solo
+re-balancing starting from the measured shares (as examples/train.py does), and (d) worker A alone; every worker's solo
 throughput is measured in the same job, and the ideal is their sum. Then (e) runs online
 re-balancing while B's quota is changed mid-run (B writes its own cgroup's quota file) and
 prints the throughput per window, to show the plan following the change.
@@ -77,8 +77,15 @@ def quota_file(proc_self_cgroup: str, root: str = "/sys/fs/cgroup") -> tuple[Pat
     return v2, "v2"
 
 
-def quota_text(cpus: float, kind: str, period_us: int = 100_000) -> str:
-    """What to write to the quota file for `cpus` CPUs."""
+def quota_period(path: Path, kind: str) -> int:
+    """The period (microseconds) the quota in `path` is a share of, as `kaitian run` set it."""
+    if kind == "v1":
+        return int((path.parent / "cpu.cfs_period_us").read_text())
+    return int(path.read_text().split()[1])
+
+
+def quota_text(cpus: float, kind: str, period_us: int) -> str:
+    """What to write to the quota file for `cpus` CPUs of a `period_us` period."""
     quota = int(cpus * period_us)
     return str(quota) if kind == "v1" else f"{quota} {period_us}"
 
@@ -150,8 +157,8 @@ def worker(args: argparse.Namespace) -> None:
     import torch
     import torch.distributed as dist
     import torch.nn.functional as F
+    from kaitian.device_bench import benchmark_model
     from kaitian.planner import gather_floats
-    from torch import nn
     from torch.nn.parallel import DistributedDataParallel
     from torch.utils.data import DataLoader, TensorDataset
 
@@ -160,21 +167,8 @@ def worker(args: argparse.Namespace) -> None:
     rank, world = dist.get_rank(), dist.get_world_size()
     batch = args.batch
 
-    def build() -> nn.Module:
-        torch.manual_seed(0)
-        return nn.Sequential(
-            nn.Conv2d(3, 32, 3, padding=1),
-            nn.ReLU(),
-            nn.MaxPool2d(2),
-            nn.Conv2d(32, 64, 3, padding=1),
-            nn.ReLU(),
-            nn.MaxPool2d(2),
-            nn.Conv2d(64, 64, 3, padding=1),
-            nn.ReLU(),
-            nn.AdaptiveAvgPool2d(1),
-            nn.Flatten(),
-            nn.Linear(64, 10),
-        )
+    # The same CNN `kaitian devices --bench` times, seeded the same way on every rank.
+    build = benchmark_model
 
     generator = torch.Generator().manual_seed(0)
     images = torch.randn(args.samples, 3, 32, 32, generator=generator)
@@ -190,6 +184,10 @@ def worker(args: argparse.Namespace) -> None:
         model = build()
         optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
         x, y = images[:batch], labels[:batch]
+        for _ in range(3):  # warm-up: the first steps pay for allocation and kernel selection
+            optimizer.zero_grad()
+            F.cross_entropy(model(x), y).backward()
+            optimizer.step()
         done, started = 0, time.perf_counter()
         while time.perf_counter() - started < seconds:
             optimizer.zero_grad()
@@ -216,7 +214,7 @@ def worker(args: argparse.Namespace) -> None:
         for step, (x, y) in enumerate(loader):
             if change_at is not None and step == change_at and rank == 1:
                 path, kind = quota_file(Path("/proc/self/cgroup").read_text())
-                path.write_text(quota_text(args.changed_quota, kind))
+                path.write_text(quota_text(args.changed_quota, kind, quota_period(path, kind)))
             plans.append(sampler.batch_sizes_at(step))
             optimizer.zero_grad()
             if balancer is None:
@@ -252,7 +250,7 @@ def worker(args: argparse.Namespace) -> None:
     measured, speeds = kaitian.measure_plan(build(), sample, F.cross_entropy, batch, min_seconds=args.measure_seconds)
     modes["static"] = train(measured, online=False)
     modes["static"]["measured_seconds_per_sample"] = speeds
-    modes["online"] = train(equal, online=True)
+    modes["online"] = train(measured, online=True)
     steps = len(modes["online"]["windows"]) * args.interval
     change = train(modes["online"]["plan"], online=True, change_at=steps // 2)
     solos_after = gather(solo(args.solo_seconds))
@@ -308,10 +306,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, help="also save the markdown report to this file")
     parser.add_argument("--configs", default="2,3", help="which configurations: 2 workers, 3 workers")
     parser.add_argument("--samples", type=int, help="samples per run (default 3840, quick 768)")
-    parser.add_argument("--batch", type=int, default=64, help="global batch")
+    parser.add_argument("--batch", type=int, default=128, help="global batch")
     parser.add_argument("--interval", type=int, default=5, help="re-balancing interval in steps")
     parser.add_argument("--solo-seconds", type=float, help="each worker's solo run (default 6, quick 2)")
-    parser.add_argument("--measure-seconds", type=float, default=1.0, help="measure_speed's minimum window")
+    parser.add_argument("--measure-seconds", type=float, default=2.0, help="measure_speed's minimum window")
     parser.add_argument("--timeout", type=float, default=1800.0, help="seconds per job")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--config-name", default="", help=argparse.SUPPRESS)

@@ -3,30 +3,44 @@
 A normal torch.distributed + DistributedDataParallel script. Launch it with `kaitian run`
 (or torchrun): it reads RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT from the environment.
 
+Load adaptation (--adaptive, works on any backend):
+  off      every rank gets the same batch (DistributedSampler's behaviour)
+  static   each rank's speed is measured on its own device before training, and the global
+           batch is split in proportion (kaitian.measure_plan + AdaptiveSampler)
+  online   static, then re-measured while training: kaitian.OnlineBalancer re-plans every
+           --interval steps; gradients are weighted so the math equals full-batch training
+
+Checkpoints (--checkpoint-dir): rank 0 saves model, optimizer, plan and epoch after every epoch
+atomically (a temporary file, fsync, rename); --resume continues from the last one. Every rank
+reseeds at each epoch start, so a resumed run computes what an uninterrupted one does.
+
 Data:
   digits        scikit-learn's 8x8 handwritten digits (real data shipped inside scikit-learn)
   cifar10:DIR   CIFAR-10 from the standard python archive files in DIR (cifar-10-batches-py)
   synthetic     generated CIFAR-shaped data (3x32x32, 10 classes), said so in the output
 
-Models: mlp (digits), mobilenet_v2 and resnet18 (torchvision, 10 classes, 32x32 inputs).
+Models: cnn (a small CNN for digits), mobilenet_v2 and resnet18 (torchvision, 10 classes, 32x32 inputs).
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
+import os
 import pickle
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import kaitian  # noqa: F401  (registers the "kaitian" backend)
+import kaitian  # registers the "kaitian" backend
 import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
+from torch.utils.data import DataLoader, TensorDataset
 
 
 @dataclass
@@ -94,19 +108,23 @@ def synthetic_cifar(samples: int) -> Dataset:
 
 
 class DigitsNet(nn.Module):
+    """A small CNN for 8x8 digits: heavy enough (about 1.3 M multiply-adds per sample forward)
+    that compute, not Python overhead, sets a CPU worker's speed, so unequal workers show."""
+
     def __init__(self) -> None:
         super().__init__()
-        self.conv = nn.Conv2d(1, 16, 3, padding=1)
-        self.hidden = nn.Linear(16 * 4 * 4, 64)
-        self.out = nn.Linear(64, 10)
+        self.conv1 = nn.Conv2d(1, 32, 3, padding=1)
+        self.conv2 = nn.Conv2d(32, 64, 3, padding=1)
+        self.hidden = nn.Linear(64 * 4 * 4, 128)
+        self.out = nn.Linear(128, 10)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.max_pool2d(F.relu(self.conv(x)), 2)
+        x = F.max_pool2d(F.relu(self.conv2(F.relu(self.conv1(x)))), 2)
         return self.out(F.relu(self.hidden(x.flatten(1))))
 
 
 def build_model(name: str) -> nn.Module:
-    if name == "mlp":
+    if name == "cnn":
         return DigitsNet()
     import torchvision
 
@@ -114,7 +132,7 @@ def build_model(name: str) -> nn.Module:
         return torchvision.models.mobilenet_v2(num_classes=10)
     if name == "resnet18":
         return torchvision.models.resnet18(num_classes=10)
-    raise SystemExit(f"unknown --model {name}; use mlp, mobilenet_v2 or resnet18")
+    raise SystemExit(f"unknown --model {name}; use cnn, mobilenet_v2 or resnet18")
 
 
 def load_data(spec: str, synthetic_samples: int) -> Dataset:
@@ -137,64 +155,234 @@ def evaluate(model: nn.Module, data: TensorDataset) -> float:
     return correct / len(data)
 
 
+@dataclass
+class Checkpoint:
+    """What a resumed run needs: the completed epoch, the weights, the optimizer, the plan."""
+
+    epoch: int  # epochs completed
+    model: dict
+    optimizer: dict
+    plan: list[int]
+    samples: int  # samples this job trained before the checkpoint, all ranks
+
+    FILE = "checkpoint.pt"
+
+    def save(self, directory: Path) -> Path:
+        """Writes atomically: a crash leaves the previous checkpoint or this one, never a torn file."""
+        directory.mkdir(parents=True, exist_ok=True)
+        final = directory / self.FILE
+        partial = directory / f".{self.FILE}.{os.getpid()}.partial"
+        with open(partial, "wb") as handle:
+            torch.save(
+                {
+                    "epoch": self.epoch,
+                    "model": self.model,
+                    "optimizer": self.optimizer,
+                    "plan": self.plan,
+                    "samples": self.samples,
+                },
+                handle,
+            )
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(partial, final)
+        descriptor = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(descriptor)
+        finally:
+            os.close(descriptor)
+        return final
+
+    @classmethod
+    def load(cls, directory: Path) -> Checkpoint | None:
+        path = directory / cls.FILE
+        if not path.is_file():
+            return None
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        return cls(state["epoch"], state["model"], state["optimizer"], list(state["plan"]), int(state["samples"]))
+
+
+def parameter_digest(model: nn.Module) -> str:
+    """SHA-256 of every parameter and buffer in order: equal digests mean bitwise-equal models."""
+    digest = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def initial_plan(
+    args: argparse.Namespace, model: nn.Module, data: Dataset, world: int
+) -> tuple[list[int], list[float]]:
+    """The first plan: an equal split, or measured on every rank's own device (collective)."""
+    if args.adaptive == "off":
+        return [args.batch_size] * world, []
+    global_batch = args.global_batch or args.batch_size * world
+    images, labels = data.train.tensors
+    share = max(1, global_batch // world)
+    return kaitian.measure_plan(
+        model, (images[:share], labels[:share]), F.cross_entropy, global_batch, min_seconds=args.measure_seconds
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--backend", default="kaitian", help="kaitian (or gloo, nccl: the one-word switch)")
     parser.add_argument("--data", default="digits")
-    parser.add_argument("--model", default="mlp")
+    parser.add_argument("--model", default="cnn")
     parser.add_argument("--epochs", type=int, default=5)
-    parser.add_argument("--batch-size", type=int, default=32, help="per-rank batch size")
+    parser.add_argument("--batch-size", type=int, default=32, help="per-rank batch with --adaptive off")
+    parser.add_argument(
+        "--global-batch", type=int, default=0, help="adaptive: the global batch (default batch-size x ranks)"
+    )
+    parser.add_argument("--adaptive", choices=["off", "static", "online"], default="online")
+    parser.add_argument("--interval", type=int, default=10, help="online: steps between re-plans")
+    parser.add_argument("--measure-seconds", type=float, default=1.0, help="adaptive: each rank's timed warm-up")
     parser.add_argument("--lr", type=float, default=0.05)
     parser.add_argument("--synthetic-samples", type=int, default=2048)
+    parser.add_argument("--checkpoint-dir", type=Path, help="save a checkpoint here after every epoch")
+    parser.add_argument(
+        "--resume", action="store_true", help="continue from --checkpoint-dir's checkpoint if there is one"
+    )
+    parser.add_argument("--result-json", type=Path, help="rank 0 writes the summary here as JSON")
+    parser.add_argument("--trace-dir", type=Path, help="every rank writes its per-step times to rank-R.json here")
     args = parser.parse_args()
+    if args.resume and args.checkpoint_dir is None:
+        parser.error("--resume needs --checkpoint-dir")
 
     torch.set_num_threads(1)
     torch.manual_seed(0)
     dist.init_process_group(args.backend)
     rank, world = dist.get_rank(), dist.get_world_size()
     data = load_data(args.data, args.synthetic_samples)
-    if rank == 0:
-        print(f"data: {data.description}", flush=True)
-        print(
-            f"backend {args.backend}, {world} ranks, model {args.model}, per-rank batch {args.batch_size}", flush=True
+    say = print if rank == 0 else (lambda *_, **__: None)
+    say(f"data: {data.description}", flush=True)
+
+    network = build_model(args.model)
+    optimizer = torch.optim.SGD(network.parameters(), lr=args.lr, momentum=0.9)
+    resumed = Checkpoint.load(args.checkpoint_dir) if args.resume else None
+    if resumed is not None:
+        network.load_state_dict(resumed.model)
+        optimizer.load_state_dict(resumed.optimizer)
+        plan, speeds = resumed.plan, []
+        say(
+            f"resumed from {args.checkpoint_dir / Checkpoint.FILE}: {resumed.epoch} epochs done, plan {plan}",
+            flush=True,
+        )
+    else:
+        if args.resume:
+            say(f"no checkpoint in {args.checkpoint_dir} yet: starting from scratch", flush=True)
+        plan, speeds = initial_plan(args, network, data, world)
+    first_epoch = resumed.epoch if resumed else 0
+    say(f"backend {args.backend}, {world} ranks, model {args.model}, adaptive {args.adaptive}, plan {plan}", flush=True)
+    if speeds:
+        say(
+            "measured seconds per sample: " + ", ".join(f"rank {r} {s * 1e3:.3f} ms" for r, s in enumerate(speeds)),
+            flush=True,
         )
 
-    model = DistributedDataParallel(build_model(args.model))
-    optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9)
-    sampler = DistributedSampler(data.train, num_replicas=world, rank=rank, shuffle=True, seed=0)
-    loader = DataLoader(data.train, batch_size=args.batch_size, sampler=sampler, drop_last=True)
+    model = DistributedDataParallel(network)
+    sampler = kaitian.AdaptiveSampler(data.train, world, rank, shuffle=True, seed=0, batch_sizes=plan)
+    loader = DataLoader(data.train, batch_sampler=sampler.batch_sampler())
+    balancer = kaitian.OnlineBalancer(model, sampler, interval=args.interval) if args.adaptive == "online" else None
+    weighting = balancer.weighting if balancer else kaitian.install_weighting(model, sampler)
+    trace: list[dict[str, float]] = []  # per step: time, batch, compute and step seconds
 
-    samples = 0
+    earlier = resumed.samples if resumed else 0  # samples all ranks trained before the checkpoint
+    trained = 0  # samples this rank trained in this process, for its throughput
     started = time.perf_counter()
     loss = torch.tensor(0.0)
-    for epoch in range(args.epochs):
+    for epoch in range(first_epoch, args.epochs):
         sampler.set_epoch(epoch)
+        torch.manual_seed(1000 * epoch + rank)  # the same random stream whether resumed or not
         for images, labels in loader:
+            step_started = time.perf_counter()
             optimizer.zero_grad()
-            loss = F.cross_entropy(model(images), labels)
-            loss.backward()
+            if balancer is None:
+                loss = F.cross_entropy(model(images), labels)
+                loss.backward()
+            else:
+                with balancer.step():
+                    loss = F.cross_entropy(model(images), labels)
+                    loss.backward()
             optimizer.step()
-            samples += len(labels)
-        if rank == 0:
-            print(f"epoch {epoch + 1}/{args.epochs}: loss {loss.item():.4f}", flush=True)
+            trained += len(labels)
+            now = time.perf_counter()
+            # Compute ends when the last gradient is ready (the weighting hook notes it); the rest
+            # of the step is waiting for the other ranks and the allreduce.
+            compute_end = weighting.compute_end if weighting.compute_end >= step_started else now
+            trace.append(
+                {
+                    "time": now - started,
+                    "batch": len(labels),
+                    "compute": compute_end - step_started,
+                    "step": now - step_started,
+                }
+            )
+        samples_so_far = torch.tensor([float(trained)], dtype=torch.float64)
+        dist.all_reduce(samples_so_far)
+        say(f"epoch {epoch + 1}/{args.epochs}: loss {loss.item():.4f}, plan {sampler.batch_sizes}", flush=True)
+        if args.checkpoint_dir is not None and rank == 0:
+            Checkpoint(
+                epoch + 1,
+                network.state_dict(),
+                optimizer.state_dict(),
+                sampler.batch_sizes,
+                earlier + int(samples_so_far.item()),
+            ).save(args.checkpoint_dir)
     elapsed = time.perf_counter() - started
 
-    stats = torch.tensor([samples, elapsed, loss.item()], dtype=torch.float64)
+    stats = torch.tensor([trained, elapsed, loss.item()], dtype=torch.float64)
     gathered = [torch.zeros_like(stats) for _ in range(world)]
     dist.all_gather(gathered, stats)
-    accuracy = evaluate(model.module, data.test) if rank == 0 else 0.0
+    accuracy = evaluate(network, data.test) if rank == 0 else 0.0
+    digest = parameter_digest(network)
     if rank == 0:
         total = sum(float(row[0]) for row in gathered)
         wall = max(float(row[1]) for row in gathered)
+        final = sampler.batch_sizes
         print("summary:", flush=True)
         for peer, row in enumerate(gathered):
-            print(f"  rank {peer}: {int(row[0])} samples, {float(row[0] / row[1]):.1f} samples/s", flush=True)
-        print(f"  total: {int(total)} samples in {wall:.1f} s = {total / wall:.1f} samples/s", flush=True)
+            rate = float(row[0] / row[1]) if row[1] > 0 else 0.0
+            print(
+                f"  rank {peer}: {int(row[0])} samples, {rate:.1f} samples/s, final share {final[peer]}/{sum(final)}",
+                flush=True,
+            )
+        print(f"  total: {int(total)} samples in {wall:.1f} s = {total / max(wall, 1e-9):.1f} samples/s", flush=True)
+        if balancer is not None:
+            print(f"  plan changes: {len(balancer.history)}", flush=True)
+            for change in balancer.history:
+                print(
+                    f"    epoch {change.epoch + 1} iteration {change.iteration}: {change.old} -> {change.new}",
+                    flush=True,
+                )
         print(
             f"  final loss {loss.item():.4f}, test accuracy {accuracy:.3f} "
             f"({'real' if data.real else 'generated'} data)",
             flush=True,
         )
+        print(f"  final parameters sha256 {digest}", flush=True)
+        if args.result_json is not None:
+            result = {
+                "world_size": world,
+                "adaptive": args.adaptive,
+                "samples_per_rank": [int(row[0]) for row in gathered],
+                "seconds": wall,
+                "samples_per_second": total / max(wall, 1e-9),
+                "final_plan": final,
+                "plan_changes": [asdict(c) for c in balancer.history] if balancer else [],
+                "loss": loss.item(),
+                "accuracy": accuracy,
+                "real_data": data.real,
+                "parameters_sha256": digest,
+            }
+            args.result_json.write_text(json.dumps(result, indent=1) + "\n")
+    if args.trace_dir is not None:
+        args.trace_dir.mkdir(parents=True, exist_ok=True)
+        record = {"rank": rank, "kind": kaitian.local_device_kind(), "steps": trace}
+        (args.trace_dir / f"rank-{rank}.json").write_text(json.dumps(record) + "\n")
+    if balancer is not None:
+        balancer.close()
     dist.destroy_process_group()
 
 

@@ -211,14 +211,20 @@ ktResult_t ktPlanBatches(int nranks, const double *secondsPerSample, const int64
 
 /* Online re-balancing: feed per-step compute times, ask for a new plan when due. The
  * rebalancer smooths each rank's seconds per sample (exponential moving average with factor
- * `smoothing` in (0, 1]) and proposes a change only when some rank's batch would move by more
- * than `hysteresis` (a fraction of its current batch, e.g. 0.1) so plans do not oscillate. It
+ * `smoothing` in (0, 1]) and proposes a change only when it would shorten the predicted step
+ * (the slowest rank's batch times its seconds per sample) by more than `hysteresis` (a
+ * fraction in [0, 1), e.g. 0.05), so plans do not wander with measurement noise. It
  * is a pure function of the observations fed to it, so ranks that feed the same numbers (e.g.
  * after an allgather) agree on every proposal without further communication. */
 typedef struct ktRebalancer *ktRebalancer_t;
 ktResult_t ktRebalancerCreate(ktRebalancer_t *rebalancer, int nranks, int64_t batch,
                               ktPlanMode_t mode, const int64_t *maxBatch, double smoothing,
                               double hysteresis);
+/* Makes `batches` (nranks entries) the current plan, as if proposed: the plan training starts
+ * with (measured beforehand, or from a checkpoint), so later proposals are weighed against it.
+ * ktInvalidArgument unless every batch is in [1, maxBatch] and, in ktPlanFixedGlobal, they sum
+ * to the global batch. */
+ktResult_t ktRebalancerAdopt(ktRebalancer_t rebalancer, const int64_t *batches);
 /* Rank `rank` spent computeSeconds on `samples` samples in its last step(s). */
 ktResult_t ktRebalancerObserve(ktRebalancer_t rebalancer, int rank, double computeSeconds,
                                int64_t samples);

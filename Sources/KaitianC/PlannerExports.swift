@@ -89,6 +89,20 @@ public func ktRebalancerObserve(
   }
 }
 
+@_cdecl("ktRebalancerAdopt")
+public func ktRebalancerAdopt(
+  _ rebalancer: ktRebalancer_t?, _ batches: UnsafePointer<Int64>?
+) -> ktResult_t {
+  entryPoint("ktRebalancerAdopt") { arguments throws(KaitianError) in
+    let handle = RebalancerHandle.from(try arguments.required(rebalancer, "rebalancer"))
+    let batches = try arguments.required(batches, "batches")
+    try handle.rebalancer.withLock { rebalancer throws(KaitianError) in
+      let plan = (0..<rebalancer.planner.ranks).map { Int(batches[$0]) }
+      try rebalancer.adopt(plan)
+    }
+  }
+}
+
 @_cdecl("ktRebalancerPropose")
 public func ktRebalancerPropose(
   _ rebalancer: ktRebalancer_t?, _ batches: UnsafeMutablePointer<Int64>?,

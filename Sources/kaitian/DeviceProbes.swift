@@ -184,6 +184,13 @@ enum DeviceProbe {
       ("npu-smi", "npu", ["info"], DeviceParsers.npuSMI),
     ]
 
+  /// This host's name, as the scores file records it.
+  static func hostName() -> String {
+    var buffer = [CChar](repeating: 0, count: 256)
+    guard gethostname(&buffer, buffer.count - 1) == 0 else { return "unknown" }
+    return String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+  }
+
   static func cpu() -> Device {
     DeviceParsers.cpu(
       cpuinfo: readFile("/proc/cpuinfo"), meminfo: readFile("/proc/meminfo"),

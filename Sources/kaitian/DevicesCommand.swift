@@ -12,6 +12,13 @@ struct DevicesCommand: ParsableCommand {
       vendors' tools, each run only when it is on PATH and killed after --timeout seconds: \
       nvidia-smi (cuda), cnmon (mlu), rocm-smi (rocm) and npu-smi (npu). A missing tool is \
       reported as not found, not as an error.
+
+      --bench times Kaitian's built-in workload (a small CNN on 3x32x32 images, forward and \
+      backward, batch 32) on every device listed, one at a time, with \
+      `PYTHON -m kaitian.device_bench` (PYTHON: --python, else KAITIAN_PYTHON, else ./.venv/bin/python, \
+      else python3), and prints samples/s and the score t_min / t_i (the fastest device scores \
+      1). The scores are kept in --scores-file for later jobs. A job's own shares still come from \
+      its own model (kaitian.measure_plan): devices rank differently on different models.
       """)
 
   @Flag(help: "Print one JSON document instead of the table.")
@@ -20,14 +27,60 @@ struct DevicesCommand: ParsableCommand {
   @Option(help: "Seconds each vendor tool may take before it is killed.")
   var timeout = 5.0
 
+  @Flag(help: "Time the built-in training workload on every device and keep the scores.")
+  var bench = false
+
+  @Option(help: "With --bench: the minimum timed window per device, in seconds.")
+  var benchSeconds = 2.0
+
+  @Option(help: "With --bench: the Python with torch and kaitian to run the workload.")
+  var python: String?
+
+  @Option(
+    help: "With --bench: where to keep the scores (default ~/.cache/kaitian/device-scores.json).")
+  var scoresFile: String?
+
   func validate() throws {
     guard timeout > 0 else { throw ValidationError("--timeout must be more than 0 seconds") }
+    guard benchSeconds > 0 else { throw ValidationError("--bench-seconds must be more than 0") }
+    guard bench || (python == nil && scoresFile == nil) else {
+      throw ValidationError("--python and --scores-file go with --bench")
+    }
   }
 
   func run() throws {
     let cpu = DeviceProbe.cpu()
     let probes = DeviceProbe.probeTools(timeoutSeconds: timeout)
-    print(json ? Self.json(cpu: cpu, probes: probes) : Self.table(cpu: cpu, probes: probes))
+    guard bench else {
+      print(json ? Self.json(cpu: cpu, probes: probes) : Self.table(cpu: cpu, probes: probes))
+      return
+    }
+    let devices = ["cpu"] + probes.flatMap(\.devices).map { "\($0.kind):\($0.index)" }
+    let benchmark = DeviceBenchmark(
+      python: python ?? DeviceBenchmark.defaultPython(), seconds: benchSeconds,
+      timeoutSeconds: benchSeconds * 10 + 120)
+    let results = benchmark.measure(devices) { line in
+      let bytes = Array("kaitian devices: \(line)\n".utf8)
+      _ = write(2, bytes, bytes.count)
+    }
+    let path = scoresFile ?? DeviceBenchmark.defaultScoresFile()
+    let document = DeviceBenchmark.document(
+      results, host: DeviceProbe.hostName(), measured: time(nil))
+    if results.contains(where: { $0.score != nil }) {
+      try Directory.create(String(path[..<(path.lastIndex(of: "/") ?? path.startIndex)]))
+      try TextFile.write(document.rendered + "\n", to: path)
+    }
+    if json {
+      print(document.rendered)
+    } else {
+      print(DeviceBenchmark.table(results))
+      print(
+        results.contains { $0.score != nil }
+          ? "scores saved in \(path)" : "nothing measured; no scores saved")
+    }
+    guard !results.contains(where: { $0.score == nil }) else {
+      throw ExitCode(1)
+    }
   }
 
   static func table(cpu: Device, probes: [ToolProbe]) -> String {

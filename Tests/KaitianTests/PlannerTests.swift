@@ -270,11 +270,43 @@ private struct Problem: CustomStringConvertible {
     }
   }
 
+  /// A small rank's batch may move by a large fraction of itself for a small gain: the plan
+  /// stays unless the predicted step (slowest rank's compute) shortens past the hysteresis.
+  @Test func hysteresisIsOnThePredictedStepTime() throws {
+    var rebalancer = try Self.rebalancer(batch: 128, smoothing: 1, hysteresis: 0.05)
+    try rebalancer.adopt([100, 28])
+    // Rank 1 measured 10% faster than the plan assumes (3.2 instead of 3.6 ms per sample):
+    // the exact plan gives it 2 samples more (+7% of its batch) for a 2% shorter step.
+    try rebalancer.observe(rank: 0, computeSeconds: 0.100, samples: 100)
+    try rebalancer.observe(rank: 1, computeSeconds: 0.090, samples: 28)
+    #expect(try rebalancer.propose() == ([100, 28], false))
+    // Rank 1 at half its speed: the step would shorten by far more than 5%.
+    try rebalancer.observe(rank: 1, computeSeconds: 0.200, samples: 28)
+    let (plan, changed) = try rebalancer.propose()
+    #expect(changed && plan[1] < 20 && plan.reduce(0, +) == 128, "\(plan)")
+  }
+
+  /// The plan a job starts with becomes the baseline; plans that break the planner's rules
+  /// are refused and change nothing.
+  @Test func adoptsAStartingPlan() throws {
+    var rebalancer = try Rebalancer(
+      planner: BatchPlanner(ranks: 2, batch: 100, maxBatch: [nil, 40]), smoothing: 0.5,
+      hysteresis: 0.05)
+    try rebalancer.adopt([70, 30])
+    #expect(rebalancer.current == [70, 30])
+    #expect(try rebalancer.propose() == ([70, 30], false), "no observation: nothing to gain")
+    for wrong in [[70, 31], [60, 41], [100, 0], [100]] {
+      #expect(throws: KaitianError.self, "\(wrong)") { try rebalancer.adopt(wrong) }
+    }
+    #expect(rebalancer.current == [70, 30])
+  }
+
   @Test func invalidArguments() throws {
     #expect(throws: KaitianError.self) { try Self.rebalancer(smoothing: 0) }
     #expect(throws: KaitianError.self) { try Self.rebalancer(smoothing: 1.5) }
     #expect(throws: KaitianError.self) { try Self.rebalancer(hysteresis: -0.1) }
     #expect(throws: KaitianError.self) { try Self.rebalancer(hysteresis: .nan) }
+    #expect(throws: KaitianError.self) { try Self.rebalancer(hysteresis: 1) }
     var rebalancer = try Self.rebalancer()
     #expect(throws: KaitianError.self) {
       try rebalancer.observe(rank: 2, computeSeconds: 1, samples: 1)

@@ -20,8 +20,15 @@ def test_quota_file_v1_and_v2() -> None:
     assert heterogeneity.quota_file(v1) == (Path("/sys/fs/cgroup/cpu/kaitian-ab12/rank-1/cpu.cfs_quota_us"), "v1")
     v2 = "0::/kaitian-ab12/rank-1\n"
     assert heterogeneity.quota_file(v2) == (Path("/sys/fs/cgroup/kaitian-ab12/rank-1/cpu.max"), "v2")
-    assert heterogeneity.quota_text(0.15, "v1") == "15000"
-    assert heterogeneity.quota_text(0.3, "v2") == "30000 100000"
+    assert heterogeneity.quota_text(0.15, "v1", 10_000) == "1500"
+    assert heterogeneity.quota_text(0.3, "v2", 100_000) == "30000 100000"
+
+
+def test_quota_period_read_from_the_cgroup(tmp_path: Path) -> None:
+    (tmp_path / "cpu.cfs_period_us").write_text("10000\n")
+    assert heterogeneity.quota_period(tmp_path / "cpu.cfs_quota_us", "v1") == 10_000
+    (tmp_path / "cpu.max").write_text("3000 10000\n")
+    assert heterogeneity.quota_period(tmp_path / "cpu.max", "v2") == 10_000
 
 
 def result(equal: float, static: float, online: float) -> dict:

@@ -64,6 +64,9 @@ def plan_batches(
 class Rebalancer:
     """A ktRebalancer: smoothed per-rank speeds in, a plan out, changed only past a hysteresis.
 
+    `hysteresis` is the fraction by which a new plan must shorten the predicted step time (the
+    slowest rank's batch times its smoothed seconds per sample), in [0, 1).
+
     It is a pure function of what it is fed, so ranks that feed it the same (allgathered)
     observations in the same order propose the same plans without talking to each other.
     """
@@ -75,7 +78,7 @@ class Rebalancer:
         mode: str = "fixed-global",
         max_batch: Sequence[int | None] | None = None,
         smoothing: float = 0.5,
-        hysteresis: float = 0.1,
+        hysteresis: float = 0.05,
     ) -> None:
         api = _native.planner_lib()
         handle = ctypes.c_void_p()
@@ -96,6 +99,13 @@ class Rebalancer:
     def observe(self, rank: int, compute_seconds: float, samples: int) -> None:
         """Rank `rank` spent `compute_seconds` (compute only) on `samples` samples."""
         _native.check(_native.planner_lib().ktRebalancerObserve(self._live(), rank, compute_seconds, samples))
+
+    def adopt(self, plan: Sequence[int]) -> None:
+        """Makes `plan` the current plan, as if proposed (the plan training starts with)."""
+        if len(plan) != self.nranks:
+            raise ValueError(f"kaitian: a plan of {len(plan)} batches for {self.nranks} ranks")
+        batches = (ctypes.c_int64 * self.nranks)(*[int(b) for b in plan])
+        _native.check(_native.planner_lib().ktRebalancerAdopt(self._live(), batches))
 
     def propose(self) -> tuple[list[int], bool]:
         """The current plan, and whether it differs from the previous proposal."""

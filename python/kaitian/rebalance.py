@@ -65,7 +65,7 @@ class OnlineBalancer:
         mode: str = "fixed-global",
         max_batch: int | None = None,
         smoothing: float = 0.5,
-        hysteresis: float = 0.1,
+        hysteresis: float = 0.05,
         lookahead: int = 0,
         store_key: str = STORE_KEY,
         rebalancer: Rebalancer | None = None,
@@ -84,9 +84,9 @@ class OnlineBalancer:
         self.rebalancer = rebalancer or Rebalancer(
             len(plan), batch, mode, [int(m) if m > 0 else None for m in limits], smoothing, hysteresis
         )
-        # The first proposal counts as a change whatever it is; making it now, before any
-        # observation (an even split), gives later proposals a baseline for the hysteresis.
-        self.rebalancer.propose()
+        # Later proposals are weighed against the plan the ranks really start with (measured
+        # before training, restored from a checkpoint, or even).
+        self.rebalancer.adopt(plan)
         self.history: list[PlanChange] = []
         self.steps = 0
         self._seconds = 0.0

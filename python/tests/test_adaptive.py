@@ -167,6 +167,19 @@ def test_rebalancer_hysteresis_and_closing() -> None:
         rebalancer.propose()
 
 
+@needs_planner
+def test_rebalancer_adopts_the_starting_plan() -> None:
+    with kaitian.Rebalancer(2, 128, smoothing=1.0, hysteresis=0.05) as rebalancer:
+        rebalancer.adopt([100, 28])
+        rebalancer.observe(0, 0.100, 100)
+        rebalancer.observe(1, 0.090, 28)  # 10% faster than the plan assumes: a 2% shorter step
+        assert rebalancer.propose() == ([100, 28], False)
+        with pytest.raises(kaitian.KaitianInvalidArgumentError, match="global batch 128"):
+            rebalancer.adopt([100, 29])
+        with pytest.raises(ValueError, match="3 batches for 2 ranks"):
+            rebalancer.adopt([100, 27, 1])
+
+
 def test_measure_speed_times_the_model_and_leaves_it_as_found() -> None:
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(16, 32), nn.BatchNorm1d(32), nn.ReLU(), nn.Linear(32, 4))

@@ -2,9 +2,11 @@
 ///
 /// Each rank's seconds per sample are smoothed by an exponential moving average, so one slow
 /// step (a page fault, a neighbour's burst) does not move the plan; a new plan is proposed only
-/// when some rank's batch would move by more than `hysteresis` of its current batch (and by at
-/// least one sample), so noise around a constant speed does not make the plan oscillate, which
-/// would cost a re-shard each time for nothing.
+/// when it would shorten the predicted step, the slowest rank's batch times its smoothed
+/// seconds per sample, by more than `hysteresis` (a fraction). Why the step time and not the
+/// batches: a rank with a small batch moves by a large fraction of it for a gain of a few
+/// percent, and re-planning on that makes the plan wander with the noise; what a plan is for
+/// is the step time, so that is what a change must improve.
 ///
 /// The rebalancer is a pure function of the calls made on it: ranks that feed it the same
 /// observations (for example after an allgather of every rank's times) and propose at the same
@@ -14,7 +16,7 @@ public struct Rebalancer: Sendable {
   public let planner: BatchPlanner
   /// The weight of a new observation in the moving average, in (0, 1]; 1 keeps only the last.
   public let smoothing: Double
-  /// The fraction of its current batch by which some rank's batch must move for a new plan.
+  /// The fraction by which a new plan must shorten the predicted step time, in [0, 1).
   public let hysteresis: Double
   /// Each rank's smoothed compute seconds per sample; nil until the rank is observed.
   public private(set) var secondsPerSample: [Double?]
@@ -29,10 +31,10 @@ public struct Rebalancer: Sendable {
         "smoothing is \(smoothing); it must be in (0, 1] (the weight of each new observation, "
           + "e.g. 0.3; 1 keeps only the latest)")
     }
-    guard hysteresis >= 0, hysteresis.isFinite else {
+    guard hysteresis >= 0, hysteresis < 1 else {
       throw .invalidArgument(
-        "hysteresis is \(hysteresis); it must be a finite fraction >= 0 of a rank's batch "
-          + "(e.g. 0.1; 0 re-plans on any change of a sample or more)")
+        "hysteresis is \(hysteresis); it must be a fraction in [0, 1) of the predicted step "
+          + "time (e.g. 0.05; 0 re-plans on any predicted gain)")
     }
     self.planner = planner
     self.smoothing = smoothing
@@ -68,29 +70,60 @@ public struct Rebalancer: Sendable {
   }
 
   /// The plan to use from now on, and whether it differs from the previous proposal. The first
-  /// proposal always counts as changed, since the caller has not received a plan before.
+  /// proposal always counts as changed, since the caller has not received a plan before; later
+  /// ones change the plan only once every rank has been observed.
   /// Fails, changing nothing, only when the smoothed times are too far apart to plan with.
   public mutating func propose() throws(KaitianError) -> (batches: [Int], changed: Bool) {
-    let candidate = try plan()
+    let speeds = estimatedSecondsPerSample()
+    let candidate = try planner.plan(secondsPerSample: speeds)
     guard let current else {
       self.current = candidate
       return (candidate, true)
     }
-    let moved = zip(candidate, current).contains { new, old in
-      let change = Double(abs(new - old))
-      return change >= 1 && change > hysteresis * Double(old)
-    }
-    guard moved else { return (current, false) }
+    // Without a figure for every rank the gain would be a guess: keep the plan.
+    guard !secondsPerSample.contains(nil) else { return (current, false) }
+    let gain = 1 - Self.stepSeconds(candidate, speeds) / Self.stepSeconds(current, speeds)
+    guard candidate != current, gain > hysteresis else { return (current, false) }
     self.current = candidate
     return (candidate, true)
   }
 
-  /// The plan from the smoothed times. A rank not yet observed is taken to run at the mean
-  /// speed of the observed ones, and all at the same speed (an even split) when none is.
-  private func plan() throws(KaitianError) -> [Int] {
+  /// Makes `plan` the current one, as if proposed: the plan a job starts with (measured
+  /// before training, or restored from a checkpoint), so that later proposals are weighed
+  /// against what the ranks really run. It must be a plan the planner could make: one batch
+  /// per rank, each at least 1 and within the rank's limit, summing to the global batch in
+  /// fixed-global mode.
+  public mutating func adopt(_ plan: [Int]) throws(KaitianError) {
+    guard plan.count == planner.ranks else {
+      throw .invalidArgument("a plan of \(plan.count) batches for \(planner.ranks) ranks")
+    }
+    for (rank, size) in plan.enumerated() {
+      guard size >= 1, size <= (planner.maxBatch[rank] ?? Int.max) else {
+        throw .invalidArgument(
+          "rank \(rank)'s batch \(size) is outside [1, \(planner.maxBatch[rank].map(String.init) ?? "no limit")]"
+        )
+      }
+    }
+    if planner.mode == .fixedGlobal {
+      guard plan.reduce(0, +) == planner.batch else {
+        throw .invalidArgument(
+          "the plan \(plan) sums to \(plan.reduce(0, +)), not to the global batch \(planner.batch)")
+      }
+    }
+    current = plan
+  }
+
+  /// The predicted step time of `plan`: its slowest rank's compute.
+  private static func stepSeconds(_ plan: [Int], _ secondsPerSample: [Double]) -> Double {
+    zip(plan, secondsPerSample).map { Double($0) * $1 }.max() ?? 0
+  }
+
+  /// The smoothed times. A rank not yet observed is taken to run at the mean speed of the
+  /// observed ones, and all at the same speed (an even split) when none is.
+  private func estimatedSecondsPerSample() -> [Double] {
     let observed = secondsPerSample.compactMap { $0 }
     // Summing the parts rather than dividing the sum cannot overflow.
     let assumed = observed.isEmpty ? 1 : observed.reduce(0) { $0 + $1 / Double(observed.count) }
-    return try planner.plan(secondsPerSample: secondsPerSample.map { $0 ?? assumed })
+    return secondsPerSample.map { $0 ?? assumed }
   }
 }

@@ -1,0 +1,143 @@
+import Glibc
+
+/// `kaitian devices --bench`: times the built-in workload (python -m kaitian.device_bench) on
+/// every device of this host, one device at a time, and turns the times into the paper's
+/// scores, score_i = t_min / t_i (the fastest device scores 1).
+///
+/// Why through Python: the scores should rank devices as training with torch will, on the
+/// vendor's own torch kernels; a Swift kernel would measure something no job runs.
+struct DeviceBenchmark {
+  /// One device's figure, or why there is none.
+  struct Measurement: Equatable {
+    var device: String
+    var secondsPerSample: Double?
+    var problem: String?
+    var score: Double?
+  }
+
+  var python: String
+  var seconds: Double
+  var timeoutSeconds: Double
+
+  /// Measures `devices` ("cpu", "cuda:0", ...) in order; `progress` gets a line per device.
+  func measure(_ devices: [String], progress: (String) -> Void) -> [Measurement] {
+    var results: [Measurement] = []
+    for (number, device) in devices.enumerated() {
+      progress(
+        "benchmarking \(device) (\(number + 1)/\(devices.count), about \(Int(seconds) + 3) s)")
+      let arguments = [
+        "-m", "kaitian.device_bench", "--device", device, "--seconds", "\(seconds)", "--json",
+      ]
+      switch ToolOutput.run(python, arguments: arguments, timeoutSeconds: timeoutSeconds) {
+      case .success(let text):
+        if let value = Self.number(named: "seconds_per_sample", in: text), value > 0 {
+          results.append(Measurement(device: device, secondsPerSample: value))
+        } else {
+          results.append(
+            Measurement(
+              device: device, problem: "unexpected output from \(python): \(text.prefix(200))"))
+        }
+      case .failure(let problem):
+        results.append(
+          Measurement(
+            device: device,
+            problem:
+              "\(problem.description); see `\(python) -m kaitian.device_bench --device \(device)`"))
+      }
+    }
+    return Self.scored(results)
+  }
+
+  /// Fills in score = t_min / t for every measured device.
+  static func scored(_ results: [Measurement]) -> [Measurement] {
+    guard let fastest = results.compactMap(\.secondsPerSample).min() else { return results }
+    return results.map { result in
+      var scored = result
+      scored.score = result.secondsPerSample.map { fastest / $0 }
+      return scored
+    }
+  }
+
+  /// The number after `"name":` in a flat JSON object, as kaitian.device_bench prints it.
+  static func number(named name: String, in text: String) -> Double? {
+    let key = Array("\"\(name)\":".utf8)
+    let bytes = Array(text.utf8)
+    guard bytes.count >= key.count,
+      let start = (0...(bytes.count - key.count)).first(where: {
+        bytes[$0..<($0 + key.count)].elementsEqual(key)
+      })
+    else { return nil }
+    let rest = bytes[(start + key.count)...].drop { $0 == UInt8(ascii: " ") }
+    let number = rest.prefix { Array("0123456789+-.eE".utf8).contains($0) }
+    return Double(String(decoding: number, as: UTF8.self))
+  }
+
+  /// The scores document kept for later jobs: {"host", "measured", "workload", "devices": [...]}.
+  static func document(_ results: [Measurement], host: String, measured: Int) -> JSON {
+    .object([
+      ("host", .string(host)), ("measured_unix", .number(Double(measured))),
+      ("workload", .string("kaitian.device_bench (small CNN, 3x32x32, batch 32)")),
+      ("devices", .array(results.map(json))),
+    ])
+  }
+
+  static func json(_ result: Measurement) -> JSON {
+    var members: [(String, JSON)] = [("device", .string(result.device))]
+    if let seconds = result.secondsPerSample {
+      members += [
+        ("seconds_per_sample", .number(seconds)), ("samples_per_second", .number(1 / seconds)),
+        ("score", result.score.map { .number($0) } ?? .null),
+      ]
+    } else {
+      members.append(("error", .string(result.problem ?? "not measured")))
+    }
+    return .object(members)
+  }
+
+  static func table(_ results: [Measurement]) -> String {
+    var rows = [["DEVICE", "SAMPLES/S", "MS/SAMPLE", "SCORE"]]
+    for result in results {
+      guard let seconds = result.secondsPerSample, let score = result.score else {
+        rows.append([result.device, "-", "-", "failed: \(result.problem ?? "not measured")"])
+        continue
+      }
+      rows.append([
+        result.device, fixed(1 / seconds, digits: 1), fixed(1e3 * seconds, digits: 3),
+        fixed(score, digits: 3),
+      ])
+    }
+    let widths = rows[0].indices.map { column in rows.map { $0[column].count }.max() ?? 0 }
+    return rows.map { row in
+      zip(row, widths).map { $0.padding(to: $1) }.joined(separator: "  ").trimmingSpaces()
+    }.joined(separator: "\n")
+  }
+
+  /// `value` with `digits` decimals, without Foundation's formatters.
+  static func fixed(_ value: Double, digits: Int) -> String {
+    var scale = 1.0
+    for _ in 0..<digits { scale *= 10 }
+    let scaled = Int((value * scale).rounded())
+    let whole = scaled / Int(scale)
+    let fraction = String(scaled % Int(scale))
+    return digits == 0
+      ? "\(whole)" : "\(whole)." + String(repeating: "0", count: digits - fraction.count) + fraction
+  }
+
+  /// Where scores are kept unless --scores-file says otherwise.
+  static func defaultScoresFile() -> String {
+    if let cache = getenv("XDG_CACHE_HOME").map({ String(cString: $0) }), !cache.isEmpty {
+      return "\(cache)/kaitian/device-scores.json"
+    }
+    let home = getenv("HOME").map { String(cString: $0) } ?? "."
+    return "\(home)/.cache/kaitian/device-scores.json"
+  }
+
+  /// The interpreter to run the benchmark with: KAITIAN_PYTHON, a ./.venv, else python3.
+  static func defaultPython() -> String {
+    if let chosen = getenv("KAITIAN_PYTHON").map({ String(cString: $0) }), !chosen.isEmpty {
+      return chosen
+    }
+    if access(".venv/bin/python", X_OK) == 0 { return ".venv/bin/python" }
+    return "python3"
+  }
+}

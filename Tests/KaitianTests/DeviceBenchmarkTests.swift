@@ -1,0 +1,76 @@
+import Glibc
+import Testing
+
+@testable import KaitianCLI
+
+/// `kaitian devices --bench`: scores from the workload's figures, the saved document, and the
+/// command end to end with a stand-in interpreter (the real one is tested by pytest:
+/// python/tests/test_device_bench.py).
+@Suite("kaitian devices --bench")
+struct DeviceBenchmarkTests {
+  @Test func scoresAreFastestOverEach() {
+    let scored = DeviceBenchmark.scored([
+      .init(device: "cpu", secondsPerSample: 0.004),
+      .init(device: "cuda:0", secondsPerSample: 0.001),
+      .init(device: "mlu:0", problem: "exited with status 2"),
+    ])
+    #expect(scored.map(\.score) == [0.25, 1.0, nil])
+    #expect(DeviceBenchmark.scored([.init(device: "cpu", problem: "x")]).map(\.score) == [nil])
+  }
+
+  @Test func readsTheFigureFromTheWorkloadsJSON() {
+    let line = #"{"device": "cpu", "seconds_per_sample": 0.0010750678927081482, "batch": 32}"#
+    #expect(DeviceBenchmark.number(named: "seconds_per_sample", in: line) == 0.0010750678927081482)
+    #expect(DeviceBenchmark.number(named: "seconds_per_sample", in: #"{"x": 1e-3}"#) == nil)
+    #expect(DeviceBenchmark.number(named: "seconds_per_sample", in: "garbage") == nil)
+    #expect(
+      DeviceBenchmark.number(named: "seconds_per_sample", in: #""seconds_per_sample": "no""#) == nil
+    )
+  }
+
+  @Test func formatsFixedDecimals() {
+    #expect(DeviceBenchmark.fixed(930.17, digits: 1) == "930.2")
+    #expect(DeviceBenchmark.fixed(1.0751, digits: 3) == "1.075")
+    #expect(DeviceBenchmark.fixed(0.25, digits: 3) == "0.250")
+    #expect(DeviceBenchmark.fixed(12.6, digits: 0) == "13")
+  }
+
+  /// A stand-in for `python -m kaitian.device_bench`: answers like the real one, or fails.
+  private func interpreter(printing body: String) throws -> String {
+    var template = Array("/tmp/kaitian-fake-python-XXXXXX".utf8CString)
+    let directory = String(cString: mkdtemp(&template))
+    let path = "\(directory)/python"
+    try TextFile.write("#!/bin/sh\n\(body)\n", to: path, mode: 0o755)
+    return path
+  }
+
+  @Test func savesScoresAndPrintsThem() throws {
+    let python = try interpreter(
+      printing: #"echo '{"device": "cpu", "seconds_per_sample": 0.002, "batch": 32}'"#)
+    let scores = "\(python).d/scores.json"
+    let child = try ChildProcess(
+      "kaitian", ["devices", "--bench", "--python", python, "--scores-file", scores, "--json"])
+    #expect(child.wait(seconds: 60) == 0, "\(child.errors)")
+    #expect(child.output.contains(#""device": "cpu", "seconds_per_sample": 0.002"#))
+    #expect(child.output.contains(#""samples_per_second": 500, "score": 1"#))
+    #expect(ChildProcess.read(scores).contains(#""score": 1"#))
+    #expect(child.errors.contains("benchmarking cpu (1/1"))
+  }
+
+  @Test func aFailingWorkloadIsReportedAndNothingSaved() throws {
+    let python = try interpreter(printing: "echo 'no torch here' >&2; exit 2")
+    let scores = "\(python).d/scores.json"
+    let child = try ChildProcess(
+      "kaitian", ["devices", "--bench", "--python", python, "--scores-file", scores])
+    #expect(child.wait(seconds: 60) == 1)
+    #expect(child.output.contains("failed: exited with status 2"))
+    #expect(child.output.contains("nothing measured; no scores saved"))
+    #expect(access(scores, F_OK) != 0)
+  }
+
+  @Test func benchOptionsNeedBench() throws {
+    let child = try ChildProcess("kaitian", ["devices", "--scores-file", "/tmp/x.json"])
+    #expect(child.wait(seconds: 30) == 64)
+    #expect(child.errors.contains("--python and --scores-file go with --bench"))
+  }
+}

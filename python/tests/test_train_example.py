@@ -1,0 +1,187 @@
+"""examples/train.py under `kaitian run`: checkpoints survive a killed rank and resume exactly.
+
+The resumed run must end with the same parameters, bit for bit, as a run that was never
+interrupted: the example reseeds every epoch and saves model, optimizer and plan atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[2]
+LAUNCHER = REPO / ".build" / "release" / "kaitian"
+TRAIN = REPO / "examples" / "train.py"
+EPOCHS = 6
+
+
+def launcher() -> Path:
+    if not LAUNCHER.is_file():
+        pytest.fail(f"{LAUNCHER} is missing: run scripts/setup.sh (it builds the release launcher)")
+    return LAUNCHER
+
+
+def train_command(tmp: Path, name: str, *extra: str, epochs: int = EPOCHS) -> list[str]:
+    return [
+        str(launcher()),
+        "run",
+        "--log-dir",
+        str(tmp / f"logs-{name}"),
+        "--grace-seconds",
+        "2",
+        "--group",
+        "cpu:2",
+        "--",
+        sys.executable,
+        str(TRAIN),
+        "--data",
+        "digits",
+        "--adaptive",
+        "off",
+        "--batch-size",
+        "16",
+        "--epochs",
+        str(epochs),
+        "--result-json",
+        str(tmp / f"{name}.json"),
+        *extra,
+    ]
+
+
+def environment() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO / "python") + os.pathsep + env.get("PYTHONPATH", "")
+    env["KAITIAN_TIMEOUT"] = "60"
+    return env
+
+
+def run_to_end(command: list[str]) -> subprocess.CompletedProcess[str]:
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, env=environment(), cwd=REPO)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    return done
+
+
+def checkpoint_epoch(path: Path) -> int:
+    """The epoch count in a checkpoint, 0 when there is none yet (the rename is atomic)."""
+    if not path.is_file():
+        return 0
+    return int(torch.load(path, map_location="cpu", weights_only=True)["epoch"])
+
+
+def test_resume_after_a_killed_rank_equals_an_uninterrupted_run(tmp_path: Path) -> None:
+    run_to_end(train_command(tmp_path, "whole"))
+    whole = json.loads((tmp_path / "whole.json").read_text())
+
+    checkpoints = tmp_path / "checkpoints"
+    job = subprocess.Popen(
+        train_command(tmp_path, "killed", "--checkpoint-dir", str(checkpoints)),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=environment(),
+        cwd=REPO,
+    )
+    pids: dict[int, int] = {}
+    launcher_lines: list[str] = []
+
+    def read_launcher() -> None:
+        assert job.stderr is not None
+        for line in job.stderr:
+            launcher_lines.append(line)
+            started = re.search(r"rank (\d+) \S+ started \(pid (\d+)", line)
+            if started:
+                pids[int(started.group(1))] = int(started.group(2))
+
+    reader = threading.Thread(target=read_launcher, daemon=True)
+    reader.start()
+    deadline = time.monotonic() + 120
+    while checkpoint_epoch(checkpoints / "checkpoint.pt") < 2:
+        assert job.poll() is None, "the job ended before its second checkpoint:\n" + "".join(launcher_lines)
+        assert time.monotonic() < deadline, "no second checkpoint within 120 s"
+        time.sleep(0.05)
+    os.kill(pids[1], signal.SIGKILL)
+    assert job.wait(timeout=120) != 0
+    reader.join(timeout=10)
+    text = "".join(launcher_lines)
+    assert "rank 1" in text and "SIGKILL" in text, text
+
+    saved = checkpoint_epoch(checkpoints / "checkpoint.pt")
+    assert 2 <= saved < EPOCHS, f"checkpoint at epoch {saved}"
+    assert not list(checkpoints.glob(".*partial")), "a partial checkpoint was left behind"
+
+    resumed = run_to_end(train_command(tmp_path, "resumed", "--checkpoint-dir", str(checkpoints), "--resume"))
+    assert f"resumed from {checkpoints / 'checkpoint.pt'}: {saved} epochs done" in resumed.stdout
+    after = json.loads((tmp_path / "resumed.json").read_text())
+    assert after["parameters_sha256"] == whole["parameters_sha256"]
+    assert after["loss"] == whole["loss"]
+
+
+def test_resume_without_a_checkpoint_starts_from_scratch(tmp_path: Path) -> None:
+    done = run_to_end(
+        train_command(tmp_path, "fresh", "--checkpoint-dir", str(tmp_path / "empty"), "--resume", epochs=1)
+    )
+    assert "no checkpoint in" in done.stdout
+    assert checkpoint_epoch(tmp_path / "empty" / "checkpoint.pt") == 1
+
+
+def load_example() -> object:
+    """examples/train.py as a module (it is a script, not part of the package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("train_example", TRAIN)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["train_example"] = module  # dataclasses look their module up while the class is made
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_cifar10_is_read_from_the_standard_archive_files(tmp_path: Path) -> None:
+    """The python-version archive: data_batch_1..5 and test_batch, pickled dicts of uint8 rows."""
+    import pickle
+
+    import numpy as np
+
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    batches = {}
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        data = rng.integers(0, 256, size=(4, 3072), dtype=np.uint8)
+        labels = [int(x) for x in rng.integers(0, 10, size=4)]
+        batches[name] = (data, labels)
+        with open(folder / name, "wb") as handle:
+            pickle.dump({b"data": data, b"labels": labels, b"batch_label": name.encode()}, handle)
+    example = load_example()
+    dataset = example.load_data(f"cifar10:{tmp_path}", 0)  # type: ignore[attr-defined]
+    assert dataset.real
+    images, labels = dataset.train.tensors
+    assert images.shape == (20, 3, 32, 32) and labels.tolist() == sum(
+        (batches[f"data_batch_{i}"][1] for i in range(1, 6)), []
+    )
+    first = torch.tensor(batches["data_batch_1"][0][0], dtype=torch.float32).reshape(3, 32, 32) / 255
+    assert torch.equal(images[0], first)
+    assert dataset.test.tensors[0].shape == (4, 3, 32, 32)
+
+
+def test_missing_cifar10_files_name_the_file(tmp_path: Path) -> None:
+    example = load_example()
+    with pytest.raises(FileNotFoundError, match="data_batch_1"):
+        example.load_data(f"cifar10:{tmp_path}", 0)  # type: ignore[attr-defined]
+
+
+def test_generated_data_says_so() -> None:
+    example = load_example()
+    dataset = example.load_data("synthetic", 100)  # type: ignore[attr-defined]
+    assert not dataset.real and "GENERATED" in dataset.description
+    assert dataset.train.tensors[0].shape == (80, 3, 32, 32)
