@@ -1,6 +1,7 @@
 """One rank of the network-fault job: allreduce in a loop, every result checked.
 
-Prints JSON lines on stdout: {"event": "ready"} after the first checked call, {"event": "done",
+Prints JSON lines on stdout: {"event": "ready"} after the first checked call, {"event":
+"progress", "step": N, "wrong": W} every 200 calls, {"event": "done",
 ...} at the end, or {"event": "error", "time": wall clock, "message": ...} when a call fails
 (then exits 3). Reads RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT and KAITIAN_* from the
 environment, as under torchrun.
@@ -23,6 +24,8 @@ import kaitian  # noqa: E402,F401 (registers the backend)
 import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 
+PROGRESS_EVERY = 200
+
 
 def emit(event: str, **fields: object) -> None:
     print(json.dumps({"event": event, "time": time.time(), **fields}), flush=True)
@@ -43,6 +46,8 @@ def main() -> None:
             wrong += int((t != want).sum())
             if step == 0:
                 emit("ready")
+            elif step % PROGRESS_EVERY == 0:
+                emit("progress", step=step, wrong=wrong)
     except RuntimeError as error:
         emit("error", message=str(error), step=step)
         # The process group cannot be destroyed cleanly after a failure; leave at once.
