@@ -39,6 +39,12 @@ TRAIN_ARGS = ("--adaptive", "off", "--data", "digits", "--model", "cnn")
 RUN_TIMEOUT = 300.0  # hard limit on any one launcher run, seconds
 
 
+def job_environment() -> dict[str, str]:
+    """This checkout's python/ first on the workers' path, whatever the venv has installed."""
+    paths = [str(ROOT / "python"), *filter(None, os.environ.get("PYTHONPATH", "").split(":"))]
+    return {**os.environ, "PYTHONPATH": ":".join(paths)}
+
+
 def launcher() -> Path:
     """The `kaitian` binary: release if built, else debug."""
     for build in ("release", "debug"):
@@ -104,7 +110,9 @@ def run_job(
     command += ["--checkpoint-dir", str(directory / "checkpoint"), "--result-json", str(directory / f"{job_id}.json")]
     if resume:
         command.append("--resume")
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    proc = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, env=job_environment()
+    )
     first_epoch: list[float] = []
     lines: list[str] = []
 
@@ -213,10 +221,14 @@ def trial(rng: random.Random, epochs: int, window: float, baseline: str) -> Tria
         for rank in range(WORLD):
             if rank == killed:
                 continue
-            line = survivor_lines(directory / f"logs-{job_id}" / f"rank-{rank}.log", killed)
+            log = directory / f"logs-{job_id}" / f"rank-{rank}.log"
+            line = survivor_lines(log, killed)
             if line is not None:
                 result.survivors_naming_rank += 1
                 result.survivor_errors.append(f"rank {rank}: {line[:300]}")
+            else:
+                tail = log.read_text(errors="replace")[-600:] if log.is_file() else "(no log)"
+                result.survivor_errors.append(f"rank {rank}: no error naming rank {killed}; log ends: {tail}")
         result.checkpoint = checkpoint_state(directory)
         if result.checkpoint == "intact":
             resume_id = f"{job_id}r"

@@ -258,14 +258,14 @@ def run_all(repeat: int, progress: Callable[[str], None] | None) -> dict[str, An
             try:
                 results["cuts"].append(cut_link(how))
             except QdiscUnavailable as error:
-                results["skipped"].append(str(error))
+                results["skipped"].append(f"link cut by {CUTS[how]}: this kernel lacks the qdisc ({error})")
                 break
     for spec in ((), *DEGRADED):
         say(f"allreduce loop with qdisc {' '.join(spec) or 'none'}...")
         try:
             results["degraded"].append(degraded(spec))
         except QdiscUnavailable as error:
-            results["skipped"].append(str(error))
+            results["skipped"].append(f"degraded link {' '.join(spec)}: this kernel lacks the qdisc ({error})")
     return results
 
 

@@ -27,7 +27,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from kill_random import job_processes, launcher
+from kill_random import job_environment, job_processes, launcher
 
 ROOT = Path(__file__).resolve().parents[2]
 PYTHON = ROOT / ".venv" / "bin" / "python"
@@ -189,7 +189,9 @@ class Job:
             "1000000000",
             "4096",
         ]
-        self.proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        self.proc = subprocess.Popen(
+            command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=job_environment()
+        )
         self.step = -1
         self.wrong = 0
         self.failed: str | None = None
