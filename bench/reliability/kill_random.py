@@ -263,10 +263,14 @@ def run(kills: int, epochs: int, seed: int, progress: Callable[[str], None] | No
 
 def summarize(result: dict[str, Any]) -> dict[str, Any]:
     """The figures the report shows."""
-    trials = [t for t in result["trials"] if t["detect_seconds"] is not None]
+    # A kill that lands after its rank finished training (a late draw on a loaded machine) is no
+    # fault: the launcher reports a clean exit and the job completed. Counted apart, not hidden.
+    late = [t for t in result["trials"] if t["launcher_exit"] == 0 and not t["launcher_names_rank"]]
+    trials = [t for t in result["trials"] if t["detect_seconds"] is not None and t not in late]
     times = sorted(t["detect_seconds"] for t in trials)
     return {
         "kills": len(trials),
+        "kills_after_the_rank_finished": len(late),
         "launcher_nonzero": sum(1 for t in trials if t["launcher_exit"] not in (0, None)),
         "launcher_named_rank": sum(1 for t in trials if t["launcher_names_rank"]),
         "survivor_errors_naming_rank": sum(t["survivors_naming_rank"] for t in trials),
