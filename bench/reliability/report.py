@@ -142,9 +142,10 @@ def render(results: dict[str, Any], args: argparse.Namespace, seconds: float | N
         "",
         "- **SIGKILL**: `kaitian run --group cpu:2 --group cpu-b:1 -- python examples/train.py --adaptive off"
         f" --epochs {args.epochs} --checkpoint-dir DIR`; a random rank is killed at a random time in the first"
-        " 80% of training. Time to detect is from the kill to the launcher's exit (it has then stopped every"
+        " 60% of training. Time to detect is from the kill to the launcher's exit (it has then stopped every"
         " worker). Leftovers: processes whose environment holds the job's `KAITIAN_JOB_ID`, 0.5 s after the"
-        f" launcher exits. Kills drawn so late that the rank had already finished (the launcher saw it exit 0):"
+        f" launcher exits. Kills that landed after training had finished (rank 0 had written its result;"
+        " nothing left to fail):"
         f" {kills['kills_after_the_rank_finished']}, not counted as faults. Checkpoints that loaded:"
         f" {kills['checkpoints_intact']}/{kills['kills']}"
         f" (unreadable: {kills['checkpoints_unreadable']}; a kill before the first epoch ends leaves none)."
