@@ -169,7 +169,7 @@ def _finish(procs: list[subprocess.Popen[str]], seconds: float) -> list[RankRun]
 # How a link is cut: "down" sets the veth down, "loss" applies netem loss 100% both ways, and
 # "drop" a pfifo of length 0 both ways (every packet dropped; for kernels without netem).
 CUTS = {
-    "down": "ip link set down",
+    "down": "ip link set down (one end of the veth)",
     "loss": "tc netem loss 100%",
     "drop": "tc pfifo limit 0 (drops every packet)",
 }

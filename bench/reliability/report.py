@@ -81,14 +81,13 @@ def table(results: dict[str, Any]) -> list[str]:
         f"| {kills['leftovers']} processes |"
     )
     network = results["network"]
-    for fault in netfaults.CUTS.values():
+    for fault in dict.fromkeys(c["fault"] for c in network["cuts"]):
         cuts = [c for c in network["cuts"] if c["fault"] == fault]
-        if not cuts:
-            continue
+        ways = ", both ways" if fault.startswith("tc") else ""
         seconds = [s for c in cuts for s in c["detect_seconds"] if s is not None]
         named = sum(sum(c["names_peer"]) for c in cuts)
         rows.append(
-            f"| link cut: {fault}, both ways (2 namespaces, heartbeat timeout {cuts[0]['heartbeat_timeout']:g} s, "
+            f"| link cut: {fault}{ways} (2 namespaces, heartbeat timeout {cuts[0]['heartbeat_timeout']:g} s, "
             f"call timeout 60 s) | {len(cuts)} | errors naming the other rank {named}/{2 * len(cuts)}; "
             f"ranks exiting 3: {sum(c['exit_codes'].count(3) for c in cuts)}/{2 * len(cuts)} "
             f"| {_spread(seconds)} (cut to each rank's error) | - | - |"
