@@ -164,7 +164,7 @@ class Trial:
     checkpoint: str = "none"  # "intact", "none" (killed before the first save), "unreadable"
     resumed_equal: bool | None = None  # None when there was no checkpoint to resume from
     hang: bool = False
-    # The job had finished training (rank 0 wrote its result) before the kill: no fault to see.
+    # The job had run its last collective (rank 0 printed its summary) before the kill.
     finished_before_kill: bool = False
     survivor_errors: list[str] = field(default_factory=list)
 
@@ -219,7 +219,9 @@ def trial(rng: random.Random, epochs: int, window: float, baseline: str) -> Tria
             result.survivor_errors = ["the job ended before the kill"]
             return result
         result.detect_seconds = run.ended_at - killed_at[0]
-        result.finished_before_kill = final_digest(directory, job_id) is not None
+        # Rank 0 prints its summary after the last collective (an all_gather of every rank's
+        # stats): when it did, the killed rank had already sent all it ever would.
+        result.finished_before_kill = "summary:" in run.stdout
         result.launcher_names_rank = bool(re.search(rf"rank {killed} \S+ was killed by signal 9", run.stderr))
         for rank in range(WORLD):
             if rank == killed:
@@ -266,8 +268,8 @@ def run(kills: int, epochs: int, seed: int, progress: Callable[[str], None] | No
 
 def summarize(result: dict[str, Any]) -> dict[str, Any]:
     """The figures the report shows."""
-    # A kill that lands after training finished (a late draw on a loaded machine) finds no
-    # collective to fail: survivors have nothing to report. Counted apart, not hidden.
+    # A kill that lands after the last collective (a late draw on a loaded machine) finds nothing
+    # to fail: survivors have nothing to report. Counted apart, not hidden.
     late = [
         t
         for t in result["trials"]

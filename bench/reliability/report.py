@@ -143,7 +143,7 @@ def render(results: dict[str, Any], args: argparse.Namespace, seconds: float | N
         f" --epochs {args.epochs} --checkpoint-dir DIR`; a random rank is killed at a random time in the first"
         " 60% of training. Time to detect is from the kill to the launcher's exit (it has then stopped every"
         " worker). Leftovers: processes whose environment holds the job's `KAITIAN_JOB_ID`, 0.5 s after the"
-        f" launcher exits. Kills that landed after training had finished (rank 0 had written its result;"
+        f" launcher exits. Kills that landed after the last collective (rank 0 had printed its summary;"
         " nothing left to fail):"
         f" {kills['kills_after_the_rank_finished']}, not counted as faults. Checkpoints that loaded:"
         f" {kills['checkpoints_intact']}/{kills['kills']}"
