@@ -55,10 +55,11 @@ import Testing
     #expect(detection < timeout, "detected after \(detection) s")
   }
 
-  /// SIGSTOP one rank: the others cannot tell it from a slow one, so they must time out.
-  @Test func frozenRankTimesOut() throws {
+  /// SIGSTOP one rank with heartbeats off: the others cannot tell it from a slow one, so they
+  /// must time out.
+  @Test func frozenRankTimesOutWithoutHeartbeats() throws {
     let job = try ProcessJob(size: 2, arguments: ["loop", "120"], timeoutSeconds: 2) { _ in
-      ["KAITIAN_HOST_ID": "host-a"]
+      ["KAITIAN_HOST_ID": "host-a", "KAITIAN_HEARTBEAT_TIMEOUT": "0"]
     }
     #expect(job.waitForOutput("ready", ranks: [0, 1], seconds: 60))
     job.signal(1, SIGSTOP)
@@ -67,5 +68,33 @@ import Testing
     #expect(exits[0] == 3, "rank 0: \(job.errors(0))")
     #expect(job.errors(0).contains("timed out after 2 s"), "rank 0 said: \(job.errors(0))")
     #expect(job.errors(0).contains("rank 1"), "rank 0 said: \(job.errors(0))")
+  }
+
+  /// SIGSTOP one rank with a long call timeout: its heartbeats stop, so the others report it
+  /// as silent at about the heartbeat timeout (2 s), long before the call timeout (120 s).
+  @Test(arguments: [Layout.sharedMemory, .tcp])
+  func frozenRankIsFoundByHeartbeat(layout: Layout) throws {
+    let callTimeout = 120.0
+    let job = try ProcessJob(size: 3, arguments: ["loop", "240"], timeoutSeconds: callTimeout) {
+      _ in
+      var environment = ["KAITIAN_HOST_ID": "host-a", "KAITIAN_HEARTBEAT_TIMEOUT": "2"]
+      if layout == .tcp { environment["KAITIAN_TRANSPORT"] = "tcp" }
+      return environment
+    }
+    #expect(job.waitForOutput("ready", ranks: [0, 1, 2], seconds: 60))
+    usleep(300_000)
+    let stoppedAt = ProcessJob.now()
+    job.signal(1, SIGSTOP)
+    let exits = job.wait(for: [0, 2], seconds: callTimeout / 2)
+    let detection = ProcessJob.now() - stoppedAt
+    job.signal(1, SIGKILL)
+    for (index, rank) in [0, 2].enumerated() {
+      let message = job.errors(rank)
+      #expect(exits[index] == 3, "rank \(rank) exit \(String(describing: exits)): \(message)")
+      #expect(message.contains("rank 1"), "rank \(rank) said: \(message)")
+      #expect(message.contains("no heartbeat for"), "rank \(rank) said: \(message)")
+      #expect(message.contains("allreduce"), "rank \(rank) said: \(message)")
+    }
+    #expect(detection < callTimeout / 2, "detected after \(detection) s")
   }
 }

@@ -51,6 +51,7 @@ public final class Communicator: @unchecked Sendable {
     engine = try Engine(rank: rank, health: health) { [unowned self] error in fail(error) }
     watchdog = try Watchdog(
       rank: rank, controls: mesh.controls, endpoints: mesh.endpoints,
+      heartbeatTimeoutSeconds: options.heartbeatTimeoutSeconds,
       onDeparture: { [unowned self] peer in mesh.links[peer]?.peerDeparted() },
       onFailure: { [unowned self] error in fail(error) })
   }

@@ -1,3 +1,4 @@
+import CKaitianShim
 import Glibc
 import KaitianStore
 import Synchronization
@@ -7,12 +8,16 @@ import Synchronization
 /// Why: a rank blocked in a collective cannot notice that some other peer died or gave up.
 /// The watchdog reads abort notices and end-of-stream on every control connection at once and
 /// reports them, so the engine fails within milliseconds instead of at its timeout.
-/// Control frames: UInt32 big-endian length, then kind (1 abort, 2 goodbye), Int32 error code,
-/// and UTF-8 text. Anything else is treated as a broken peer.
+/// A cut link or a frozen host closes no socket, so the watchdog also sends a heartbeat on every
+/// control connection each interval and declares a peer lost when nothing arrived from it for
+/// the heartbeat timeout: such faults are then found in seconds, not at the call timeout.
+/// Control frames: UInt32 big-endian length, then kind (1 abort, 2 goodbye, 3 heartbeat), Int32
+/// error code, and UTF-8 text. Anything else is treated as a broken peer.
 final class Watchdog: @unchecked Sendable {
   private enum FrameKind: UInt8 {
     case abort = 1
     case goodbye = 2
+    case heartbeat = 3
   }
 
   private static let maximumFrameBytes = 64 * 1024
@@ -22,16 +27,26 @@ final class Watchdog: @unchecked Sendable {
   private let onFailure: @Sendable (KaitianError) -> Void
   private let onDeparture: @Sendable (Int) -> Void
   private let departed: Mutex<Set<Int>> = Mutex([])
+  /// Serializes frames from the watchdog thread (heartbeats) and the failing thread (aborts),
+  /// so two frames never interleave on one connection.
+  private let sending = Mutex(())
+  /// Nanoseconds of silence after which a peer is lost; 0 disables heartbeats.
+  private let heartbeatTimeoutNanoseconds: Int64
+  private let heartbeatIntervalNanoseconds: Int64
   private let wakePipe: (read: Int32, write: Int32)
   private var thread: OSThread?
 
   /// `onFailure` runs on the watchdog thread with what a peer reported or how it was lost;
-  /// `onDeparture` with the rank of a peer that left on purpose.
+  /// `onDeparture` with the rank of a peer that left on purpose. `heartbeatTimeoutSeconds` of
+  /// silence lose a peer (0: never); heartbeats go out four times per timeout, at most 1 s apart.
   init(
     rank: Int, controls: [TCPSocket?], endpoints: [PeerEndpoint],
+    heartbeatTimeoutSeconds: Double,
     onDeparture: @escaping @Sendable (Int) -> Void,
     onFailure: @escaping @Sendable (KaitianError) -> Void
   ) throws(KaitianError) {
+    heartbeatTimeoutNanoseconds = Int64(heartbeatTimeoutSeconds * 1e9)
+    heartbeatIntervalNanoseconds = min(1_000_000_000, heartbeatTimeoutNanoseconds / 4)
     self.onDeparture = onDeparture
     self.rank = rank
     self.controls = controls
@@ -73,19 +88,39 @@ final class Watchdog: @unchecked Sendable {
     var frame: [UInt8] = []
     withUnsafeBytes(of: UInt32(payload.count).bigEndian) { frame.append(contentsOf: $0) }
     frame.append(contentsOf: payload)
-    for control in controls {
-      try? control?.writeAll(frame, deadline: .after(.milliseconds(200)))
+    sending.withLock { _ in
+      for control in controls {
+        try? control?.writeAll(frame, deadline: .after(.milliseconds(200)))
+      }
     }
   }
 
   private func watch() {
     var watched = controls.indices.filter { controls[$0] != nil }
+    let start = kt_monotonic_ns()
+    var lastHeard = [Int64](repeating: start, count: controls.count)
+    var nextHeartbeat = start
     while !watched.isEmpty {
+      if heartbeatTimeoutNanoseconds > 0 {
+        let now = kt_monotonic_ns()
+        if now >= nextHeartbeat {
+          send(.heartbeat, code: 0, text: "")
+          nextHeartbeat = now + heartbeatIntervalNanoseconds
+        }
+        watched = watched.filter { peer in
+          guard now - lastHeard[peer] > heartbeatTimeoutNanoseconds else { return true }
+          onFailure(silent(peer, since: now - lastHeard[peer]))
+          return false
+        }
+      }
       var descriptors = [pollfd(fd: wakePipe.read, events: Int16(POLLIN), revents: 0)]
       descriptors += watched.map {
         pollfd(fd: controls[$0]!.fileDescriptor, events: Int16(POLLIN), revents: 0)
       }
-      let ready = poll(&descriptors, nfds_t(descriptors.count), -1)
+      let waitMilliseconds =
+        heartbeatTimeoutNanoseconds > 0
+        ? Int32(max(1, (nextHeartbeat - kt_monotonic_ns()) / 1_000_000 + 1)) : -1
+      let ready = poll(&descriptors, nfds_t(descriptors.count), waitMilliseconds)
       if ready < 0 && errno == EINTR { continue }
       if descriptors[0].revents != 0 { return }
       var stillWatched: [Int] = []
@@ -93,6 +128,7 @@ final class Watchdog: @unchecked Sendable {
         if descriptors[index + 1].revents == 0 {
           stillWatched.append(peer)
         } else if !readFrame(from: peer) {
+          lastHeard[peer] = kt_monotonic_ns()
           stillWatched.append(peer)
         }
       }
@@ -115,6 +151,8 @@ final class Watchdog: @unchecked Sendable {
       let payload = try control.readExactly(length, deadline: deadline)
       let code = payload[1..<5].reduce(Int32(0)) { $0 << 8 | Int32($1) }
       switch FrameKind(rawValue: payload[0]) {
+      case .heartbeat:
+        return false
       case .goodbye:
         departed.withLock { _ = $0.insert(peer) }
         onDeparture(peer)
@@ -132,6 +170,14 @@ final class Watchdog: @unchecked Sendable {
       onFailure(lost(peer, "its process exited or the network failed (\(error))"))
       return true
     }
+  }
+
+  private func silent(_ peer: Int, since nanoseconds: Int64) -> KaitianError {
+    let seconds = formatSeconds((Double(nanoseconds / 100_000_000) / 10))
+    return lost(
+      peer,
+      "no heartbeat for \(seconds) s: link down, host frozen or process stopped "
+        + "(KAITIAN_HEARTBEAT_TIMEOUT sets this limit; 0 disables it)")
   }
 
   private func lost(_ peer: Int, _ why: String) -> KaitianError {
