@@ -84,5 +84,5 @@ def test_quick_smoke_run_two_workers(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr[-2000:]
     (run,) = json.loads(done.stdout)
     assert run["ideal"] > run["alone"] > 0
-    assert all(mode["throughput"] > 0 and sum(mode["plan"]) == 64 for mode in run["modes"].values())
+    assert all(mode["throughput"] > 0 and sum(mode["plan"]) == run["batch"] for mode in run["modes"].values())
     assert "(c) online" in out.read_text()
