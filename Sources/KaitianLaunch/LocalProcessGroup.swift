@@ -285,7 +285,8 @@ public struct LocalProcessGroup {
 
   static func errorText(_ code: Int32) -> String { String(cString: strerror(code)) }
 
-  private static func currentEnvironment() -> [String: String] {
+  /// This process's environment as a dictionary.
+  public static func currentEnvironment() -> [String: String] {
     var result: [String: String] = [:]
     var cursor = environ
     while let entry = cursor.pointee {

@@ -244,8 +244,10 @@ struct RunCommand: ParsableCommand {
   func resolvedPlacement(_ job: JobDescription) throws(ValidationError) -> NodePlacement {
     let placement = try NodePlacement.resolve(
       nnodes: nnodes, nodeRank: nodeRank, masterAddress: masterAddr, jobID: job.jobID,
-      environment: Self.environment(),
-      firstSlurmHost: { NodePlacement.firstSlurmHost(environment: Self.environment()) })
+      environment: LocalProcessGroup.currentEnvironment(),
+      firstSlurmHost: {
+        NodePlacement.firstSlurmHost(environment: LocalProcessGroup.currentEnvironment())
+      })
     guard placement.nodeCount == 1 || placement.jobID != nil else {
       throw ValidationError(
         "--nnodes \(placement.nodeCount) needs --job-id (the same on every node) so that the "
@@ -333,7 +335,7 @@ struct RunCommand: ParsableCommand {
         masterPort: placement.nodeRank == 0 ? "\(try FreePort.pick())" : nil,
         groups: job.groups.map { "\($0.kind):\($0.count)" }),
       timeoutSeconds: joinTimeout, progress: Progress.say)
-    let inherited = Self.environment()
+    let inherited = LocalProcessGroup.currentEnvironment()
     if inherited["KAITIAN_SOCKET_ADDR"] == nil && inherited["KAITIAN_SOCKET_IFNAME"] == nil {
       layout.socketAddress = store.localAddress
     }
@@ -481,7 +483,9 @@ struct RunCommand: ParsableCommand {
   /// share a host name, and equal ids would make the engine try shared memory between them).
   private func hostID(_ placement: NodePlacement) -> String? {
     guard placement.nodeCount > 1 else { return nil }
-    if let own = Self.environment()["KAITIAN_HOST_ID"], !own.isEmpty { return own }
+    if let own = LocalProcessGroup.currentEnvironment()["KAITIAN_HOST_ID"], !own.isEmpty {
+      return own
+    }
     var name = [CChar](repeating: 0, count: 256)
     gethostname(&name, name.count - 1)
     let bytes = name.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }
@@ -505,20 +509,6 @@ struct RunCommand: ParsableCommand {
       "--nnodes \(placement.nodeCount) needs the job token that every node shares: set "
         + "KAITIAN_TOKEN or KAITIAN_TOKEN_FILE, or give --token-file (`kaitian store serve "
         + "--generate-token --token-file FILE` writes one)")
-  }
-
-  /// This process's environment as a dictionary.
-  static func environment() -> [String: String] {
-    var result: [String: String] = [:]
-    var cursor = environ
-    while let entry = cursor.pointee {
-      let text = String(cString: entry)
-      if let separator = text.firstIndex(of: "=") {
-        result[String(text[..<separator])] = String(text[text.index(after: separator)...])
-      }
-      cursor += 1
-    }
-    return result
   }
 
   private static func randomJobID() -> String {

@@ -61,19 +61,13 @@ struct StoreCommand: ParsableCommand {
   }
 }
 
-/// Writes a token to a file only its owner can read.
+/// Writes a token to a file only its owner can read, atomically (TextFile).
 enum TokenFile {
   static func write(_ token: JobToken, to path: String) throws {
-    let fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0o600)
-    guard fd >= 0 else {
-      throw ValidationError(
-        "cannot write the token to \(path): \(String(cString: strerror(errno)))")
-    }
-    defer { close(fd) }
-    let text = Array((token.stringValue + "\n").utf8)
-    guard Glibc.write(fd, text, text.count) == text.count else {
-      throw ValidationError(
-        "cannot write the token to \(path): \(String(cString: strerror(errno)))")
+    do {
+      try TextFile.write(path, Array((token.stringValue + "\n").utf8), mode: 0o600)
+    } catch {
+      throw ValidationError("cannot write the token to \(path): \(error)")
     }
   }
 }

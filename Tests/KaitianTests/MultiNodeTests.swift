@@ -116,7 +116,7 @@ struct MultiNodeJobTests {
   ) throws -> ChildProcess {
     var template = Array("/tmp/kaitian-node-logs-XXXXXX".utf8CString)
     let logs = String(cString: mkdtemp(&template))
-    var env = RunCommand.environment()
+    var env = LocalProcessGroup.currentEnvironment()
     env["KAITIAN_TOKEN"] = Self.token
     env["KAITIAN_HOST_ID"] = "test-host-\(rank)"
     for (key, value) in environment { env[key] = value }
@@ -229,7 +229,7 @@ struct MultiNodeJobTests {
   }
 
   @Test func argumentErrorsOfSeveralNodes() throws {
-    var env = RunCommand.environment()
+    var env = LocalProcessGroup.currentEnvironment()
     env["KAITIAN_TOKEN"] = nil
     env["KAITIAN_TOKEN_FILE"] = nil
     let cases: [([String], String)] = [
