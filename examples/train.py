@@ -289,7 +289,7 @@ def main() -> None:
     # Under `kaitian run`, `kaitian monitor` shows each rank's steps; OnlineBalancer reports its
     # own, so the script reports them only without it.
     telemetry = kaitian.job_telemetry() if balancer is None else None
-    trace: list[dict[str, float]] = []  # per step: time, batch, compute and step seconds
+    trace: list[dict[str, float]] = []  # per step, with --trace-dir: time, batch, compute and step seconds
 
     earlier = resumed.samples if resumed else 0  # samples all ranks trained before the checkpoint
     trained = 0  # samples this rank trained in this process, for its throughput
@@ -314,14 +314,15 @@ def main() -> None:
             # Compute ends when the last gradient is ready (the weighting hook notes it); the rest
             # of the step is waiting for the other ranks and the allreduce.
             compute_end = weighting.compute_end if weighting.compute_end >= step_started else now
-            trace.append(
-                {
-                    "time": now - started,
-                    "batch": len(labels),
-                    "compute": compute_end - step_started,
-                    "step": now - step_started,
-                }
-            )
+            if args.trace_dir is not None:
+                trace.append(
+                    {
+                        "time": now - started,
+                        "batch": len(labels),
+                        "compute": compute_end - step_started,
+                        "step": now - step_started,
+                    }
+                )
             if telemetry is not None:
                 telemetry.record_step(
                     batch=len(labels),

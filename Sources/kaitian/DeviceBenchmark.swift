@@ -30,7 +30,7 @@ struct DeviceBenchmark {
       ]
       switch ToolOutput.run(python, arguments: arguments, timeoutSeconds: timeoutSeconds) {
       case .success(let text):
-        if let value = Self.number(named: "seconds_per_sample", in: text), value > 0 {
+        if let value = Self.secondsPerSample(in: text), value > 0 {
           results.append(Measurement(device: device, secondsPerSample: value))
         } else {
           results.append(
@@ -58,18 +58,9 @@ struct DeviceBenchmark {
     }
   }
 
-  /// The number after `"name":` in a flat JSON object, as kaitian.device_bench prints it.
-  static func number(named name: String, in text: String) -> Double? {
-    let key = Array("\"\(name)\":".utf8)
-    let bytes = Array(text.utf8)
-    guard bytes.count >= key.count,
-      let start = (0...(bytes.count - key.count)).first(where: {
-        bytes[$0..<($0 + key.count)].elementsEqual(key)
-      })
-    else { return nil }
-    let rest = bytes[(start + key.count)...].drop { $0 == UInt8(ascii: " ") }
-    let number = rest.prefix { Array("0123456789+-.eE".utf8).contains($0) }
-    return Double(String(decoding: number, as: UTF8.self))
+  /// The seconds per sample in kaitian.device_bench's JSON line; nil for anything else.
+  static func secondsPerSample(in text: String) -> Double? {
+    (try? MonitorJSONParser.parse(text))?["seconds_per_sample"]?.doubleValue
   }
 
   /// The scores document kept for later jobs: {"host", "measured", "workload", "devices": [...]}.

@@ -20,11 +20,11 @@ struct DeviceBenchmarkTests {
 
   @Test func readsTheFigureFromTheWorkloadsJSON() {
     let line = #"{"device": "cpu", "seconds_per_sample": 0.0010750678927081482, "batch": 32}"#
-    #expect(DeviceBenchmark.number(named: "seconds_per_sample", in: line) == 0.0010750678927081482)
-    #expect(DeviceBenchmark.number(named: "seconds_per_sample", in: #"{"x": 1e-3}"#) == nil)
-    #expect(DeviceBenchmark.number(named: "seconds_per_sample", in: "garbage") == nil)
+    #expect(DeviceBenchmark.secondsPerSample(in: line) == 0.0010750678927081482)
+    #expect(DeviceBenchmark.secondsPerSample(in: #"{"x": 1e-3}"#) == nil)
+    #expect(DeviceBenchmark.secondsPerSample(in: "garbage") == nil)
     #expect(
-      DeviceBenchmark.number(named: "seconds_per_sample", in: #""seconds_per_sample": "no""#) == nil
+      DeviceBenchmark.secondsPerSample(in: #""seconds_per_sample": "no""#) == nil
     )
   }
 
