@@ -16,6 +16,7 @@ reseeds at each epoch start, so a resumed run computes what an uninterrupted one
 
 Data:
   digits        scikit-learn's 8x8 handwritten digits (real data shipped inside scikit-learn)
+  digits32      the same digits scaled to 3x32x32, for the CIFAR models (mobilenet_v2, resnet18)
   cifar10:DIR   CIFAR-10 from the standard python archive files in DIR (cifar-10-batches-py)
   synthetic     generated CIFAR-shaped data (3x32x32, 10 classes), said so in the output
 
@@ -65,6 +66,23 @@ def load_digits() -> Dataset:
         TensorDataset(images[train], labels[train]),
         TensorDataset(images[test], labels[test]),
         f"scikit-learn digits: {split} train / {len(labels) - split} test images, 8x8",
+        real=True,
+    )
+
+
+def load_digits_rgb32() -> Dataset:
+    """scikit-learn's digits as CIFAR-shaped images (3x32x32), for the CIFAR models on real data."""
+    digits = load_digits()
+
+    def upscale(data: TensorDataset) -> TensorDataset:
+        images, labels = data.tensors
+        scaled = F.interpolate(images, size=(32, 32), mode="bilinear", align_corners=False)
+        return TensorDataset(scaled.expand(-1, 3, -1, -1).contiguous(), labels)
+
+    return Dataset(
+        upscale(digits.train),
+        upscale(digits.test),
+        digits.description.replace("8x8", "8x8 scaled to 3x32x32"),
         real=True,
     )
 
@@ -138,11 +156,13 @@ def build_model(name: str) -> nn.Module:
 def load_data(spec: str, synthetic_samples: int) -> Dataset:
     if spec == "digits":
         return load_digits()
+    if spec == "digits32":
+        return load_digits_rgb32()
     if spec == "synthetic":
         return synthetic_cifar(synthetic_samples)
     if spec.startswith("cifar10:"):
         return load_cifar10(Path(spec.split(":", 1)[1]))
-    raise SystemExit(f"unknown --data {spec}; use digits, synthetic or cifar10:DIR")
+    raise SystemExit(f"unknown --data {spec}; use digits, digits32, synthetic or cifar10:DIR")
 
 
 def evaluate(model: nn.Module, data: TensorDataset) -> float:
@@ -259,6 +279,11 @@ def main() -> None:
     say(f"data: {data.description}", flush=True)
 
     network = build_model(args.model)
+    # Under `kaitian run --group KIND:N:speed=F` this rank emulates an accelerator F times as fast
+    # as a host core (compute paced, host threads free); without it the model runs as it is.
+    device = kaitian.emulate_device(network)
+    if device is not None:
+        say(f"EMULATED devices: rank {rank} computes at {device.speed:g}x a host core", flush=True)
     optimizer = torch.optim.SGD(network.parameters(), lr=args.lr, momentum=0.9)
     resumed = Checkpoint.load(args.checkpoint_dir) if args.resume else None
     if resumed is not None:
@@ -321,6 +346,7 @@ def main() -> None:
                         "batch": len(labels),
                         "compute": compute_end - step_started,
                         "step": now - step_started,
+                        "stages": kaitian.stage_times(),
                     }
                 )
             if telemetry is not None:
@@ -390,7 +416,13 @@ def main() -> None:
             args.result_json.write_text(json.dumps(result, indent=1) + "\n")
     if args.trace_dir is not None:
         args.trace_dir.mkdir(parents=True, exist_ok=True)
-        record = {"rank": rank, "kind": kaitian.local_device_kind(), "steps": trace}
+        record = {
+            "rank": rank,
+            "kind": kaitian.local_device_kind(),
+            "emulated_speed": device.speed if device is not None else None,
+            "thread_cpu_seconds": kaitian.thread_cpu_seconds(),
+            "steps": trace,
+        }
         (args.trace_dir / f"rank-{rank}.json").write_text(json.dumps(record) + "\n")
     if balancer is not None:
         balancer.close()

@@ -17,7 +17,9 @@ struct JobFile: Equatable {
   var groupLines: [Int?] = []
 
   static let topLevelKeys = ["command", "env", "group", "grace-seconds", "job-id", "log-dir"]
-  static let groupKeys = ["command", "count", "cpu", "cpus", "devices", "env", "kind", "prefix"]
+  static let groupKeys = [
+    "command", "count", "cpu", "cpus", "devices", "env", "kind", "prefix", "speed",
+  ]
 
   /// Reads and parses the file at `path`.
   static func load(
@@ -245,6 +247,14 @@ private struct JobFileReader {
       }
       cpuFraction = number
     }
+    var emulatedSpeed: Double?
+    if let value = table["speed"] {
+      guard let number = value.double ?? value.int.map(Double.init) else {
+        throw error(
+          "must be an emulated device speed in (0, 1], e.g. 0.25", key: "speed", section: section)
+      }
+      emulatedSpeed = number
+    }
     let cpuList = try table["cpus"].map { value throws(JobFileError) in
       try string(value, key: "cpus", section: section)
     }
@@ -252,7 +262,7 @@ private struct JobFileReader {
     do {
       group = try GroupSpec(
         kind: kind, count: count, cpuFraction: cpuFraction, cpuList: cpuList, devices: devices,
-        hostCPUs: hostCPUs)
+        emulatedSpeed: emulatedSpeed, hostCPUs: hostCPUs)
     } catch {
       throw self.error(error.message, key: error.key, section: section)
     }

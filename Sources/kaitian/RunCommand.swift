@@ -54,7 +54,9 @@ struct RunCommand: ParsableCommand {
   @Option(
     name: .customLong("group"),
     help: ArgumentHelp(
-      "Workers of one kind: KIND:COUNT[:cpu=FRACTION][:cpus=LIST][:devices=LIST]; repeat it.",
+      "Workers of one kind: KIND:COUNT[:cpu=FRACTION][:cpus=LIST][:devices=LIST][:speed=F]; "
+        + "repeat it. speed=F emulates a device F times as fast as a host core (compute paced, "
+        + "host threads free).",
       valueName: "group"))
   var groups: [String] = []
 

@@ -10,6 +10,10 @@ struct GroupSpec: Equatable {
   var cpuFraction: Double?
   /// CPUs the workers may run on, as taskset reads them (sched_setaffinity): "0-1,3".
   var cpuList: String?
+  /// EMULATION: the workers pace their model's compute to a device this fast relative to one
+  /// host core (0.25 = four times slower), with their host threads left free, as beside a real
+  /// accelerator; passed as KAITIAN_EMULATED_SPEED, read by `kaitian.emulate_device`.
+  var emulatedSpeed: Double?
   /// Accelerator ids the whole group sees, through the kind's visibility variable.
   var devices: [Int]?
   /// Words before the command: `conda run -n env`, `docker run --rm img`.
@@ -41,7 +45,7 @@ struct GroupSpec: Equatable {
   /// Checks every setting; `hostCPUs` bounds cpus= lists.
   init(
     kind: String, count: Int, cpuFraction: Double? = nil, cpuList: String? = nil,
-    devices: [Int]? = nil, hostCPUs: Int
+    devices: [Int]? = nil, emulatedSpeed: Double? = nil, hostCPUs: Int
   ) throws(Problem) {
     guard Self.isValidKind(kind) else {
       throw Problem(
@@ -65,6 +69,16 @@ struct GroupSpec: Equatable {
             + "e.g. cpu=0.5")
       }
       self.cpuFraction = cpuFraction
+    }
+    if let emulatedSpeed {
+      guard emulatedSpeed > 0, emulatedSpeed <= 1 else {
+        throw Problem(
+          key: "speed",
+          message:
+            "speed=\(RunPlan.format(emulatedSpeed)) must be an emulated device speed in (0, 1] "
+            + "relative to one host core, e.g. speed=0.25")
+      }
+      self.emulatedSpeed = emulatedSpeed
     }
     if let cpuList {
       guard let list = Self.parseList(cpuList, ranges: true), !list.isEmpty else {
@@ -109,16 +123,17 @@ struct GroupSpec: Equatable {
     let fail = { (problem: String) in ValidationError("--group \(text): \(problem)") }
     let fields = text.split(separator: ":", omittingEmptySubsequences: false).map(String.init)
     guard fields.count >= 2 else {
-      throw fail("expected KIND:COUNT[:cpu=FRACTION][:cpus=LIST][:devices=LIST], e.g. cuda:2")
+      throw fail(
+        "expected KIND:COUNT[:cpu=FRACTION][:cpus=LIST][:devices=LIST][:speed=F], e.g. cuda:2")
     }
     var values: [String: String] = [:]
     for field in fields.dropFirst(2) {
       guard let equals = field.firstIndex(of: "="), equals != field.startIndex else {
-        throw fail("'\(field)' is not KEY=VALUE; keys are cpu, cpus and devices")
+        throw fail("'\(field)' is not KEY=VALUE; keys are cpu, cpus, devices and speed")
       }
       let key = String(field[..<equals])
-      guard ["cpu", "cpus", "devices"].contains(key) else {
-        throw fail("unknown key '\(key)'; keys are cpu, cpus and devices")
+      guard ["cpu", "cpus", "devices", "speed"].contains(key) else {
+        throw fail("unknown key '\(key)'; keys are cpu, cpus, devices and speed")
       }
       guard values[key] == nil else { throw fail("\(key)= is given twice") }
       values[key] = String(field[field.index(after: equals)...])
@@ -130,6 +145,13 @@ struct GroupSpec: Equatable {
       }
       fraction = number
     }
+    var speed: Double?
+    if let text = values["speed"] {
+      guard let number = Double(text) else {
+        throw fail("speed=\(text) must be an emulated device speed in (0, 1], e.g. speed=0.25")
+      }
+      speed = number
+    }
     var devices: [Int]?
     if let text = values["devices"] {
       guard let list = Self.parseList(text, ranges: false) else {
@@ -140,7 +162,7 @@ struct GroupSpec: Equatable {
     do {
       try self.init(
         kind: fields[0], count: Int(fields[1]) ?? 0, cpuFraction: fraction,
-        cpuList: values["cpus"], devices: devices, hostCPUs: hostCPUs)
+        cpuList: values["cpus"], devices: devices, emulatedSpeed: speed, hostCPUs: hostCPUs)
     } catch {
       // The count as typed, not as parsed: "two" is not 0.
       if error.key == "count" {
@@ -230,6 +252,7 @@ struct RunPlan {
     var kind: String
     var cpuFraction: Double?
     var cpuList: String?
+    var emulatedSpeed: Double?
     /// The launch prefix, affinity wrapper and user command, without the cgroup entry
     /// wrapper (which needs the cgroup path known only at start).
     var command: [String]
@@ -254,7 +277,7 @@ struct RunPlan {
     "RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT",
     "KAITIAN_DEVICE_KIND", "KAITIAN_GROUP", "KAITIAN_GROUP_RANK", "KAITIAN_GROUP_SIZE",
     "KAITIAN_STORE", "KAITIAN_TOKEN", "KAITIAN_JOB_ID", "KAITIAN_NODE_RANK", "KAITIAN_NNODES",
-    "KAITIAN_HOST_ID",
+    "KAITIAN_HOST_ID", "KAITIAN_EMULATED_SPEED",
   ]
 
   /// `store`, `masterAddress` and `masterPort` are filled in at start; a dry run passes
@@ -297,6 +320,9 @@ struct RunPlan {
         {
           variables.append(("KAITIAN_SOCKET_ADDR", address))
         }
+        if let speed = group.emulatedSpeed {
+          variables.append(("KAITIAN_EMULATED_SPEED", RunPlan.format(speed)))
+        }
         if let devices = group.devices, let variable = group.visibilityVariable {
           variables.append((variable, devices.map(String.init).joined(separator: ",")))
         }
@@ -306,6 +332,7 @@ struct RunPlan {
           Rank(
             rank: rank, group: groupIndex, groupRank: groupRank, kind: group.kind,
             cpuFraction: group.cpuFraction, cpuList: group.cpuList,
+            emulatedSpeed: group.emulatedSpeed,
             command: affinity + group.prefix + (group.command ?? command),
             environment: variables, logPath: "\(logDirectory)/rank-\(rank).log"))
       }
@@ -320,7 +347,8 @@ struct RunPlan {
     for rank in ranks {
       let quota = rank.cpuFraction.map { "cpu quota \(RunPlan.format($0)) CPU" } ?? "no cpu quota"
       let affinity = rank.cpuList.map { ", cpus \($0)" } ?? ""
-      lines.append("\(rank.label) (group \(rank.group)): \(quota)\(affinity)")
+      let speed = rank.emulatedSpeed.map { ", EMULATED device speed \(RunPlan.format($0))" } ?? ""
+      lines.append("\(rank.label) (group \(rank.group)): \(quota)\(affinity)\(speed)")
       lines.append("  command: \(rank.command.map(RunPlan.shellQuoted).joined(separator: " "))")
       for (key, value) in rank.environment { lines.append("  \(key)=\(value)") }
     }
@@ -335,6 +363,7 @@ struct RunPlan {
         ("group_rank", .number(Double(rank.groupRank))), ("kind", .string(rank.kind)),
         ("cpu_quota", rank.cpuFraction.map(JSON.number) ?? .null),
         ("cpus", rank.cpuList.map(JSON.string) ?? .null),
+        ("emulated_speed", rank.emulatedSpeed.map(JSON.number) ?? .null),
         ("command", .array(rank.command.map(JSON.string))),
         ("environment", .object(rank.environment.map { ($0.0, .string($0.1)) })),
         ("log", .string(rank.logPath)),

@@ -83,6 +83,24 @@ struct JobFileTests {
     #expect(first["CUDA_VISIBLE_DEVICES"] == "0,1" && last["OMP_NUM_THREADS"] == "4")
   }
 
+  @Test func emulatedSpeedReachesTheWorkersAndIsChecked() throws {
+    let text = "command = [\"x\"]\n[[group]]\nkind = \"cpu-slow\"\ncount = 2\nspeed = 0.25\n"
+    let file = try parse(text)
+    #expect(file.groups[0].emulatedSpeed == 0.25)
+    let plan = RunPlan(
+      groups: file.groups, command: ["x"], jobID: "j", logDirectory: "l", store: "s:1",
+      masterPort: "2", taskset: "taskset")
+    let environment = Dictionary(uniqueKeysWithValues: plan.ranks[1].environment)
+    #expect(environment["KAITIAN_EMULATED_SPEED"] == "0.25")
+    #expect(plan.describe().contains("EMULATED device speed 0.25"))
+    let flag = try GroupSpec(parsing: "cuda:2:speed=0.5", hostCPUs: 2)
+    #expect(flag.emulatedSpeed == 0.5 && flag.count == 2)
+    #expect(throws: (any Error).self) { try GroupSpec(parsing: "cpu:1:speed=2", hostCPUs: 2) }
+    #expect(throws: (any Error).self) { try GroupSpec(parsing: "cpu:1:speed=fast", hostCPUs: 2) }
+    let tooFast = "command = [\"x\"]\n[[group]]\nkind = \"cpu\"\ncount = 1\nspeed = 1.5\n"
+    #expect(problem(tooFast).hasPrefix("job.toml:5: key 'speed' of [[group]] 1: speed=1.5"))
+  }
+
   @Test func syntaxErrorsCarryLineAndColumn() {
     let text = "command = [\"x\"]\n[[group]]\nkind = \"cpu\"\ncount = = 2\n"
     #expect(problem(text).hasPrefix("job.toml:4:"), "\(problem(text))")

@@ -21,8 +21,10 @@ from ._native import (
     KaitianSystemError,
     KaitianTimeoutError,
 )
+from .emulation import EmulatedDevice, emulate_device, emulated_speed
 from .planner import Rebalancer, gather_speeds, measure_plan, measure_speed, plan_batches
 from .process_group import BACKEND_NAME, ProcessGroupKaitian, create_process_group
+from .profile import StageTimes, stage_times, thread_cpu_seconds
 from .rebalance import OnlineBalancer, PlanChange
 from .sampler import AdaptiveBatchSampler, AdaptiveSampler, loader_batch_size
 from .telemetry import JobTelemetry, job_telemetry
@@ -33,11 +35,13 @@ __all__ = [
     "BACKEND_NAME",
     "AdaptiveBatchSampler",
     "AdaptiveSampler",
+    "EmulatedDevice",
     "GradientWeighting",
     "JobTelemetry",
     "OnlineBalancer",
     "PlanChange",
     "Rebalancer",
+    "StageTimes",
     "Group",
     "KaitianError",
     "KaitianInternalError",
@@ -49,6 +53,8 @@ __all__ = [
     "KaitianTimeoutError",
     "ProcessGroupKaitian",
     "Topology",
+    "emulate_device",
+    "emulated_speed",
     "gather_speeds",
     "install_weighting",
     "intra_backends",
@@ -59,6 +65,8 @@ __all__ = [
     "measure_speed",
     "plan_batches",
     "register",
+    "stage_times",
+    "thread_cpu_seconds",
     "weighted_allreduce_hook",
 ]
 

@@ -24,6 +24,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import timedelta
 
 import torch
@@ -33,6 +34,7 @@ from . import _native
 from ._engine import Communicator, Plan, copied_back, host, host_empty
 from ._store import TorchStoreAdapter, job_token
 from ._vendor import EngineIntraGroup, IntraGroup, create_torch_intra_group
+from .profile import StageTimes, name_os_thread
 from .topology import ENGINE, Topology, local_host_id
 
 BACKEND_NAME = "kaitian"
@@ -118,8 +120,31 @@ def _settle(fut: Future, error: Exception) -> None:
         pass
 
 
-class _Worker:
-    """One thread running a process group's hybrid collectives in issue order, and a watch on the job.
+@dataclass
+class _Task:
+    """One piece of a hybrid collective: up to one step per pipeline stage, in stage order.
+
+    A hierarchical allreduce becomes one task per chunk (in-group reduce-scatter, relay between
+    groups, in-group allgather); its last task completes the collective's future. Other
+    collectives are one task whose `complete` issues them at the last stage, so every
+    collective still starts in issue order and after the ones before it.
+    """
+
+    steps: tuple[Callable[[], None] | None, ...]
+    complete: Job | None = None
+    future: Future | None = None
+
+
+class _Pipeline:
+    """Threads that run a process group's hybrid collectives, one thread per stage, and a watch on the job.
+
+    Why stages on their own threads: a hierarchical allreduce is three steps on three different
+    communicators (the in-group library, the relay between groups, the in-group library again on
+    a second communicator). On one thread, chunk k+1's reduce-scatter would wait for chunk k's
+    relay and allgather; here it runs while chunk k is relayed and chunk k-1 gathered, and a
+    bucket's chunks flow while DDP's next bucket is still being computed. Each stage takes tasks
+    in issue order, and each communicator is used by one stage only, so every rank issues every
+    communicator's calls in the same order.
 
     Why the watch: a rank blocked in a vendor library's collective (gloo's cannot be aborted)
     would wait for that library's own timeout and then report a broken connection, not which rank
@@ -127,18 +152,19 @@ class _Worker:
     all-ranks engine communicator notices a dead or failed peer within milliseconds, whatever this
     rank is doing, and names it by global rank. So `health` (that communicator's state) is polled;
     once it reports an error, every pending and later collective fails with it at once, and
-    `on_failure` aborts the group's engine communicators so this thread is released as soon as it
-    can be (a call inside gloo still ends only at gloo's timeout, which is the group's timeout).
-    A collective that fails on this thread fails the whole group the same way, because a half-done
+    `on_failure` aborts the group's engine communicators so the stage threads are released as soon
+    as they can be (a call inside gloo still ends only at gloo's timeout, which is the group's
+    timeout). A step that fails fails the whole group the same way, because a half-done
     hierarchical collective leaves the ranks out of step.
 
-    After a failure this thread may still be inside gloo, released by gloo's timeout (the group's)
-    or as soon as the gloo peers exit. Closing the group, and the interpreter's exit, wait for it
-    that long at most: a daemon thread that comes back from C++ while Python finalizes is killed
-    by the interpreter inside torch's C++ frames, and the process aborts ("terminate called
+    After a failure a stage thread may still be inside gloo, released by gloo's timeout (the
+    group's) or as soon as the gloo peers exit. Closing the group, and the interpreter's exit, wait
+    for it that long at most: a daemon thread that comes back from C++ while Python finalizes is
+    killed by the interpreter inside torch's C++ frames, and the process aborts ("terminate called
     without an active exception") instead of exiting.
     """
 
+    STAGES = 3
     POLL_SECONDS = 0.02
 
     def __init__(
@@ -156,13 +182,18 @@ class _Worker:
         self._pending: set[Future] = set()
         self._failure: Exception | None = None
         self._stop = threading.Event()
-        self._jobs: queue.SimpleQueue[tuple[Job, Future] | None] = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
+        self._queues: list[queue.SimpleQueue[_Task | None]] = [queue.SimpleQueue() for _ in range(self.STAGES)]
+        self._threads = [
+            threading.Thread(target=self._loop, args=(stage,), name=f"{name}-stage{stage}", daemon=True)
+            for stage in range(self.STAGES)
+        ]
         self._watch = threading.Thread(target=self._watch_health, name=f"{name}-watch", daemon=True)
-        self._thread.start()
+        for thread in self._threads:
+            thread.start()
         self._watch.start()
 
-    def enqueue(self, job: Job) -> Future:
+    def enqueue(self, tasks: list[_Task]) -> Future:
+        """Queues a collective's tasks; the future completes when the last one's `complete` does."""
         fut = Future()
         with self._lock:
             failure = self._failure
@@ -172,23 +203,39 @@ class _Worker:
             fut.set_exception(failure)
             return fut
         fut.add_done_callback(self._discard)
-        self._jobs.put((job, fut))
+        for task in tasks:
+            task.future = fut
+            self._queues[0].put(task)
         return fut
+
+    def submit(self, job: Job) -> Future:
+        """Queues a collective that is one call, issued by `job(fut)` at the last stage."""
+        return self.enqueue([_Task((None,) * self.STAGES, complete=job)])
 
     def _discard(self, fut: Future) -> None:
         with self._lock:
             self._pending.discard(fut)
 
-    def _loop(self) -> None:
-        while (item := self._jobs.get()) is not None:
-            job, fut = item
-            if fut.done():  # already failed with the group
+    def _loop(self, stage: int) -> None:
+        name_os_thread(f"kt-hybrid{stage}")
+        last = stage == self.STAGES - 1
+        while (task := self._queues[stage].get()) is not None:
+            if task.future is not None and task.future.done():  # failed with the group already
                 continue
             try:
-                job(fut)
+                step = task.steps[stage]
+                if step is not None:
+                    step()
+                if last and task.complete is not None:
+                    task.complete(task.future)
             except Exception as error:  # every failure belongs to the collective's future
                 if self._failure is None:  # else the group failed already; its communicators may be gone
                     self._fail(self._explain(error))
+                continue
+            if not last:
+                self._queues[stage + 1].put(task)
+        if not last:
+            self._queues[stage + 1].put(None)
 
     def _explain(self, error: Exception) -> Exception:
         """The all-ranks communicator's error when it reports one soon, for it names the lost rank."""
@@ -201,6 +248,7 @@ class _Worker:
         return cause
 
     def _watch_health(self) -> None:
+        name_os_thread("kt-health")
         while not self._stop.wait(self.POLL_SECONDS):
             if (error := self._health()) is not None:
                 self._fail(error)
@@ -215,14 +263,16 @@ class _Worker:
         for fut in pending:
             _settle(fut, error)
         self._on_failure(error)
-        atexit.register(self._thread.join, self._timeout_seconds)
+        for thread in self._threads:
+            atexit.register(thread.join, self._timeout_seconds)
 
     def close(self) -> None:
         """Stops the watch, then lets issued collectives finish (at most the timeout after a failure)."""
         self._stop.set()
         self._watch.join()
-        self._jobs.put(None)
-        self._thread.join(timeout=self._timeout_seconds if self._failure is not None else None)
+        self._queues[0].put(None)
+        for thread in self._threads:
+            thread.join(timeout=self._timeout_seconds if self._failure is not None else None)
 
 
 class ProcessGroupKaitian(dist.ProcessGroup):
@@ -244,6 +294,7 @@ class ProcessGroupKaitian(dist.ProcessGroup):
         self._rank = rank
         self._size = size
         self._calls = itertools.count(1)
+        self.stage_times = StageTimes()  # the hybrid allreduce's stages, for kaitian.stage_times()
         self.topology = Topology.exchange(store, rank, size, timeout)
         token = job_token(store, rank, timeout)
         adapter = TorchStoreAdapter(store)
@@ -257,8 +308,9 @@ class ProcessGroupKaitian(dist.ProcessGroup):
         try:
             self._world = communicator(size, rank, "kaitian/world")
             self._intra: IntraGroup | None = None
+            self._intra_gather: IntraGroup | None = None
             self._column: Communicator | None = None
-            self._worker: _Worker | None = None
+            self._worker: _Pipeline | None = None
             if not self.topology.is_flat:
                 self._set_up_hybrid(store, communicator)
         finally:
@@ -267,22 +319,29 @@ class ProcessGroupKaitian(dist.ProcessGroup):
     def _set_up_hybrid(self, store: dist.Store, communicator: Callable[[int, int, str], Communicator]) -> None:
         topo = self.topology
         group, local = topo.group, topo.local_rank
-        if group.size > 1:
-            prefix = f"kaitian/intra/{group.index}"
+
+        def intra_group(prefix: str) -> IntraGroup:
             if group.backend == ENGINE:
-                self._intra = EngineIntraGroup(communicator(group.size, local, prefix))
-            else:
-                self._intra = create_torch_intra_group(
-                    group.backend,
-                    dist.PrefixStore(prefix + "/", store),
-                    local,
-                    group.size,
-                    timedelta(seconds=self._timeout_seconds),
-                    list(group.ranks),
-                )
+                return EngineIntraGroup(communicator(group.size, local, prefix))
+            return create_torch_intra_group(
+                group.backend,
+                dist.PrefixStore(prefix + "/", store),
+                local,
+                group.size,
+                timedelta(seconds=self._timeout_seconds),
+                list(group.ranks),
+            )
+
+        if group.size > 1:
+            # Two in-group communicators: the first pipeline stage reduces on one while the last
+            # gathers on the other, each in issue order (see _Pipeline).
+            self._intra = intra_group(f"kaitian/intra/{group.index}")
+            self._intra_gather = intra_group(f"kaitian/intra-gather/{group.index}")
         if len(topo.groups) > 1 and local < topo.columns:
             self._column = communicator(len(topo.groups), group.index, f"kaitian/column/{local}")
-        self._worker = _Worker(f"kaitian-pg{self._rank}", self._world_error, self._abort_engine, self._timeout_seconds)
+        self._worker = _Pipeline(
+            f"kaitian-pg{self._rank}", self._world_error, self._abort_engine, self._timeout_seconds
+        )
 
     def _world_error(self) -> _native.KaitianError | None:
         """The all-ranks communicator's first fatal error (a lost or aborted peer), if any."""
@@ -328,7 +387,7 @@ class ProcessGroupKaitian(dist.ProcessGroup):
             fut = Future()
             self._world.submit(build(), fut)
             return _work_from_future(fut, call)
-        return _work_from_future(self._worker.enqueue(lambda fut: self._world.submit(build(), fut)), call)
+        return _work_from_future(self._worker.submit(lambda fut: self._world.submit(build(), fut)), call)
 
     def _in_place(self, name: str, tensors: list[torch.Tensor], function: str, *extra: object) -> dist.Work:
         """One in-place engine call per tensor (staged through host memory), e.g. ktAllReduce."""
@@ -350,92 +409,127 @@ class ProcessGroupKaitian(dist.ProcessGroup):
         for t in tensors:
             _native.datatype(t.dtype)
         if self._worker is not None:
-
-            def job(fut: Future) -> None:
-                for t in tensors:
-                    self._allreduce_hybrid(t, op)
-                fut.set_result(tensors)
-
-            return _work_from_future(self._worker.enqueue(job), self._call("allreduce"))
+            tasks = [task for t in tensors for task in self._allreduce_tasks(t, op)]
+            if not tasks:
+                tasks = [_Task((None,) * _Pipeline.STAGES)]
+            tasks[-1].complete = lambda fut: fut.set_result(tensors)
+            return _work_from_future(self._worker.enqueue(tasks), self._call("allreduce"))
         return self._in_place("allreduce", tensors, "ktAllReduce", op)
 
     def allreduce_coalesced(self, tensors: list[torch.Tensor], opts: object = None) -> dist.Work:
         return self.allreduce(tensors, opts)
 
-    def _allreduce_hybrid(self, t: torch.Tensor, op: int) -> None:
-        """Hierarchical allreduce of one tensor, on the worker thread.
+    CHUNK_BYTES = int(os.environ.get("KAITIAN_HYBRID_CHUNK_BYTES", 4 << 20))
+    """A hybrid allreduce moves through the pipeline in chunks of about this many bytes."""
 
-        Equal group sizes L: each group reduce-scatters the flattened tensor (padded to a multiple
-        of L) into L shards with its own library; local rank j copies shard j to host memory
-        (pinned for CUDA) and allreduces it with local rank j of every other group on column
-        communicator j, all L columns in parallel; the shard is copied back and the group
-        allgathers the shards.
+    def _allreduce_tasks(self, t: torch.Tensor, op: int) -> list[_Task]:
+        """Hierarchical allreduce of one tensor, as pipeline tasks of one chunk each.
+
+        Equal group sizes L: each group reduce-scatters the chunk (padded to a multiple of L) into
+        L shards with its own library; local rank j allreduces shard j (through host memory,
+        pinned for CUDA) with local rank j of every other group on column communicator j, all L
+        columns in parallel; the group allgathers the shards.
 
         Unequal sizes (shards of different groups would not line up): S = the smallest group's
-        size. Each group allreduces the whole tensor with its own library; the tensor is cut into
-        S shards and local ranks 0..S-1 of every group allreduce shard j across groups, in
+        size. Each group allreduces the chunk with its own library; the chunk is cut into S
+        shards and local ranks 0..S-1 of every group allreduce shard j across groups, in
         parallel; then each group broadcasts shard j from local rank j. With S = 1 this is the
         per-group-leader scheme; with more, the first S ranks of each group share the host work.
 
-        AVG is a SUM everywhere and one division by the world size at the end (never by the
-        number of groups), so groups of different sizes weigh each rank equally. Every element's
-        final value is computed once, by one column allreduce, and copied everywhere, so all ranks
-        end bitwise identical.
+        The three steps of a chunk run on the pipeline's three stages, so chunk k+1 is reduced
+        while chunk k crosses between groups and chunk k-1 is gathered. AVG is a SUM everywhere
+        and one division by the world size at the end (never by the number of groups), so groups
+        of different sizes weigh each rank equally. Every element's final value is computed once,
+        by one column allreduce, and copied everywhere, so all ranks end bitwise identical.
         """
-        topo = self.topology
-        group_size, groups = topo.group.size, len(topo.groups)
-        step_op = _native.SUM if op == _native.AVG else op
         device = self.intra_device
-        n = t.numel()
+        direct = t.device == device and t.is_contiguous()
+        flat = t.view(-1) if direct else t.detach().reshape(-1).to(device, copy=True)
+        step = max(1, self.CHUNK_BYTES // max(t.element_size(), 1))
+        tasks = [self._chunk_task(flat[a : a + step], op) for a in range(0, flat.numel(), step)]
+        if not direct and tasks:
+            gather = tasks[-1].steps[-1]
+
+            def gather_and_copy_back() -> None:
+                if gather is not None:
+                    gather()
+                with self.stage_times.stage("copy back"):
+                    t.copy_(flat.view_as(t))
+
+            tasks[-1].steps = (*tasks[-1].steps[:-1], gather_and_copy_back)
+        return tasks
+
+    def _chunk_task(self, part: torch.Tensor, op: int) -> _Task:
+        """The three steps of one contiguous chunk's hierarchical allreduce (see _allreduce_tasks)."""
+        topo = self.topology
+        group_size, groups, local = topo.group.size, len(topo.groups), topo.local_rank
+        step_op = _native.SUM if op == _native.AVG else op
+        stage = self.stage_times.stage
+        n = part.numel()
         shards = group_size if topo.equal_sizes else topo.columns
-        chunk = -(-n // shards)
-        in_place = t.device == device and t.is_contiguous() and chunk * shards == n
-        if in_place:
-            buf = t.view(-1)
-        else:
-            buf = torch.empty(chunk * shards, dtype=t.dtype, device=device)
-            buf[:n].copy_(t.reshape(-1))
-            buf[n:].zero_()
-        local = topo.local_rank
-        if groups == 1:
-            if group_size > 1:
-                self._intra.allreduce(buf, step_op)
-        elif topo.equal_sizes:
-            shard = buf[local * chunk : (local + 1) * chunk]
-            if group_size > 1:
-                shard = torch.empty(chunk, dtype=t.dtype, device=device)
-                self._intra.reduce_scatter(shard, buf, step_op)
-            self._column_allreduce(shard, step_op)
-            if group_size > 1:
-                self._intra.allgather(buf, shard)
-        else:
-            if group_size > 1:
-                self._intra.allreduce(buf, step_op)
-            if local < shards:
-                self._column_allreduce(buf[local * chunk : (local + 1) * chunk], step_op)
-            if group_size > 1:
-                for j in range(shards):
-                    self._intra.broadcast(buf[j * chunk : (j + 1) * chunk], j)
-        if not in_place:
-            t.copy_(buf[:n].view_as(t))
-        if op == _native.AVG:
-            if t.is_floating_point():
-                t.div_(self._size)
+        width = -(-n // shards)
+        padded = width * shards != n
+        buf = torch.empty(width * shards, dtype=part.dtype, device=part.device) if padded else part
+        scatter = groups > 1 and topo.equal_sizes and group_size > 1
+        shard = (
+            torch.empty(width, dtype=part.dtype, device=part.device)
+            if scatter
+            else buf[local * width : (local + 1) * width]
+        )
+
+        def reduce() -> None:
+            if padded:
+                with stage("pad copy"):
+                    buf[:n].copy_(part)
+                    buf[n:].zero_()
+            if group_size == 1:
+                return
+            if scatter:
+                with stage("in-group reduce-scatter"):
+                    self._intra.reduce_scatter(shard, buf, step_op)
             else:
-                t.div_(self._size, rounding_mode="trunc")
+                with stage("in-group allreduce"):
+                    self._intra.allreduce(buf, step_op)
+
+        def relay() -> None:
+            if groups > 1 and local < shards:
+                self._column_allreduce(shard, step_op)
+
+        def gather() -> None:
+            if groups > 1 and group_size > 1:
+                if topo.equal_sizes:
+                    with stage("in-group allgather"):
+                        self._intra_gather.allgather(buf, shard)
+                else:
+                    with stage("in-group broadcast"):
+                        for j in range(shards):
+                            self._intra_gather.broadcast(buf[j * width : (j + 1) * width], j)
+            if padded:
+                with stage("copy back"):
+                    part.copy_(buf[:n])
+            if op == _native.AVG:
+                if part.is_floating_point():
+                    part.div_(self._size)
+                else:
+                    part.div_(self._size, rounding_mode="trunc")
+
+        return _Task((reduce, relay, gather))
 
     def _column_allreduce(self, shard: torch.Tensor, op: int) -> None:
         """Allreduces a contiguous shard between groups through host memory."""
         if shard.device.type == "cpu":
             staged = shard
         else:
-            staged = torch.empty(shard.shape, dtype=shard.dtype, pin_memory=shard.device.type == "cuda")
-            staged.copy_(shard)
+            with self.stage_times.stage("staging copy"):
+                staged = torch.empty(shard.shape, dtype=shard.dtype, pin_memory=shard.device.type == "cuda")
+                staged.copy_(shard)
         ptr = staged.data_ptr()
         call = ("ktAllReduce", (ptr, ptr, staged.numel(), _native.datatype(staged.dtype), op))
-        self._column.run(Plan([call], lambda: [], [staged]))
+        with self.stage_times.stage("relay between groups"):
+            self._column.run(Plan([call], lambda: [], [staged]))
         if staged is not shard:
-            shard.copy_(staged)
+            with self.stage_times.stage("staging copy"):
+                shard.copy_(staged)
 
     def broadcast(self, tensors: list[torch.Tensor], opts: object = None) -> dist.Work:
         root = opts.rootRank if opts is not None else 0
@@ -667,8 +761,8 @@ class ProcessGroupKaitian(dist.ProcessGroup):
     # ---- teardown ----
 
     def _communicators(self) -> list[Communicator]:
-        intra = self._intra.comm if isinstance(self._intra, EngineIntraGroup) else None
-        return [c for c in (self._column, intra, self._world) if c is not None]
+        intra = [g.comm for g in (self._intra, self._intra_gather) if isinstance(g, EngineIntraGroup)]
+        return [c for c in (self._column, *intra, self._world) if c is not None]
 
     def abort(self) -> None:
         """Fails every pending and later collective of this group, on every rank."""

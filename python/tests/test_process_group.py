@@ -15,9 +15,14 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def hybrid_env(kinds: list[str]) -> object:
-    """Ranks declare the given device kinds; cpu-a groups use gloo inside, cpu-b the engine."""
-    return lambda r: {"KAITIAN_DEVICE_KIND": kinds[r], "KAITIAN_INTRA_BACKEND": "cpu-a=gloo,cpu-b=kaitian"}
+def hybrid_env(kinds: list[str], chunk_bytes: int | None = None) -> object:
+    """Ranks declare the given device kinds; cpu-a groups use gloo inside, cpu-b the engine.
+
+    With `chunk_bytes`, hybrid allreduces are cut into chunks that small, so every tensor of the
+    checks (37 elements and up) crosses the pipeline in several chunks, the last one short.
+    """
+    chunks = {} if chunk_bytes is None else {"KAITIAN_HYBRID_CHUNK_BYTES": str(chunk_bytes)}
+    return lambda r: {"KAITIAN_DEVICE_KIND": kinds[r], "KAITIAN_INTRA_BACKEND": "cpu-a=gloo,cpu-b=kaitian", **chunks}
 
 
 def check_gradients(per_rank: list[dict[str, object]], size: int) -> None:
@@ -47,6 +52,10 @@ HYBRID = [("cpu-a", "gloo"), ("cpu-b", "kaitian")]
         pytest.param(4, hybrid_env(["cpu-a", "cpu-b", "cpu-a", "cpu-b"]), HYBRID, id="hybrid-2+2"),
         # Unequal groups whose smaller one has two ranks: two shard columns, then broadcasts.
         pytest.param(5, hybrid_env(["cpu-a", "cpu-a", "cpu-b", "cpu-b", "cpu-b"]), HYBRID, id="hybrid-2+3"),
+        # The same two layouts with 40-byte chunks: many chunks in flight through the pipeline's
+        # stages at once, each padded to the group size on its own.
+        pytest.param(4, hybrid_env(["cpu-a", "cpu-b", "cpu-a", "cpu-b"], 40), HYBRID, id="hybrid-2+2-chunked"),
+        pytest.param(5, hybrid_env(["cpu-a", "cpu-a", "cpu-b", "cpu-b", "cpu-b"], 40), HYBRID, id="hybrid-2+3-chunked"),
     ],
 )
 def test_collectives_and_ddp(size: int, env: object, groups: list[tuple[str, str]]) -> None:

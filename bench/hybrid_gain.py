@@ -1,0 +1,290 @@
+"""Does adding a slower group make training faster? The fast group alone, the slow group alone and
+both groups, run in alternation, with per-stage and per-thread breakdowns.
+
+Two stand-ins for a slow device, each reported on its own:
+
+  quota     cgroup CPU quotas (fast: --fast-cpu per worker on CPU 0, slow: --slow-cpu on CPU 1).
+            Pessimistic: the quota also throttles the rank's host threads (the engine's, gloo's,
+            the hybrid worker's), which an accelerator's host would run at full speed.
+  emulated  EMULATION: `kaitian run --group KIND:N:speed=F`; the model's forward and backward are
+            paced to a device F times as fast as a host core (kaitian.emulate_device) while the
+            host threads run free, as beside a GPU. Fast: --fast-speed, slow: --slow-speed; no
+            quotas, no pinning. Faithful to the host side; the emulated device itself is a sleep.
+
+Every round runs each mode's configurations in turn (fast alone, both, slow alone, ...), so the
+runs compared were taken minutes, not hours, apart; the report gives medians and the spread over
+rounds, and per-round ratios (both / fast alone, both / (fast + slow), the "ideal").
+
+The job is examples/train.py under `kaitian run`, the same for every configuration: MobileNetV2
+(the paper's model) on scikit-learn's digits scaled to 3x32x32 (real images; CIFAR-10 cannot be
+downloaded here), static measured shares, the same global batch. Inside the fast group the engine
+(the NCCL stand-in), inside the slow group torch's gloo (the CNCL stand-in); fast alone uses the
+engine, the faster of the two libraries on this machine, so the baseline is the harder one.
+
+Needs root (quotas). Writes nothing unless --markdown FILE; --json prints the raw results.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGURATIONS = ("fast alone", "both", "slow alone")
+
+
+def group_flags(mode: str, config: str, args: argparse.Namespace) -> list[str]:
+    """The --group values of one configuration in one stand-in mode."""
+    if mode == "quota":
+        fast, slow = f"fast:2:cpu={args.fast_cpu}:cpus=0", f"slow:2:cpu={args.slow_cpu}:cpus=1"
+    else:
+        fast, slow = f"fast:2:speed={args.fast_speed}", f"slow:2:speed={args.slow_speed}"
+    chosen = {"fast alone": [fast], "slow alone": [slow], "both": [fast, slow]}[config]
+    return [flag for group in chosen for flag in ("--group", group)]
+
+
+def run_job(mode: str, config: str, args: argparse.Namespace, folder: Path) -> dict[str, Any]:
+    """One `kaitian run` of examples/train.py; its result JSON with every rank's trace."""
+    folder.mkdir(parents=True)
+    command = [str(REPO / ".build" / "release" / "kaitian"), "run", "--log-dir", str(folder / "logs")]
+    command += group_flags(mode, config, args)
+    command += ["--", sys.executable, str(REPO / "examples" / "train.py"), "--backend", "kaitian"]
+    command += ["--model", args.model, "--data", args.data, "--adaptive", "static"]
+    command += ["--global-batch", str(args.global_batch), "--epochs", str(args.epochs)]
+    command += ["--measure-seconds", str(args.measure_seconds)]
+    command += ["--result-json", str(folder / "result.json"), "--trace-dir", str(folder / "trace")]
+    env = dict(os.environ, PYTHONPATH=str(REPO / "python"), KAITIAN_INTRA_BACKEND="fast=kaitian,slow=gloo")
+    started = time.perf_counter()
+    done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=REPO, timeout=args.timeout)
+    if done.returncode != 0:
+        raise SystemExit(f"{mode} / {config} failed ({done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
+    result = json.loads((folder / "result.json").read_text())
+    result["job_seconds"] = time.perf_counter() - started
+    result["traces"] = [json.loads(p.read_text()) for p in sorted((folder / "trace").glob("rank-*.json"))]
+    return result
+
+
+# ---- pure summaries (tested without processes) ----
+
+
+def steady_steps(trace: dict[str, Any], skip: int = 3) -> list[dict[str, Any]]:
+    """A rank's steps without the first `skip` (warm-up), or all of them when there are too few."""
+    return trace["steps"][skip:] or trace["steps"]
+
+
+def rank_summary(trace: dict[str, Any]) -> dict[str, Any]:
+    """Per rank: mean batch, compute per sample, step, exposed communication, stage means."""
+    steps = steady_steps(trace)
+    samples = sum(s["batch"] for s in steps)
+    stages: dict[str, float] = {}
+    for s in steps:
+        for name, seconds in s.get("stages", {}).items():
+            stages[name] = stages.get(name, 0.0) + seconds / len(steps)
+    return {
+        "rank": trace["rank"],
+        "kind": trace["kind"],
+        "batch": samples / len(steps),
+        "compute_ms_per_sample": 1e3 * sum(s["compute"] for s in steps) / max(samples, 1),
+        "step_ms": 1e3 * statistics.fmean(s["step"] for s in steps),
+        "exposed_ms": 1e3 * statistics.fmean(s["step"] - s["compute"] for s in steps),
+        "stages_ms": {name: 1e3 * seconds for name, seconds in sorted(stages.items())},
+        "thread_cpu_seconds": trace.get("thread_cpu_seconds", {}),
+    }
+
+
+def job_summary(result: dict[str, Any]) -> dict[str, Any]:
+    ranks = [rank_summary(t) for t in result["traces"]]
+    fast = [r for r in ranks if r["kind"] == "fast"]
+    return {
+        "samples_per_second": result["samples_per_second"],
+        "seconds": result["seconds"],
+        "accuracy": result["accuracy"],
+        "plan": result["final_plan"],
+        "fast_compute_ms_per_sample": statistics.fmean(r["compute_ms_per_sample"] for r in fast) if fast else None,
+        # The fast ranks' wait after their last gradient: what communication (and the slowest rank)
+        # adds to a step the fast devices alone would have set.
+        "fast_exposed_ms": statistics.fmean(r["exposed_ms"] for r in fast) if fast else None,
+        "ranks": ranks,
+    }
+
+
+def spread(values: list[float]) -> str:
+    """median (min-max) of values, as text."""
+    if not values:
+        return "-"
+    if len(values) == 1:
+        return f"{values[0]:.3g}"
+    return f"{statistics.median(values):.3g} ({min(values):.3g}-{max(values):.3g})"
+
+
+def mode_report(mode: str, rounds: list[dict[str, dict[str, Any]]]) -> dict[str, Any]:
+    """Medians and spreads over rounds for one mode, with per-round ratios."""
+
+    def series(config: str, key: str) -> list[float]:
+        return [r[config][key] for r in rounds if r[config].get(key) is not None]
+
+    gain = [r["both"]["samples_per_second"] / r["fast alone"]["samples_per_second"] for r in rounds]
+    ideal = [
+        r["both"]["samples_per_second"]
+        / (r["fast alone"]["samples_per_second"] + r["slow alone"]["samples_per_second"])
+        for r in rounds
+    ]
+    compute = [r["both"]["fast_compute_ms_per_sample"] / r["fast alone"]["fast_compute_ms_per_sample"] for r in rounds]
+    exposed = [r["both"]["fast_exposed_ms"] / max(r["fast alone"]["fast_exposed_ms"], 1e-9) for r in rounds]
+    return {
+        "mode": mode,
+        "rounds": len(rounds),
+        "throughput": {c: series(c, "samples_per_second") for c in CONFIGURATIONS},
+        "accuracy": {c: series(c, "accuracy") for c in CONFIGURATIONS},
+        "both_over_fast": gain,
+        "both_over_ideal": ideal,
+        "fast_compute_ms_per_sample": {c: series(c, "fast_compute_ms_per_sample") for c in ("fast alone", "both")},
+        "fast_compute_ratio": compute,
+        "fast_exposed_ms": {c: series(c, "fast_exposed_ms") for c in ("fast alone", "both")},
+        "fast_exposed_ratio": exposed,
+    }
+
+
+def stage_table(round_: dict[str, dict[str, Any]]) -> list[str]:
+    """Markdown rows: per rank of the hybrid job, batch, compute, step, exposed, stages, thread CPU."""
+    rows = []
+    for r in round_["both"]["ranks"]:
+        stages = ", ".join(f"{name} {ms:.1f}" for name, ms in r["stages_ms"].items()) or "-"
+        threads = sorted(r["thread_cpu_seconds"].items(), key=lambda item: -item[1])[:4]
+        cpu = ", ".join(f"{name} {seconds:.1f} s" for name, seconds in threads) or "-"
+        rows.append(
+            f"| {r['rank']} | {r['kind']} | {r['batch']:.1f} | {r['compute_ms_per_sample']:.2f} | "
+            f"{r['step_ms']:.0f} | {r['exposed_ms']:.0f} | {stages} | {cpu} |"
+        )
+    return rows
+
+
+def markdown(reports: list[dict[str, Any]], raw: dict[str, list[dict[str, Any]]], args: argparse.Namespace) -> str:
+    lines = [
+        "## Figure 2 on the paper's model: does the slow group add speed?",
+        "",
+        f"Measured by `bench/hybrid_gain.py` on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}: "
+        f"MobileNetV2 on scikit-learn's digits scaled to 3x32x32, {args.epochs} epochs, global batch "
+        f"{args.global_batch}, static measured shares, {args.rounds} rounds run in alternation "
+        "(fast alone, both, slow alone, then the next mode). Medians, with the spread over rounds "
+        "in parentheses. Fast group: engine inside; slow group: torch's gloo inside; fast alone: "
+        "the engine.",
+        "",
+        "Stand-ins: **quota** = cgroup CPU quotas (fast "
+        f"{args.fast_cpu} CPU per worker on CPU 0, slow {args.slow_cpu} on CPU 1); pessimistic for "
+        "Kaitian, because the quota also throttles each rank's communication threads. **emulated** = "
+        f"EMULATED device speed (fast {args.fast_speed}, slow {args.slow_speed} of a host core): "
+        "compute paced by sleeping, host threads free, as beside an accelerator; no quotas.",
+        "",
+        "| stand-in | fast alone | slow alone | both | both / fast alone | both / (fast + slow) | "
+        "fast ranks' compute, both / alone | fast ranks' exposed comm, alone -> both |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for rep in reports:
+        t = rep["throughput"]
+        exposed = rep["fast_exposed_ms"]
+        lines.append(
+            f"| {rep['mode']} | {spread(t['fast alone'])} | {spread(t['slow alone'])} | {spread(t['both'])} | "
+            f"{spread(rep['both_over_fast'])} | {spread(rep['both_over_ideal'])} | "
+            f"{spread(rep['fast_compute_ratio'])} | {spread(exposed['fast alone'])} ms -> "
+            f"{spread(exposed['both'])} ms |"
+        )
+    lines += [
+        "",
+        "Throughput in samples/s. Test accuracy (median): "
+        + "; ".join(
+            f"{rep['mode']}: "
+            + ", ".join(f"{c} {100 * statistics.median(rep['accuracy'][c]):.1f}%" for c in CONFIGURATIONS)
+            for rep in reports
+        )
+        + ".",
+        "",
+        "Where a hybrid step's time goes (last round; per step, ms; stages are wall time on the "
+        "hybrid worker thread; thread CPU is the run's four busiest threads):",
+        "",
+    ]
+    for mode, rounds in raw.items():
+        lines += [
+            f"**{mode}**",
+            "",
+            "| rank | group | batch | compute ms/sample | step ms | exposed ms | stages (ms per step) | thread CPU |",
+            "|---:|---|---:|---:|---:|---:|---|---|",
+            *stage_table(rounds[-1]),
+            "",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--modes", default="quota,emulated", help="comma-separated: quota, emulated")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--model", default="mobilenet_v2")
+    parser.add_argument("--data", default="digits32")
+    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--global-batch", type=int, default=64)
+    parser.add_argument("--measure-seconds", type=float, default=3.0)
+    parser.add_argument("--fast-cpu", type=float, default=0.5)
+    parser.add_argument("--slow-cpu", type=float, default=0.25)
+    parser.add_argument("--fast-speed", type=float, default=0.5)
+    parser.add_argument("--slow-speed", type=float, default=0.25)
+    parser.add_argument("--timeout", type=float, default=1800.0, help="seconds per job")
+    parser.add_argument("--markdown", type=Path, help="write the report here")
+    parser.add_argument("--json", action="store_true", help="print the raw results as JSON")
+    args = parser.parse_args(argv)
+    args.modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    if not args.modes or any(m not in ("quota", "emulated") for m in args.modes):
+        parser.error("--modes takes quota, emulated or both")
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    if "quota" in args.modes and os.geteuid() != 0:
+        raise SystemExit("quota mode needs root (cgroups): run as root, or --modes emulated")
+    scratch = Path(tempfile.mkdtemp(prefix="kaitian-gain-"))
+    raw: dict[str, list[dict[str, Any]]] = {mode: [] for mode in args.modes}
+    total = args.rounds * len(args.modes) * len(CONFIGURATIONS)
+    done = 0
+    try:
+        for round_index in range(args.rounds):
+            for mode in args.modes:
+                results = {}
+                for config in CONFIGURATIONS:
+                    done += 1
+                    print(
+                        f"[{done}/{total}] round {round_index + 1}, {mode}: {config} ...", file=sys.stderr, flush=True
+                    )
+                    folder = scratch / f"{round_index}-{mode}-{config.replace(' ', '-')}"
+                    results[config] = job_summary(run_job(mode, config, args, folder))
+                    s = results[config]
+                    print(
+                        f"        {s['samples_per_second']:.1f} samples/s, plan {s['plan']}, "
+                        f"fast compute {s['fast_compute_ms_per_sample'] or 0:.2f} ms/sample, "
+                        f"fast exposed {s['fast_exposed_ms'] or 0:.0f} ms",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+                raw[mode].append(results)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    reports = [mode_report(mode, rounds) for mode, rounds in raw.items()]
+    text = markdown(reports, raw, args)
+    print(text)
+    if args.markdown is not None:
+        args.markdown.write_text(text)
+    if args.json:
+        print(json.dumps({"reports": reports, "raw": raw}, indent=1))
+
+
+if __name__ == "__main__":
+    main()

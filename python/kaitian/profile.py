@@ -1,0 +1,91 @@
+"""Where a rank's time goes: hybrid allreduce stages and per-thread CPU time.
+
+Stage times are wall seconds spent in each stage of the hierarchical allreduce on the process
+group's worker thread (padding copy, in-group reduce-scatter or allreduce, staging copies, the
+relay between groups, in-group allgather or broadcast, copy back), added up until taken. Thread
+CPU times come from /proc/self/task/*/stat (utime + stime), summed by thread name, so a run can
+show which threads (the training loop, the engine's, gloo's, the hybrid worker) used the CPU.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch.distributed as dist
+
+
+class StageTimes:
+    """Wall seconds per stage name, accumulated from any thread until `take` resets them."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._seconds: dict[str, float] = {}
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.add(name, time.perf_counter() - started)
+
+    def add(self, name: str, seconds: float) -> None:
+        with self._lock:
+            self._seconds[name] = self._seconds.get(name, 0.0) + seconds
+
+    def take(self) -> dict[str, float]:
+        """The seconds accumulated since the last take, and a fresh start."""
+        with self._lock:
+            taken, self._seconds = self._seconds, {}
+        return taken
+
+
+def stage_times(group: dist.ProcessGroup | None = None) -> dict[str, float]:
+    """Takes the hybrid allreduce's stage seconds of `group` (default: the world) since the last call.
+
+    Empty when the group's backend is not "kaitian" or runs flat (one group on the engine alone).
+    """
+    pg = group if group is not None else dist.group.WORLD
+    times = getattr(pg, "stage_times", None)  # a "kaitian" group is the ProcessGroupKaitian itself
+    return times.take() if isinstance(times, StageTimes) else {}
+
+
+def name_os_thread(name: str) -> None:
+    """Names the calling thread for the OS (top -H, /proc/PID/task/TID/comm), cut to 15 bytes.
+
+    Python's thread names stay inside Python; per-thread CPU time reads the OS's. Best effort.
+    """
+    try:
+        with open("/proc/thread-self/comm", "wb") as comm:
+            comm.write(name.encode()[:15])
+    except OSError:
+        pass
+
+
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def thread_cpu_seconds(pid: int | str = "self") -> dict[str, float]:
+    """CPU seconds (user + system) of every live thread of `pid`, summed by thread name.
+
+    Empty where /proc is not Linux's. Threads that already ended are not counted.
+    """
+    totals: dict[str, float] = {}
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            stat = (task / "stat").read_text()
+        except OSError:  # the thread ended while we looked
+            continue
+        # Fields after the name (which may hold spaces, inside parentheses): state is field 3,
+        # utime field 14 and stime field 15 (1-based, proc(5)).
+        opening, closing = stat.find("("), stat.rfind(")")
+        name = stat[opening + 1 : closing]
+        fields = stat[closing + 2 :].split()
+        seconds = (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
+        totals[name] = totals.get(name, 0.0) + seconds
+    return totals

@@ -1,0 +1,60 @@
+"""The emulated accelerator (kaitian.emulate_device): pacing, exact gradients, the variable."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from kaitian.emulation import SPEED_VARIABLE, EmulatedDevice, emulate_device, emulated_speed
+
+
+def model() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(256, 512), nn.ReLU(), nn.Linear(512, 512), nn.ReLU(), nn.Linear(512, 10))
+
+
+def step(net: nn.Module, seed: int) -> list[torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    inputs = torch.randn(64, 256, generator=generator)
+    targets = torch.randint(0, 10, (64,), generator=generator)
+    net.zero_grad()
+    F.cross_entropy(net(inputs), targets).backward()
+    return [p.grad.clone() for p in net.parameters()]
+
+
+def test_paced_steps_take_the_device_time_and_give_the_same_gradients() -> None:
+    plain, paced = model(), model()
+    device = EmulatedDevice(paced, speed=0.2)
+    for seed in range(EmulatedDevice.CALIBRATION_STEPS):
+        assert all(torch.equal(a, b) for a, b in zip(step(plain, seed), step(paced, seed), strict=True))
+    assert device.waited_seconds == 0.0, "calibration steps run at host speed"
+    for seed in range(3):
+        started = time.perf_counter()
+        got = step(paced, 100 + seed)
+        elapsed = time.perf_counter() - started
+        assert all(torch.equal(a, b) for a, b in zip(step(plain, 100 + seed), got, strict=True))
+        # A lower bound the pacing guarantees whatever the machine's load: the device's time for
+        # the forward and the whole backward (every gradient waits for its share of it).
+        device_seconds = (device.best_forward + device.best_backward) * 64 / device.speed
+        assert elapsed >= 0.95 * device_seconds
+    assert device.waited_seconds > 0
+    device.remove()
+    waited = device.waited_seconds
+    step(paced, 7)
+    assert device.waited_seconds == waited, "removed: no more pacing"
+
+
+def test_the_variable_selects_the_speed(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(SPEED_VARIABLE, raising=False)
+    assert emulated_speed() is None and emulate_device(model()) is None
+    monkeypatch.setenv(SPEED_VARIABLE, "0.25")
+    device = emulate_device(model())
+    assert device is not None and device.speed == 0.25
+    device.remove()
+    for bad in ("fast", "0", "1.5", "-1"):
+        monkeypatch.setenv(SPEED_VARIABLE, bad)
+        with pytest.raises(ValueError, match=SPEED_VARIABLE):
+            emulated_speed()
