@@ -232,17 +232,57 @@ def parameter_digest(model: nn.Module) -> str:
 
 
 def initial_plan(
-    args: argparse.Namespace, model: nn.Module, data: Dataset, world: int
+    args: argparse.Namespace, model: nn.Module, data: Dataset, world: int, warmup: int
 ) -> tuple[list[int], list[float]]:
-    """The first plan: an equal split, or measured on every rank's own device (collective)."""
+    """The first plan: an equal split, or measured on every rank's own device (collective).
+
+    `warmup` untimed steps come first (an emulated device calibrates in them)."""
     if args.adaptive == "off":
         return [args.batch_size] * world, []
     global_batch = args.global_batch or args.batch_size * world
     images, labels = data.train.tensors
     share = max(1, global_batch // world)
     return kaitian.measure_plan(
-        model, (images[:share], labels[:share]), F.cross_entropy, global_batch, min_seconds=args.measure_seconds
+        model,
+        (images[:share], labels[:share]),
+        F.cross_entropy,
+        global_batch,
+        warmup=warmup,
+        min_seconds=args.measure_seconds,
     )
+
+
+def process_age() -> float:
+    """Seconds since this process started (Linux /proc), so start-up includes the imports."""
+    try:
+        started_ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+        return uptime - started_ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return float("nan")
+
+
+def group_gain(kinds: list[str], speeds: list[float], achieved: float) -> dict[str, float | str] | None:
+    """What the job gains over its fastest group alone, by the speeds measured before training.
+
+    Each group's solo figure is the sum of its ranks' measured compute speeds (samples/s, compute
+    only: an upper bound on what the group alone would train); the ideal is the sum over all groups.
+    """
+    if not speeds or len(speeds) != len(kinds) or min(speeds) <= 0:
+        return None
+    solo: dict[str, float] = {}
+    for kind, seconds in zip(kinds, speeds, strict=True):
+        solo[kind] = solo.get(kind, 0.0) + 1.0 / seconds
+    fastest = max(solo, key=lambda kind: solo[kind])
+    ideal = sum(solo.values())
+    return {
+        "fastest_group": fastest,
+        "fastest_group_alone": solo[fastest],
+        "ideal": ideal,
+        "achieved": achieved,
+        "over_fastest_group": achieved / solo[fastest],
+        "of_ideal": achieved / ideal,
+    }
 
 
 def main() -> None:
@@ -272,7 +312,11 @@ def main() -> None:
 
     torch.set_num_threads(1)
     torch.manual_seed(0)
+    startup = {"imports": process_age()}
+    mark = time.perf_counter()
     dist.init_process_group(args.backend)
+    startup["init_process_group"] = time.perf_counter() - mark
+    mark = time.perf_counter()
     rank, world = dist.get_rank(), dist.get_world_size()
     data = load_data(args.data, args.synthetic_samples)
     say = print if rank == 0 else (lambda *_, **__: None)
@@ -297,7 +341,11 @@ def main() -> None:
     else:
         if args.resume:
             say(f"no checkpoint in {args.checkpoint_dir} yet: starting from scratch", flush=True)
-        plan, speeds = initial_plan(args, network, data, world)
+        startup["data and model"] = time.perf_counter() - mark
+        mark = time.perf_counter()
+        warmup = device.CALIBRATION_STEPS if device is not None else 2
+        plan, speeds = initial_plan(args, network, data, world, warmup)
+        startup["measurement"] = time.perf_counter() - mark
     first_epoch = resumed.epoch if resumed else 0
     say(f"backend {args.backend}, {world} ranks, model {args.model}, adaptive {args.adaptive}, plan {plan}", flush=True)
     if speeds:
@@ -325,6 +373,8 @@ def main() -> None:
         torch.manual_seed(1000 * epoch + rank)  # the same random stream whether resumed or not
         for images, labels in loader:
             step_started = time.perf_counter()
+            if "to first step" not in startup:
+                startup["to first step"] = process_age()
             optimizer.zero_grad()
             if balancer is None:
                 loss = F.cross_entropy(model(images), labels)
@@ -372,6 +422,8 @@ def main() -> None:
     stats = torch.tensor([trained, elapsed, loss.item()], dtype=torch.float64)
     gathered = [torch.zeros_like(stats) for _ in range(world)]
     dist.all_gather(gathered, stats)
+    kinds: list[str] = [""] * world
+    dist.all_gather_object(kinds, kaitian.local_device_kind())
     accuracy = evaluate(network, data.test) if rank == 0 else 0.0
     digest = parameter_digest(network)
     if rank == 0:
@@ -386,6 +438,21 @@ def main() -> None:
                 flush=True,
             )
         print(f"  total: {int(total)} samples in {wall:.1f} s = {total / max(wall, 1e-9):.1f} samples/s", flush=True)
+        gain = group_gain(kinds, speeds, total / max(wall, 1e-9))
+        if gain is not None and len(set(kinds)) > 1:
+            print(
+                f"  gain: {gain['over_fastest_group']:.2f}x the fastest group ({gain['fastest_group']}) alone, "
+                f"{100 * gain['of_ideal']:.0f}% of all groups together, by the compute speeds measured "
+                f"before training ({gain['fastest_group_alone']:.1f} and {gain['ideal']:.1f} samples/s: "
+                "compute only, upper bounds)",
+                flush=True,
+            )
+        print(
+            "  start-up: "
+            + ", ".join(f"{name} {seconds:.1f} s" for name, seconds in startup.items())
+            + " (imports and to first step: since the process started)",
+            flush=True,
+        )
         if balancer is not None:
             print(f"  plan changes: {len(balancer.history)}", flush=True)
             for change in balancer.history:
@@ -412,6 +479,8 @@ def main() -> None:
                 "accuracy": accuracy,
                 "real_data": data.real,
                 "parameters_sha256": digest,
+                "gain": gain,
+                "startup_seconds": startup,
             }
             args.result_json.write_text(json.dumps(result, indent=1) + "\n")
     if args.trace_dir is not None:
@@ -419,7 +488,7 @@ def main() -> None:
         record = {
             "rank": rank,
             "kind": kaitian.local_device_kind(),
-            "emulated_speed": device.speed if device is not None else None,
+            "emulated_device": device.report() if device is not None else None,
             "thread_cpu_seconds": kaitian.thread_cpu_seconds(),
             "steps": trace,
         }

@@ -23,6 +23,8 @@ than the core. It is emulation, not a device: every report that uses it says so.
 from __future__ import annotations
 
 import fcntl
+import hashlib
+import json
 import os
 import time
 
@@ -36,28 +38,26 @@ SPEED_VARIABLE = "KAITIAN_EMULATED_SPEED"
 class EmulatedDevice:
     """Paces one model's forward and backward to a device `speed` times as fast as a host core.
 
-    The device's time for a step is a function of the work, not of the host's load: the best
-    (lowest) CPU seconds per sample this thread has spent so far on a forward, and on a backward,
-    times the batch, divided by `speed`. The best figure, not the current one, because four ranks
-    sharing two cores slow each other's CPU work (caches, memory, the scheduler) in ways a real
-    device's kernels never see; the work itself is measured in thread CPU time, so time spent
-    descheduled while the engine's threads run is not counted as work at all.
+    The device's time for a step is a function of the work, not of the host's load: the host's CPU
+    seconds per sample for this model's forward and backward (a shared calibration, below) times
+    the batch, divided by `speed`. Not the current step's CPU time, because four ranks sharing two
+    cores slow each other's CPU work (caches, memory, the scheduler) in ways a real device's
+    kernels never see, and because pacing itself inflates it (a thread that sleeps wakes to cold
+    caches and a slower clock: a MobileNetV2 backward paced at 0.25 took a third more CPU time).
 
     Inside backward the gradients come out in proportion: the hook of a parameter waits until
     the device would have reached the same fraction of its backward as the host has of its own
-    (CPU time so far over the previous backward's CPU time up to its last gradient); the last
-    gradient (as many as the previous backward produced) waits for the whole backward.
+    (CPU time so far over the calibrated backward); the last gradient waits for the whole backward.
 
-    The first CALIBRATION_STEPS steps run unpaced, at host speed, to learn the costs: pacing
-    itself inflates the host's CPU time (a thread that sleeps wakes to cold caches and a slower
-    clock: a MobileNetV2 backward paced at 0.25 took a third more CPU time), and the device
-    model must not grow slower by being emulated. measure_speed's warm-up steps are these steps.
-    Each calibration step holds a lock shared by every emulated rank of this user on the host
-    (CalibrationLock), so ranks that start together do not calibrate against each other's load:
-    a device's speed does not depend on how many others share its host.
+    Calibration: steps run unpaced, at host speed, one rank at a time (CalibrationLock), until
+    CALIBRATION_STEPS of them, from any ranks, are in the host's SharedCalibration of this model;
+    the lowest cost wins. Every rank, and every job for an hour, then paces to the same costs: the
+    fast and the slow emulated devices of a job differ exactly by their speeds, and a job with
+    both groups runs the same devices as the jobs with one group alone. examples/train.py makes
+    the calibration steps measure_speed's warm-up.
     """
 
-    CALIBRATION_STEPS = 3
+    CALIBRATION_STEPS = 5
 
     SHORTEST_WAIT = 0.002
     """Seconds: a shorter wait in backward is put off to a later gradient. Many short sleeps
@@ -68,23 +68,29 @@ class EmulatedDevice:
             raise ValueError(f"kaitian: an emulated device speed must be in (0, 1], not {speed}")
         self.speed = speed
         self.waited_seconds = 0.0  # time spent waiting for the emulated device, over the run
-        self.best_forward = float("inf")  # lowest CPU seconds per sample seen, forward
-        self.best_backward = float("inf")  # and backward
+        self.late_seconds = 0.0  # time the host ran past the device's finish (forward, backward ends)
+        self.forward_cost = 0.0  # host CPU seconds per sample, forward (0 until calibrated)
+        self.backward_cost = 0.0  # and backward
         self._batch = 0
         self._cpu_start = 0.0  # thread CPU time when the current phase began
         self._wall_start = 0.0  # and wall time
-        self._last_backward_cpu = 0.0  # CPU seconds of the previous full backward, per sample
+        self._forward_cpu = 0.0  # CPU seconds of the current step's forward
         self._in_backward = False
+        self._calibrating = False  # this step runs unpaced and holds the lock
         self._hooks_seen = 0  # gradients of the current backward so far
-        self._hooks_expected = 0  # gradients the previous backward produced
-        self._backward_cpu_seen = 0.0  # CPU seconds of the current backward up to its latest gradient
-        self._steps = 0  # forwards seen; pacing starts after CALIBRATION_STEPS
         self._lock = CalibrationLock()
+        self._shared = SharedCalibration(model)
         self._handles = [
             model.register_forward_pre_hook(self._forward_started),
             model.register_forward_hook(self._forward_finished),
         ]
         self._handles += [p.register_hook(self._gradient_ready) for p in model.parameters() if p.requires_grad]
+        self._parameters = len(self._handles) - 2  # gradients a backward that uses every parameter makes
+
+    @property
+    def calibrated(self) -> bool:
+        """Whether the costs are known and steps are paced."""
+        return self.forward_cost > 0
 
     def _begin(self) -> None:
         self._wall_start = time.perf_counter()
@@ -95,32 +101,42 @@ class EmulatedDevice:
         if wait >= least:
             time.sleep(wait)
             self.waited_seconds += wait
+        elif least == 0.0:  # an end of a phase: how far the host fell behind the device
+            self.late_seconds -= wait
 
-    def _close_backward(self) -> None:
-        """Learns from the backward that just ended (the next forward starts)."""
-        if self._in_backward and self._batch > 0 and self._hooks_seen > 0:
-            per_sample = self._backward_cpu_seen / self._batch
-            self._last_backward_cpu = per_sample
-            self._hooks_expected = self._hooks_seen
-            self.best_backward = min(self.best_backward, per_sample)
-        self._in_backward = False
-        self._hooks_seen = 0
+    def _load(self) -> bool:
+        """Takes the shared costs once enough calibration steps are in; whether they are."""
+        shared = self._shared.read()
+        if shared is None or shared[2] < self.CALIBRATION_STEPS:
+            return False
+        self.forward_cost, self.backward_cost = shared[0], shared[1]
+        return True
+
+    def _end_calibration_step(self) -> None:
+        if self._calibrating:
+            self._calibrating = False
+            backward = time.thread_time() - self._cpu_start
+            if self._batch > 0 and self._hooks_seen >= self._parameters:
+                self._shared.merge(self._forward_cpu / self._batch, backward / self._batch)
+            self._lock.release()
 
     def _forward_started(self, _module: nn.Module, inputs: tuple[object, ...]) -> None:
-        self._close_backward()
+        self._end_calibration_step()  # a step whose backward skipped parameters ends here
+        self._in_backward = False
+        self._hooks_seen = 0
         first = inputs[0] if inputs else None
         self._batch = int(first.shape[0]) if isinstance(first, torch.Tensor) and first.dim() > 0 else 1
-        self._steps += 1
-        self._lock.release()
-        if self._steps <= self.CALIBRATION_STEPS:
+        if not self.calibrated and not self._load():
             self._lock.acquire()
+            self._calibrating = not self._load()
+            if not self._calibrating:
+                self._lock.release()
         self._begin()
 
     def _forward_finished(self, _module: nn.Module, _inputs: object, _output: object) -> None:
-        cpu = time.thread_time() - self._cpu_start
-        self.best_forward = min(self.best_forward, cpu / max(self._batch, 1))
+        self._forward_cpu = time.thread_time() - self._cpu_start
         if self.calibrated:
-            self._wait_until(self._wall_start + self.best_forward * self._batch / self.speed)
+            self._wait_until(self._wall_start + self.forward_cost * self._batch / self.speed)
         self._begin()  # the backward (and the loss before it) starts now
         self._in_backward = True
 
@@ -128,47 +144,108 @@ class EmulatedDevice:
         if not self._in_backward:
             return grad
         self._hooks_seen += 1
-        self._backward_cpu_seen = time.thread_time() - self._cpu_start
+        last = self._hooks_seen >= self._parameters
+        if self._calibrating:
+            if last:  # the step's work is done: record it and let the next rank calibrate
+                self._end_calibration_step()
+            return grad
         if not self.calibrated:
             return grad
-        last = self._hooks_seen >= self._hooks_expected
-        fraction = 1.0 if last else min(1.0, self._backward_cpu_seen / (self._last_backward_cpu * self._batch))
-        device = fraction * self.best_backward * self._batch / self.speed
+        device = self.backward_cost * self._batch / self.speed
+        if not last:
+            done = (time.thread_time() - self._cpu_start) / (self.backward_cost * self._batch)
+            device *= min(1.0, done)
         self._wait_until(self._wall_start + device, least=0.0 if last else self.SHORTEST_WAIT)
         return grad
 
-    @property
-    def calibrated(self) -> bool:
-        """Whether the costs are known and steps are paced (after CALIBRATION_STEPS steps)."""
-        return self._steps > self.CALIBRATION_STEPS and self._last_backward_cpu > 0
+    def report(self) -> dict[str, float | str]:
+        """The device model and how the run kept to it, for traces and reports."""
+        return {
+            "speed": self.speed,
+            "forward_seconds_per_sample": self.forward_cost / self.speed,
+            "backward_seconds_per_sample": self.backward_cost / self.speed,
+            "waited_seconds": self.waited_seconds,
+            "late_seconds": self.late_seconds,
+            "calibration": str(self._shared.path),
+        }
 
     def remove(self) -> None:
         """Stops pacing: the model computes at host speed again."""
+        self._calibrating = False
         self._lock.release()
         for handle in self._handles:
             handle.remove()
         self._handles = []
 
 
+def _cache_folder() -> str:
+    """~/.cache/kaitian, made private to this user if it is new."""
+    folder = os.path.join(os.path.expanduser("~"), ".cache", "kaitian")
+    os.makedirs(folder, mode=0o700, exist_ok=True)
+    return folder
+
+
+class SharedCalibration:
+    """The host's CPU cost per sample of one model (forward, backward), shared by this user's ranks.
+
+    A JSON file in ~/.cache/kaitian named by the model's parameter shapes, written atomically and
+    only under the CalibrationLock; it holds the lowest costs seen and how many calibration steps
+    they come from. A file older than LIFETIME_SECONDS is ignored: the host may have changed.
+    """
+
+    LIFETIME_SECONDS = 3600.0
+
+    def __init__(self, model: nn.Module) -> None:
+        shapes = ";".join(f"{name}:{tuple(p.shape)}" for name, p in model.named_parameters())
+        key = hashlib.sha256(f"{type(model).__name__}|{shapes}".encode()).hexdigest()[:16]
+        self.path = os.path.join(_cache_folder(), f"emulation-{key}.json")
+
+    def read(self) -> tuple[float, float, int] | None:
+        """(forward, backward, steps), or None when there is no fresh, well-formed file."""
+        try:
+            if time.time() - os.stat(self.path).st_mtime > self.LIFETIME_SECONDS:
+                return None
+            with open(self.path) as handle:
+                data = json.load(handle)
+            forward, backward, steps = float(data["forward"]), float(data["backward"]), int(data["steps"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        if not (forward > 0 and backward > 0 and steps > 0):
+            return None
+        return forward, backward, steps
+
+    def merge(self, forward: float, backward: float) -> None:
+        """Adds one calibration step's costs (call with the CalibrationLock held)."""
+        known = self.read()
+        if known is not None:
+            forward, backward = min(forward, known[0]), min(backward, known[1])
+        steps = (known[2] if known is not None else 0) + 1
+        partial = f"{self.path}.{os.getpid()}.partial"
+        with open(partial, "w") as handle:
+            json.dump({"forward": forward, "backward": backward, "steps": steps}, handle)
+        os.replace(partial, self.path)
+
+
 class CalibrationLock:
     """An exclusive lock over one calibration step of one emulated rank, among this user's ranks.
 
     flock on a file in the user's own cache folder (not a shared /tmp name another user could
-    plant). A rank waits at most WAIT_SECONDS for it and then calibrates without it: a step that
-    holds it may be inside DDP's backward, whose end waits for the other ranks, so waiting without
-    a limit could deadlock. The lock is released at the next forward at the latest.
+    plant). It is held from a calibration step's forward to its last gradient, before DDP's end of
+    backward waits for the other ranks, or else (a parameter without a gradient) to the next
+    forward. A rank waits at most WAIT_SECONDS for it and then calibrates without it, so a holder
+    stuck in a collective can delay the others but never deadlock them.
     """
 
-    WAIT_SECONDS = 2.0
+    WAIT_SECONDS = 30.0
 
     def __init__(self) -> None:
         self._fd: int | None = None
 
     def acquire(self) -> bool:
-        folder = os.path.join(os.path.expanduser("~"), ".cache", "kaitian")
+        """Whether the lock is now held (False: waited WAIT_SECONDS, or the file cannot be opened)."""
         try:
-            os.makedirs(folder, mode=0o700, exist_ok=True)
-            fd = os.open(os.path.join(folder, "emulation.lock"), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+            path = os.path.join(_cache_folder(), "emulation.lock")
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
         except OSError:
             return False
         deadline = time.monotonic() + self.WAIT_SECONDS

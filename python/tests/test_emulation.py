@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -25,26 +26,42 @@ def step(net: nn.Module, seed: int) -> list[torch.Tensor]:
     return [p.grad.clone() for p in net.parameters()]
 
 
-def test_paced_steps_take_the_device_time_and_give_the_same_gradients() -> None:
+def test_paced_steps_take_the_device_time_and_give_the_same_gradients(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))  # a fresh shared calibration
     plain, paced = model(), model()
     device = EmulatedDevice(paced, speed=0.2)
     for seed in range(EmulatedDevice.CALIBRATION_STEPS):
+        assert not device.calibrated
         assert all(torch.equal(a, b) for a, b in zip(step(plain, seed), step(paced, seed), strict=True))
     assert device.waited_seconds == 0.0, "calibration steps run at host speed"
     for seed in range(3):
         started = time.perf_counter()
         got = step(paced, 100 + seed)
         elapsed = time.perf_counter() - started
+        assert device.calibrated
         assert all(torch.equal(a, b) for a, b in zip(step(plain, 100 + seed), got, strict=True))
         # A lower bound the pacing guarantees whatever the machine's load: the device's time for
-        # the forward and the whole backward (every gradient waits for its share of it).
-        device_seconds = (device.best_forward + device.best_backward) * 64 / device.speed
-        assert elapsed >= 0.95 * device_seconds
+        # the forward and the whole backward (the last gradient waits for all of it).
+        device_seconds = (device.forward_cost + device.backward_cost) * 64 / device.speed
+        assert elapsed >= device_seconds
     assert device.waited_seconds > 0
     device.remove()
     waited = device.waited_seconds
     step(paced, 7)
     assert device.waited_seconds == waited, "removed: no more pacing"
+
+    # Another rank with the same model on this host: the same costs, paced from its first step.
+    net = model()
+    other = EmulatedDevice(net, speed=0.1)
+    step(net, 0)
+    assert other.calibrated and other.waited_seconds > 0
+    assert (other.forward_cost, other.backward_cost) == (device.forward_cost, device.backward_cost)
+    assert other.report()["forward_seconds_per_sample"] == pytest.approx(
+        2 * device.report()["forward_seconds_per_sample"]
+    )
+    other.remove()
 
 
 def test_the_variable_selects_the_speed(monkeypatch: pytest.MonkeyPatch) -> None:

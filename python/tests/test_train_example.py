@@ -193,3 +193,21 @@ def test_generated_data_says_so() -> None:
     dataset = example.load_data("synthetic", 100)  # type: ignore[attr-defined]
     assert not dataset.real and "GENERATED" in dataset.description
     assert dataset.train.tensors[0].shape == (80, 3, 32, 32)
+
+
+def test_digits32_are_the_digits_as_cifar_shaped_images() -> None:
+    example = load_example()
+    small, large = example.load_data("digits", 0), example.load_data("digits32", 0)  # type: ignore[attr-defined]
+    assert large.real and large.train.tensors[0].shape[1:] == (3, 32, 32)
+    assert torch.equal(small.train.tensors[1], large.train.tensors[1])
+    assert torch.equal(large.train.tensors[0][:, 0], large.train.tensors[0][:, 2])
+
+
+def test_gain_is_measured_against_the_fastest_group_and_the_sum() -> None:
+    example = load_example()
+    # Two fast ranks at 10 ms per sample (200 samples/s together), two slow at 40 ms (50).
+    gain = example.group_gain(["fast", "fast", "slow", "slow"], [0.01, 0.01, 0.04, 0.04], 225.0)  # type: ignore[attr-defined]
+    assert gain["fastest_group"] == "fast"
+    assert gain["fastest_group_alone"] == pytest.approx(200.0) and gain["ideal"] == pytest.approx(250.0)
+    assert gain["over_fastest_group"] == pytest.approx(1.125) and gain["of_ideal"] == pytest.approx(0.9)
+    assert example.group_gain(["a", "b"], [], 1.0) is None  # type: ignore[attr-defined]
