@@ -299,6 +299,11 @@ def main() -> None:
     parser.add_argument("--interval", type=int, default=10, help="online: steps between re-plans")
     parser.add_argument("--measure-seconds", type=float, default=1.0, help="adaptive: each rank's timed warm-up")
     parser.add_argument("--lr", type=float, default=0.05)
+    parser.add_argument(
+        "--bucket-cap-mb",
+        type=float,
+        help="DDP's gradient bucket size (torch's default 25): smaller buckets start crossing groups during backward",
+    )
     parser.add_argument("--synthetic-samples", type=int, default=2048)
     parser.add_argument("--checkpoint-dir", type=Path, help="save a checkpoint here after every epoch")
     parser.add_argument(
@@ -354,7 +359,8 @@ def main() -> None:
             flush=True,
         )
 
-    model = DistributedDataParallel(network)
+    buckets = {} if args.bucket_cap_mb is None else {"bucket_cap_mb": args.bucket_cap_mb}
+    model = DistributedDataParallel(network, **buckets)
     sampler = kaitian.AdaptiveSampler(data.train, world, rank, shuffle=True, seed=0, batch_sizes=plan)
     loader = DataLoader(data.train, batch_sampler=sampler.batch_sampler())
     balancer = kaitian.OnlineBalancer(model, sampler, interval=args.interval) if args.adaptive == "online" else None
