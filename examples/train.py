@@ -252,16 +252,6 @@ def initial_plan(
     )
 
 
-def process_age() -> float:
-    """Seconds since this process started (Linux /proc), so start-up includes the imports."""
-    try:
-        started_ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
-        uptime = float(Path("/proc/uptime").read_text().split()[0])
-        return uptime - started_ticks / os.sysconf("SC_CLK_TCK")
-    except (OSError, ValueError, IndexError):
-        return float("nan")
-
-
 def group_gain(kinds: list[str], speeds: list[float], achieved: float) -> dict[str, float | str] | None:
     """What the job gains over its fastest group alone, by the speeds measured before training.
 
@@ -317,7 +307,7 @@ def main() -> None:
 
     torch.set_num_threads(1)
     torch.manual_seed(0)
-    startup = {"imports": process_age()}
+    startup = {"imports": kaitian.process_age_seconds()}
     mark = time.perf_counter()
     dist.init_process_group(args.backend)
     startup["init_process_group"] = time.perf_counter() - mark
@@ -380,7 +370,7 @@ def main() -> None:
         for images, labels in loader:
             step_started = time.perf_counter()
             if "to first step" not in startup:
-                startup["to first step"] = process_age()
+                startup["to first step"] = kaitian.process_age_seconds()
             optimizer.zero_grad()
             if balancer is None:
                 loss = F.cross_entropy(model(images), labels)

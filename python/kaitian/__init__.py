@@ -24,7 +24,7 @@ from ._native import (
 from .emulation import EmulatedDevice, emulate_device, emulated_speed
 from .planner import Rebalancer, gather_speeds, measure_plan, measure_speed, plan_batches
 from .process_group import BACKEND_NAME, ProcessGroupKaitian, create_process_group
-from .profile import StageTimes, stage_times, thread_cpu_seconds
+from .profile import StageTimes, process_age_seconds, stage_times, thread_cpu_seconds
 from .rebalance import OnlineBalancer, PlanChange
 from .sampler import AdaptiveBatchSampler, AdaptiveSampler, loader_batch_size
 from .telemetry import JobTelemetry, job_telemetry
@@ -64,6 +64,7 @@ __all__ = [
     "measure_plan",
     "measure_speed",
     "plan_batches",
+    "process_age_seconds",
     "register",
     "stage_times",
     "thread_cpu_seconds",

@@ -166,7 +166,7 @@ class EmulatedDevice:
             "backward_seconds_per_sample": self.backward_cost / self.speed,
             "waited_seconds": self.waited_seconds,
             "late_seconds": self.late_seconds,
-            "calibration": str(self._shared.path),
+            "calibration": self._shared.path,
         }
 
     def remove(self) -> None:

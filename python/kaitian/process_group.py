@@ -275,6 +275,19 @@ class _Pipeline:
             thread.join(timeout=self._timeout_seconds if self._failure is not None else None)
 
 
+CHUNK_VARIABLE = "KAITIAN_HYBRID_CHUNK_BYTES"
+
+
+def hybrid_chunk_bytes() -> int:
+    """Bytes per chunk of a hybrid allreduce's pipeline: KAITIAN_HYBRID_CHUNK_BYTES, else 4 MiB."""
+    text = os.environ.get(CHUNK_VARIABLE, "").strip()
+    if not text:
+        return 4 << 20
+    if not text.isdigit() or int(text) < 1:
+        raise ValueError(f"kaitian: {CHUNK_VARIABLE}={text!r} must be a whole number of bytes of at least 1")
+    return int(text)
+
+
 class ProcessGroupKaitian(dist.ProcessGroup):
     """torch.distributed backend over Kaitian's engine and, inside groups, the vendors' libraries.
 
@@ -295,6 +308,7 @@ class ProcessGroupKaitian(dist.ProcessGroup):
         self._size = size
         self._calls = itertools.count(1)
         self.stage_times = StageTimes()  # the hybrid allreduce's stages, for kaitian.stage_times()
+        self._chunk_bytes = hybrid_chunk_bytes()
         self.topology = Topology.exchange(store, rank, size, timeout)
         token = job_token(store, rank, timeout)
         adapter = TorchStoreAdapter(store)
@@ -419,9 +433,6 @@ class ProcessGroupKaitian(dist.ProcessGroup):
     def allreduce_coalesced(self, tensors: list[torch.Tensor], opts: object = None) -> dist.Work:
         return self.allreduce(tensors, opts)
 
-    CHUNK_BYTES = int(os.environ.get("KAITIAN_HYBRID_CHUNK_BYTES", 4 << 20))
-    """A hybrid allreduce moves through the pipeline in chunks of about this many bytes."""
-
     def _allreduce_tasks(self, t: torch.Tensor, op: int) -> list[_Task]:
         """Hierarchical allreduce of one tensor, as pipeline tasks of one chunk each.
 
@@ -445,7 +456,7 @@ class ProcessGroupKaitian(dist.ProcessGroup):
         device = self.intra_device
         direct = t.device == device and t.is_contiguous()
         flat = t.view(-1) if direct else t.detach().reshape(-1).to(device, copy=True)
-        step = max(1, self.CHUNK_BYTES // max(t.element_size(), 1))
+        step = max(1, self._chunk_bytes // max(t.element_size(), 1))
         tasks = [self._chunk_task(flat[a : a + step], op) for a in range(0, flat.numel(), step)]
         if not direct and tasks:
             gather = tasks[-1].steps[-1]

@@ -70,6 +70,16 @@ def name_os_thread(name: str) -> None:
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
+def _stat(path: Path) -> tuple[str, list[str]]:
+    """A /proc stat file's name and the fields after it, numbered from field 3 (proc(5)).
+
+    The name sits in parentheses and may hold spaces, so the fields start after the last ')'.
+    """
+    stat = path.read_text()
+    opening, closing = stat.find("("), stat.rfind(")")
+    return stat[opening + 1 : closing], stat[closing + 2 :].split()
+
+
 def thread_cpu_seconds(pid: int | str = "self") -> dict[str, float]:
     """CPU seconds (user + system) of every live thread of `pid`, summed by thread name.
 
@@ -78,14 +88,18 @@ def thread_cpu_seconds(pid: int | str = "self") -> dict[str, float]:
     totals: dict[str, float] = {}
     for task in Path(f"/proc/{pid}/task").glob("*"):
         try:
-            stat = (task / "stat").read_text()
+            name, fields = _stat(task / "stat")
         except OSError:  # the thread ended while we looked
             continue
-        # Fields after the name (which may hold spaces, inside parentheses): state is field 3,
-        # utime field 14 and stime field 15 (1-based, proc(5)).
-        opening, closing = stat.find("("), stat.rfind(")")
-        name = stat[opening + 1 : closing]
-        fields = stat[closing + 2 :].split()
-        seconds = (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
+        seconds = (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS  # utime, stime: fields 14, 15
         totals[name] = totals.get(name, 0.0) + seconds
     return totals
+
+
+def process_age_seconds() -> float:
+    """Seconds since this process started, imports included; NaN where /proc is not Linux's."""
+    try:
+        started = int(_stat(Path("/proc/self/stat"))[1][19]) / _CLOCK_TICKS  # starttime: field 22
+        return float(Path("/proc/uptime").read_text().split()[0]) - started
+    except (OSError, ValueError, IndexError):
+        return float("nan")
