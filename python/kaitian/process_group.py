@@ -178,7 +178,7 @@ class _Pipeline:
         self._on_failure = on_failure
         self._timeout_seconds = timeout_seconds
         self._grace_seconds = min(1.0, timeout_seconds)
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # re-entered when a directly issued job completes at once
         self._pending: set[Future] = set()
         self._failure: Exception | None = None
         self._stop = threading.Event()
@@ -209,8 +209,30 @@ class _Pipeline:
         return fut
 
     def submit(self, job: Job) -> Future:
-        """Queues a collective that is one call, issued by `job(fut)` at the last stage."""
-        return self.enqueue([_Task((None,) * self.STAGES, complete=job)])
+        """A collective that is one call, issued by `job(fut)`: at once when idle, else at the last stage.
+
+        Idle means no collective of this group is in flight, so every stage is done with its
+        communicators and issuing here keeps the order. Why not always queue: the task would
+        cross three stage threads, and on a busy host each hand-off waits for a core (DDP's
+        broadcast of BatchNorm buffers before every forward took 15 ms instead of 2 that way).
+        """
+        with self._lock:
+            idle = self._failure is None and not self._pending
+            if idle:
+                fut = Future()
+                self._pending.add(fut)
+                fut.add_done_callback(self._discard)
+                try:
+                    job(fut)
+                except Exception as error:
+                    failure: Exception | None = error
+                else:
+                    failure = None
+        if not idle:
+            return self.enqueue([_Task((None,) * self.STAGES, complete=job)])
+        if failure is not None:
+            self._fail(self._explain(failure))
+        return fut
 
     def _discard(self, fut: Future) -> None:
         with self._lock:
