@@ -142,6 +142,32 @@ def test_plan_batches_sums_minimum_and_monotonic() -> None:
     assert capped == [30, 20]
 
 
+def test_pool_same_devices_averages_alike_ranks_of_one_device_only() -> None:
+    from kaitian.planner import pool_same_devices
+
+    devices = ["fast@h", "fast@h", "slow@h", "slow@h"]
+    pooled = pool_same_devices([0.0273, 0.0256, 0.0523, 0.0507], devices)
+    assert pooled[0] == pooled[1] == pytest.approx(0.02645) and pooled[2] == pooled[3] == pytest.approx(0.0515)
+    # One kind name over different models (or a throttled device): figures 30% apart stay apart.
+    assert pool_same_devices([0.010, 0.013], ["cuda@h", "cuda@h"]) == [0.010, 0.013]
+    # The same kind on different hosts is not assumed to be the same device.
+    assert pool_same_devices([0.010, 0.0105], ["cuda@a", "cuda@b"]) == [0.010, 0.0105]
+    # An outlier leaves the alike ranks of its group pooled without it.
+    assert pool_same_devices([1.0, 1.02, 2.0], ["x@h"] * 3) == [pytest.approx(1.01), pytest.approx(1.01), 2.0]
+    with pytest.raises(ValueError, match="device names"):
+        pool_same_devices([1.0], [])
+
+
+@needs_planner
+def test_pooled_speeds_give_identical_devices_identical_batches() -> None:
+    from kaitian.planner import pool_same_devices
+
+    measured = [0.0273, 0.0256, 0.0523, 0.0507]  # seconds per sample, as measured in one hybrid run
+    assert kaitian.plan_batches(measured, 64) != [21, 21, 11, 11]
+    pooled = pool_same_devices(measured, ["fast@h", "fast@h", "slow@h", "slow@h"])
+    assert kaitian.plan_batches(pooled, 64) == [21, 21, 11, 11]
+
+
 @needs_planner
 def test_plan_batches_refuses_impossible_requests() -> None:
     with pytest.raises(kaitian.KaitianInvalidArgumentError):
