@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -66,3 +67,15 @@ def test_report_names_the_stand_ins_and_breaks_the_step_down() -> None:
 def test_arguments() -> None:
     assert gain.parse_args([]).modes == ["quota", "emulated"]
     assert isinstance(gain.parse_args(["--modes", "emulated"]), argparse.Namespace)
+
+
+def test_one_calibration_is_kept_fresh_for_the_whole_run(tmp_path: Path) -> None:
+    assert gain.keep_one_calibration(tmp_path / "cache") == tmp_path / "cache", "nothing to keep yet"
+    folder = tmp_path / "cache" / "kaitian"
+    folder.mkdir(parents=True)
+    calibration, other = folder / "emulation-0123.json", folder / "emulation.lock"
+    for path in (calibration, other):
+        path.write_text("{}")
+        os.utime(path, (1_000_000, 1_000_000))
+    gain.keep_one_calibration(tmp_path / "cache")
+    assert calibration.stat().st_mtime > 1_000_000 and other.stat().st_mtime == 1_000_000

@@ -179,8 +179,11 @@ class EmulatedDevice:
 
 
 def _cache_folder() -> str:
-    """~/.cache/kaitian, made private to this user if it is new."""
-    folder = os.path.join(os.path.expanduser("~"), ".cache", "kaitian")
+    """$XDG_CACHE_HOME/kaitian (~/.cache/kaitian by default), made private to this user if it is new."""
+    base = os.environ.get("XDG_CACHE_HOME", "")
+    if not os.path.isabs(base):  # the XDG rule: a relative value is ignored
+        base = os.path.join(os.path.expanduser("~"), ".cache")
+    folder = os.path.join(base, "kaitian")
     os.makedirs(folder, mode=0o700, exist_ok=True)
     return folder
 
@@ -188,9 +191,10 @@ def _cache_folder() -> str:
 class SharedCalibration:
     """The host's CPU cost per sample of one model (forward, backward), shared by this user's ranks.
 
-    A JSON file in ~/.cache/kaitian named by the model's parameter shapes, written atomically and
-    only under the CalibrationLock; it holds the lowest costs seen and how many calibration steps
-    they come from. A file older than LIFETIME_SECONDS is ignored: the host may have changed.
+    A JSON file in $XDG_CACHE_HOME/kaitian (~/.cache/kaitian) named by the model's parameter
+    shapes, written atomically and only under the CalibrationLock; it holds the lowest costs seen
+    and how many calibration steps they come from. A file older than LIFETIME_SECONDS is ignored:
+    the host may have changed.
     """
 
     LIFETIME_SECONDS = 3600.0

@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from kaitian.emulation import SPEED_VARIABLE, EmulatedDevice, emulate_device, emulated_speed
+from kaitian.emulation import SPEED_VARIABLE, EmulatedDevice, SharedCalibration, emulate_device, emulated_speed
 
 
 def model() -> nn.Module:
@@ -30,6 +30,7 @@ def test_paced_steps_take_the_device_time_and_give_the_same_gradients(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("HOME", str(tmp_path))  # a fresh shared calibration
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
     plain, paced = model(), model()
     device = EmulatedDevice(paced, speed=0.2)
     for seed in range(EmulatedDevice.CALIBRATION_STEPS):
@@ -62,6 +63,16 @@ def test_paced_steps_take_the_device_time_and_give_the_same_gradients(
         2 * device.report()["forward_seconds_per_sample"]
     )
     other.remove()
+
+
+def test_the_calibration_lives_in_the_users_cache_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    path = Path(SharedCalibration(model()).path)
+    assert path.parent == tmp_path / "cache" / "kaitian"
+    assert path.parent.stat().st_mode & 0o777 == 0o700
+    monkeypatch.setenv("XDG_CACHE_HOME", "relative/cache")  # ignored, as the XDG rules say
+    assert Path(SharedCalibration(model()).path).parent == tmp_path / "home" / ".cache" / "kaitian"
 
 
 def test_the_variable_selects_the_speed(monkeypatch: pytest.MonkeyPatch) -> None:
