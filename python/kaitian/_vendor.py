@@ -96,6 +96,47 @@ class TorchIntraGroup:
         self.pg.broadcast([t], opts).wait()
 
 
+class GlooIntraGroup(TorchIntraGroup):
+    """gloo inside a group, with a reduce-scatter that sends what a reduce-scatter needs.
+
+    Why: torch's gloo reduce-scatter is a clone of the input, a whole allreduce and a copy of one
+    shard (ProcessGroupGloo::reduce_scatter_tensor_coalesced), so every rank sends the whole
+    chunk; a reduce-scatter needs (L-1)/L of it. The hybrid allreduce runs a reduce-scatter and an
+    allgather inside each group, which with gloo's cost one and a half allreduces. This one is a
+    ring of gloo sends and receives: in step s, rank r passes its running sum of shard
+    (r - s - 1) mod L to rank r + 1 and adds its own part to what rank r - 1 passed, so after
+    L - 1 steps it holds shard r reduced over the group. Every element is summed on one rank
+    only, so the allgather that follows hands every rank the same bits.
+    """
+
+    _COMBINE = {_native.SUM: torch.add, _native.PROD: torch.mul, _native.MAX: torch.maximum, _native.MIN: torch.minimum}
+    _TAG = 0  # the group's communicators are each driven by one thread, one call at a time
+
+    def reduce_scatter(self, out: torch.Tensor, inp: torch.Tensor, op: int) -> None:
+        size, rank = self.pg.size(), self.pg.rank()
+        combine = self._COMBINE.get(op)
+        if size == 1 or combine is None or inp.dtype == torch.bool or not (out.is_contiguous() and inp.is_contiguous()):
+            super().reduce_scatter(out, inp, op)
+            return
+        width = out.numel()
+        if inp.numel() != width * size:
+            raise ValueError(f"kaitian: reduce-scatter of {inp.numel()} elements into {size} shards of {width}")
+        if width == 0:
+            return
+        shards = inp.view(-1).split(width)
+        result = out.view(-1)
+        received = torch.empty_like(result)
+        running = torch.empty_like(result) if size > 2 else result
+        carried = shards[(rank - 1) % size]
+        for step in range(size - 1):
+            sent = self.pg.send([carried], (rank + 1) % size, self._TAG)
+            self.pg.recv([received], (rank - 1) % size, self._TAG).wait()
+            sent.wait()
+            target = result if step == size - 2 else running
+            combine(shards[(rank - step - 2) % size], received, out=target)
+            carried = target
+
+
 def _current_device(kind: str) -> torch.device:
     """The device this process drives for a device type (index from the vendor's torch module)."""
     if kind == "cpu":
@@ -113,7 +154,7 @@ def create_torch_intra_group(
     against torch's and the vendors' public APIs but have not been run on hardware.
     """
     if backend == "gloo":
-        return TorchIntraGroup(dist.ProcessGroupGloo(store, rank, size, timeout), torch.device("cpu"))
+        return GlooIntraGroup(dist.ProcessGroupGloo(store, rank, size, timeout), torch.device("cpu"))
     device = _current_device(_BACKEND_DEVICE.get(backend, "cpu"))
     if backend == "nccl":
         # Not run on hardware.
