@@ -78,6 +78,8 @@ class EmulatedDevice:
         self._in_backward = False
         self._calibrating = False  # this step runs unpaced and holds the lock
         self._hooks_seen = 0  # gradients of the current backward so far
+        # How much more CPU time a paced backward takes than the calibrated one (see _gradient_ready).
+        self.backward_inflation = 1.0
         self._lock = CalibrationLock()
         self._shared = SharedCalibration(model)
         self._handles = [
@@ -152,9 +154,20 @@ class EmulatedDevice:
         if not self.calibrated:
             return grad
         device = self.backward_cost * self._batch / self.speed
+        host = time.thread_time() - self._cpu_start
+        expected = self.backward_cost * self._batch * self.backward_inflation
         if not last:
-            done = (time.thread_time() - self._cpu_start) / (self.backward_cost * self._batch)
-            device *= min(1.0, done)
+            device *= min(1.0, host / expected)
+        else:
+            # A paced backward takes more CPU than the calibrated one (it wakes to cold caches, and
+            # shares the cores with other ranks), and progress is judged by CPU time: with the
+            # calibrated figure, the waits reached the device's end while a tenth to a third of
+            # the host's work was left, which then ran late (25-160 ms a MobileNetV2 step). So
+            # the waits expect the CPU time that recent backwards really took: the most of it at
+            # once, decaying slowly (a backward whose waits end earlier wakes less often, and
+            # takes less CPU, so following the latest figure alone oscillates).
+            ratio = max(1.0, host / (self.backward_cost * self._batch))
+            self.backward_inflation = max(ratio, 0.9 * self.backward_inflation + 0.1 * ratio)
         self._wait_until(self._wall_start + device, least=0.0 if last else self.SHORTEST_WAIT)
         return grad
 
