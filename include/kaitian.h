@@ -203,12 +203,28 @@ typedef enum {
 /* Per-rank batch sizes from measured speeds. secondsPerSample[i] > 0 is rank i's compute time
  * per sample (compute only, not time waiting in collectives). maxBatch may be NULL; entries
  * <= 0 mean no memory limit for that rank. In ktPlanFixedGlobal, `batch` is the global batch:
- * the result sums to it exactly (largest remainder), every rank gets at least 1, no rank more
+ * the result sums to it exactly, every rank gets at least 1, no rank more
  * than its maxBatch (ktInvalidArgument if the limits cannot hold `batch` or batch < nranks).
+ * Each rank gets the floor of its proportional share, and the samples left go one each to the
+ * ranks whose predicted steps they lengthen least (ties to the lower rank): the plan with the
+ * shortest slowest step among those within a sample of the shares.
  * In ktPlanPaper, `batch` is the fastest rank's batch and rank i gets
  * max(1, round(batch * t_min / t_i)), capped by maxBatch. Writes nranks entries to batches. */
 ktResult_t ktPlanBatches(int nranks, const double *secondsPerSample, const int64_t *maxBatch,
                          int64_t batch, ktPlanMode_t mode, int64_t *batches);
+
+/* ktPlanBatches with a per-step time that does not grow with the batch: rank i's step of b
+ * samples is predicted to take fixedSeconds[i] + b * secondsPerSample[i] (kernel launches, the
+ * optimizer, the framework's own work; each finite and >= 0, or fixedSeconds NULL for none),
+ * and the plan equalises those predicted step times. Why: measured per sample at one batch
+ * size, the fixed part looks like per-sample work and slow ranks (given small batches) are
+ * planned too much. ktPlanFixedGlobal: the shares are clamp((T - fixed_i) / t_i, 1, maxBatch_i)
+ * for the common step time T at which they sum to `batch`, rounded as in ktPlanBatches.
+ * ktPlanPaper: the rank with the shortest step at `batch` keeps it; rank i gets the batch it
+ * finishes in the same time, at least 1. With all fixed times 0 this is ktPlanBatches. */
+ktResult_t ktPlanBatchesWithOverhead(int nranks, const double *fixedSeconds,
+                                     const double *secondsPerSample, const int64_t *maxBatch,
+                                     int64_t batch, ktPlanMode_t mode, int64_t *batches);
 
 /* Online re-balancing: feed per-step compute times, ask for a new plan when due. The
  * rebalancer smooths each rank's seconds per sample (exponential moving average with factor

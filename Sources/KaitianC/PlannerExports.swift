@@ -59,6 +59,29 @@ public func ktPlanBatches(
   }
 }
 
+@_cdecl("ktPlanBatchesWithOverhead")
+public func ktPlanBatchesWithOverhead(
+  _ nranks: Int32, _ fixedSeconds: UnsafePointer<Double>?,
+  _ secondsPerSample: UnsafePointer<Double>?, _ maxBatch: UnsafePointer<Int64>?,
+  _ batch: Int64, _ mode: ktPlanMode_t, _ batches: UnsafeMutablePointer<Int64>?
+) -> ktResult_t {
+  entryPoint("ktPlanBatchesWithOverhead") { arguments throws(KaitianError) in
+    let ranks = try arguments.ranks(nranks)
+    let times = Array(
+      UnsafeBufferPointer(
+        start: try arguments.required(secondsPerSample, "secondsPerSample"), count: ranks))
+    // NULL: no fixed time on any rank, which is ktPlanBatches.
+    let fixed =
+      fixedSeconds.map { Array(UnsafeBufferPointer(start: $0, count: ranks)) }
+      ?? Array(repeating: 0, count: ranks)
+    let batches = try arguments.required(batches, "batches")
+    let planner = try arguments.planner(
+      ranks: ranks, batch: batch, mode: mode, maxBatch: maxBatch)
+    let plan = try planner.plan(secondsPerSample: times, fixedSeconds: fixed)
+    for (rank, size) in plan.enumerated() { batches[rank] = Int64(size) }
+  }
+}
+
 @_cdecl("ktRebalancerCreate")
 public func ktRebalancerCreate(
   _ rebalancer: UnsafeMutablePointer<ktRebalancer_t?>?, _ nranks: Int32, _ batch: Int64,

@@ -179,6 +179,80 @@ private struct Problem: CustomStringConvertible {
       _ = try planner?.plan(secondsPerSample: [1e-300, 1e100])
     }
     rejects("1 entries for 2 ranks") { _ = try planner?.plan(secondsPerSample: [1]) }
+    for bad in [-1, .nan, .infinity] {
+      rejects("fixedSeconds[0] is") {
+        _ = try planner?.plan(secondsPerSample: [1, 1], fixedSeconds: [bad, 0])
+      }
+    }
+    rejects("fixedSeconds has 1 entries") {
+      _ = try planner?.plan(secondsPerSample: [1, 1], fixedSeconds: [0])
+    }
+  }
+
+  @Test func noFixedTimesPlanExactlyAsPerSample() throws {
+    var random = SeededRandom(seed: 7)
+    for _ in 0..<Self.cases {
+      let problem = Problem(&random, limited: true)
+      for mode in PlanMode.allCases {
+        let planner = try BatchPlanner(
+          ranks: problem.times.count, batch: problem.batch, mode: mode, maxBatch: problem.limits)
+        let zeros = Array(repeating: 0.0, count: problem.times.count)
+        #expect(
+          try planner.plan(secondsPerSample: problem.times, fixedSeconds: zeros)
+            == planner.plan(secondsPerSample: problem.times), "\(problem), \(mode)")
+      }
+    }
+  }
+
+  /// The case that made fixed times necessary: devices 2x apart per sample, with the same
+  /// fixed time per step, measured per sample at 16 samples.
+  @Test func fixedTimesAreNotCountedAsPerSampleWork() throws {
+    let planner = try BatchPlanner(ranks: 4, batch: 60)
+    let perSample = [1.0, 1.0, 2.0, 2.0]
+    let fixed = [6.0, 6.0, 6.0, 6.0]
+    let measuredAt16 = zip(perSample, fixed).map { $0 + $1 / 16 }
+    #expect(try planner.plan(secondsPerSample: measuredAt16) == [19, 19, 11, 11])
+    #expect(try planner.plan(secondsPerSample: perSample, fixedSeconds: fixed) == [20, 20, 10, 10])
+  }
+
+  /// The samples the floors leave go where they lengthen the slowest step least: shares of
+  /// 21.3 on a fast rank and 10.7 on one twice as slow give the fast rank the extra sample
+  /// (22 samples take 22 units there, 11 take 22 units on the slow one: a tie, to the lower
+  /// rank), and with shares 21.1 / 10.9 the slow rank's 11 samples (22 units) beat the fast
+  /// rank's 22 (22.6 units with its fixed part).
+  @Test func extraSamplesGoWhereTheyCostLeast() throws {
+    let planner = try BatchPlanner(ranks: 2, batch: 32)
+    #expect(try planner.plan(secondsPerSample: [1, 2]) == [22, 10])  // largest remainder: 21, 11
+    #expect(try planner.plan(secondsPerSample: [1, 2], fixedSeconds: [0.6, 0]) == [21, 11])
+  }
+
+  /// Without limits, the plan equalises predicted step times to within one sample of work.
+  @Test func fixedTimesEqualisePredictedSteps() throws {
+    var random = SeededRandom(seed: 8)
+    for _ in 0..<Self.cases {
+      let problem = Problem(&random, limited: false)
+      let fixed = problem.times.map { _ in Double.random(in: 0...0.5, using: &random) }
+      let batches = try BatchPlanner(ranks: problem.times.count, batch: problem.batch)
+        .plan(secondsPerSample: problem.times, fixedSeconds: fixed)
+      #expect(batches.reduce(0, +) == problem.batch && batches.allSatisfy { $0 >= 1 })
+      let steps = batches.indices.map { fixed[$0] + Double(batches[$0]) * problem.times[$0] }
+      // A rank held at its 1-sample floor may finish late; the others are within a sample.
+      let free = batches.indices.filter { batches[$0] > 1 }
+      guard let slowest = free.map({ steps[$0] }).max() else { continue }
+      for rank in free {
+        #expect(
+          slowest - steps[rank] <= 2 * problem.times.max()! + 1e-9,
+          "\(problem), fixed \(fixed): \(batches)")
+      }
+    }
+  }
+
+  @Test func paperModeWithFixedTimes() throws {
+    let planner = try BatchPlanner(ranks: 2, batch: 10, mode: .paper)
+    // Rank 0 takes 10 s for its 10 samples; rank 1 fits 3 samples in that (4 + 3 * 2).
+    #expect(try planner.plan(secondsPerSample: [1, 2], fixedSeconds: [0, 4]) == [10, 3])
+    // A rank whose fixed time alone exceeds the step still trains 1 sample.
+    #expect(try planner.plan(secondsPerSample: [1, 2], fixedSeconds: [0, 40]) == [10, 1])
   }
 }
 

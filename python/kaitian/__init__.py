@@ -22,7 +22,7 @@ from ._native import (
     KaitianTimeoutError,
 )
 from .emulation import EmulatedDevice, emulate_device, emulated_speed
-from .planner import Rebalancer, gather_speeds, measure_plan, measure_speed, plan_batches
+from .planner import Rebalancer, StepCost, gather_speeds, measure_cost, measure_plan, measure_speed, plan_batches
 from .process_group import BACKEND_NAME, ProcessGroupKaitian, create_process_group
 from .profile import StageTimes, process_age_seconds, stage_times, thread_cpu_seconds
 from .rebalance import OnlineBalancer, PlanChange
@@ -52,6 +52,7 @@ __all__ = [
     "KaitianSystemError",
     "KaitianTimeoutError",
     "ProcessGroupKaitian",
+    "StepCost",
     "Topology",
     "emulate_device",
     "emulated_speed",
@@ -61,6 +62,7 @@ __all__ = [
     "job_telemetry",
     "loader_batch_size",
     "local_device_kind",
+    "measure_cost",
     "measure_plan",
     "measure_speed",
     "plan_batches",

@@ -316,6 +316,10 @@ _i64 = ctypes.c_int64
 _pi64 = ctypes.POINTER(ctypes.c_int64)
 _PLANNER_SIGNATURES: dict[str, tuple[object, list[object]]] = {
     "ktPlanBatches": (_int, [_int, ctypes.POINTER(ctypes.c_double), _pi64, _i64, _int, _pi64]),
+    "ktPlanBatchesWithOverhead": (
+        _int,
+        [_int, ctypes.POINTER(ctypes.c_double), ctypes.POINTER(ctypes.c_double), _pi64, _i64, _int, _pi64],
+    ),
     "ktRebalancerCreate": (_int, [_pp, _int, _i64, _int, _pi64, ctypes.c_double, ctypes.c_double]),
     "ktRebalancerObserve": (_int, [_p, _int, ctypes.c_double, _i64]),
     "ktRebalancerAdopt": (_int, [_p, _pi64]),

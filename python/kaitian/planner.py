@@ -12,6 +12,7 @@ import ctypes
 import statistics
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
@@ -44,14 +45,19 @@ def plan_batches(
     batch: int,
     mode: str = "fixed-global",
     max_batch: Sequence[int | None] | None = None,
+    fixed_seconds: Sequence[float] | None = None,
 ) -> list[int]:
     """Each rank's batch size from its compute seconds per sample (ktPlanBatches).
 
-    "fixed-global" (default): `batch` is the global batch, split in proportion to speed by largest
-    remainder; the result sums to `batch` exactly and every rank gets at least 1, so the
-    optimisation (learning rate, global batch) does not depend on the hardware mix. "paper": the
-    fastest rank keeps `batch` and rank i gets batch * t_min / t_i (at least 1). `max_batch`, one
-    entry per rank (None or <= 0 for no limit), caps each rank, e.g. by its device memory.
+    "fixed-global" (default): `batch` is the global batch, split in proportion to speed (floors,
+    then the samples left where they lengthen the slowest step least); the result sums to `batch`
+    exactly and every rank gets at least 1, so the optimisation (learning rate, global batch) does
+    not depend on the hardware mix. "paper": the fastest rank keeps `batch` and rank i gets
+    batch * t_min / t_i (at least 1). `max_batch`, one entry per rank (None or <= 0 for no
+    limit), caps each rank, e.g. by its device memory.
+    `fixed_seconds`, one entry per rank, is the part of a step that does not grow with the batch
+    (measure_cost); the plan then equalises fixed + batch * seconds_per_sample
+    (ktPlanBatchesWithOverhead).
     """
     n = len(seconds_per_sample)
     if n == 0:
@@ -59,7 +65,14 @@ def plan_batches(
     api = _native.planner_lib()
     seconds = (ctypes.c_double * n)(*[float(s) for s in seconds_per_sample])
     out = (ctypes.c_int64 * n)()
-    _native.check(api.ktPlanBatches(n, seconds, _limits(max_batch, n), int(batch), _mode(mode), out))
+    if fixed_seconds is None:
+        _native.check(api.ktPlanBatches(n, seconds, _limits(max_batch, n), int(batch), _mode(mode), out))
+    else:
+        if len(fixed_seconds) != n:
+            raise ValueError(f"kaitian: fixed_seconds has {len(fixed_seconds)} entries for {n} ranks")
+        fixed = (ctypes.c_double * n)(*[float(s) for s in fixed_seconds])
+        limits = _limits(max_batch, n)
+        _native.check(api.ktPlanBatchesWithOverhead(n, fixed, seconds, limits, int(batch), _mode(mode), out))
     return list(out)
 
 
@@ -144,6 +157,55 @@ def _synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def _time_steps(
+    model: nn.Module,
+    batches: list[tuple[torch.Tensor, torch.Tensor]],
+    loss_fn: Callable[..., torch.Tensor],
+    steps: int,
+    warmup: int,
+    min_seconds: float,
+) -> list[float]:
+    """Mean seconds per step (forward, loss, backward) for each of `batches`, timed in turns.
+
+    In turns (one step of each, then again) so that the host's drift, which reaches 1.7x within
+    minutes on a shared machine, weighs on every batch alike. At least `steps` steps of each and
+    `min_seconds` in all. The model is left as found: gradients and buffers are restored.
+    """
+    params = [p for p in model.parameters() if p.requires_grad]
+    saved_grads = [None if p.grad is None else p.grad.detach().clone() for p in params]
+    saved_buffers = [b.detach().clone() for b in model.buffers()]
+    device = batches[0][0].device
+
+    def step(inputs: torch.Tensor, targets: torch.Tensor) -> None:
+        for p in params:
+            p.grad = None
+        loss_fn(model(inputs), targets).backward()
+
+    try:
+        for _ in range(warmup):
+            step(*batches[0])
+        for batch in batches[1:]:
+            step(*batch)
+        _synchronize(device)
+        totals = [0.0] * len(batches)
+        done = 0
+        started = time.perf_counter()
+        while done < steps or time.perf_counter() - started < min_seconds:
+            for index, batch in enumerate(batches):
+                mark = time.perf_counter()
+                step(*batch)
+                _synchronize(device)
+                totals[index] += time.perf_counter() - mark
+            done += 1
+    finally:
+        with torch.no_grad():
+            for p, g in zip(params, saved_grads, strict=True):
+                p.grad = g
+            for b, saved in zip(model.buffers(), saved_buffers, strict=True):
+                b.copy_(saved)
+    return [total / done for total in totals]
+
+
 def measure_speed(
     model: nn.Module,
     sample_batch: tuple[torch.Tensor, ...] | list[torch.Tensor],
@@ -162,37 +224,53 @@ def measure_speed(
     model is left as found: gradients and buffers (BatchNorm statistics) are restored.
     """
     inputs, targets = sample_batch[0], sample_batch[1]
+    if len(inputs) == 0:
+        raise ValueError("kaitian: measure_speed needs a non-empty sample batch")
+    return _time_steps(model, [(inputs, targets)], loss_fn, steps, warmup, min_seconds)[0] / len(inputs)
+
+
+@dataclass(frozen=True)
+class StepCost:
+    """A rank's compute time for a step of b samples: fixed_seconds + b * seconds_per_sample."""
+
+    fixed_seconds: float
+    seconds_per_sample: float
+
+    def seconds(self, batch: int) -> float:
+        return self.fixed_seconds + batch * self.seconds_per_sample
+
+
+def measure_cost(
+    model: nn.Module,
+    sample_batch: tuple[torch.Tensor, ...] | list[torch.Tensor],
+    loss_fn: Callable[..., torch.Tensor],
+    steps: int = 10,
+    warmup: int = 2,
+    min_seconds: float = 0.5,
+) -> StepCost:
+    """This rank's step cost as a fixed part and a part per sample (see plan_batches' fixed_seconds).
+
+    Times the sample batch and its first half in turns (measure_speed's rules otherwise); the
+    difference is the cost of the extra samples, the rest is fixed. Why two sizes: the fixed part
+    (kernel launches, the framework's own work) weighs more the smaller a batch is, and the slow
+    ranks of a hybrid job train small batches. When noise makes either part negative, or the batch
+    has one sample, the cost is all per sample, as measure_speed measures it.
+    """
+    inputs, targets = sample_batch[0], sample_batch[1]
     samples = len(inputs)
     if samples == 0:
-        raise ValueError("kaitian: measure_speed needs a non-empty sample batch")
-    params = [p for p in model.parameters() if p.requires_grad]
-    saved_grads = [None if p.grad is None else p.grad.detach().clone() for p in params]
-    saved_buffers = [b.detach().clone() for b in model.buffers()]
-    device = inputs.device
-
-    def step() -> None:
-        for p in params:
-            p.grad = None
-        loss_fn(model(inputs), targets).backward()
-
-    try:
-        for _ in range(warmup):
-            step()
-        _synchronize(device)
-        done = 0
-        started = time.perf_counter()
-        while done < steps or time.perf_counter() - started < min_seconds:
-            step()
-            done += 1
-            _synchronize(device)
-        elapsed = time.perf_counter() - started
-    finally:
-        with torch.no_grad():
-            for p, g in zip(params, saved_grads, strict=True):
-                p.grad = g
-            for b, saved in zip(model.buffers(), saved_buffers, strict=True):
-                b.copy_(saved)
-    return elapsed / (done * samples)
+        raise ValueError("kaitian: measure_cost needs a non-empty sample batch")
+    half = samples // 2
+    if half == 0:
+        return StepCost(0.0, measure_speed(model, sample_batch, loss_fn, steps, warmup, min_seconds))
+    whole, part = _time_steps(
+        model, [(inputs, targets), (inputs[:half], targets[:half])], loss_fn, steps, warmup, min_seconds
+    )
+    per_sample = (whole - part) / (samples - half)
+    fixed = whole - samples * per_sample
+    if per_sample <= 0 or fixed < 0:
+        return StepCost(0.0, whole / samples)
+    return StepCost(fixed, per_sample)
 
 
 def gather_floats(values: list[float], group: dist.ProcessGroup | None) -> list[list[float]]:
@@ -217,6 +295,31 @@ SAME_DEVICE_TOLERANCE = 0.1
 median are taken to be the same device (see pool_same_devices)."""
 
 
+def same_device_groups(seconds_per_sample: Sequence[float], devices: Sequence[str]) -> list[list[int]]:
+    """The ranks taken to be one device: same `devices` entry, figures within SAME_DEVICE_TOLERANCE
+    of their group's median (see pool_same_devices); groups of two or more, in rank order."""
+    if len(devices) != len(seconds_per_sample):
+        raise ValueError(f"kaitian: {len(devices)} device names for {len(seconds_per_sample)} ranks")
+    groups = []
+    for device in sorted(set(devices)):
+        members = [r for r, d in enumerate(devices) if d == device]
+        centre = statistics.median(seconds_per_sample[r] for r in members)
+        alike = [r for r in members if abs(seconds_per_sample[r] - centre) <= SAME_DEVICE_TOLERANCE * centre]
+        if len(alike) > 1:
+            groups.append(alike)
+    return groups
+
+
+def pool_by_groups(values: Sequence[float], groups: list[list[int]]) -> list[float]:
+    """`values` with every group's members given the group's mean."""
+    pooled = [float(v) for v in values]
+    for members in groups:
+        mean = statistics.fmean(values[r] for r in members)
+        for r in members:
+            pooled[r] = mean
+    return pooled
+
+
 def pool_same_devices(seconds_per_sample: Sequence[float], devices: Sequence[str]) -> list[float]:
     """Each rank's figure, with ranks of one device (same `devices` entry) given their group's mean.
 
@@ -228,18 +331,7 @@ def pool_same_devices(seconds_per_sample: Sequence[float], devices: Sequence[str
     differ from their group's median by more than SAME_DEVICE_TOLERANCE keep their own figure:
     one kind name may cover different models, and a throttled device must be planned as it is.
     """
-    if len(devices) != len(seconds_per_sample):
-        raise ValueError(f"kaitian: {len(devices)} device names for {len(seconds_per_sample)} ranks")
-    pooled = [float(s) for s in seconds_per_sample]
-    for device in set(devices):
-        members = [r for r, d in enumerate(devices) if d == device]
-        centre = statistics.median(pooled[r] for r in members)
-        alike = [r for r in members if abs(pooled[r] - centre) <= SAME_DEVICE_TOLERANCE * centre]
-        if len(alike) > 1:
-            mean = statistics.fmean(seconds_per_sample[r] for r in alike)
-            for r in alike:
-                pooled[r] = mean
-    return pooled
+    return pool_by_groups(seconds_per_sample, same_device_groups(seconds_per_sample, devices))
 
 
 def measure_plan(
@@ -254,17 +346,27 @@ def measure_plan(
     warmup: int = 2,
     min_seconds: float = 0.5,
 ) -> tuple[list[int], list[float]]:
-    """Measures this rank (measure_speed), gathers every rank's figure, returns (plan, speeds).
+    """Measures this rank (measure_cost), gathers every rank's figures, returns (plan, speeds).
 
     Collective: every rank of `group` must call it. `max_batch` is this rank's own limit (its
-    device memory). Every rank plans from the same gathered numbers, so all get the same plan.
-    Ranks of one device kind on one host that measured alike are planned as one device
-    (pool_same_devices); the speeds returned are the pooled ones, which the plan follows.
+    device memory). Every rank plans from the same gathered numbers, so all get the same plan,
+    which equalises the predicted step times (fixed part and per-sample part, plan_batches'
+    fixed_seconds). Ranks of one device kind on one host that measured alike are planned as one
+    device (pool_same_devices). `speeds` are the seconds per sample at the sample batch's size,
+    pooled the same way.
     """
-    seconds = measure_speed(model, sample_batch, loss_fn, steps, warmup, min_seconds)
-    speeds, limits = gather_speeds(seconds, max_batch, group)
-    devices: list[str] = [""] * len(speeds)
+    cost = measure_cost(model, sample_batch, loss_fn, steps, warmup, min_seconds)
+    samples = len(sample_batch[0])
+    rows = gather_floats(
+        [cost.seconds(samples) / samples, cost.fixed_seconds, cost.seconds_per_sample, float(max_batch or 0)], group
+    )
+    devices: list[str] = [""] * len(rows)
     dist.all_gather_object(devices, f"{local_device_kind()}@{local_host_id()}", group=group)
-    speeds = pool_same_devices(speeds, devices)
+    speeds = pool_same_devices([row[0] for row in rows], devices)
+    groups = same_device_groups([row[0] for row in rows], devices)
+    fixed = pool_by_groups([row[1] for row in rows], groups)
+    per_sample = pool_by_groups([row[2] for row in rows], groups)
+    limits = [int(row[3]) if row[3] > 0 else None for row in rows]
     has_limits = any(m is not None for m in limits)
-    return plan_batches(speeds, batch, mode, limits if has_limits else None), speeds
+    plan = plan_batches(per_sample, batch, mode, limits if has_limits else None, fixed_seconds=fixed)
+    return plan, speeds

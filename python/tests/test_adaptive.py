@@ -3,6 +3,7 @@ and the speed measurement."""
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 
 import kaitian
@@ -215,3 +216,46 @@ def test_measure_speed_times_the_model_and_leaves_it_as_found() -> None:
     assert 0 < seconds < 0.01
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items()), "buffers restored"
     assert all(p.grad is None for p in model.parameters()), "gradients restored"
+
+
+class _SleepyModel(nn.Module):
+    """A model whose step costs a known fixed time plus a known time per sample (sleeps)."""
+
+    def __init__(self, fixed: float, per_sample: float) -> None:
+        super().__init__()
+        self.linear = nn.Linear(4, 2)
+        self.fixed, self.per_sample = fixed, per_sample
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        time.sleep(self.fixed + self.per_sample * len(x))
+        return self.linear(x)
+
+
+def test_measure_cost_separates_the_fixed_part_of_a_step() -> None:
+    model = _SleepyModel(fixed=0.010, per_sample=0.003)
+    batch = (torch.randn(16, 4), torch.randint(0, 2, (16,)))
+    cost = kaitian.measure_cost(model, batch, nn.functional.cross_entropy, steps=5, warmup=1, min_seconds=0.3)
+    # Wide bounds: a step's own overhead (a few ms on a busy host) is not always the same at
+    # both sizes. A cost measured all per sample (fixed 0, 3.6 ms per sample) fails them.
+    assert 0.004 <= cost.fixed_seconds <= 0.025, cost
+    assert 0.0024 <= cost.seconds_per_sample <= 0.0034, cost
+    assert cost.seconds(16) == pytest.approx(cost.fixed_seconds + 16 * cost.seconds_per_sample)
+    # One sample cannot be split: all of it counts per sample, as measure_speed sees it.
+    single = kaitian.measure_cost(model, (batch[0][:1], batch[1][:1]), nn.functional.cross_entropy, 2, 1, 0.05)
+    assert single.fixed_seconds == 0.0 and single.seconds_per_sample >= 0.013
+    with pytest.raises(ValueError, match="non-empty"):
+        kaitian.measure_cost(model, (batch[0][:0], batch[1][:0]), nn.functional.cross_entropy)
+
+
+@needs_planner
+def test_plan_batches_with_fixed_seconds_equalises_steps() -> None:
+    per_sample, fixed = [1.0, 1.0, 2.0, 2.0], [6.0, 6.0, 6.0, 6.0]
+    measured_at_16 = [c + a / 16 for c, a in zip(per_sample, fixed, strict=True)]
+    assert kaitian.plan_batches(measured_at_16, 60) == [19, 19, 11, 11]
+    assert kaitian.plan_batches(per_sample, 60, fixed_seconds=fixed) == [20, 20, 10, 10]
+    assert kaitian.plan_batches(per_sample, 64, fixed_seconds=[0.0] * 4) == kaitian.plan_batches(per_sample, 64)
+    assert kaitian.plan_batches([1.0, 2.0], 10, mode="paper", fixed_seconds=[0.0, 4.0]) == [10, 3]
+    with pytest.raises(kaitian.KaitianInvalidArgumentError, match="fixedSeconds"):
+        kaitian.plan_batches([1.0, 1.0], 8, fixed_seconds=[-1.0, 0.0])
+    with pytest.raises(ValueError, match="fixed_seconds has 1 entries for 2 ranks"):
+        kaitian.plan_batches([1.0, 1.0], 8, fixed_seconds=[0.0])

@@ -100,41 +100,83 @@ public struct BatchPlanner: Sendable, Equatable {
 
   /// The batch of every rank, in rank order, from each rank's compute time per sample.
   public func plan(secondsPerSample: [Double]) throws(KaitianError) -> [Int] {
+    try plan(secondsPerSample: secondsPerSample, fixedSeconds: Array(repeating: 0, count: ranks))
+  }
+
+  /// The batch of every rank from a cost model of its step: `fixedSeconds[i]` whatever the
+  /// batch, plus `secondsPerSample[i]` per sample.
+  ///
+  /// Why the fixed part: a step also costs what does not grow with the batch (kernel launches,
+  /// the optimizer, the framework's own work), and the smaller a rank's batch, the more of its
+  /// step that is. A plan from seconds per sample measured at one batch size counts it as
+  /// per-sample work and so gives slow ranks too much: two emulated devices at 0.3 and 0.15 of
+  /// a core measured 1.8x apart per sample at 16 samples and were planned [20, 20, 12, 12],
+  /// where equal step times need [21, 21, 11, 11]. With the fixed part the plan equalises the
+  /// predicted step times themselves. All zero, it is exactly `plan(secondsPerSample:)`.
+  public func plan(secondsPerSample: [Double], fixedSeconds: [Double]) throws(KaitianError)
+    -> [Int]
+  {
     guard secondsPerSample.count == ranks else {
       throw .invalidArgument(
         "secondsPerSample has \(secondsPerSample.count) entries for \(ranks) ranks")
     }
+    guard fixedSeconds.count == ranks else {
+      throw .invalidArgument("fixedSeconds has \(fixedSeconds.count) entries for \(ranks) ranks")
+    }
+    for (rank, seconds) in fixedSeconds.enumerated() {
+      guard seconds.isFinite, seconds >= 0 else {
+        throw .invalidArgument(
+          "fixedSeconds[\(rank)] is \(seconds); it must be a finite time of at least 0 (the part "
+            + "of a step that does not grow with the batch)")
+      }
+    }
     let scores = try Self.scores(secondsPerSample: secondsPerSample)
+    // Each rank's fixed time in samples of its own work: the offset of its share.
+    let offsets = zip(fixedSeconds, secondsPerSample).map { $0 / $1 }
     switch mode {
     case .paper:
-      return zip(scores, maxBatch).map { score, limit in
-        // score <= 1, so the product never exceeds the batch (and stays exact as an Int).
-        let share = max(1, Int((Double(batch) * score).rounded()))
-        return min(share, limit ?? share)
+      // The fastest rank (the shortest step at `batch`) keeps the batch; every other rank gets
+      // the batch it finishes in the same time.
+      // With no fixed times this is batch * t_min / t_i, and never more than the batch.
+      let step = { (rank: Int) in fixedSeconds[rank] + Double(self.batch) * secondsPerSample[rank] }
+      let fastest = (0..<ranks).min { step($0) < step($1) } ?? 0
+      return (0..<ranks).map { rank in
+        let share =
+          Double(batch) * (secondsPerSample[fastest] / secondsPerSample[rank])
+          + (fixedSeconds[fastest] - fixedSeconds[rank]) / secondsPerSample[rank]
+        let planned = max(1, Int(min(share, Double(batch)).rounded()))
+        return min(planned, maxBatch[rank] ?? planned)
       }
     case .fixedGlobal:
-      return splitGlobalBatch(weights: scores)
+      return splitGlobalBatch(weights: scores, offsets: offsets)
     }
   }
 
-  /// The global batch in proportion to `weights`, every rank within [1, its limit].
+  /// The global batch in proportion to `weights` after `offsets`, every rank within [1, limit].
   ///
-  /// The real-valued shares are x_i = clamp(lambda * w_i, 1, limit_i) with lambda chosen so
-  /// they sum to the batch: ranks pinned at 1 or at their limit give their excess or shortfall
-  /// to the others in proportion to speed. The integer batches then follow by largest
-  /// remainder, ties going to the lower rank.
-  private func splitGlobalBatch(weights: [Double]) -> [Int] {
+  /// The real-valued shares are x_i = clamp(lambda * w_i - o_i, 1, limit_i) with lambda chosen
+  /// so they sum to the batch (lambda is then the common step time, in units of the fastest
+  /// rank's time per sample): ranks pinned at 1 or at their limit give their excess or
+  /// shortfall to the others in proportion to speed. The integer batches are the floors, and
+  /// the samples left go to the ranks whose predicted steps grow least (see below).
+  private func splitGlobalBatch(weights: [Double], offsets: [Double]) -> [Int] {
     let upper = maxBatch.map { $0.map(Double.init) ?? .infinity }
     let target = Double(batch)
     func shares(_ lambda: Double) -> [Double] {
-      (0..<ranks).map { min(max(lambda * weights[$0], 1), upper[$0]) }
+      (0..<ranks).map { (rank: Int) -> Double in
+        min(max(lambda * weights[rank] - offsets[rank], 1), upper[rank])
+      }
     }
     func total(_ lambda: Double) -> Double { shares(lambda).reduce(0, +) }
 
     // The total is continuous, non-decreasing and piecewise linear in lambda, with kinks where
     // a rank leaves its lower bound or reaches its limit: find the piece that holds the batch.
-    let kinks = (0..<ranks).flatMap { [1 / weights[$0], upper[$0] / weights[$0]] }
-      .filter(\.isFinite).sorted()
+    // At lambda = 0 every rank is at its lower bound (offsets are never negative).
+    let kinks = (0..<ranks).flatMap { (rank: Int) -> [Double] in
+      let (offset, weight) = (offsets[rank], weights[rank])
+      return [(1 + offset) / weight, (upper[rank] + offset) / weight]
+    }
+    .filter(\.isFinite).sorted()
     var start = 0.0
     var startTotal = total(0)
     var lambda: Double?
@@ -158,24 +200,38 @@ public struct BatchPlanner: Sendable, Equatable {
           return start + (target - startTotal) / slope
         }())
 
-    var batches = (0..<ranks).map { rank in
+    let floors = (0..<ranks).map { rank in
       min(max(Int(exact[rank].rounded(.down)), 1), maxBatch[rank] ?? batch)
     }
-    // Largest remainder first, and on equal remainders the lower rank first.
-    func before(_ a: Int, _ b: Int) -> Bool {
-      let (remainderA, remainderB) = (exact[a] - Double(batches[a]), exact[b] - Double(batches[b]))
-      return remainderA < remainderB || (remainderA == remainderB && a > b)
+    var batches = floors
+    // The samples the floors leave go one each to the ranks whose predicted step, with the extra
+    // sample, is shortest: the plan minimises the slowest rank's step, which sets the job's.
+    // (Largest remainder would give a slow rank the sample as soon as its share's fraction is
+    // the largest, though one sample costs it more time than it costs a fast rank.) Ties go to
+    // the lower rank; a rank takes a second extra sample only when every other rank has one.
+    func step(_ rank: Int, _ size: Int) -> Double { (Double(size) + offsets[rank]) / weights[rank] }
+    func sooner(_ a: Int, _ b: Int) -> Bool {
+      let key = { (rank: Int) in
+        (batches[rank] > floors[rank] ? 1 : 0, step(rank, batches[rank] + 1))
+      }
+      let (keyA, keyB) = (key(a), key(b))
+      return keyA < keyB || (keyA == keyB && a < b)
     }
     // Normally the floors fall short by fewer samples than there are ranks; rounding error in
-    // lambda can also leave them a sample over, which the second loop takes back.
+    // lambda can also leave them a sample over, which the second loop takes back from the rank
+    // with the longest predicted step (the higher rank on a tie).
     var missing = batch - batches.reduce(0, +)
     while missing > 0,
-      let rank = (0..<ranks).filter({ batches[$0] < maxBatch[$0] ?? batch }).max(by: before)
+      let rank = (0..<ranks).filter({ batches[$0] < maxBatch[$0] ?? batch }).min(by: sooner)
     {
       batches[rank] += 1
       missing -= 1
     }
-    while missing < 0, let rank = (0..<ranks).filter({ batches[$0] > 1 }).min(by: before) {
+    func shorter(_ a: Int, _ b: Int) -> Bool {
+      let (stepA, stepB) = (step(a, batches[a]), step(b, batches[b]))
+      return stepA < stepB || (stepA == stepB && a < b)
+    }
+    while missing < 0, let rank = (0..<ranks).filter({ batches[$0] > 1 }).max(by: shorter) {
       batches[rank] -= 1
       missing += 1
     }
