@@ -41,21 +41,35 @@ extension Arguments {
   }
 }
 
+extension Arguments {
+  /// One planning call's plan written to `batches`; `fixedSeconds` NULL means none on any rank.
+  func writePlan(
+    _ nranks: Int32, fixedSeconds: UnsafePointer<Double>?,
+    secondsPerSample: UnsafePointer<Double>?, maxBatch: UnsafePointer<Int64>?, batch: Int64,
+    mode: ktPlanMode_t, batches: UnsafeMutablePointer<Int64>?
+  ) throws(KaitianError) {
+    let ranks = try self.ranks(nranks)
+    let times = Array(
+      UnsafeBufferPointer(start: try required(secondsPerSample, "secondsPerSample"), count: ranks))
+    let fixed =
+      fixedSeconds.map { Array(UnsafeBufferPointer(start: $0, count: ranks)) }
+      ?? Array(repeating: 0, count: ranks)
+    let batches = try required(batches, "batches")
+    let planner = try planner(ranks: ranks, batch: batch, mode: mode, maxBatch: maxBatch)
+    let plan = try planner.plan(secondsPerSample: times, fixedSeconds: fixed)
+    for (rank, size) in plan.enumerated() { batches[rank] = Int64(size) }
+  }
+}
+
 @_cdecl("ktPlanBatches")
 public func ktPlanBatches(
   _ nranks: Int32, _ secondsPerSample: UnsafePointer<Double>?, _ maxBatch: UnsafePointer<Int64>?,
   _ batch: Int64, _ mode: ktPlanMode_t, _ batches: UnsafeMutablePointer<Int64>?
 ) -> ktResult_t {
   entryPoint("ktPlanBatches") { arguments throws(KaitianError) in
-    let ranks = try arguments.ranks(nranks)
-    let times = Array(
-      UnsafeBufferPointer(
-        start: try arguments.required(secondsPerSample, "secondsPerSample"), count: ranks))
-    let batches = try arguments.required(batches, "batches")
-    let planner = try arguments.planner(
-      ranks: ranks, batch: batch, mode: mode, maxBatch: maxBatch)
-    let plan = try planner.plan(secondsPerSample: times)
-    for (rank, size) in plan.enumerated() { batches[rank] = Int64(size) }
+    try arguments.writePlan(
+      nranks, fixedSeconds: nil, secondsPerSample: secondsPerSample, maxBatch: maxBatch,
+      batch: batch, mode: mode, batches: batches)
   }
 }
 
@@ -66,19 +80,9 @@ public func ktPlanBatchesWithOverhead(
   _ batch: Int64, _ mode: ktPlanMode_t, _ batches: UnsafeMutablePointer<Int64>?
 ) -> ktResult_t {
   entryPoint("ktPlanBatchesWithOverhead") { arguments throws(KaitianError) in
-    let ranks = try arguments.ranks(nranks)
-    let times = Array(
-      UnsafeBufferPointer(
-        start: try arguments.required(secondsPerSample, "secondsPerSample"), count: ranks))
-    // NULL: no fixed time on any rank, which is ktPlanBatches.
-    let fixed =
-      fixedSeconds.map { Array(UnsafeBufferPointer(start: $0, count: ranks)) }
-      ?? Array(repeating: 0, count: ranks)
-    let batches = try arguments.required(batches, "batches")
-    let planner = try arguments.planner(
-      ranks: ranks, batch: batch, mode: mode, maxBatch: maxBatch)
-    let plan = try planner.plan(secondsPerSample: times, fixedSeconds: fixed)
-    for (rank, size) in plan.enumerated() { batches[rank] = Int64(size) }
+    try arguments.writePlan(
+      nranks, fixedSeconds: fixedSeconds, secondsPerSample: secondsPerSample,
+      maxBatch: maxBatch, batch: batch, mode: mode, batches: batches)
   }
 }
 
