@@ -147,6 +147,38 @@ def figure2_rows(results: dict[str, dict[str, Any]]) -> list[tuple[str, float, f
     ]
 
 
+def hybrid_breakdown(trace: dict[str, Any], skip: int = 2) -> dict[str, Any]:
+    """One rank of the hybrid job: mean batch, step, compute, exposed time and stage wall times (ms)."""
+    steps = trace["steps"][skip:] or trace["steps"]
+    stages: dict[str, float] = {}
+    for s in steps:
+        for name, seconds in s.get("stages", {}).items():
+            stages[name] = stages.get(name, 0.0) + 1e3 * seconds / len(steps)
+    stats = worker_stats(trace, skip)
+    return {**stats, "exposed_ms": stats["step_ms"] - stats["compute_ms"], "stages_ms": dict(sorted(stages.items()))}
+
+
+def breakdown_lines(results: dict[str, dict[str, Any]]) -> list[str]:
+    """Markdown: where the online hybrid job's step goes, per rank."""
+    lines = [
+        "Where the hybrid job's step goes (online shares; per rank, means per step after the first 2): "
+        "compute runs to the last gradient; exposed is the rest of the step, the exchange after the "
+        "last gradient and waiting for the slowest rank; stages are the hybrid allreduce's wall "
+        "times on its pipeline threads (they overlap each other and the backward pass).",
+        "",
+        "| rank | group | mean batch | step | compute | exposed | stages (ms per step) |",
+        "|---:|---|---:|---:|---:|---:|---|",
+    ]
+    for trace in results["both, online"]["traces"]:
+        b = hybrid_breakdown(trace)
+        stages = ", ".join(f"{name} {ms:.1f}" for name, ms in b["stages_ms"].items()) or "-"
+        lines.append(
+            f"| {trace['rank']} | {trace['kind']} | {b['batch']:.1f} | {b['step_ms']:.1f} ms | "
+            f"{b['compute_ms']:.1f} ms | {b['exposed_ms']:.1f} ms | {stages} |"
+        )
+    return lines
+
+
 def figure3_rows(results: dict[str, dict[str, Any]]) -> list[tuple[str, int, str, dict[str, float]]]:
     """(strategy, rank, kind, stats) for every worker of the three hybrid jobs."""
     rows = []
@@ -177,7 +209,7 @@ SLOWER_THAN_FAST = """Unlike the paper, adding the slow group did not beat the f
 The CPU quotas that make a group slow also slow its communication: a rank at 0.25 CPU runs its
 share of every gradient exchange (torch's gloo inside the group, the hybrid path's copies and
 threads) at a quarter of a core, and with this small model the exchange, not the compute, fills
-most of each step (see the utilization column of Figure 3). An accelerator computes on the
+most of each step (the breakdown below, and the utilization column of Figure 3). An accelerator computes on the
 device and communicates on an unthrottled host, so this stand-in overstates the slow group's
 communication cost; Figure 3 still shows the load adaptation at work (equal step times across
 the groups, the fast ranks given the larger batches)."""
@@ -222,6 +254,8 @@ def markdown(results: dict[str, dict[str, Any]], args: argparse.Namespace, figur
         f"Both groups with Kaitian against the fast group alone: {change(both, fast)}; against the slow "
         f"group alone: {change(both, slow)} (paper: {PAPER['figure2_speedup']}).",
         *([""] + SLOWER_THAN_FAST.split("\n") if both > fast else []),
+        "",
+        *breakdown_lines(results),
         "",
         FIGURE2_ON_MOBILENET,
         "",

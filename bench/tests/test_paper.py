@@ -92,3 +92,17 @@ def test_report_says_when_both_groups_lose_to_the_fast_one() -> None:
     text = reproduce.markdown(slower, args, [])
     assert "against the fast group alone: 20% more time" in text
     assert "Unlike the paper" in text
+
+
+def test_report_breaks_the_hybrid_step_down() -> None:
+    both = results()
+    for record in both["both, online"]["traces"]:
+        for step in record["steps"]:
+            step["stages"] = {"relay between groups": 0.004, "in-group allgather": 0.002}
+    args = reproduce.parse_args([])
+    args.load_before = 0.1
+    text = reproduce.markdown(both, args, [])
+    assert (
+        "| 0 | fast | 40.0 | 50.0 ms | 40.0 ms | 10.0 ms | in-group allgather 2.0, relay between groups 4.0 |" in text
+    )
+    assert "| 2 | slow | 24.0 | 50.0 ms | 20.0 ms | 30.0 ms |" in text
