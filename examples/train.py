@@ -436,6 +436,13 @@ def main() -> None:
         print(f"  total: {int(total)} samples in {wall:.1f} s = {total / max(wall, 1e-9):.1f} samples/s", flush=True)
         gain = group_gain(kinds, speeds, total / max(wall, 1e-9))
         if gain is not None and len(set(kinds)) > 1:
+            if (published := kaitian.job_telemetry()) is not None:  # `kaitian monitor` shows and plots it
+                published.record_gain(
+                    fastest_group=str(gain["fastest_group"]),
+                    fastest_group_alone=float(gain["fastest_group_alone"]),
+                    ideal=float(gain["ideal"]),
+                    achieved=float(gain["achieved"]),
+                )
             print(
                 f"  gain: {gain['over_fastest_group']:.2f}x the fastest group ({gain['fastest_group']}) alone, "
                 f"{100 * gain['of_ideal']:.0f}% of all groups together, by the compute speeds measured "

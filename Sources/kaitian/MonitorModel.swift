@@ -53,7 +53,19 @@ struct MonitorSnapshot {
     var time: Double
   }
 
+  /// What the job gained over its fastest group alone, as the training script measured it
+  /// (`monitor/gain`, written once at the end): throughputs in samples per second.
+  struct Gain {
+    var fastestGroup: String
+    var fastestGroupAlone: Double
+    var ideal: Double
+    var achieved: Double
+    var overFastestGroup: Double { fastestGroupAlone > 0 ? achieved / fastestGroupAlone : .nan }
+    var ofIdeal: Double { ideal > 0 ? achieved / ideal : .nan }
+  }
+
   static let prefix = "monitor/"
+  static let gainKey = "monitor/gain"
   static let jobKey = "monitor/job"
   static let planKey = "monitor/plan"
   static let rankPrefix = "monitor/rank/"
@@ -63,6 +75,7 @@ struct MonitorSnapshot {
   var samples: [Int: Sample] = [:]
   var series: [Int: [Point]] = [:]
   var planChanges: [PlanChange] = []
+  var gain: Gain?
   var problems: [String] = []
 
   /// Decodes every `monitor/` key of `values`; other keys are ignored.
@@ -74,6 +87,11 @@ struct MonitorSnapshot {
           job = try Self.job(value)
         } else if key == Self.planKey {
           planChanges = try Self.planChanges(value)
+        } else if key == Self.gainKey {
+          gain = Gain(
+            fastestGroup: try Self.string(value, "fastest_group"),
+            fastestGroupAlone: try Self.double(value, "fastest_group_alone"),
+            ideal: try Self.double(value, "ideal"), achieved: try Self.double(value, "achieved"))
         } else if key.hasPrefix(Self.rankPrefix) {
           let sample = try Self.sample(value)
           samples[sample.rank] = sample

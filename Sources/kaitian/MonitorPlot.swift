@@ -91,6 +91,10 @@ enum MonitorPlot {
       "job \(snapshot.job?.jobID ?? "?")" + (snapshot.job.map { " (\($0.state))" } ?? "")
       + ": batch share and step time per rank"
     drawing.shapes.append(.text(title, x: left, y: 26, color: .black, anchor: .start))
+    if let gain = snapshot.gain {
+      drawing.shapes.append(
+        .text(MonitorView.gainLine(gain), x: left, y: 48, color: .black, anchor: .start))
+    }
     let changes = snapshot.planChanges.map { $0.time - origin }.filter { xRange.contains($0) }
     for (panel, top) in zip(panels, panelTops) {
       drawPanel(panel, top: top, xRange: xRange, planChanges: changes, into: &drawing)

@@ -71,6 +71,7 @@ struct MonitorView {
     lines.append(
       "total \(Self.fixed(snapshot.totalSamplesPerSecond, 1)) samples/s, global batch "
         + "\(snapshot.globalBatch)")
+    if let gain = snapshot.gain { lines.append(Self.gainLine(gain)) }
     let changes = snapshot.planChanges
     if changes.isEmpty {
       lines.append("no plan changes")
@@ -88,6 +89,14 @@ struct MonitorView {
     }
     for problem in snapshot.problems { lines.append("unreadable: \(problem)") }
     return lines.joined(separator: "\n")
+  }
+
+  /// The job's gain in words; the plot's subtitle too.
+  static func gainLine(_ gain: MonitorSnapshot.Gain) -> String {
+    "gain: \(fixed(gain.overFastestGroup, 2))x the fastest group (\(gain.fastestGroup)) alone, "
+      + "\(fixed(100 * gain.ofIdeal, 0))% of all groups together (\(fixed(gain.achieved, 1)) "
+      + "samples/s against \(fixed(gain.fastestGroupAlone, 1)) and \(fixed(gain.ideal, 1)), "
+      + "by the compute speeds measured before training)"
   }
 
   private var header: String {
@@ -149,6 +158,18 @@ struct MonitorView {
         ("job", job), ("total_samples_per_second", .number(snapshot.totalSamplesPerSecond)),
         ("global_batch", .number(Double(snapshot.globalBatch))), ("ranks", .array(ranks)),
         ("plan_changes", .array(changes)),
+        (
+          "gain",
+          snapshot.gain.map { gain in
+            .object([
+              ("fastest_group", .string(gain.fastestGroup)),
+              ("fastest_group_alone", .number(gain.fastestGroupAlone)),
+              ("ideal", .number(gain.ideal)), ("achieved", .number(gain.achieved)),
+              ("over_fastest_group", .number(gain.overFastestGroup)),
+              ("of_ideal", .number(gain.ofIdeal)),
+            ])
+          } ?? .null
+        ),
         ("problems", .array(snapshot.problems.map { .string($0) })),
       ])
   }

@@ -145,8 +145,10 @@ struct MonitorModelTests {
     #expect(
       members.map(\.0) == [
         "source", "store", "job", "total_samples_per_second", "global_batch", "ranks",
-        "plan_changes", "problems",
+        "plan_changes", "gain", "problems",
       ])
+    let gainIsNull = if case .null? = document["gain"] { true } else { false }
+    #expect(gainIsNull, "without a monitor/gain key, gain is null")
     #expect(document["job"]?["state"]?.stringValue == "running")
     let ranks = try #require(document["ranks"]?.arrayValue)
     #expect(ranks.count == 2)
@@ -161,6 +163,29 @@ struct MonitorModelTests {
       ])
     #expect(ranks[1]["share"]?.doubleValue == 0.25 && ranks[1]["kind"]?.stringValue == "cpu-slow")
     #expect(document["plan_changes"]?.arrayValue?.first?["new"]?.arrayValue?.count == 2)
+  }
+
+  @Test func theGainIsShownInTextJSONAndThePlot() throws {
+    let store = try MonitorFixture.store()
+    try store.set(
+      key: "monitor/gain",
+      value: Array(
+        #"{"fastest_group": "cpu", "fastest_group_alone": 100, "ideal": 150, "achieved": 130}"#
+          .utf8))
+    let (values, _) = try MonitorSource.read(store: store, series: true)
+    let snapshot = MonitorSnapshot(values: values)
+    let line =
+      "gain: 1.30x the fastest group (cpu) alone, 87% of all groups together (130.0 samples/s "
+      + "against 100.0 and 150.0, by the compute speeds measured before training)"
+    let view = MonitorView(snapshot: snapshot, origin: .live(store: "s:1"), now: 0)
+    #expect(view.text.contains("\n" + line + "\n"))
+    let document = try MonitorJSONParser.parse(view.json.rendered)
+    #expect(document["gain"]?["over_fastest_group"]?.doubleValue == 1.3)
+    #expect(document["gain"]?["fastest_group"]?.stringValue == "cpu")
+    #expect(PlotSVG.render(try MonitorPlot.draw(snapshot)).contains("1.30x the fastest group"))
+    var broken = values
+    broken["monitor/gain"] = .object([("fastest_group", .number(1))])
+    #expect(MonitorSnapshot(values: broken).problems.first?.hasPrefix("monitor/gain") == true)
   }
 
   @Test func sharesAreStepLinesFromTheTimeEveryRankPublished() throws {

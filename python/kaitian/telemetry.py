@@ -8,7 +8,9 @@ A worker publishes, under relative keys (docs/CLI.md, "kaitian monitor"):
   points; chunk n is stored at slot n % `SERIES_SLOTS`, so appends never rewrite more than one
   small value and a long job keeps only its latest `SERIES_SLOTS` chunks;
 - `monitor/plan`: the job's plan changes (written by whoever records them: OnlineBalancer on
-  rank 0), the last `MAX_PLAN_CHANGES` of them.
+  rank 0), the last `MAX_PLAN_CHANGES` of them;
+- `monitor/gain`: what the job gained over its fastest group alone (`record_gain`, written once
+  by the training script, e.g. examples/train.py's rank 0 at the end).
 
 Publishing is rate-limited (`interval`, 1 s by default) and happens in the caller's thread inside
 `record_step`: one store round trip per interval on a local socket. Telemetry must never break
@@ -36,6 +38,7 @@ log = logging.getLogger("kaitian")
 RANK_KEY = "monitor/rank/{rank}"
 SERIES_KEY = "monitor/series/{rank}/{slot}"
 PLAN_KEY = "monitor/plan"
+GAIN_KEY = "monitor/gain"
 SERIES_CHUNK_POINTS = 60
 SERIES_SLOTS = 64
 MAX_PLAN_CHANGES = 100
@@ -199,6 +202,22 @@ class JobTelemetry:
                 return
             self._plan_changes = (self._plan_changes + [change])[-MAX_PLAN_CHANGES:]
             self._set(PLAN_KEY, self._plan_changes)
+
+    def record_gain(self, *, fastest_group: str, fastest_group_alone: float, ideal: float, achieved: float) -> None:
+        """Publishes what the job gained over its fastest group alone (`monitor/gain`), at once.
+
+        Throughputs in samples per second: the fastest group's alone, all groups' together
+        (the ideal) and what the job achieved; `kaitian monitor` shows the ratios and plots them.
+        """
+        gain = {
+            "fastest_group": fastest_group,
+            "fastest_group_alone": float(fastest_group_alone),
+            "ideal": float(ideal),
+            "achieved": float(achieved),
+        }
+        with self._lock:
+            if self._store is not None:
+                self._set(GAIN_KEY, gain)
 
     def flush(self) -> None:
         """Publishes the steps recorded since the last publish, if any."""

@@ -159,6 +159,19 @@ def test_plan_changes_are_appended_and_capped(server: Server, reader: StoreConne
     t.close()
 
 
+def test_the_gain_is_published_at_once(server: Server, reader: StoreConnection) -> None:
+    t = telemetry(server, FakeClock(), rank=0)
+    t.record_gain(fastest_group="cpu-fast", fastest_group_alone=100, ideal=150.5, achieved=130)
+    assert read_json(reader, "monitor/gain") == {
+        "fastest_group": "cpu-fast",
+        "fastest_group_alone": 100.0,
+        "ideal": 150.5,
+        "achieved": 130.0,
+    }
+    t.close()
+    t.record_gain(fastest_group="x", fastest_group_alone=1, ideal=1, achieved=1)  # a no-op after close
+
+
 def test_a_store_that_goes_away_disables_telemetry_with_one_warning(
     server: Server, caplog: pytest.LogCaptureFixture
 ) -> None:
