@@ -218,9 +218,10 @@ the groups, the fast ranks given the larger batches)."""
 # Said under Figure 2 always: where the paper's model is measured the way issue 11 asks.
 FIGURE2_ON_MOBILENET = (
     "Figure 2 on the paper's model (MobileNetV2 on the digits at 3x32x32, with test accuracy), under "
-    "both stand-ins (CPU quotas, and emulated devices whose hosts stay free), in alternated runs with "
-    "medians, spreads and a per-stage breakdown of the hybrid step: [HYBRID-GAIN.md](HYBRID-GAIN.md) "
-    "(`bench/hybrid_gain.py`)."
+    "both stand-ins (CPU quotas, and emulated devices whose communication threads are not "
+    "throttled), in alternated runs with medians, spreads and a per-stage breakdown of the hybrid "
+    "step: [HYBRID-GAIN.md](HYBRID-GAIN.md) at global batch 64 and "
+    "[HYBRID-GAIN-batch128.md](HYBRID-GAIN-batch128.md) at 128 (`bench/hybrid_gain.py`)."
 )
 
 
