@@ -111,7 +111,7 @@ private struct Problem: CustomStringConvertible {
   }
 
   /// Measurement noise of +-2% moves each rank's exact share by at most about 4% of it, so
-  /// its batch by at most 4% of the share plus the one sample largest remainder may add.
+  /// its batch by at most 4% of the share plus the one sample rounding may add.
   @Test func stableUnderNoise() throws {
     var random = SeededRandom(seed: 3)
     for _ in 0..<Self.cases {
