@@ -127,3 +127,21 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def stage_means_ms(steps: list[dict[str, Any]]) -> dict[str, float]:
+    """Mean milliseconds per step of each hybrid pipeline stage, by name in order.
+
+    A step's "stages" (examples/train.py's trace, from kaitian.stage_times()) maps a stage's
+    name to its wall seconds in that step; a step without one counts as 0 for it.
+    """
+    totals: dict[str, float] = {}
+    for step in steps:
+        for name, seconds in step.get("stages", {}).items():
+            totals[name] = totals.get(name, 0.0) + seconds
+    return {name: 1e3 * total / len(steps) for name, total in sorted(totals.items())}
+
+
+def stages_text(stages_ms: dict[str, float]) -> str:
+    """A report cell: "name ms, ..." with one decimal, or "-" when there are none."""
+    return ", ".join(f"{name} {ms:.1f}" for name, ms in stages_ms.items()) or "-"

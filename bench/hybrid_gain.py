@@ -39,6 +39,10 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "bench"))  # benchlib, also when loaded from elsewhere (the tests)
+
+from benchlib import stage_means_ms, stages_text  # noqa: E402
+
 CONFIGURATIONS = ("fast alone", "both", "slow alone")
 
 
@@ -103,10 +107,6 @@ def rank_summary(trace: dict[str, Any]) -> dict[str, Any]:
     """Per rank: mean batch, compute per sample, step, exposed communication, stage means."""
     steps = steady_steps(trace)
     samples = sum(s["batch"] for s in steps)
-    stages: dict[str, float] = {}
-    for s in steps:
-        for name, seconds in s.get("stages", {}).items():
-            stages[name] = stages.get(name, 0.0) + seconds / len(steps)
     return {
         "rank": trace["rank"],
         "kind": trace["kind"],
@@ -114,7 +114,7 @@ def rank_summary(trace: dict[str, Any]) -> dict[str, Any]:
         "compute_ms_per_sample": 1e3 * sum(s["compute"] for s in steps) / max(samples, 1),
         "step_ms": 1e3 * statistics.fmean(s["step"] for s in steps),
         "exposed_ms": 1e3 * statistics.fmean(s["step"] - s["compute"] for s in steps),
-        "stages_ms": {name: 1e3 * seconds for name, seconds in sorted(stages.items())},
+        "stages_ms": stage_means_ms(steps),
         "thread_cpu_seconds": trace.get("thread_cpu_seconds", {}),
     }
 
@@ -176,12 +176,11 @@ def stage_table(round_: dict[str, dict[str, Any]]) -> list[str]:
     """Markdown rows: per rank of the hybrid job, batch, compute, step, exposed, stages, thread CPU."""
     rows = []
     for r in round_["both"]["ranks"]:
-        stages = ", ".join(f"{name} {ms:.1f}" for name, ms in r["stages_ms"].items()) or "-"
         threads = sorted(r["thread_cpu_seconds"].items(), key=lambda item: -item[1])[:4]
         cpu = ", ".join(f"{name} {seconds:.1f} s" for name, seconds in threads) or "-"
         rows.append(
             f"| {r['rank']} | {r['kind']} | {r['batch']:.1f} | {r['compute_ms_per_sample']:.2f} | "
-            f"{r['step_ms']:.0f} | {r['exposed_ms']:.0f} | {stages} | {cpu} |"
+            f"{r['step_ms']:.0f} | {r['exposed_ms']:.0f} | {stages_text(r['stages_ms'])} | {cpu} |"
         )
     return rows
 

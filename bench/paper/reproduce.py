@@ -41,6 +41,9 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "bench"))  # benchlib, also when loaded from elsewhere (the tests)
+
+from benchlib import stage_means_ms, stages_text  # noqa: E402
 
 PAPER = {
     "figure2": {"2G (NCCL)": (236.4, 0.853), "2M (CNCL)": (166.3, 0.855), "2G+2M (Kaitian)": (137.4, 0.834)},
@@ -149,13 +152,9 @@ def figure2_rows(results: dict[str, dict[str, Any]]) -> list[tuple[str, float, f
 
 def hybrid_breakdown(trace: dict[str, Any], skip: int = 2) -> dict[str, Any]:
     """One rank of the hybrid job: mean batch, step, compute, exposed time and stage wall times (ms)."""
-    steps = trace["steps"][skip:] or trace["steps"]
-    stages: dict[str, float] = {}
-    for s in steps:
-        for name, seconds in s.get("stages", {}).items():
-            stages[name] = stages.get(name, 0.0) + 1e3 * seconds / len(steps)
     stats = worker_stats(trace, skip)
-    return {**stats, "exposed_ms": stats["step_ms"] - stats["compute_ms"], "stages_ms": dict(sorted(stages.items()))}
+    stages = stage_means_ms(trace["steps"][skip:] or trace["steps"])
+    return {**stats, "exposed_ms": stats["step_ms"] - stats["compute_ms"], "stages_ms": stages}
 
 
 def breakdown_lines(results: dict[str, dict[str, Any]]) -> list[str]:
@@ -171,10 +170,9 @@ def breakdown_lines(results: dict[str, dict[str, Any]]) -> list[str]:
     ]
     for trace in results["both, online"]["traces"]:
         b = hybrid_breakdown(trace)
-        stages = ", ".join(f"{name} {ms:.1f}" for name, ms in b["stages_ms"].items()) or "-"
         lines.append(
             f"| {trace['rank']} | {trace['kind']} | {b['batch']:.1f} | {b['step_ms']:.1f} ms | "
-            f"{b['compute_ms']:.1f} ms | {b['exposed_ms']:.1f} ms | {stages} |"
+            f"{b['compute_ms']:.1f} ms | {b['exposed_ms']:.1f} ms | {stages_text(b['stages_ms'])} |"
         )
     return lines
 
