@@ -153,11 +153,11 @@ class EmulatedDevice:
             return grad
         if not self.calibrated:
             return grad
-        device = self.backward_cost * self._batch / self.speed
+        unpaced = self.backward_cost * self._batch  # host CPU seconds of this backward, calibrated
+        device = unpaced / self.speed
         host = time.thread_time() - self._cpu_start
-        expected = self.backward_cost * self._batch * self.backward_inflation
         if not last:
-            device *= min(1.0, host / expected)
+            device *= min(1.0, host / (unpaced * self.backward_inflation))
         else:
             # A paced backward takes more CPU than the calibrated one (it wakes to cold caches, and
             # shares the cores with other ranks), and progress is judged by CPU time: with the
@@ -166,7 +166,7 @@ class EmulatedDevice:
             # the waits expect the CPU time that recent backwards really took: the most of it at
             # once, decaying slowly (a backward whose waits end earlier wakes less often, and
             # takes less CPU, so following the latest figure alone oscillates).
-            ratio = max(1.0, host / (self.backward_cost * self._batch))
+            ratio = max(1.0, host / unpaced)
             self.backward_inflation = max(ratio, 0.9 * self.backward_inflation + 0.1 * ratio)
         self._wait_until(self._wall_start + device, least=0.0 if last else self.SHORTEST_WAIT)
         return grad

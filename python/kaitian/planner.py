@@ -65,13 +65,13 @@ def plan_batches(
     api = _native.planner_lib()
     seconds = (ctypes.c_double * n)(*[float(s) for s in seconds_per_sample])
     out = (ctypes.c_int64 * n)()
+    limits = _limits(max_batch, n)
     if fixed_seconds is None:
-        _native.check(api.ktPlanBatches(n, seconds, _limits(max_batch, n), int(batch), _mode(mode), out))
+        _native.check(api.ktPlanBatches(n, seconds, limits, int(batch), _mode(mode), out))
     else:
         if len(fixed_seconds) != n:
             raise ValueError(f"kaitian: fixed_seconds has {len(fixed_seconds)} entries for {n} ranks")
         fixed = (ctypes.c_double * n)(*[float(s) for s in fixed_seconds])
-        limits = _limits(max_batch, n)
         _native.check(api.ktPlanBatchesWithOverhead(n, fixed, seconds, limits, int(batch), _mode(mode), out))
     return list(out)
 
@@ -362,8 +362,8 @@ def measure_plan(
     )
     devices: list[str] = [""] * len(rows)
     dist.all_gather_object(devices, f"{local_device_kind()}@{local_host_id()}", group=group)
-    speeds = pool_same_devices([row[0] for row in rows], devices)
     groups = same_device_groups([row[0] for row in rows], devices)
+    speeds = pool_by_groups([row[0] for row in rows], groups)
     fixed = pool_by_groups([row[1] for row in rows], groups)
     per_sample = pool_by_groups([row[2] for row in rows], groups)
     limits = [int(row[3]) if row[3] > 0 else None for row in rows]
