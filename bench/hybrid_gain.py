@@ -13,7 +13,9 @@ Two stand-ins for a slow device, each reported on its own:
 
 Every round runs each mode's configurations in turn (fast alone, both, slow alone, ...), so the
 runs compared were taken minutes, not hours, apart; the report gives medians and the spread over
-rounds, and per-round ratios (both / fast alone, both / (fast + slow), the "ideal").
+rounds, and per-round ratios (both / fast alone, both / (fast + slow), the "ideal"). Each round
+also starts fast alone and slow alone together, two jobs with no exchange ("side by side"): their
+summed throughput is the most this machine gives both groups at once, the hybrid job's ceiling.
 
 The job is examples/train.py under `kaitian run`, the same for every configuration: MobileNetV2
 (the paper's model) on scikit-learn's digits scaled to 3x32x32 (real images; CIFAR-10 cannot be
@@ -28,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import shutil
 import statistics
@@ -35,6 +38,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +48,9 @@ sys.path.insert(0, str(REPO / "bench"))  # benchlib, also when loaded from elsew
 from benchlib import stage_means_ms, stages_text  # noqa: E402
 
 CONFIGURATIONS = ("fast alone", "both", "slow alone")
+# The fast-alone and slow-alone jobs started together as two independent jobs with no exchange:
+# what this machine gives both groups at once, the ceiling a hybrid job can reach here.
+SIDE_BY_SIDE = "side by side"
 
 
 def group_flags(mode: str, config: str, args: argparse.Namespace) -> list[str]:
@@ -56,14 +63,23 @@ def group_flags(mode: str, config: str, args: argparse.Namespace) -> list[str]:
     return [flag for group in chosen for flag in ("--group", group)]
 
 
-def run_job(mode: str, config: str, args: argparse.Namespace, folder: Path) -> dict[str, Any]:
+def run_job(
+    mode: str,
+    config: str,
+    args: argparse.Namespace,
+    folder: Path,
+    epochs: int | None = None,
+    gate: Path | None = None,
+) -> dict[str, Any]:
     """One `kaitian run` of examples/train.py; its result JSON with every rank's trace."""
     folder.mkdir(parents=True)
     command = [str(REPO / ".build" / "release" / "kaitian"), "run", "--log-dir", str(folder / "logs")]
     command += group_flags(mode, config, args)
     command += ["--", sys.executable, str(REPO / "examples" / "train.py"), "--backend", "kaitian"]
     command += ["--model", args.model, "--data", args.data, "--adaptive", "static"]
-    command += ["--global-batch", str(args.global_batch), "--epochs", str(args.epochs)]
+    command += ["--global-batch", str(args.global_batch), "--epochs", str(epochs or args.epochs)]
+    if gate is not None:
+        command += ["--start-gate", str(gate)]
     command += ["--measure-seconds", str(args.measure_seconds)]
     if args.bucket_cap_mb is not None:
         command += ["--bucket-cap-mb", str(args.bucket_cap_mb)]
@@ -78,6 +94,28 @@ def run_job(mode: str, config: str, args: argparse.Namespace, folder: Path) -> d
     result["job_seconds"] = time.perf_counter() - started
     result["traces"] = [json.loads(p.read_text()) for p in sorted((folder / "trace").glob("rank-*.json"))]
     return result
+
+
+def run_side_by_side(mode: str, args: argparse.Namespace, folder: Path, slow_share: float) -> dict[str, Any]:
+    """Fast alone and slow alone started together; their throughputs while both were training.
+
+    Both jobs wait at a gate after start-up, so their training loops begin together. The slow job
+    trains enough epochs to outlast the fast one (slow_share: its throughput over fast's, alone),
+    and no more.
+    """
+    gate = folder / "gate"
+    gate.mkdir(parents=True)
+    slow_epochs = max(1, math.ceil(args.epochs / max(slow_share, 1e-3)))
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        fast = pool.submit(run_job, mode, "fast alone", args, folder / "fast", gate=gate)
+        slow = pool.submit(run_job, mode, "slow alone", args, folder / "slow", epochs=slow_epochs, gate=gate)
+        deadline = time.monotonic() + args.timeout
+        while len(list(gate.glob("ready-*"))) < 2 and not (fast.done() or slow.done()):
+            if time.monotonic() > deadline:
+                raise SystemExit("side by side: the jobs did not reach their start gate")
+            time.sleep(0.05)
+        (gate / "go").touch()
+        return side_by_side_summary(fast.result(), slow.result())
 
 
 def keep_one_calibration(cache: Path) -> Path:
@@ -135,6 +173,40 @@ def job_summary(result: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def overlap_window(jobs: list[dict[str, Any]]) -> tuple[float, float]:
+    """The wall-clock span in which every job was in its steady steps."""
+    starts, ends = [], []
+    for job in jobs:
+        steps = [s for t in job["traces"] for s in steady_steps(t)]
+        starts.append(min(s["wall"] - s["step"] for s in steps))
+        ends.append(max(s["wall"] for s in steps))
+    return max(starts), min(ends)
+
+
+def samples_per_second_within(job: dict[str, Any], window: tuple[float, float]) -> float:
+    """A job's throughput from the steps it finished inside window (every rank's samples)."""
+    begin, end = window
+    samples = sum(s["batch"] for t in job["traces"] for s in steady_steps(t) if begin < s["wall"] <= end)
+    return samples / (end - begin)
+
+
+def side_by_side_summary(fast: dict[str, Any], slow: dict[str, Any]) -> dict[str, Any]:
+    """Each group's throughput while both ran, and the fast ranks' compute then."""
+    window = overlap_window([fast, slow])
+    if window[1] - window[0] <= 0:
+        raise SystemExit("side by side: the two jobs' steady steps never overlapped (more --epochs)")
+    summary = job_summary(fast)
+    fast_rate = samples_per_second_within(fast, window)
+    slow_rate = samples_per_second_within(slow, window)
+    summary.update(
+        samples_per_second=fast_rate + slow_rate,
+        fast_samples_per_second=fast_rate,
+        slow_samples_per_second=slow_rate,
+        overlap_seconds=window[1] - window[0],
+    )
+    return summary
+
+
 def spread(values: list[float]) -> str:
     """median (min-max) of values, as text."""
     if not values:
@@ -158,7 +230,19 @@ def mode_report(mode: str, rounds: list[dict[str, dict[str, Any]]]) -> dict[str,
     ]
     compute = [r["both"]["fast_compute_ms_per_sample"] / r["fast alone"]["fast_compute_ms_per_sample"] for r in rounds]
     exposed = [r["both"]["fast_exposed_ms"] / max(r["fast alone"]["fast_exposed_ms"], 1e-9) for r in rounds]
+    paired = [r for r in rounds if SIDE_BY_SIDE in r]  # absent from runs saved before it existed
     return {
+        "side_by_side": {
+            "sum": [r[SIDE_BY_SIDE]["samples_per_second"] for r in paired],
+            "over_fast": [
+                r[SIDE_BY_SIDE]["samples_per_second"] / r["fast alone"]["samples_per_second"] for r in paired
+            ],
+            "both_over_it": [r["both"]["samples_per_second"] / r[SIDE_BY_SIDE]["samples_per_second"] for r in paired],
+            "fast_compute_ratio": [
+                r[SIDE_BY_SIDE]["fast_compute_ms_per_sample"] / r["fast alone"]["fast_compute_ms_per_sample"]
+                for r in paired
+            ],
+        },
         "mode": mode,
         "rounds": len(rounds),
         "throughput": {c: series(c, "samples_per_second") for c in CONFIGURATIONS},
@@ -200,6 +284,32 @@ def verdict(rep: dict[str, Any]) -> str:
     )
 
 
+def side_by_side_lines(reports: list[dict[str, Any]]) -> list[str]:
+    """The machine's ceiling: both solo jobs at once, and how much of it the hybrid job reaches."""
+    measured = [rep for rep in reports if rep["side_by_side"]["sum"]]
+    if not measured:
+        return []
+    lines = [
+        "",
+        "**The machine's ceiling.** The fast-alone and slow-alone jobs started together, as two "
+        "independent jobs with no exchange between them. Their throughputs, counted while both "
+        "were training, add up to what this machine gives the two groups at once. A hybrid job "
+        "cannot beat that, whatever its communication. The fast ranks' compute shows what "
+        "the other group's mere presence costs them, on shared cores, caches and memory.",
+        "",
+        "| stand-in | side by side: fast + slow | side by side / fast alone | both / side by side | "
+        "fast ranks' compute, side by side / alone |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for rep in measured:
+        pair = rep["side_by_side"]
+        lines.append(
+            f"| {rep['mode']} | {spread(pair['sum'])} | {spread(pair['over_fast'])} | "
+            f"{spread(pair['both_over_it'])} | {spread(pair['fast_compute_ratio'])} |"
+        )
+    return lines
+
+
 def reproduce_flags(args: argparse.Namespace) -> list[str]:
     """The flags that give this run again."""
     flags = ["--rounds", str(args.rounds), "--modes", ",".join(args.modes), "--epochs", str(args.epochs)]
@@ -208,6 +318,8 @@ def reproduce_flags(args: argparse.Namespace) -> list[str]:
     flags += ["--fast-speed", f"{args.fast_speed:g}", "--slow-speed", f"{args.slow_speed:g}"]
     if args.bucket_cap_mb is not None:
         flags += ["--bucket-cap-mb", f"{args.bucket_cap_mb:g}"]
+    if not getattr(args, "side_by_side", True):  # results saved before the option render as before
+        flags.append("--no-side-by-side")
     report = args.markdown if args.markdown is not None else Path("docs/HYBRID-GAIN.md")
     return [*flags, "--markdown", str(report)]
 
@@ -266,6 +378,7 @@ def markdown(
             f"{spread(rep['fast_compute_ratio'])} | {spread(exposed['fast alone'])} ms -> "
             f"{spread(exposed['both'])} ms |"
         )
+    lines += side_by_side_lines(reports)
     accuracy = "; ".join(
         f"{rep['mode']}: "
         + ", ".join(f"{c} {100 * statistics.median(rep['accuracy'][c]):.1f}%" for c in CONFIGURATIONS)
@@ -335,6 +448,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="DDP bucket size for every configuration (torch's default is 25; 4 lets MobileNetV2's "
         "exchange start during backward)",
     )
+    parser.add_argument(
+        "--no-side-by-side",
+        dest="side_by_side",
+        action="store_false",
+        help="skip running fast alone and slow alone at the same time (the machine's ceiling)",
+    )
     parser.add_argument("--timeout", type=float, default=1800.0, help="seconds per job")
     parser.add_argument("--markdown", type=Path, help="write the report here")
     parser.add_argument("--json", action="store_true", help="print the raw results as JSON")
@@ -375,7 +494,7 @@ def measure(args: argparse.Namespace) -> dict[str, list[dict[str, Any]]]:
         raise SystemExit("quota mode needs root (cgroups): run as root, or --modes emulated")
     scratch = Path(tempfile.mkdtemp(prefix="kaitian-gain-"))
     raw: dict[str, list[dict[str, Any]]] = {mode: [] for mode in args.modes}
-    total = args.rounds * len(args.modes) * len(CONFIGURATIONS)
+    total = args.rounds * len(args.modes) * (len(CONFIGURATIONS) + int(args.side_by_side))
     done = 0
     try:
         for round_index in range(args.rounds):
@@ -393,6 +512,19 @@ def measure(args: argparse.Namespace) -> dict[str, list[dict[str, Any]]]:
                         f"        {s['samples_per_second']:.1f} samples/s, plan {s['plan']}, "
                         f"fast compute {s['fast_compute_ms_per_sample'] or 0:.2f} ms/sample, "
                         f"fast exposed {s['fast_exposed_ms'] or 0:.0f} ms",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+                if args.side_by_side:
+                    done += 1
+                    print(f"[{done}/{total}] round {round_index + 1}, {mode}: {SIDE_BY_SIDE} ...", file=sys.stderr)
+                    share = results["slow alone"]["samples_per_second"] / results["fast alone"]["samples_per_second"]
+                    pair = run_side_by_side(mode, args, scratch / f"{round_index}-{mode}-side-by-side", share)
+                    results[SIDE_BY_SIDE] = pair
+                    print(
+                        f"        fast {pair['fast_samples_per_second']:.1f} + slow "
+                        f"{pair['slow_samples_per_second']:.1f} samples/s over {pair['overlap_seconds']:.0f} s, "
+                        f"fast compute {pair['fast_compute_ms_per_sample']:.2f} ms/sample",
                         file=sys.stderr,
                         flush=True,
                     )

@@ -275,6 +275,21 @@ def group_gain(kinds: list[str], speeds: list[float], achieved: float) -> dict[s
     }
 
 
+def wait_at_gate(gate: Path, rank: int, timeout: float) -> None:
+    """Says this job is ready (rank 0), then waits until the benchmark opens the gate.
+
+    Jobs started together finish their start-up at different times (a slow device's job imports
+    and measures slower); the gate lines up their training loops.
+    """
+    if rank == 0:
+        (gate / f"ready-{os.getpid()}").touch()
+    deadline = time.monotonic() + timeout
+    while not (gate / "go").exists():
+        if time.monotonic() > deadline:
+            raise SystemExit(f"rank {rank}: {gate / 'go'} did not appear within {timeout:.0f} s")
+        time.sleep(0.01)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--backend", default="kaitian", help="kaitian (or gloo, nccl: the one-word switch)")
@@ -301,6 +316,12 @@ def main() -> None:
     )
     parser.add_argument("--result-json", type=Path, help="rank 0 writes the summary here as JSON")
     parser.add_argument("--trace-dir", type=Path, help="every rank writes its per-step times to rank-R.json here")
+    parser.add_argument(
+        "--start-gate",
+        type=Path,
+        help="benchmarks starting jobs together: rank 0 creates ready-<pid> here after start-up, then every "
+        "rank waits for a file named go before its first step",
+    )
     args = parser.parse_args()
     if args.resume and args.checkpoint_dir is None:
         parser.error("--resume needs --checkpoint-dir")
@@ -360,6 +381,8 @@ def main() -> None:
     telemetry = kaitian.job_telemetry() if balancer is None else None
     trace: list[dict[str, float]] = []  # per step, with --trace-dir: time, batch, compute and step seconds
 
+    if args.start_gate is not None:
+        wait_at_gate(args.start_gate, rank, timeout=600.0)
     earlier = resumed.samples if resumed else 0  # samples all ranks trained before the checkpoint
     trained = 0  # samples this rank trained in this process, for its throughput
     started = time.perf_counter()
@@ -389,6 +412,7 @@ def main() -> None:
                 trace.append(
                     {
                         "time": now - started,
+                        "wall": time.time(),  # to line up the steps of jobs run side by side
                         "batch": len(labels),
                         "compute": compute_end - step_started,
                         "step": now - step_started,

@@ -79,3 +79,48 @@ def test_one_calibration_is_kept_fresh_for_the_whole_run(tmp_path: Path) -> None
         os.utime(path, (1_000_000, 1_000_000))
     gain.keep_one_calibration(tmp_path / "cache")
     assert calibration.stat().st_mtime > 1_000_000 and other.stat().st_mtime == 1_000_000
+
+
+def timed(job: dict[str, Any], first_end: float) -> dict[str, Any]:
+    """job with wall-clock step ends, one step per step length from first_end, for every rank."""
+    for t in job["traces"]:
+        wall = first_end
+        for step in t["steps"]:
+            step["wall"] = wall
+            wall += step["step"]
+    return job
+
+
+def test_side_by_side_counts_only_the_steps_both_jobs_shared() -> None:
+    # Six steps per rank, the first 3 left out as warm-up. Fast: 1 s steps ending at 100..105, steady
+    # over (102, 105]. Slow: 2 s steps ending at 103..113, steady over (107, 113]: no shared second.
+    fast = timed(result(0.0, [trace(0, "fast", 32, 0.5, 1.0), trace(1, "fast", 32, 0.5, 1.0)]), 100.0)
+    slow = timed(result(0.0, [trace(0, "slow", 16, 1.0, 2.0), trace(1, "slow", 16, 1.0, 2.0)]), 103.0)
+    try:
+        gain.side_by_side_summary(fast, slow)
+        raise AssertionError("disjoint runs must be refused")
+    except SystemExit as refused:
+        assert "never overlapped" in str(refused)
+    # Slow steps ending at 98..108, steady over (102, 108]: the window is (102, 105].
+    fast = timed(result(0.0, [trace(0, "fast", 32, 0.5, 1.0), trace(1, "fast", 32, 0.5, 1.0)]), 100.0)
+    slow = timed(result(0.0, [trace(0, "slow", 16, 1.0, 2.0), trace(1, "slow", 16, 1.0, 2.0)]), 98.0)
+    pair = gain.side_by_side_summary(fast, slow)
+    assert gain.overlap_window([fast, slow]) == (102.0, 105.0)
+    assert pair["fast_samples_per_second"] == 64.0, "fast steps ending at 103, 104, 105, both ranks, over 3 s"
+    assert pair["slow_samples_per_second"] == 32 / 3, "the slow step ending at 104, both ranks"
+    assert pair["overlap_seconds"] == 3.0
+    assert pair["samples_per_second"] == 64.0 + 32 / 3 and pair["fast_compute_ms_per_sample"] == 1e3 * 0.5 / 32
+
+
+def test_report_shows_the_machines_ceiling_when_measured() -> None:
+    rounds = [one_round(130.0), one_round(126.0)]
+    for r in rounds:
+        pair = dict(r["fast alone"], samples_per_second=140.0)
+        pair["fast_compute_ms_per_sample"] *= 1.1
+        r[gain.SIDE_BY_SIDE] = pair
+    report = gain.mode_report("quota", rounds)
+    assert report["side_by_side"]["over_fast"] == [1.4, 1.4]
+    assert [round(x, 2) for x in report["side_by_side"]["both_over_it"]] == [0.93, 0.9]
+    text = "\n".join(gain.side_by_side_lines([report]))
+    assert "| quota | 140 (140-140) | 1.4 (1.4-1.4) | 0.914 (0.9-0.929) | 1.1 (1.1-1.1) |" in text
+    assert gain.side_by_side_lines([gain.mode_report("quota", [one_round(90.0)])]) == [], "older runs: no table"
