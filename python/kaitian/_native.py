@@ -12,6 +12,7 @@ from __future__ import annotations
 import ctypes
 import os
 import threading
+from collections.abc import Iterable
 from pathlib import Path
 
 import torch
@@ -272,11 +273,15 @@ _DTYPES: dict[torch.dtype, int] = {
 
 
 def datatype(dtype: torch.dtype) -> int:
-    """ktDataType_t for a torch dtype; TypeError names the dtypes the engine has."""
+    """ktDataType_t for a torch dtype; TypeError names the dtypes the engine has.
+
+    bool travels as its bytes (uint8, one byte per element in torch, 0 or 1); reductions on it
+    take the bool ops of `reduce_op_for`, which keep every byte 0 or 1.
+    """
     try:
-        return _DTYPES[dtype]
+        return _DTYPES[torch.uint8 if dtype == torch.bool else dtype]
     except KeyError:
-        names = ", ".join(str(d).removeprefix("torch.") for d in _DTYPES)
+        names = ", ".join(str(d).removeprefix("torch.") for d in (*_DTYPES, torch.bool))
         raise TypeError(f"kaitian: dtype {dtype} is not supported (supported: {names})") from None
 
 
@@ -297,6 +302,21 @@ def reduce_op(op: object) -> int:
         if op == torch_op:
             return code
     raise ValueError(f"kaitian: reduce op {op} is not supported (supported: SUM, PRODUCT, MIN, MAX, AVG)")
+
+
+def reduce_op_for(op: object, dtypes: Iterable[torch.dtype]) -> int:
+    """ktRedOp_t for a torch ReduceOp over tensors of `dtypes`, with bool meaning what torch means.
+
+    On bool, SUM is logical or and PRODUCT logical and, as in gloo (C++ bool arithmetic) and NCCL
+    (which maps them to max and min on bytes): so the engine runs MAX and MIN on the 0/1 bytes.
+    AVG has no bool meaning and is refused, as NCCL refuses it.
+    """
+    code = reduce_op(op)
+    if not any(dtype == torch.bool for dtype in dtypes):
+        return code
+    if code == AVG:
+        raise ValueError("kaitian: reduce op AVG is not defined for bool tensors (use SUM, PRODUCT, MIN or MAX)")
+    return {SUM: MAX, PROD: MIN}.get(code, code)
 
 
 def torch_reduce_op(code: int) -> object:

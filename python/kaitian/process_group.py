@@ -31,6 +31,7 @@ import torch
 import torch.distributed as dist
 
 from . import _native
+from ._completion import completion_thread
 from ._engine import Communicator, Plan, copied_back, host, host_empty
 from ._store import TorchStoreAdapter, job_token
 from ._vendor import EngineIntraGroup, IntraGroup, create_torch_intra_group
@@ -43,10 +44,6 @@ Future = torch.futures.Future
 Job = Callable[[Future], None]
 
 
-def _unwrap(fut: Future) -> list[torch.Tensor]:
-    return fut.value()
-
-
 def _work_from_future(fut: Future, call: str) -> dist.Work:
     """The Work of one collective, completed by `fut`; `call` names it in errors ("rank 0: allreduce #7").
 
@@ -55,21 +52,35 @@ def _work_from_future(fut: Future, call: str) -> dist.Work:
     Chaining through `then` turns it into a real error of the C++ future: wait() raises it (with
     the engine's message) in C++ and Python alike.
     """
-    return _FutureWork(fut.then(_unwrap), call)
+    return _FutureWork(fut.then(_value), call)
+
+
+def _value(fut: Future) -> list[torch.Tensor]:
+    return fut.value()
 
 
 class _FutureWork(torch._C._distributed_c10d.Work):
-    """A Work over a future whose wait honours its timeout.
+    """A Work over a future whose wait honours its timeout, and whose users' callbacks may block.
 
     A Python Work rather than torch's `_create_work_from_future`, whose wait ignores the timeout.
     torch calls this class's wait and get_future from C++ too (DDP's reducer takes the future) and
     keeps the Python object alive while C++ holds the Work, in every version from 1.13 on.
+
+    The future that get_future hands out completes on the completion thread, not on the engine's
+    or the pipeline's thread that completes the collective (see _completion: a callback may wait
+    on a further collective). Only then: that hand-over costs a thread wake-up (150 us on an
+    8-byte allreduce, measured), which a plain wait() does not need, for it attaches no callbacks.
     """
 
     def __init__(self, fut: Future, call: str) -> None:
         super().__init__()
         self._fut = fut
         self._call = call
+        self._handed_out: Future | None = None
+        self._lock = threading.Lock()
+        # Issued by a callback: its future completes on the engine's thread, for the callback
+        # may wait for it on the completion thread (see _completion).
+        self._issued_on_completion_thread = completion_thread().is_current()
 
     def is_completed(self) -> bool:
         return self._fut.done()
@@ -98,12 +109,23 @@ class _FutureWork(torch._C._distributed_c10d.Work):
         return self._fut.value()
 
     def get_future(self) -> Future:
-        return self._fut
+        with self._lock:
+            if self._handed_out is None:
+                if self._issued_on_completion_thread:
+                    self._handed_out = self._fut
+                else:
+                    handed_over = Future()
+                    self._fut.add_done_callback(
+                        lambda _: completion_thread().post(lambda: handed_over.set_result(None))
+                    )
+                    self._handed_out = handed_over.then(lambda _: self._fut.value())
+            return self._handed_out
 
 
-def _reduce_op(opts: object) -> int:
-    """ktRedOp_t from an options object with reduceOp, or from a bare ReduceOp."""
-    return _native.reduce_op(getattr(opts, "reduceOp", opts) if opts is not None else dist.ReduceOp.SUM)
+def _reduce_op(opts: object, tensors: list[torch.Tensor]) -> int:
+    """ktRedOp_t from an options object with reduceOp, or from a bare ReduceOp, for these tensors (bool)."""
+    op = getattr(opts, "reduceOp", opts) if opts is not None else dist.ReduceOp.SUM
+    return _native.reduce_op_for(op, (t.dtype for t in tensors))
 
 
 def _size_array(values: list[int], keep: list[object]) -> ctypes.Array:
@@ -314,6 +336,20 @@ def hybrid_chunk_bytes() -> int:
     return int(text)
 
 
+def _this_init(store: dist.Store, size: int) -> dist.Store:
+    """The part of `store` that belongs to this construction of the group, none of an earlier one.
+
+    After destroy_process_group, init_process_group in the same process names its group as
+    before and may get the same store, which still holds the first group's endpoints, segment
+    names and topology: read back, they point at communicators that are gone. Every rank counts
+    itself in on one key, so the n-th construction of a group of `size` ranks reads the counts
+    (n-1)*size+1 .. n*size, and uses keys of its own. Ranks agree on n because a construction
+    only ends once every rank has joined it, and so counted itself in.
+    """
+    generation = (store.add("kaitian/constructions", 1) - 1) // size
+    return dist.PrefixStore(f"kaitian/{generation}", store)
+
+
 class ProcessGroupKaitian(dist.ProcessGroup):
     """torch.distributed backend over Kaitian's engine and, inside groups, the vendors' libraries.
 
@@ -335,6 +371,7 @@ class ProcessGroupKaitian(dist.ProcessGroup):
         self._calls = itertools.count(1)
         self.stage_times = StageTimes()  # the hybrid allreduce's stages, for kaitian.stage_times()
         self._chunk_bytes = hybrid_chunk_bytes()
+        store = _this_init(store, size)
         self.topology = Topology.exchange(store, rank, size, timeout)
         token = job_token(store, rank, timeout)
         adapter = TorchStoreAdapter(store)
@@ -445,7 +482,7 @@ class ProcessGroupKaitian(dist.ProcessGroup):
     # ---- collectives ----
 
     def allreduce(self, tensors: list[torch.Tensor], opts: object = None) -> dist.Work:
-        op = _reduce_op(opts)
+        op = _reduce_op(opts, tensors)
         for t in tensors:
             _native.datatype(t.dtype)
         if self._worker is not None:
@@ -623,7 +660,7 @@ class ProcessGroupKaitian(dist.ProcessGroup):
     def reduce_scatter(
         self, output_tensors: list[torch.Tensor], input_tensors: list[list[torch.Tensor]], opts: object = None
     ) -> dist.Work:
-        op = _reduce_op(opts)
+        op = _reduce_op(opts, [t for ts in input_tensors for t in ts])
 
         def build() -> Plan:
             keep: list[object] = []
@@ -651,7 +688,7 @@ class ProcessGroupKaitian(dist.ProcessGroup):
     def reduce_scatter_tensor_coalesced(
         self, outputs: list[torch.Tensor], inputs: list[torch.Tensor], opts: object = None
     ) -> dist.Work:
-        op = _reduce_op(opts)
+        op = _reduce_op(opts, inputs)
 
         def build() -> Plan:
             keep: list[object] = []
@@ -666,7 +703,7 @@ class ProcessGroupKaitian(dist.ProcessGroup):
         return self._engine("reduce_scatter_tensor_coalesced", build)
 
     def reduce(self, tensors: list[torch.Tensor], opts: object = None) -> dist.Work:
-        op = _reduce_op(opts)
+        op = _reduce_op(opts, tensors)
         root = opts.rootRank if opts is not None else 0
         return self._in_place("reduce", tensors, "ktReduce", op, root)
 

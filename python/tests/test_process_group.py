@@ -76,3 +76,27 @@ def test_killed_rank_makes_the_others_raise() -> None:
         assert value["seconds"] < timeout + 10, f"rank {rank} took {value['seconds']:.1f}s"
         # The engine's words, e.g. "rank 1: lost rank 2 (pid 123 on host 'vm'): its process exited ..."
         assert re.search(rf"rank {size - 1}\b", value["message"]), value["message"]
+
+
+@pytest.mark.parametrize(
+    ("size", "env"),
+    [pytest.param(2, None, id="flat-2"), pytest.param(3, hybrid_env(["cpu-a", "cpu-a", "cpu-b"]), id="hybrid-2+1")],
+)
+def test_destroy_and_init_again_in_one_process(size: int, env: object) -> None:
+    # Each construction must use its own rendezvous keys: the first one's endpoints and shared
+    # memory names are still in the store, and point at communicators that are gone.
+    values = assert_all_ok(run_ranks("reinit", size, env, timeout=120), size)
+    base = size * (size - 1) / 2
+    assert values == [[base + size * round_ for round_ in range(3)]] * size
+
+
+@pytest.mark.parametrize(
+    ("size", "env"),
+    [pytest.param(2, None, id="flat-2"), pytest.param(3, hybrid_env(["cpu-a", "cpu-a", "cpu-b"]), id="hybrid-2+1")],
+)
+def test_ddp_with_the_powersgd_hook_matches_gloo(size: int, env: object) -> None:
+    values = assert_all_ok(run_ranks("powersgd", size, env, timeout=120), size)
+    for rank, value in enumerate(values):
+        for i, (got, want) in enumerate(zip(value["kaitian"], value["gloo"], strict=True)):
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6, msg=f"rank {rank} parameter {i}")
+            assert torch.equal(got, values[0]["kaitian"][i]), f"rank {rank} parameter {i} differs from rank 0's"

@@ -84,6 +84,42 @@ def check_collectives(rank: int, size: int) -> int:
             check_equal(t, want.to(dtype) if name != "avg" else want, f"all_reduce {name} {dtype}", avg=name == "avg")
             checks += 1
 
+    # bool: SUM is "any", PRODUCT "all" (as gloo and NCCL define them); AVG has no meaning.
+    for oi, name in enumerate(("sum", "product", "min", "max")):
+        flags = value(rank, 50 + oi, n, torch.int64) > 2  # True on some ranks only, per element
+        dist.all_reduce(flags, op=OPS[name])
+        stacked = torch.stack([value(r, 50 + oi, n, torch.int64) > 2 for r in range(size)])
+        want = stacked.any(0) if name in ("sum", "max") else stacked.all(0)
+        assert flags.dtype == torch.bool and torch.equal(flags, want), f"all_reduce {name} bool: {flags.tolist()[:8]}"
+        checks += 1
+    masks = [torch.empty(n, dtype=torch.bool) for _ in range(size)]
+    dist.all_gather(masks, value(rank, 55, n, torch.int64) > 2)
+    for r in range(size):
+        assert torch.equal(masks[r], value(r, 55, n, torch.int64) > 2), "all_gather bool"
+    checks += 1
+    stop = torch.tensor([rank == size - 1])  # the "any rank says stop" idiom
+    dist.all_reduce(stop, op=dist.ReduceOp.MAX)
+    assert bool(stop), "all_reduce MAX bool: the last rank's stop was lost"
+    try:
+        dist.all_reduce(torch.tensor([True]), op=dist.ReduceOp.AVG)
+        raise AssertionError("all_reduce AVG bool was accepted")
+    except ValueError as refused:
+        assert "AVG is not defined for bool" in str(refused), refused
+    checks += 1
+
+    # A future callback that issues another collective and waits for it (DDP's PowerSGD hook,
+    # .then() chains): it must not run on the thread that has to finish that collective.
+    first = torch.ones(5)
+
+    def second_allreduce(fut: torch.futures.Future) -> torch.Tensor:
+        again = fut.value()[0] * 2
+        dist.all_reduce(again, async_op=True).get_future().wait()
+        return again
+
+    chained = dist.all_reduce(first, async_op=True).get_future().then(second_allreduce).wait()
+    check_equal(chained, torch.full((5,), 2.0 * size * size), "a callback's own all_reduce")
+    checks += 1
+
     # Asynchronous, several in flight, then waited in order.
     tensors = [value(rank, 100 + i, 1000 * (i + 1), torch.float32) for i in range(4)]
     works = [dist.all_reduce(t, async_op=True) for t in tensors]
@@ -309,7 +345,55 @@ def scenario_wait_timeout(rank: int, size: int) -> dict[str, object]:
     return result
 
 
+def scenario_reinit(rank: int, size: int) -> list[float]:
+    """destroy_process_group, then init_process_group again, three times in one process."""
+    sums = []
+    for round_ in range(3):
+        dist.destroy_process_group()
+        dist.init_process_group("kaitian", rank=rank, world_size=size, timeout=timedelta(seconds=60))
+        t = torch.full((3,), float(rank + round_))
+        dist.all_reduce(t)
+        sums.append(t[0].item())
+    return sums
+
+
+def powersgd_parameters(rank: int, size: int, group: object) -> list[torch.Tensor]:
+    """Parameters after DDP training with the PowerSGD comm hook over `group`.
+
+    The hook's future callback issues and waits on a second allreduce: it hangs a backend that
+    runs callbacks on the thread that must finish that allreduce. One bucket: with several, the
+    training thread's next bucket races the callbacks' allreduces, under gloo too (see
+    kaitian._completion).
+    """
+    from torch.distributed.algorithms.ddp_comm_hooks import powerSGD_hook
+
+    torch.manual_seed(0)
+    model = nn.parallel.DistributedDataParallel(Net(), process_group=group)
+    state = powerSGD_hook.PowerSGDState(process_group=group, matrix_approximation_rank=1, start_powerSGD_iter=2)
+    model.register_comm_hook(state, powerSGD_hook.powerSGD_hook)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    per = BATCH // size
+    for step in range(STEPS + 2):
+        x, y = batch(step)
+        opt.zero_grad()
+        nn.functional.cross_entropy(
+            model(x[rank * per : (rank + 1) * per]), y[rank * per : (rank + 1) * per]
+        ).backward()
+        opt.step()
+    return [p.detach().clone() for p in model.parameters()]
+
+
+def scenario_powersgd(rank: int, size: int) -> dict[str, list[torch.Tensor]]:
+    """DDP with PowerSGD on the kaitian group and, as the reference, on a gloo group."""
+    return {
+        "kaitian": powersgd_parameters(rank, size, dist.group.WORLD),
+        "gloo": powersgd_parameters(rank, size, dist.new_group(backend="gloo")),
+    }
+
+
 SCENARIOS = {
+    "powersgd": scenario_powersgd,
+    "reinit": scenario_reinit,
     "full": scenario_full,
     "ddp": scenario_ddp,
     "kill": scenario_kill,
