@@ -31,6 +31,7 @@ import torch
 import torch.distributed as dist
 
 from . import _native
+from ._checks import CallChecks
 from ._completion import completion_thread
 from ._engine import Communicator, Plan, copied_back, host, host_empty
 from ._store import TorchStoreAdapter, job_token
@@ -369,6 +370,7 @@ class ProcessGroupKaitian(dist.ProcessGroup):
         self._rank = rank
         self._size = size
         self._calls = itertools.count(1)
+        self._checks = CallChecks(rank, size)
         self.stage_times = StageTimes()  # the hybrid allreduce's stages, for kaitian.stage_times()
         self._chunk_bytes = hybrid_chunk_bytes()
         store = _this_init(store, size)
@@ -607,11 +609,17 @@ class ProcessGroupKaitian(dist.ProcessGroup):
 
     def broadcast(self, tensors: list[torch.Tensor], opts: object = None) -> dist.Work:
         root = opts.rootRank if opts is not None else 0
+        self._checks.rank_in_group("broadcast", "root", root)
         return self._in_place("broadcast", tensors, "ktBroadcast", root)
 
     def allgather(
         self, output_tensors: list[list[torch.Tensor]], input_tensors: list[torch.Tensor], opts: object = None
     ) -> dist.Work:
+        for outputs, inp in zip(output_tensors, input_tensors, strict=True):
+            self._checks.one_per_rank("allgather", "the output list", outputs)
+            self._checks.same_dtype("allgather", inp, outputs)
+            self._checks.elements("allgather", f"output {self._rank} (this rank's)", outputs[self._rank], inp.numel())
+
         def build() -> Plan:
             keep: list[object] = []
             calls, finishers = [], []
@@ -644,6 +652,10 @@ class ProcessGroupKaitian(dist.ProcessGroup):
     def allgather_into_tensor_coalesced(
         self, outputs: list[torch.Tensor], inputs: list[torch.Tensor], opts: object = None
     ) -> dist.Work:
+        for out, inp in zip(outputs, inputs, strict=True):
+            self._checks.same_dtype("allgather_into_tensor", inp, [out])
+            self._checks.elements("allgather_into_tensor", "the output", out, inp.numel() * self._size)
+
         def build() -> Plan:
             keep: list[object] = []
             pairs, calls = [], []
@@ -661,6 +673,10 @@ class ProcessGroupKaitian(dist.ProcessGroup):
         self, output_tensors: list[torch.Tensor], input_tensors: list[list[torch.Tensor]], opts: object = None
     ) -> dist.Work:
         op = _reduce_op(opts, [t for ts in input_tensors for t in ts])
+        for out, inputs in zip(output_tensors, input_tensors, strict=True):
+            self._checks.one_per_rank("reduce_scatter", "the input list", inputs)
+            self._checks.same_dtype("reduce_scatter", out, inputs)
+            self._checks.elements("reduce_scatter", "the output", out, inputs[self._rank].numel())
 
         def build() -> Plan:
             keep: list[object] = []
@@ -689,6 +705,9 @@ class ProcessGroupKaitian(dist.ProcessGroup):
         self, outputs: list[torch.Tensor], inputs: list[torch.Tensor], opts: object = None
     ) -> dist.Work:
         op = _reduce_op(opts, inputs)
+        for out, inp in zip(outputs, inputs, strict=True):
+            self._checks.same_dtype("reduce_scatter_tensor", inp, [out])
+            self._checks.elements("reduce_scatter_tensor", "the input", inp, out.numel() * self._size)
 
         def build() -> Plan:
             keep: list[object] = []
@@ -705,12 +724,19 @@ class ProcessGroupKaitian(dist.ProcessGroup):
     def reduce(self, tensors: list[torch.Tensor], opts: object = None) -> dist.Work:
         op = _reduce_op(opts, tensors)
         root = opts.rootRank if opts is not None else 0
+        self._checks.rank_in_group("reduce", "root", root)
         return self._in_place("reduce", tensors, "ktReduce", op, root)
 
     def gather(
         self, output_tensors: list[list[torch.Tensor]], input_tensors: list[torch.Tensor], opts: object = None
     ) -> dist.Work:
         root = opts.rootRank if opts is not None else 0
+        self._checks.rank_in_group("gather", "root", root)
+        if self._rank == root:
+            self._checks.one_per_rank("gather", "the output list", output_tensors[0])
+            self._checks.same_dtype("gather", input_tensors[0], output_tensors[0])
+            for i, out in enumerate(output_tensors[0]):
+                self._checks.elements("gather", f"output {i}", out, input_tensors[0].numel())
 
         def build() -> Plan:
             keep: list[object] = []
@@ -736,6 +762,12 @@ class ProcessGroupKaitian(dist.ProcessGroup):
         self, output_tensors: list[torch.Tensor], input_tensors: list[list[torch.Tensor]], opts: object = None
     ) -> dist.Work:
         root = opts.rootRank if opts is not None else 0
+        self._checks.rank_in_group("scatter", "root", root)
+        if self._rank == root:
+            self._checks.one_per_rank("scatter", "the input list", input_tensors[0])
+            self._checks.same_dtype("scatter", output_tensors[0], input_tensors[0])
+            for i, inp in enumerate(input_tensors[0]):
+                self._checks.elements("scatter", f"input {i}", inp, output_tensors[0].numel())
 
         def build() -> Plan:
             keep: list[object] = []
@@ -759,6 +791,12 @@ class ProcessGroupKaitian(dist.ProcessGroup):
         input_split_sizes: list[int],
         opts: object = None,
     ) -> dist.Work:
+        self._checks.same_dtype("alltoall_base", input, [output])
+        self._checks.splits("alltoall_base", "the input", input_split_sizes, input)
+        self._checks.splits("alltoall_base", "the output", output_split_sizes, output)
+        if not input_split_sizes and not output_split_sizes:
+            self._checks.elements("alltoall_base", "the output", output, input.numel())
+
         def build() -> Plan:
             keep: list[object] = []
             src, dst = host(input, keep), host_empty(output, keep)
@@ -785,6 +823,10 @@ class ProcessGroupKaitian(dist.ProcessGroup):
     def alltoall(
         self, output_tensors: list[torch.Tensor], input_tensors: list[torch.Tensor], opts: object = None
     ) -> dist.Work:
+        self._checks.one_per_rank("alltoall", "the input list", input_tensors)
+        self._checks.one_per_rank("alltoall", "the output list", output_tensors)
+        self._checks.same_dtype("alltoall", input_tensors[0], [*input_tensors, *output_tensors])
+
         def build() -> Plan:
             keep: list[object] = []
             send = [x.numel() for x in input_tensors]
@@ -811,6 +853,8 @@ class ProcessGroupKaitian(dist.ProcessGroup):
         return self._engine("barrier", lambda: Plan([("ktBarrier", ())], lambda: []))
 
     def send(self, tensors: list[torch.Tensor], dstRank: int, tag: int = 0) -> dist.Work:
+        self._checks.rank_in_group("send", "destination", dstRank)
+
         def build() -> Plan:
             keep: list[object] = []
             bufs = [host(t, keep) for t in tensors]
@@ -820,6 +864,8 @@ class ProcessGroupKaitian(dist.ProcessGroup):
         return self._engine("send", build)
 
     def recv(self, tensors: list[torch.Tensor], srcRank: int, tag: int = 0) -> dist.Work:
+        self._checks.rank_in_group("recv", "source", srcRank)
+
         def build() -> Plan:
             keep: list[object] = []
             pairs = [(t, host_empty(t, keep)) for t in tensors]

@@ -223,10 +223,17 @@ def check_collectives(rank: int, size: int) -> int:
             check_equal(t, reference("sum", [value(r, 600, n, torch.float32) for r in members]), "subgroup all_reduce")
             checks += 1
 
-    # Refusals are clear errors raised at the call, not hangs.
+    # Refusals are clear errors raised at the call, not hangs; the backend's own checks are
+    # reached directly too (torch's front end checks some arguments first, other callers do not).
+    backend = dist.group.WORLD
     for bad in (
         lambda: dist.all_reduce(torch.ones(2, dtype=torch.int16)),
         lambda: dist.all_reduce(torch.ones(2, dtype=torch.int32), op=dist.ReduceOp.BAND),
+        lambda: backend.allgather([[torch.empty(2)] * (size + 1)], [torch.ones(2)]),
+        lambda: backend._allgather_base(torch.empty(2 * size - 1), torch.ones(2)),
+        lambda: backend._reduce_scatter_base(torch.empty(2), torch.ones(2 * size + 1)),
+        lambda: backend.alltoall_base(torch.empty(size), torch.ones(size), [1] * size, [2] * size),
+        lambda: dist.broadcast(torch.ones(2), src=size),
     ):
         try:
             bad()
