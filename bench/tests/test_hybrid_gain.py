@@ -112,7 +112,7 @@ def test_side_by_side_counts_only_the_steps_both_jobs_shared() -> None:
     assert pair["samples_per_second"] == 64.0 + 32 / 3 and pair["fast_compute_ms_per_sample"] == 1e3 * 0.5 / 32
 
 
-def test_report_shows_the_machines_ceiling_when_measured() -> None:
+def test_report_shows_both_groups_side_by_side_when_measured() -> None:
     rounds = [one_round(130.0), one_round(126.0)]
     for r in rounds:
         pair = dict(r["fast alone"], samples_per_second=140.0)
