@@ -30,9 +30,28 @@ def test_dtype_mapping_matches_the_header() -> None:
     }
     for dtype, code in expected.items():
         assert _native.datatype(dtype) == code
-    for dtype in (torch.bool, torch.complex64, torch.int16):
+    assert _native.datatype(torch.bool) == 1, "bool travels as its bytes (uint8)"
+    for dtype in (torch.complex64, torch.int16):
         with pytest.raises(TypeError, match="kaitian: dtype"):
             _native.datatype(dtype)
+
+
+def test_bool_reductions_are_or_and_and() -> None:
+    ops = (dist.ReduceOp.SUM, dist.ReduceOp.PRODUCT, dist.ReduceOp.MAX, dist.ReduceOp.MIN)
+    assert [_native.reduce_op_for(op, [torch.bool]) for op in ops] == [
+        _native.MAX,
+        _native.MIN,
+        _native.MAX,
+        _native.MIN,
+    ]
+    assert [_native.reduce_op_for(op, [torch.int8]) for op in ops] == [
+        _native.SUM,
+        _native.PROD,
+        _native.MAX,
+        _native.MIN,
+    ]
+    with pytest.raises(ValueError, match="AVG is not defined for bool"):
+        _native.reduce_op_for(dist.ReduceOp.AVG, [torch.float32, torch.bool])
 
 
 def test_reduce_op_mapping() -> None:
