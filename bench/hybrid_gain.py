@@ -319,7 +319,7 @@ def reproduce_flags(args: argparse.Namespace) -> list[str]:
     flags += ["--fast-speed", f"{args.fast_speed:g}", "--slow-speed", f"{args.slow_speed:g}"]
     if args.bucket_cap_mb is not None:
         flags += ["--bucket-cap-mb", f"{args.bucket_cap_mb:g}"]
-    if not getattr(args, "side_by_side", True):  # results saved before the option render as before
+    if not args.side_by_side:
         flags.append("--no-side-by-side")
     report = args.markdown if args.markdown is not None else Path("docs/HYBRID-GAIN.md")
     return [*flags, "--markdown", str(report)]

@@ -41,6 +41,13 @@ class CallChecks:
         if tensor.numel() != expected:
             raise self._fail(call, f"{what} has {tensor.numel()} elements; it needs {expected}")
 
+    def one_block_per_rank(self, call: str, role: str, blocks: Sequence[torch.Tensor], like: torch.Tensor) -> None:
+        """A root's `role` list ("input", "output") for gather or scatter: per rank, a block like `like`."""
+        self.one_per_rank(call, f"the {role} list", blocks)
+        self.same_dtype(call, like, blocks)
+        for i, block in enumerate(blocks):
+            self.elements(call, f"{role} {i}", block, like.numel())
+
     def splits(self, call: str, what: str, splits: Sequence[int], tensor: torch.Tensor) -> None:
         """Split sizes along dim 0: one per rank, none negative, adding up to the rows; or none (equal rows)."""
         rows = tensor.shape[0] if tensor.dim() else 1

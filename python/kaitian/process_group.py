@@ -733,10 +733,7 @@ class ProcessGroupKaitian(dist.ProcessGroup):
         root = opts.rootRank if opts is not None else 0
         self._checks.rank_in_group("gather", "root", root)
         if self._rank == root:
-            self._checks.one_per_rank("gather", "the output list", output_tensors[0])
-            self._checks.same_dtype("gather", input_tensors[0], output_tensors[0])
-            for i, out in enumerate(output_tensors[0]):
-                self._checks.elements("gather", f"output {i}", out, input_tensors[0].numel())
+            self._checks.one_block_per_rank("gather", "output", output_tensors[0], input_tensors[0])
 
         def build() -> Plan:
             keep: list[object] = []
@@ -764,10 +761,7 @@ class ProcessGroupKaitian(dist.ProcessGroup):
         root = opts.rootRank if opts is not None else 0
         self._checks.rank_in_group("scatter", "root", root)
         if self._rank == root:
-            self._checks.one_per_rank("scatter", "the input list", input_tensors[0])
-            self._checks.same_dtype("scatter", output_tensors[0], input_tensors[0])
-            for i, inp in enumerate(input_tensors[0]):
-                self._checks.elements("scatter", f"input {i}", inp, output_tensors[0].numel())
+            self._checks.one_block_per_rank("scatter", "input", input_tensors[0], output_tensors[0])
 
         def build() -> Plan:
             keep: list[object] = []

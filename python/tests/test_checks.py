@@ -40,3 +40,13 @@ def test_no_splits_needs_rows_every_rank_can_share() -> None:
     checks.splits("alltoall_base", "the input", [0, 4, 0], torch.ones(4, 2))
     with pytest.raises(ValueError, match="has 4 rows, which 3 ranks cannot share equally"):
         checks.splits("alltoall_base", "the input", [], torch.ones(4, 2))
+
+
+def test_a_roots_blocks_match_the_other_side() -> None:
+    checks.one_block_per_rank("scatter", "input", [torch.ones(4)] * 3, torch.empty(4))
+    with pytest.raises(ValueError, match=r"scatter: input 2 has 3 elements; it needs 4"):
+        checks.one_block_per_rank("scatter", "input", [torch.ones(4), torch.ones(4), torch.ones(3)], torch.empty(4))
+    with pytest.raises(ValueError, match=r"gather: the output list has 2 tensors"):
+        checks.one_block_per_rank("gather", "output", [torch.ones(4)] * 2, torch.empty(4))
+    with pytest.raises(ValueError, match="tensor 0 is torch.int64, the input is torch.float32"):
+        checks.one_block_per_rank("gather", "output", [torch.ones(4, dtype=torch.int64)] * 3, torch.empty(4))
