@@ -233,12 +233,12 @@ def parameter_digest(model: nn.Module) -> str:
 
 def initial_plan(
     args: argparse.Namespace, model: nn.Module, data: Dataset, world: int, warmup: int
-) -> tuple[list[int], list[float]]:
+) -> kaitian.MeasuredPlan:
     """The first plan: an equal split, or measured on every rank's own device (collective).
 
     `warmup` untimed steps come first (an emulated device calibrates in them)."""
     if args.adaptive == "off":
-        return [args.batch_size] * world, []
+        return kaitian.MeasuredPlan([args.batch_size] * world, [], [])
     global_batch = args.global_batch or args.batch_size * world
     images, labels = data.train.tensors
     share = max(1, global_batch // world)
@@ -252,11 +252,28 @@ def initial_plan(
     )
 
 
-def group_gain(kinds: list[str], speeds: list[float], achieved: float) -> dict[str, float | str] | None:
+def ceiling(costs: list[kaitian.StepCost], batch: int) -> float:
+    """Samples/s of `batch` samples per step split over ranks of these step costs, compute only.
+
+    The split equalises the predicted step times (the planner's); the step is the slowest rank's.
+    """
+    plan = kaitian.plan_batches(
+        [c.seconds_per_sample for c in costs], batch, fixed_seconds=[c.fixed_seconds for c in costs]
+    )
+    return batch / max(c.seconds(b) for c, b in zip(costs, plan, strict=True))
+
+
+def group_gain(
+    kinds: list[str], speeds: list[float], achieved: float, costs: list[kaitian.StepCost] | None, batch: int
+) -> dict[str, float | str] | None:
     """What the job gains over its fastest group alone, by the speeds measured before training.
 
     Each group's solo figure is the sum of its ranks' measured compute speeds (samples/s, compute
     only: an upper bound on what the group alone would train); the ideal is the sum over all groups.
+    With the ranks' step costs, also the ceilings at this global batch: the same batch split over
+    the fastest group's ranks, and over all ranks (compute only). Why both: the solo figures are
+    speeds at the measurement's batch, but in the job each rank's batch is a share of the global
+    one, and the smaller it is, the more of each step is the part that does not shrink with it.
     """
     if not speeds or len(speeds) != len(kinds) or min(speeds) <= 0:
         return None
@@ -265,7 +282,7 @@ def group_gain(kinds: list[str], speeds: list[float], achieved: float) -> dict[s
         solo[kind] = solo.get(kind, 0.0) + 1.0 / seconds
     fastest = max(solo, key=lambda kind: solo[kind])
     ideal = sum(solo.values())
-    return {
+    gain: dict[str, float | str] = {
         "fastest_group": fastest,
         "fastest_group_alone": solo[fastest],
         "ideal": ideal,
@@ -273,6 +290,10 @@ def group_gain(kinds: list[str], speeds: list[float], achieved: float) -> dict[s
         "over_fastest_group": achieved / solo[fastest],
         "of_ideal": achieved / ideal,
     }
+    if costs is not None and len(costs) == len(kinds):
+        gain["fastest_group_ceiling"] = ceiling([c for c, k in zip(costs, kinds, strict=True) if k == fastest], batch)
+        gain["ceiling"] = ceiling(costs, batch)
+    return gain
 
 
 def wait_at_gate(gate: Path, rank: int, timeout: float) -> None:
@@ -302,6 +323,13 @@ def main() -> None:
     )
     parser.add_argument("--adaptive", choices=["off", "static", "online"], default="online")
     parser.add_argument("--interval", type=int, default=10, help="online: steps between re-plans")
+    parser.add_argument(
+        "--no-broadcast-buffers",
+        dest="broadcast_buffers",
+        action="store_false",
+        help="DDP(broadcast_buffers=False): each rank keeps its own BatchNorm statistics, with no broadcast "
+        "from rank 0 before every forward",
+    )
     parser.add_argument("--measure-seconds", type=float, default=1.0, help="adaptive: each rank's timed warm-up")
     parser.add_argument("--lr", type=float, default=0.05)
     parser.add_argument(
@@ -349,7 +377,7 @@ def main() -> None:
     if resumed is not None:
         network.load_state_dict(resumed.model)
         optimizer.load_state_dict(resumed.optimizer)
-        plan, speeds = resumed.plan, []
+        plan, speeds, costs = resumed.plan, [], None
         say(
             f"resumed from {args.checkpoint_dir / Checkpoint.FILE}: {resumed.epoch} epochs done, plan {plan}",
             flush=True,
@@ -360,7 +388,8 @@ def main() -> None:
         startup["data and model"] = time.perf_counter() - mark
         mark = time.perf_counter()
         warmup = device.CALIBRATION_STEPS if device is not None else 2
-        plan, speeds = initial_plan(args, network, data, world, warmup)
+        measured = initial_plan(args, network, data, world, warmup)
+        plan, speeds, costs = measured.plan, measured.speeds, measured.costs or None
         startup["measurement"] = time.perf_counter() - mark
     first_epoch = resumed.epoch if resumed else 0
     say(f"backend {args.backend}, {world} ranks, model {args.model}, adaptive {args.adaptive}, plan {plan}", flush=True)
@@ -371,10 +400,14 @@ def main() -> None:
         )
 
     buckets = {} if args.bucket_cap_mb is None else {"bucket_cap_mb": args.bucket_cap_mb}
-    model = DistributedDataParallel(network, **buckets)
+    model = DistributedDataParallel(network, broadcast_buffers=args.broadcast_buffers, **buckets)
     sampler = kaitian.AdaptiveSampler(data.train, world, rank, shuffle=True, seed=0, batch_sizes=plan)
     loader = DataLoader(data.train, batch_sampler=sampler.batch_sampler())
-    balancer = kaitian.OnlineBalancer(model, sampler, interval=args.interval) if args.adaptive == "online" else None
+    balancer = (
+        kaitian.OnlineBalancer(model, sampler, interval=args.interval, step_costs=costs)
+        if args.adaptive == "online"
+        else None
+    )
     weighting = balancer.weighting if balancer else kaitian.install_weighting(model, sampler)
     # Under `kaitian run`, `kaitian monitor` shows each rank's steps; OnlineBalancer reports its
     # own, so the script reports them only without it.
@@ -383,6 +416,7 @@ def main() -> None:
 
     if args.start_gate is not None:
         wait_at_gate(args.start_gate, rank, timeout=600.0)
+    cpu_before_training = kaitian.thread_cpu_seconds()  # the trace reports the training loop's share
     earlier = resumed.samples if resumed else 0  # samples all ranks trained before the checkpoint
     trained = 0  # samples this rank trained in this process, for its throughput
     started = time.perf_counter()
@@ -397,10 +431,12 @@ def main() -> None:
             optimizer.zero_grad()
             if balancer is None:
                 loss = F.cross_entropy(model(images), labels)
+                forward_end = time.perf_counter()
                 loss.backward()
             else:
                 with balancer.step():
                     loss = F.cross_entropy(model(images), labels)
+                    forward_end = time.perf_counter()
                     loss.backward()
             optimizer.step()
             trained += len(labels)
@@ -415,6 +451,7 @@ def main() -> None:
                         "wall": time.time(),  # to line up the steps of jobs run side by side
                         "batch": len(labels),
                         "compute": compute_end - step_started,
+                        "forward": forward_end - step_started,  # DDP's buffer broadcast included
                         "step": now - step_started,
                         "stages": kaitian.stage_times(),
                     }
@@ -458,7 +495,7 @@ def main() -> None:
                 flush=True,
             )
         print(f"  total: {int(total)} samples in {wall:.1f} s = {total / max(wall, 1e-9):.1f} samples/s", flush=True)
-        gain = group_gain(kinds, speeds, total / max(wall, 1e-9))
+        gain = group_gain(kinds, speeds, total / max(wall, 1e-9), costs, sum(final))
         if gain is not None and len(set(kinds)) > 1:
             if (published := kaitian.job_telemetry()) is not None:  # `kaitian monitor` shows and plots it
                 published.record_gain(
@@ -474,6 +511,14 @@ def main() -> None:
                 "compute only, upper bounds)",
                 flush=True,
             )
+            if "ceiling" in gain:
+                print(
+                    f"  ceiling at a global batch of {sum(final)}, compute only: {gain['ceiling']:.1f} samples/s "
+                    f"for all groups, {gain['fastest_group_ceiling']:.1f} for the fastest alone "
+                    f"({float(gain['ceiling']) / float(gain['fastest_group_ceiling']):.2f}x); this job reached "
+                    f"{100 * float(gain['achieved']) / float(gain['ceiling']):.0f}% of it",
+                    flush=True,
+                )
         print(
             "  start-up: "
             + ", ".join(f"{name} {seconds:.1f} s" for name, seconds in startup.items())
@@ -516,7 +561,11 @@ def main() -> None:
             "rank": rank,
             "kind": kaitian.local_device_kind(),
             "emulated_device": device.report() if device is not None else None,
-            "thread_cpu_seconds": kaitian.thread_cpu_seconds(),
+            # CPU seconds per thread name during the training loop only (start-up excluded)
+            "thread_cpu_seconds": {
+                name: round(seconds - cpu_before_training.get(name, 0.0), 3)
+                for name, seconds in kaitian.thread_cpu_seconds().items()
+            },
             "steps": trace,
         }
         (args.trace_dir / f"rank-{rank}.json").write_text(json.dumps(record) + "\n")

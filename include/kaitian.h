@@ -245,6 +245,16 @@ ktResult_t ktRebalancerAdopt(ktRebalancer_t rebalancer, const int64_t *batches);
 /* Rank `rank` spent computeSeconds on `samples` samples in its last step(s). */
 ktResult_t ktRebalancerObserve(ktRebalancer_t rebalancer, int rank, double computeSeconds,
                                int64_t samples);
+/* ktRebalancerObserve for a window of `steps` whole steps (0: unknown). With the steps known,
+ * the rank's fixed part (ktRebalancerSetStepCosts) is taken out of the observed time, so a rank
+ * given few samples is not mistaken for a slow one. */
+ktResult_t ktRebalancerObserveSteps(ktRebalancer_t rebalancer, int rank, double computeSeconds,
+                                    int64_t samples, int64_t steps);
+/* Each rank's measured step cost, fixedSeconds[i] + b * secondsPerSample[i] for b samples (as
+ * for ktPlanBatchesWithOverhead; nranks entries each). Observations of whole steps then scale
+ * each rank's cost, its fixed part included, and plans equalise the scaled step times. */
+ktResult_t ktRebalancerSetStepCosts(ktRebalancer_t rebalancer, const double *fixedSeconds,
+                                    const double *secondsPerSample);
 /* Writes the current plan to batches (nranks entries) and sets *changed = 1 when it differs
  * from the previous proposal (0 otherwise). The first call returns the plan from the first
  * observations (or an even split when no rank has been observed). */

@@ -107,11 +107,36 @@ public func ktRebalancerCreate(
 public func ktRebalancerObserve(
   _ rebalancer: ktRebalancer_t?, _ rank: Int32, _ computeSeconds: Double, _ samples: Int64
 ) -> ktResult_t {
-  entryPoint("ktRebalancerObserve") { arguments throws(KaitianError) in
+  ktRebalancerObserveSteps(rebalancer, rank, computeSeconds, samples, 0)
+}
+
+@_cdecl("ktRebalancerObserveSteps")
+public func ktRebalancerObserveSteps(
+  _ rebalancer: ktRebalancer_t?, _ rank: Int32, _ computeSeconds: Double, _ samples: Int64,
+  _ steps: Int64
+) -> ktResult_t {
+  entryPoint("ktRebalancerObserveSteps") { arguments throws(KaitianError) in
     let handle = RebalancerHandle.from(try arguments.required(rebalancer, "rebalancer"))
     try handle.rebalancer.withLock { rebalancer throws(KaitianError) in
       try rebalancer.observe(
-        rank: Int(rank), computeSeconds: computeSeconds, samples: Int(samples))
+        rank: Int(rank), computeSeconds: computeSeconds, samples: Int(samples), steps: Int(steps))
+    }
+  }
+}
+
+@_cdecl("ktRebalancerSetStepCosts")
+public func ktRebalancerSetStepCosts(
+  _ rebalancer: ktRebalancer_t?, _ fixedSeconds: UnsafePointer<Double>?,
+  _ secondsPerSample: UnsafePointer<Double>?
+) -> ktResult_t {
+  entryPoint("ktRebalancerSetStepCosts") { arguments throws(KaitianError) in
+    let handle = RebalancerHandle.from(try arguments.required(rebalancer, "rebalancer"))
+    let fixed = try arguments.required(fixedSeconds, "fixedSeconds")
+    let perSample = try arguments.required(secondsPerSample, "secondsPerSample")
+    try handle.rebalancer.withLock { rebalancer throws(KaitianError) in
+      let ranks = 0..<rebalancer.planner.ranks
+      try rebalancer.setStepCosts(
+        fixedSeconds: ranks.map { fixed[$0] }, secondsPerSample: ranks.map { perSample[$0] })
     }
   }
 }

@@ -360,6 +360,44 @@ private struct Problem: CustomStringConvertible {
     #expect(changed && plan[1] < 20 && plan.reduce(0, +) == 128, "\(plan)")
   }
 
+  /// Ranks whose steps cost 0.1 s + 0.01 s per sample and 0.2 s + 0.03 s per sample (64
+  /// samples in all), observed at an even split running 1.5x slower than measured (as a job
+  /// may): with their measured costs' shape, the first re-plan lands on the balanced plan
+  /// [51, 13] (0.61 s); per sample only it goes to [47, 17] (0.71 s) and needs another.
+  @Test func stepCostsReachTheBalancedPlanInOneReplan() throws {
+    func firstReplan(withCosts: Bool) throws -> [Int] {
+      var rebalancer = try Self.rebalancer(batch: 64, smoothing: 1, hysteresis: 0.05)
+      try rebalancer.adopt([32, 32])
+      if withCosts {
+        try rebalancer.setStepCosts(fixedSeconds: [0.1, 0.2], secondsPerSample: [0.01, 0.03])
+      }
+      for (rank, (fixed, perSample)) in [(0.1, 0.01), (0.2, 0.03)].enumerated() {
+        let seconds = 1.5 * 5 * (fixed + 32 * perSample)
+        try rebalancer.observe(rank: rank, computeSeconds: seconds, samples: 5 * 32, steps: 5)
+      }
+      let (plan, changed) = try rebalancer.propose()
+      #expect(changed)
+      return plan
+    }
+    #expect(try firstReplan(withCosts: true) == [51, 13])
+    #expect(try firstReplan(withCosts: false) == [47, 17])
+  }
+
+  @Test func stepCostsAreChecked() throws {
+    var rebalancer = try Self.rebalancer()
+    for (fixed, perSample) in [
+      ([0.1], [0.01, 0.02]), ([-1, 0], [0.01, 0.02]), ([0, 0], [0.01, 0]),
+    ] {
+      #expect(throws: KaitianError.self, "\(fixed) \(perSample)") {
+        try rebalancer.setStepCosts(fixedSeconds: fixed, secondsPerSample: perSample)
+      }
+    }
+    #expect(rebalancer.overheadSamples == [0, 0], "a refused call changes nothing")
+    #expect(throws: KaitianError.self) {
+      try rebalancer.observe(rank: 0, computeSeconds: 1, samples: 1, steps: -1)
+    }
+  }
+
   /// The plan a job starts with becomes the baseline; plans that break the planner's rules
   /// are refused and change nothing.
   @Test func adoptsAStartingPlan() throws {

@@ -124,3 +124,16 @@ def test_report_shows_both_groups_side_by_side_when_measured() -> None:
     text = "\n".join(gain.side_by_side_lines([report]))
     assert "| quota | 140 (140-140) | 1.4 (1.4-1.4) | 0.914 (0.9-0.929) | 1.1 (1.1-1.1) |" in text
     assert gain.side_by_side_lines([gain.mode_report("quota", [one_round(90.0)])]) == [], "older runs: no table"
+
+
+def test_ceilings_come_from_the_hybrid_jobs_measured_costs() -> None:
+    rounds = [one_round(130.0), one_round(120.0)]
+    for round_, (ceiling, fast_ceiling) in zip(rounds, [(160.0, 125.0), (150.0, 120.0)], strict=True):
+        round_["both"].update(ceiling=ceiling, fastest_group_ceiling=fast_ceiling)
+    report = gain.mode_report("quota", rounds)
+    assert report["ceiling"]["over_fast"] == [1.28, 1.25]
+    assert report["ceiling"]["both_over_it"] == [130.0 / 160.0, 0.8]
+    lines = "\n".join(gain.ceiling_lines([report]))
+    assert "| quota | 1.27 (1.25-1.28) | 0.806 (0.8-0.812) |" in lines
+    assert gain.ceiling_lines([gain.mode_report("quota", [one_round(90.0)])]) == [], "older runs had none"
+    assert gain.parse_args(["--adaptive", "online"]).adaptive == "online"

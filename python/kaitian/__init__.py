@@ -22,7 +22,16 @@ from ._native import (
     KaitianTimeoutError,
 )
 from .emulation import EmulatedDevice, emulate_device, emulated_speed
-from .planner import Rebalancer, StepCost, gather_speeds, measure_cost, measure_plan, measure_speed, plan_batches
+from .planner import (
+    MeasuredPlan,
+    Rebalancer,
+    StepCost,
+    gather_speeds,
+    measure_cost,
+    measure_plan,
+    measure_speed,
+    plan_batches,
+)
 from .process_group import BACKEND_NAME, ProcessGroupKaitian, create_process_group
 from .profile import StageTimes, process_age_seconds, stage_times, thread_cpu_seconds
 from .rebalance import OnlineBalancer, PlanChange
@@ -53,6 +62,7 @@ __all__ = [
     "KaitianTimeoutError",
     "ProcessGroupKaitian",
     "StepCost",
+    "MeasuredPlan",
     "Topology",
     "emulate_device",
     "emulated_speed",

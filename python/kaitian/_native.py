@@ -342,6 +342,8 @@ _PLANNER_SIGNATURES: dict[str, tuple[object, list[object]]] = {
     ),
     "ktRebalancerCreate": (_int, [_pp, _int, _i64, _int, _pi64, ctypes.c_double, ctypes.c_double]),
     "ktRebalancerObserve": (_int, [_p, _int, ctypes.c_double, _i64]),
+    "ktRebalancerObserveSteps": (_int, [_p, _int, ctypes.c_double, _i64, _i64]),
+    "ktRebalancerSetStepCosts": (_int, [_p, ctypes.POINTER(ctypes.c_double), ctypes.POINTER(ctypes.c_double)]),
     "ktRebalancerAdopt": (_int, [_p, _pi64]),
     "ktRebalancerPropose": (_int, [_p, _pi64, ctypes.POINTER(_int)]),
     "ktRebalancerFree": (_int, [_p]),

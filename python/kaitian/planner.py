@@ -11,7 +11,7 @@ from __future__ import annotations
 import ctypes
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -111,9 +111,28 @@ class Rebalancer:
         self._handle: int | None = handle.value
         self.nranks = nranks
 
-    def observe(self, rank: int, compute_seconds: float, samples: int) -> None:
-        """Rank `rank` spent `compute_seconds` (compute only) on `samples` samples."""
-        _native.check(_native.planner_lib().ktRebalancerObserve(self._live(), rank, compute_seconds, samples))
+    def observe(self, rank: int, compute_seconds: float, samples: int, steps: int = 0) -> None:
+        """Rank `rank` spent `compute_seconds` (compute only) on `samples` samples in `steps` steps.
+
+        With the steps given (0: unknown), the rank's fixed part (set_step_costs) is taken out of
+        the time before it is spread over the samples.
+        """
+        _native.check(
+            _native.planner_lib().ktRebalancerObserveSteps(self._live(), rank, compute_seconds, samples, steps)
+        )
+
+    def set_step_costs(self, costs: Sequence[StepCost]) -> None:
+        """Every rank's measured step cost (measure_plan(...).costs): observations of whole steps scale it.
+
+        Why: a rank's time per sample depends on its batch (its fixed part is spread over the
+        samples), so per sample only the plan reaches balance over several re-plans; with the
+        costs' shape, the first re-plan lands on it.
+        """
+        if len(costs) != self.nranks:
+            raise ValueError(f"kaitian: {len(costs)} step costs for {self.nranks} ranks")
+        fixed = (ctypes.c_double * self.nranks)(*[c.fixed_seconds for c in costs])
+        per_sample = (ctypes.c_double * self.nranks)(*[c.seconds_per_sample for c in costs])
+        _native.check(_native.planner_lib().ktRebalancerSetStepCosts(self._live(), fixed, per_sample))
 
     def adopt(self, plan: Sequence[int]) -> None:
         """Makes `plan` the current plan, as if proposed (the plan training starts with)."""
@@ -334,6 +353,23 @@ def pool_same_devices(seconds_per_sample: Sequence[float], devices: Sequence[str
     return pool_by_groups(seconds_per_sample, same_device_groups(seconds_per_sample, devices))
 
 
+@dataclass(frozen=True)
+class MeasuredPlan:
+    """measure_plan's result: the plan, and every rank's figures it was made from (rank order).
+
+    Unpacks as (plan, speeds), the pair measure_plan returned before it gave the costs too.
+    """
+
+    plan: list[int]
+    speeds: list[float]
+    """Seconds per sample at the sample batch's size, ranks of one device pooled."""
+    costs: list[StepCost]
+    """Each rank's step cost, pooled the same way: what OnlineBalancer scales while training."""
+
+    def __iter__(self) -> Iterator[list[int] | list[float]]:
+        return iter((self.plan, self.speeds))
+
+
 def measure_plan(
     model: nn.Module,
     sample_batch: tuple[torch.Tensor, ...] | list[torch.Tensor],
@@ -345,15 +381,15 @@ def measure_plan(
     steps: int = 10,
     warmup: int = 2,
     min_seconds: float = 0.5,
-) -> tuple[list[int], list[float]]:
-    """Measures this rank (measure_cost), gathers every rank's figures, returns (plan, speeds).
+) -> MeasuredPlan:
+    """Measures this rank (measure_cost), gathers every rank's figures, plans from them.
 
     Collective: every rank of `group` must call it. `max_batch` is this rank's own limit (its
     device memory). Every rank plans from the same gathered numbers, so all get the same plan,
     which equalises the predicted step times (fixed part and per-sample part, plan_batches'
     fixed_seconds). Ranks of one device kind on one host that measured alike are planned as one
-    device (pool_same_devices). `speeds` are the seconds per sample at the sample batch's size,
-    pooled the same way.
+    device (pool_same_devices). Returns the plan with the speeds and step costs it came from
+    (MeasuredPlan; `plan, speeds = measure_plan(...)` still unpacks).
     """
     cost = measure_cost(model, sample_batch, loss_fn, steps, warmup, min_seconds)
     samples = len(sample_batch[0])
@@ -369,4 +405,4 @@ def measure_plan(
     limits = [int(row[3]) if row[3] > 0 else None for row in rows]
     has_limits = any(m is not None for m in limits)
     plan = plan_batches(per_sample, batch, mode, limits if has_limits else None, fixed_seconds=fixed)
-    return plan, speeds
+    return MeasuredPlan(plan, speeds, [StepCost(f, c) for f, c in zip(fixed, per_sample, strict=True)])

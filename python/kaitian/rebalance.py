@@ -24,7 +24,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 from ._native import KaitianMismatchError
-from .planner import Rebalancer, gather_floats
+from .planner import Rebalancer, StepCost, gather_floats
 from .sampler import AdaptiveSampler
 from .telemetry import JobTelemetry, job_telemetry
 from .weighting import install_weighting
@@ -59,6 +59,10 @@ class OnlineBalancer:
     is of the old size. `max_batch` is this rank's own limit (device memory), None for none.
     `telemetry` receives each step's timing and rank 0's plan changes: True (the default) uses
     `job_telemetry()` (None outside `kaitian run`), False turns it off, or pass a JobTelemetry.
+    `step_costs`, every rank's measured step cost (`measure_plan(...).costs`), lets the plan
+    keep each rank's fixed part of a step apart from its work per sample (Rebalancer.set_step_costs),
+    so one re-plan reaches balance; without it the rebalancer sees seconds per sample only, right
+    only at the batches observed, and approaches balance over several re-plans.
     """
 
     def __init__(
@@ -74,6 +78,7 @@ class OnlineBalancer:
         store_key: str = STORE_KEY,
         rebalancer: Rebalancer | None = None,
         telemetry: JobTelemetry | None | bool = True,
+        step_costs: Sequence[StepCost] | None = None,
     ) -> None:
         if interval < 1:
             raise ValueError("kaitian: the re-balancing interval must be at least 1 step")
@@ -93,10 +98,13 @@ class OnlineBalancer:
         # Later proposals are weighed against the plan the ranks really start with (measured
         # before training, restored from a checkpoint, or even).
         self.rebalancer.adopt(plan)
+        if step_costs is not None:
+            self.rebalancer.set_step_costs(step_costs)
         self.history: list[PlanChange] = []
         self.steps = 0
         self._seconds = 0.0
         self._samples = 0
+        self._window_steps = 0
         self._publish()
 
     @contextmanager
@@ -115,6 +123,7 @@ class OnlineBalancer:
         batch = self.weighting.last_batch[0]
         self._seconds += ended - started
         self._samples += batch
+        self._window_steps += 1
         self.steps += 1
         if self.telemetry is not None:
             self.telemetry.record_step(
@@ -131,11 +140,11 @@ class OnlineBalancer:
 
         Called every `interval` steps by `step`; call it at epoch ends too if wanted (on every rank).
         """
-        rows = gather_floats([self._seconds, float(self._samples)], self.group)
-        self._seconds, self._samples = 0.0, 0
-        for rank, (seconds, samples) in enumerate(rows):
+        rows = gather_floats([self._seconds, float(self._samples), float(self._window_steps)], self.group)
+        self._seconds, self._samples, self._window_steps = 0.0, 0, 0
+        for rank, (seconds, samples, steps) in enumerate(rows):
             if samples > 0 and seconds > 0:
-                self.rebalancer.observe(rank, seconds, int(samples))
+                self.rebalancer.observe(rank, seconds, int(samples), int(steps))
         proposal, changed = self.rebalancer.propose()
         self._check_agreement(proposal)
         old = self.sampler.batch_sizes
@@ -149,7 +158,7 @@ class OnlineBalancer:
             iteration=iteration,
             old=old,
             new=proposal,
-            seconds_per_sample=[s / n if n > 0 else 0.0 for s, n in rows],
+            seconds_per_sample=[s / n if n > 0 else 0.0 for s, n, _ in rows],
             time=time.time(),
         )
         self.history.append(change)

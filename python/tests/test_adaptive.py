@@ -207,6 +207,26 @@ def test_rebalancer_adopts_the_starting_plan() -> None:
             rebalancer.adopt([100, 27, 1])
 
 
+@needs_planner
+def test_rebalancer_with_step_costs_reaches_balance_in_one_replan() -> None:
+    # Steps of 0.1 s + 0.01 s/sample and 0.2 s + 0.03 s/sample, 64 samples, observed at [32, 32]
+    # running 1.5x slower than measured: [51, 13] takes 0.61 s; [47, 17] takes 0.71 s.
+    costs = [kaitian.StepCost(0.1, 0.01), kaitian.StepCost(0.2, 0.03)]
+    for with_costs, expected in ((True, [51, 13]), (False, [47, 17])):
+        with kaitian.Rebalancer(2, 64, smoothing=1.0, hysteresis=0.05) as rebalancer:
+            rebalancer.adopt([32, 32])
+            if with_costs:
+                rebalancer.set_step_costs(costs)
+            for rank, cost in enumerate(costs):
+                rebalancer.observe(rank, 1.5 * 5 * cost.seconds(32), 5 * 32, steps=5)
+            assert rebalancer.propose() == (expected, True)
+    with kaitian.Rebalancer(2, 64) as rebalancer:
+        with pytest.raises(ValueError, match="1 step costs for 2 ranks"):
+            rebalancer.set_step_costs(costs[:1])
+        with pytest.raises(kaitian.KaitianInvalidArgumentError, match="positive time per sample"):
+            rebalancer.set_step_costs([kaitian.StepCost(0.1, 0.0), costs[1]])
+
+
 def test_measure_speed_times_the_model_and_leaves_it_as_found() -> None:
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(16, 32), nn.BatchNorm1d(32), nn.ReLU(), nn.Linear(32, 4))

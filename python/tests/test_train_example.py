@@ -206,8 +206,22 @@ def test_digits32_are_the_digits_as_cifar_shaped_images() -> None:
 def test_gain_is_measured_against_the_fastest_group_and_the_sum() -> None:
     example = load_example()
     # Two fast ranks at 10 ms per sample (200 samples/s together), two slow at 40 ms (50).
-    gain = example.group_gain(["fast", "fast", "slow", "slow"], [0.01, 0.01, 0.04, 0.04], 225.0)  # type: ignore[attr-defined]
+    kinds = ["fast", "fast", "slow", "slow"]
+    gain = example.group_gain(kinds, [0.01, 0.01, 0.04, 0.04], 225.0, None, 64)  # type: ignore[attr-defined]
     assert gain["fastest_group"] == "fast"
     assert gain["fastest_group_alone"] == pytest.approx(200.0) and gain["ideal"] == pytest.approx(250.0)
     assert gain["over_fastest_group"] == pytest.approx(1.125) and gain["of_ideal"] == pytest.approx(0.9)
-    assert example.group_gain(["a", "b"], [], 1.0) is None  # type: ignore[attr-defined]
+    assert "ceiling" not in gain
+    assert example.group_gain(["a", "b"], [], 1.0, None, 2) is None  # type: ignore[attr-defined]
+
+
+def test_ceilings_split_the_global_batch_by_step_costs() -> None:
+    example = load_example()
+    # Steps of 0.1 s + 0.01 s per sample (fast) and 0.2 s + 0.03 s per sample (slow), 64 samples:
+    # the fast pair alone takes [32, 32] in 0.42 s; all four [27, 27, 5, 5] in 0.37 s.
+    fast, slow = example.kaitian.StepCost(0.1, 0.01), example.kaitian.StepCost(0.2, 0.03)  # type: ignore[attr-defined]
+    gain = example.group_gain(
+        ["fast", "fast", "slow", "slow"], [0.0131, 0.0131, 0.05, 0.05], 160.0, [fast, fast, slow, slow], 64
+    )  # type: ignore[attr-defined]
+    assert gain["fastest_group_ceiling"] == pytest.approx(64 / 0.42)
+    assert gain["ceiling"] == pytest.approx(64 / 0.37)
