@@ -441,17 +441,21 @@ def main() -> None:
             optimizer.step()
             trained += len(labels)
             now = time.perf_counter()
-            # Compute ends when the last gradient is ready (the weighting hook notes it); the rest
-            # of the step is waiting for the other ranks and the allreduce.
-            compute_end = weighting.compute_end if weighting.compute_end >= step_started else now
+            # Compute runs to the last gradient, without DDP's broadcast of buffers before the
+            # forward, which waits for the other ranks (the weighting hooks note both); the rest
+            # of the step is waiting for the other ranks and the exchange.
+            compute = weighting.compute_seconds(step_started, now)
+            before_forward = weighting.forward_wait(step_started)
             if args.trace_dir is not None:
                 trace.append(
                     {
                         "time": now - started,
                         "wall": time.time(),  # to line up the steps of jobs run side by side
                         "batch": len(labels),
-                        "compute": compute_end - step_started,
-                        "forward": forward_end - step_started,  # DDP's buffer broadcast included
+                        "compute": compute,
+                        "forward": forward_end - step_started - before_forward,
+                        # DDP's broadcast of buffers before the forward: waiting for the other ranks
+                        "before_forward": before_forward,
                         "step": now - step_started,
                         "stages": kaitian.stage_times(),
                     }
@@ -460,7 +464,7 @@ def main() -> None:
                 telemetry.record_step(
                     batch=len(labels),
                     step_seconds=now - step_started,
-                    compute_seconds=compute_end - step_started,
+                    compute_seconds=compute,
                     epoch=epoch,
                 )
         samples_so_far = torch.tensor([float(trained)], dtype=torch.float64)

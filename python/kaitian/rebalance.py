@@ -113,15 +113,15 @@ class OnlineBalancer:
 
         Compute ends when DDP hands the last gradient bucket to the hook, i.e. when backward has
         produced every gradient; the wait for the other ranks' allreduce that follows (inside
-        backward) is not counted. Every `interval` steps, re-plans (a collective).
+        backward) is not counted, nor is DDP's broadcast of buffers before the forward, which
+        waits for the other ranks too (GradientWeighting.forward_wait). Every `interval` steps,
+        re-plans (a collective).
         """
         started = time.perf_counter()
         yield
-        ended = self.weighting.compute_end
-        if ended < started:  # no gradient synchronised in this block (e.g. no backward)
-            ended = time.perf_counter()
+        compute = self.weighting.compute_seconds(started, time.perf_counter())
         batch = self.weighting.last_batch[0]
-        self._seconds += ended - started
+        self._seconds += compute
         self._samples += batch
         self._window_steps += 1
         self.steps += 1
@@ -129,7 +129,7 @@ class OnlineBalancer:
             self.telemetry.record_step(
                 batch=batch,
                 step_seconds=time.perf_counter() - started,
-                compute_seconds=ended - started,
+                compute_seconds=compute,
                 epoch=self.sampler.epoch,
             )
         if self.steps % self.interval == 0:

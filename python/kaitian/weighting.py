@@ -45,8 +45,38 @@ class GradientWeighting:
                 raise ValueError(f"kaitian: a plan of {len(self._plan)} ranks for a group of a different size")
         self.step = 0  # synchronisations done in the sampler's current pass
         self._pass_id = -1
+        self.forward_start = 0.0  # perf_counter when the latest step's first forward was called
+        self.module_start = 0.0  # ... and when the wrapped module's forward began (after DDP's own work)
         self.compute_end = 0.0  # perf_counter when the latest step's last bucket became ready
         self.last_batch = (0, 0)  # (this rank's samples, global samples) of the latest step
+
+    def enter_forward(self) -> None:
+        """Called as DDP's forward is called (a pre-hook on the DDP module); the step's first only."""
+        if self.forward_start <= self.compute_end:
+            self.forward_start = time.perf_counter()
+
+    def enter_module(self) -> None:
+        """Called as the wrapped module's forward begins, after DDP's pre-forward work; first only."""
+        if self.module_start <= self.compute_end:
+            self.module_start = time.perf_counter()
+
+    def forward_wait(self, step_started: float) -> float:
+        """Seconds DDP spent before the module's forward in the step begun at `step_started`.
+
+        Why it is not compute: DDP first broadcasts the module's buffers (BatchNorm statistics)
+        from rank 0, which waits for every rank to arrive. In a hybrid job a fast rank waited
+        there 35 ms of every step for the slow group to finish its exchange; counted as compute,
+        that made it look 7% slower than it was, and the plan gave its samples away.
+        """
+        if step_started <= self.forward_start <= self.module_start:
+            return self.module_start - self.forward_start
+        return 0.0
+
+    def compute_seconds(self, step_started: float, now: float) -> float:
+        """This rank's compute in the step begun at `step_started`: to its last gradient (or `now`
+        when none was seen in it), without DDP's wait before the forward (forward_wait)."""
+        end = self.compute_end if self.compute_end >= step_started else now
+        return end - step_started - self.forward_wait(step_started)
 
     def current(self) -> tuple[int, int]:
         """(this rank's batch, global batch) of the step being reduced."""
@@ -88,4 +118,6 @@ def install_weighting(
     """Registers weighted_allreduce_hook on `model` (once, before the first backward); returns its state."""
     state = GradientWeighting(sampler_or_plan, model.process_group)
     model.register_comm_hook(state, weighted_allreduce_hook)
+    model.register_forward_pre_hook(lambda _module, _inputs: state.enter_forward())
+    model.module.register_forward_pre_hook(lambda _module, _inputs: state.enter_module())
     return state

@@ -279,3 +279,28 @@ def test_plan_batches_with_fixed_seconds_equalises_steps() -> None:
         kaitian.plan_batches([1.0, 1.0], 8, fixed_seconds=[-1.0, 0.0])
     with pytest.raises(ValueError, match="fixed_seconds has 1 entries for 2 ranks"):
         kaitian.plan_batches([1.0, 1.0], 8, fixed_seconds=[0.0])
+
+
+def test_compute_excludes_ddps_wait_before_the_forward(monkeypatch: pytest.MonkeyPatch) -> None:
+    from kaitian import weighting as module
+
+    clock = iter([1.0, 1.2, 4.0, 6.0, 6.5])
+    monkeypatch.setattr(module.time, "perf_counter", lambda: next(clock))
+    state = object.__new__(module.GradientWeighting)  # no process group needed for the clock logic
+    state.forward_start, state.module_start, state.compute_end = 0.0, 0.0, 0.0
+    state.step, state.last_batch = 0, (0, 0)
+    # Step begun at 0.5; DDP's forward called at 1.0, its broadcast of buffers done at 1.2; a
+    # second forward in the step changes nothing; the last gradient at 4.0.
+    state.enter_forward()
+    state.enter_module()
+    state.enter_forward()
+    state.enter_module()
+    state.finish_step((2, 4))
+    assert state.forward_wait(0.5) == pytest.approx(0.2)
+    assert state.compute_seconds(0.5, 5.0) == pytest.approx(3.3)
+    # The next step (begun at 5.0): DDP's forward at 6.0, the module's at 6.5, no gradient yet.
+    state.enter_forward()
+    state.enter_module()
+    assert state.compute_seconds(5.0, 7.0) == pytest.approx(1.5), "no last gradient yet: ends now"
+    # A step in which no forward was seen: all of it is compute.
+    assert state.forward_wait(8.0) == 0.0 and state.compute_seconds(8.0, 9.0) == 1.0
