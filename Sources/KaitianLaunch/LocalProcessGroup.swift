@@ -228,7 +228,10 @@ public struct LocalProcessGroup {
     posix_spawn_file_actions_adddup2(&actions, stdin, 0)
     var running = Running(pid: 0, started: Self.now(), output: member.output)
     if let output = member.output {
-      running.log = open(output.logPath, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
+      // Only the job's owner may read a rank's log (it can hold data and paths), and a link
+      // placed where the log goes is not followed.
+      running.log = open(
+        output.logPath, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0o600)
       guard running.log >= 0 else {
         throw LaunchError("cannot write the log \(output.logPath): \(Self.errorText(errno))")
       }

@@ -300,7 +300,7 @@ struct RunCommand: ParsableCommand {
     {
       throw LaunchError(problem)
     }
-    try Directory.create(logDirectory)
+    try Directory.createOwned(logDirectory)
 
     let token = try jobToken(placement)
     let store = try JobStore.open(
@@ -570,6 +570,22 @@ enum Directory {
         throw LaunchError(
           "cannot create the log directory \(prefix): \(String(cString: strerror(errno)))")
       }
+    }
+  }
+
+  /// `create`, and the directory (a link's target) must then belong to this user. Why: the
+  /// owner of a job's log directory can read the files written there (the logs, the token) and
+  /// replace them (job.json) between writes.
+  static func createOwned(_ path: String) throws(LaunchError) {
+    try create(path)
+    var status = stat()
+    guard stat(path, &status) == 0, status.st_mode & S_IFMT == S_IFDIR else {
+      throw LaunchError("the log directory \(path) is not a directory; choose another")
+    }
+    guard status.st_uid == geteuid() else {
+      throw LaunchError(
+        "the log directory \(path) belongs to user \(status.st_uid), not to you (\(geteuid())): "
+          + "its owner could read or replace the job's files; choose a directory of your own")
     }
   }
 }

@@ -26,10 +26,12 @@ enum TextFile {
 
   /// Writes `bytes` to a temporary file and renames it over `path`, so a reader never sees a
   /// half-written file (rename is atomic on POSIX; the fsync first makes the new contents
-  /// survive a crash that follows the rename).
+  /// survive a crash that follows the rename). The temporary file has a random name and is
+  /// created new (O_EXCL, O_NOFOLLOW): in a directory others can write, a name they can predict
+  /// could be a link they placed, and the write would land in its target.
   static func write(_ path: String, _ bytes: [UInt8], mode: mode_t = 0o644) throws(FileError) {
-    let temporary = "\(path).\(getpid()).partial"
-    let descriptor = open(temporary, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode)
+    let temporary = "\(path).\(String(UInt64.random(in: .min ... .max), radix: 16)).partial"
+    let descriptor = open(temporary, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, mode)
     guard descriptor >= 0 else {
       throw FileError("cannot write \(path): \(String(cString: strerror(errno)))")
     }

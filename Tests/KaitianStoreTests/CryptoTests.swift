@@ -112,6 +112,24 @@ private func bytes(hex text: String) -> [UInt8] {
   @Test func emptyTokenIsRejected() {
     #expect(throws: JobTokenError.self) { try JobToken("") }
   }
+
+  @Test func shortTokenIsRejectedWithAdvice() throws {
+    let error = #expect(throws: JobTokenError.self) {
+      try JobToken("secret", origin: "KAITIAN_TOKEN")
+    }
+    #expect(error?.code == .tooShort)
+    #expect(error?.description.contains("KAITIAN_TOKEN is 6 bytes long") == true, "\(error!)")
+    #expect(error?.description.contains("at least 16") == true)
+    _ = try JobToken(String(repeating: "x", count: JobToken.minimumBytes))
+  }
+
+  @Test func tokenFilesOthersCanReadAreNamed() {
+    #expect(JobToken.exposureWarning(path: "/t", mode: 0o100600) == nil)
+    #expect(JobToken.exposureWarning(path: "/t", mode: 0o100400) == nil)
+    let warning = JobToken.exposureWarning(path: "/t", mode: 0o100644)
+    #expect(warning?.contains("has mode 0644") == true && warning?.contains("chmod 600 /t") == true)
+    #expect(JobToken.exposureWarning(path: "/t", mode: 0o100640) != nil)
+  }
 }
 
 @Suite(.serialized) struct JobTokenEnvironmentTests {
@@ -119,7 +137,7 @@ private func bytes(hex text: String) -> [UInt8] {
     let path = "/tmp/kaitian-token-test-\(getpid())"
     let descriptor = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0o600)
     #expect(descriptor >= 0)
-    let text = Array("  s3cret\n".utf8)
+    let text = Array("  s3cret-0123456789abcdef\n".utf8)
     #expect(write(descriptor, text, text.count) == text.count)
     close(descriptor)
     defer {
@@ -129,7 +147,7 @@ private func bytes(hex text: String) -> [UInt8] {
     unsetenv(JobToken.environmentVariable)
     setenv(JobToken.fileEnvironmentVariable, path, 1)
     let token = try #require(try JobToken.fromEnvironment())
-    #expect(token.stringValue == "s3cret")
+    #expect(token.stringValue == "s3cret-0123456789abcdef")
     unsetenv(JobToken.fileEnvironmentVariable)
     let error = #expect(throws: JobTokenError.self) { try JobToken.requiredFromEnvironment() }
     #expect(error?.code == .missing)

@@ -164,11 +164,45 @@ private func expectClosed(_ socket: TCPSocket, within: Duration) {
     defer { running.server.stop() }
     let first = try running.client()
     let second = try running.client()
-    let refused = #expect(throws: StoreError.self) { try running.client() }
+    let start = Deadline.now
+    let refused = #expect(throws: StoreError.self) {
+      try StoreClient(
+        host: running.host, port: running.port, token: running.token,
+        connectTimeout: .milliseconds(300))
+    }
     #expect(refused?.code == .refused)
     #expect(refused?.description.contains("maxConnections") == true)
+    #expect(
+      Deadline.now.monotonicNanoseconds - start.monotonicNanoseconds >= 50_000_000, "retried")
     try first.set(key: "a", value: [])
     try second.set(key: "b", value: [])
+  }
+
+  /// Idle connections that never authenticate cannot lock the job's clients out: they have a
+  /// cap of their own, per source address too, and authenticated clients do not count in it.
+  /// A refused client retries until its deadline, so it gets in once an idle one is dropped.
+  @Test func unauthenticatedConnectionsHaveTheirOwnCap() throws {
+    let running = try Running(
+      limits: StoreServerLimits(
+        maxConnections: 64, maxUnauthenticated: 4, maxUnauthenticatedPerAddress: 2,
+        handshakeTimeout: .seconds(1)))
+    defer { running.server.stop() }
+    let early = try running.client()  // authenticated: not counted
+    let idle = try (0..<2).map { _ in
+      try TCPSocket.connect(host: running.host, port: running.port, deadline: .after(.seconds(5)))
+    }
+    sleep(for: .milliseconds(100))  // the server has admitted both
+    let refused = #expect(throws: StoreError.self) {
+      try StoreClient(
+        host: running.host, port: running.port, token: running.token,
+        connectTimeout: .milliseconds(300))
+    }
+    #expect(refused?.description.contains("maxUnauthenticatedPerAddress") == true, "\(refused!)")
+    // The idle ones are dropped at the 1 s handshake deadline; a patient client then gets in.
+    let late = try running.client()
+    try late.set(key: "late", value: [2])
+    #expect(try early.tryGet(key: "late") == [2])
+    _ = idle
   }
 
   @Test func stopReleasesBlockedWaitersAndClientsSeeConnectionLost() throws {

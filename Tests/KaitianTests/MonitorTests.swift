@@ -303,10 +303,12 @@ struct MonitorErrorTests {
   }
 
   @Test func wrongTokenIsNamed() throws {
-    let server = StoreServer(host: "127.0.0.1", port: 0, token: try JobToken("right"))
+    let server = StoreServer(
+      host: "127.0.0.1", port: 0, token: try JobToken("right-token-0123456789"))
     let port = try server.start()
     defer { server.stop() }
-    let directory = try MonitorFiles.jobDirectory(store: "127.0.0.1:\(port)", token: "wrong")
+    let directory = try MonitorFiles.jobDirectory(
+      store: "127.0.0.1:\(port)", token: "wrong-token-0123456789")
     let child = try ChildProcess("kaitian", ["monitor", directory, "--once"])
     #expect(child.wait(seconds: 20) == 1)
     #expect(child.errors.contains("refused the token in \(directory)/token"), "\(child.errors)")
@@ -314,7 +316,8 @@ struct MonitorErrorTests {
 
   @Test func unreachableStoreWithoutSnapshot() throws {
     let port = try FreePort.pick()
-    let directory = try MonitorFiles.jobDirectory(store: "127.0.0.1:\(port)", token: "t")
+    let directory = try MonitorFiles.jobDirectory(
+      store: "127.0.0.1:\(port)", token: "unused-token-0123456789")
     let child = try ChildProcess("kaitian", ["monitor", directory, "--once"])
     #expect(child.wait(seconds: 20) == 1)
     #expect(child.errors.contains("is unreachable"), "\(child.errors)")
@@ -325,7 +328,7 @@ struct MonitorErrorTests {
 @Suite("kaitian monitor: live jobs", .serialized)
 struct MonitorLiveTests {
   @Test func liveViewRefreshesUntilTheJobEnds() throws {
-    let token = try JobToken("live-token")
+    let token = try JobToken("live-token-0123456789")
     let server = StoreServer(host: "127.0.0.1", port: 0, token: token)
     let port = try server.start()
     defer { server.stop() }
@@ -335,7 +338,7 @@ struct MonitorLiveTests {
       try client.set(key: key, value: try #require(try fixture.tryGet(key: key)))
     }
     let tokenFile = MonitorFiles.temporary("token")
-    try TextFile.write(tokenFile, Array("live-token\n".utf8))
+    try TextFile.write(tokenFile, Array("live-token-0123456789\n".utf8), mode: 0o600)
     let child = try ChildProcess(
       "kaitian",
       ["monitor", "--store", "127.0.0.1:\(port)", "--token-file", tokenFile, "--interval", "0.2"])

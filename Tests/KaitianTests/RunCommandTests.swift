@@ -108,6 +108,25 @@ struct RunJobTests {
     #expect(job.log(rank: 2).contains("oops"))
   }
 
+  /// Rank logs are the owner's only; a log directory of another user is refused (the test
+  /// runs as root in CI, and gives the directory to nobody; as another user it is skipped).
+  @Test func logsAreTheOwnersAndAStrangersLogDirectoryIsRefused() throws {
+    let job = try KaitianProcess(["--group", "cpu:1", "--", "/bin/true"])
+    #expect(job.wait(seconds: 20) == 0)
+    var status = stat()
+    #expect(stat(job.logPath(rank: 0), &status) == 0)
+    #expect(status.st_mode & 0o777 == 0o600, "mode \(String(status.st_mode & 0o777, radix: 8))")
+    guard geteuid() == 0 else { return }
+    var template = Array("/tmp/kaitian-foreign-logs-XXXXXX".utf8CString)
+    let foreign = String(cString: mkdtemp(&template))
+    defer { rmdir(foreign) }
+    #expect(chown(foreign, 65534, 65534) == 0)
+    let refused = try ChildProcess(
+      "kaitian", ["run", "--log-dir", foreign, "--group", "cpu:1", "--", "/bin/true"])
+    #expect(refused.wait(seconds: 20) != 0)
+    #expect(refused.errors.contains("belongs to user 65534, not to you"), "\(refused.errors)")
+  }
+
   @Test func aFailingRankStopsTheOthers() throws {
     let marker = "kaitian-fail-marker-\(getpid())"
     let started = ProcessJob.now()

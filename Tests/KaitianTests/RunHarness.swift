@@ -16,7 +16,8 @@ final class KaitianProcess {
   var pid: pid_t { child.pid }
   var output: String { child.output }
   var errors: String { child.errors }
-  func log(rank: Int) -> String { ChildProcess.read("\(logs)/rank-\(rank).log") }
+  func logPath(rank: Int) -> String { "\(logs)/rank-\(rank).log" }
+  func log(rank: Int) -> String { ChildProcess.read(logPath(rank: rank)) }
   func wait(seconds: Double) -> Int32? { child.wait(seconds: seconds) }
   func waitForOutput(_ text: String, count: Int, seconds: Double) -> Bool {
     child.waitForOutput(text, count: count, seconds: seconds)

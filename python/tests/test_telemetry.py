@@ -200,7 +200,7 @@ def test_from_environment_with_a_wrong_token_warns_and_gives_none(
     server: Server, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     monkeypatch.setenv("KAITIAN_STORE", server.address)
-    monkeypatch.setenv("KAITIAN_TOKEN", "not-the-token")
+    monkeypatch.setenv("KAITIAN_TOKEN", "not-the-telemetry-token")
     monkeypatch.setenv("RANK", "3")
     with caplog.at_level(logging.WARNING, logger="kaitian"):
         assert JobTelemetry.from_environment() is None

@@ -16,7 +16,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-static const char *kToken = "abi-smoke-token";
+static const char *kToken = "abi-smoke-test-token";
 static int gRank = -1;
 
 #define CHECK(cond, ...)                                             \

@@ -29,7 +29,8 @@ enum SharedMemoryLinks {
   ) throws(KaitianError) -> Established {
     let ranks = localRanks.sorted()
     let size = segmentSize(peers: ranks.count - 1, ringBytes: ringBytes)
-    let name = "/kaitian-\(getpid())-\(rank)-\(UInt32.random(in: 0...UInt32.max))"
+    let name =
+      "/\(SharedMemorySegment.namePrefix)\(getpid())-\(rank)-\(UInt32.random(in: 0...UInt32.max))"
     let own = try SharedMemorySegment(creating: name, size: size)
     let timeout = deadline.remaining
     var segments: [Int: SharedMemorySegment] = [rank: own]

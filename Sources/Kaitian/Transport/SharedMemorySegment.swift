@@ -3,9 +3,17 @@ import KaitianStore
 
 /// A POSIX shared-memory mapping (shm_open + mmap) that the ranks of one host share.
 ///
-/// The creator unlinks the name once every peer has mapped it, so a crashed job leaves nothing
-/// behind in /dev/shm; the memory lives until the last process unmaps it.
+/// The creator unlinks the name once every peer has mapped it; the memory lives until the last
+/// process unmaps it. A process killed between creating and unlinking leaves its segment in
+/// /dev/shm, so creating the first segment of a process first removes those of this user's
+/// processes that are gone (`sweepLeftovers`).
 final class SharedMemorySegment: @unchecked Sendable {
+  /// Segment names: `/kaitian-<creator pid>-<rank>-<random>`.
+  static let namePrefix = "kaitian-"
+
+  /// Runs `sweepLeftovers` once per process, before its first segment.
+  private static let swept: Void = sweepLeftovers(directory: "/dev/shm")
+
   let name: String
   let base: UnsafeMutableRawPointer
   let size: Int
@@ -13,6 +21,7 @@ final class SharedMemorySegment: @unchecked Sendable {
 
   /// Creates and maps a new zero-filled segment.
   init(creating name: String, size: Int) throws(KaitianError) {
+    Self.swept
     let fd = shm_open(name, O_CREAT | O_EXCL | O_RDWR, 0o600)
     guard fd >= 0 else {
       throw .system("shm_open(\(name)) failed: \(errnoText()); is /dev/shm mounted and writable?")
@@ -48,6 +57,15 @@ final class SharedMemorySegment: @unchecked Sendable {
     guard fstat(fd, &info) == 0, Int(info.st_size) == size else {
       throw .system("shared memory \(name) has an unexpected size (wanted \(size) bytes)")
     }
+    // A peer's segment is created by this user with mode 0600 (`init(creating:)`). A name read
+    // from the store may have been put there by someone else: their segment would let them read
+    // and write this rank's traffic.
+    guard info.st_uid == geteuid(), info.st_mode & 0o777 == 0o600 else {
+      throw .system(
+        "shared memory \(name) belongs to user \(info.st_uid) with mode "
+          + "0\(String(info.st_mode & 0o777, radix: 8)), not to this user (\(geteuid())) with 0600: "
+          + "it is not a Kaitian peer's segment; check who can write the job's rendezvous store")
+    }
     guard let base = Self.map(fd: fd, size: size) else {
       throw .system("mmap of shared memory \(name) failed: \(errnoText())")
     }
@@ -68,6 +86,28 @@ final class SharedMemorySegment: @unchecked Sendable {
   deinit {
     unlink()
     munmap(base, size)
+  }
+
+  /// Unlinks the segments in `directory` (the shm mount) that this user's processes created and
+  /// that outlived them: names `kaitian-<pid>-...` whose pid no longer exists, owned by this
+  /// user. A pid reused by a live process keeps its segment (left alone, never wrongly removed).
+  static func sweepLeftovers(directory: String) {
+    guard let folder = opendir(directory) else { return }
+    defer { closedir(folder) }
+    while let entry = readdir(folder) {
+      let name = withUnsafeBytes(of: entry.pointee.d_name) { raw in
+        String(decoding: raw.prefix(while: { $0 != 0 }), as: UTF8.self)
+      }
+      guard name.hasPrefix(namePrefix),
+        let pid = pid_t(name.dropFirst(namePrefix.count).prefix(while: { $0 != "-" })), pid > 0,
+        kill(pid, 0) != 0, errno == ESRCH
+      else { continue }
+      var info = stat()
+      guard lstat("\(directory)/\(name)", &info) == 0, info.st_uid == geteuid(),
+        info.st_mode & S_IFMT == S_IFREG
+      else { continue }
+      Glibc.unlink("\(directory)/\(name)")
+    }
   }
 
   private static func map(fd: Int32, size: Int) -> UnsafeMutableRawPointer? {

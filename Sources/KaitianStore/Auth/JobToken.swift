@@ -13,15 +13,23 @@ public struct JobToken: Sendable, CustomStringConvertible {
   public static let fileEnvironmentVariable = "KAITIAN_TOKEN_FILE"
   /// Token files are small; the cap stops a mistaken path such as /dev/zero from hanging.
   static let maxFileSize = 64 * 1024
+  /// The shortest token accepted, in bytes. Why: the handshake's HMAC is only as strong as the
+  /// key, and a short or guessable word ("secret", "test") can be found by trying the common
+  /// ones against a captured handshake. 16 bytes of random hex is 64 bits; generated tokens
+  /// have 32 random bytes (64 hex digits).
+  public static let minimumBytes = 16
 
   /// The token text as UTF-8, the HMAC key.
   let secret: [UInt8]
   /// Where the token came from, for error messages ("KAITIAN_TOKEN", a file path, ...).
   public let origin: String
 
-  /// Wraps token text given by the caller.
+  /// Wraps token text given by the caller: at least `minimumBytes` bytes of UTF-8.
   public init(_ text: String, origin: String = "the caller") throws(JobTokenError) {
     guard !text.isEmpty else { throw .empty(origin) }
+    guard text.utf8.count >= Self.minimumBytes else {
+      throw .tooShort(origin, bytes: text.utf8.count)
+    }
     self.secret = Array(text.utf8)
     self.stringValue = text
     self.origin = origin
@@ -75,6 +83,12 @@ public struct JobToken: Sendable, CustomStringConvertible {
     let descriptor = open(path, O_RDONLY | O_CLOEXEC)
     guard descriptor >= 0 else { throw .unreadable(origin, errno: errno) }
     defer { close(descriptor) }
+    var status = stat()
+    if fstat(descriptor, &status) == 0,
+      let warning = exposureWarning(path: path, mode: status.st_mode)
+    {
+      Log.warn("token", warning)
+    }
     var contents: [UInt8] = []
     var chunk = [UInt8](repeating: 0, count: 4096)
     while contents.count <= maxFileSize {
@@ -84,6 +98,17 @@ public struct JobToken: Sendable, CustomStringConvertible {
       contents += chunk[..<count]
     }
     throw .tooLarge(origin)
+  }
+
+  /// The warning for a token file that users other than its owner may read, or nil. Why only
+  /// a warning: on a shared file system the file may be readable by a group on purpose (one
+  /// token for a team's jobs); the user should know, not be stopped.
+  static func exposureWarning(path: String, mode: mode_t) -> String? {
+    let exposed = mode & 0o077
+    guard exposed != 0 else { return nil }
+    let octal = String(mode & 0o777, radix: 8)
+    return "the job token file \(path) has mode 0\(octal): users other than its owner can read the "
+      + "token and join or disrupt the job; run chmod 600 \(path)"
   }
 
   private static func trimmingWhitespace(_ text: String) -> String {
@@ -98,12 +123,14 @@ public struct JobToken: Sendable, CustomStringConvertible {
 /// Why no job token could be obtained.
 public struct JobTokenError: Error, CustomStringConvertible, Sendable {
   public struct Code: Hashable, Sendable {
-    private enum Base: Hashable, Sendable { case missing, empty, unreadable, tooLarge }
+    private enum Base: Hashable, Sendable { case missing, empty, tooShort, unreadable, tooLarge }
     private let base: Base
     /// Neither `KAITIAN_TOKEN` nor `KAITIAN_TOKEN_FILE` is set.
     public static let missing = Code(base: .missing)
     /// The token is the empty string (or a file of only whitespace).
     public static let empty = Code(base: .empty)
+    /// The token is shorter than `JobToken.minimumBytes`.
+    public static let tooShort = Code(base: .tooShort)
     /// The token file cannot be opened or read.
     public static let unreadable = Code(base: .unreadable)
     /// The token file is implausibly large for a token.
@@ -123,6 +150,15 @@ public struct JobTokenError: Error, CustomStringConvertible, Sendable {
     JobTokenError(
       code: .empty,
       description: "the job token from \(origin) is empty; set it to a non-empty secret")
+  }
+
+  static func tooShort(_ origin: String, bytes: Int) -> JobTokenError {
+    JobTokenError(
+      code: .tooShort,
+      description: "the job token from \(origin) is \(bytes) bytes long; a token needs at least "
+        + "\(JobToken.minimumBytes) (a short word can be guessed): use `kaitian run`, which "
+        + "generates one, or `kaitian store serve --generate-token --token-file FILE`, or "
+        + "`openssl rand -hex 32`")
   }
 
   static func unreadable(_ origin: String, errno: Int32) -> JobTokenError {

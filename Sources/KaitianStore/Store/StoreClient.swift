@@ -24,7 +24,8 @@ public final class StoreClient: KeyValueStore {
   private let connection: Mutex<Connection>
 
   /// Connects to the server and authenticates, retrying refused connections until
-  /// `connectTimeout` passes (the server may start after this process).
+  /// `connectTimeout` passes (the server may start after this process, or be at one of its
+  /// connection caps for a moment).
   ///
   /// - Parameters:
   ///   - token: the job token; `nil` connects without one, which the server refuses with an
@@ -40,25 +41,33 @@ public final class StoreClient: KeyValueStore {
   ) throws(StoreError) {
     let server = Endpoint(host: host, port: port)
     let deadline = Deadline.after(connectTimeout)
-    let socket: TCPSocket
-    do {
-      socket = try TCPSocket.connect(host: host, port: port, deadline: deadline)
-      try socket.setNoDelay()
-    } catch {
-      throw StoreError.connectionFailed(server.description, "\(error)")
-    }
-    do {
-      try Handshake.performAsClient(
-        on: socket, token: token, purpose: StoreServer.handshakePurpose,
-        hello: Array(clientName.utf8.prefix(Handshake.maxHelloSize)), deadline: deadline)
-    } catch {
-      switch error.code {
-      case .tokenMismatch, .missingToken, .serverNotAuthenticated:
-        throw StoreError.authenticationFailed("\(error)")
-      case .refused:
-        throw StoreError.refused("\(error)")
-      default:
+    var pause = Duration.milliseconds(20)
+    var socket: TCPSocket
+    while true {
+      do {
+        socket = try TCPSocket.connect(host: host, port: port, deadline: deadline)
+        try socket.setNoDelay()
+      } catch {
         throw StoreError.connectionFailed(server.description, "\(error)")
+      }
+      do {
+        try Handshake.performAsClient(
+          on: socket, token: token, purpose: StoreServer.handshakePurpose,
+          hello: Array(clientName.utf8.prefix(Handshake.maxHelloSize)), deadline: deadline)
+        break
+      } catch {
+        switch error.code {
+        case .tokenMismatch, .missingToken, .serverNotAuthenticated:
+          throw StoreError.authenticationFailed("\(error)")
+        case .refused:
+          // The server is at a connection cap (StoreServerLimits), which frees up as other
+          // connections end or time out: try again until the deadline.
+          guard deadline.remaining > pause else { throw StoreError.refused("\(error)") }
+          sleep(for: pause)
+          pause = min(pause * 2, .milliseconds(500))
+        default:
+          throw StoreError.connectionFailed(server.description, "\(error)")
+        }
       }
     }
     self.server = server

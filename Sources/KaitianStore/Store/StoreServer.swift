@@ -2,8 +2,17 @@
 public struct StoreServerLimits: Sendable, Equatable {
   /// Connections served at once; further ones are refused (and logged) until some close.
   public var maxConnections: Int
+  /// Connections that have not authenticated yet, at once; further ones are refused. Why a
+  /// cap of their own: 1030 idle connections that never authenticated once filled
+  /// `maxConnections`, and the job's own clients were refused until the handshake deadline
+  /// dropped them. Authenticated clients never count here.
+  public var maxUnauthenticated: Int
+  /// Connections that have not authenticated yet from one source address, at once: one host
+  /// cannot take every unauthenticated slot.
+  public var maxUnauthenticatedPerAddress: Int
   /// How long a new connection has to authenticate before it is dropped. Short, because an
-  /// unauthenticated peer (a port scan, a slow-loris attack) holds a thread meanwhile.
+  /// unauthenticated peer (a port scan, a slow-loris attack) holds a slot and a thread
+  /// meanwhile; a real client answers in milliseconds.
   public var handshakeTimeout: Duration
   /// How long a client may take to accept a response before its connection is dropped.
   public var responseTimeout: Duration
@@ -11,11 +20,17 @@ public struct StoreServerLimits: Sendable, Equatable {
   public var wire: StoreWireLimits
 
   public init(
-    maxConnections: Int = 1024, handshakeTimeout: Duration = .seconds(5),
+    maxConnections: Int = 1024, maxUnauthenticated: Int = 64,
+    maxUnauthenticatedPerAddress: Int = 16, handshakeTimeout: Duration = .seconds(2),
     responseTimeout: Duration = .seconds(30), wire: StoreWireLimits = .default
   ) {
     precondition(maxConnections > 0, "maxConnections must be positive")
+    precondition(
+      maxUnauthenticated > 0 && maxUnauthenticatedPerAddress > 0,
+      "the caps on unauthenticated connections must be positive")
     self.maxConnections = maxConnections
+    self.maxUnauthenticated = maxUnauthenticated
+    self.maxUnauthenticatedPerAddress = maxUnauthenticatedPerAddress
     self.handshakeTimeout = handshakeTimeout
     self.responseTimeout = responseTimeout
     self.wire = wire
@@ -42,6 +57,9 @@ public final class StoreServer: Sendable {
     var acceptThread: OSThread?
     /// Open connections by id, so `stop` can shut them down.
     var connections: [Int: TCPSocket] = [:]
+    /// Connections still in the handshake, per source address (see `maxUnauthenticated`).
+    var unauthenticated: [String: Int] = [:]
+    var unauthenticatedCount: Int { unauthenticated.values.reduce(0, +) }
     var nextConnectionID = 0
     var isStopping = false
   }
@@ -141,41 +159,86 @@ public final class StoreServer: Sendable {
   }
 
   private func admit(_ connection: TCPSocket) {
-    let (id, openCount) = state.withLock { state -> (Int?, Int) in
-      guard !state.isStopping, state.connections.count < limits.maxConnections else {
-        return (nil, state.connections.count)
+    let address = connection.peerAddress?.host ?? "unknown"
+    let admitted = state.withLock { state -> Result<Int, Refusal> in
+      if state.isStopping { return .failure(.stopping) }
+      if state.connections.count >= limits.maxConnections {
+        return .failure(.full(state.connections.count))
+      }
+      if state.unauthenticatedCount >= limits.maxUnauthenticated {
+        return .failure(.unauthenticated(state.unauthenticatedCount))
+      }
+      if state.unauthenticated[address, default: 0] >= limits.maxUnauthenticatedPerAddress {
+        return .failure(.unauthenticatedFromAddress(address))
       }
       let id = state.nextConnectionID
       state.nextConnectionID += 1
       state.connections[id] = connection
-      return (id, state.connections.count)
+      state.unauthenticated[address, default: 0] += 1
+      return .success(id)
     }
-    guard let id else {
-      let reason =
-        "the store server has \(openCount) connections open, its limit "
-        + "(StoreServerLimits.maxConnections = \(limits.maxConnections)); raise the limit or "
-        + "check for clients that leak connections"
+    let id: Int
+    switch admitted {
+    case .success(let admittedID): id = admittedID
+    case .failure(let refusal):
+      let reason = refusal.reason(limits)
       Log.warn("store", "refused connection from \(connection): \(reason)")
       Handshake.refuse(on: connection, reason: reason, deadline: .after(.milliseconds(100)))
       return
     }
     do {
       try OSThread.detach(name: "store conn \(id)") { [self] in
-        serve(connection)
+        serve(connection, handshakeEnded: { self.leaveHandshake(address) })
         state.withLock { _ = $0.connections.removeValue(forKey: id) }
         state.broadcast()
       }
     } catch {
       Log.error("store", "dropping connection from \(connection): \(error)")
+      leaveHandshake(address)
       state.withLock { _ = $0.connections.removeValue(forKey: id) }
+    }
+  }
+
+  /// A connection from `address` has authenticated, or ended without: its slot is free.
+  private func leaveHandshake(_ address: String) {
+    state.withLock { state in
+      let left = state.unauthenticated[address, default: 1] - 1
+      state.unauthenticated[address] = left > 0 ? left : nil
+    }
+  }
+
+  /// Why a connection was not admitted.
+  private enum Refusal: Error {
+    case stopping
+    case full(Int)
+    case unauthenticated(Int)
+    case unauthenticatedFromAddress(String)
+
+    func reason(_ limits: StoreServerLimits) -> String {
+      switch self {
+      case .stopping: "the store server is stopping"
+      case .full(let open):
+        "the store server has \(open) connections open, its limit "
+          + "(StoreServerLimits.maxConnections = \(limits.maxConnections)); raise the limit or "
+          + "check for clients that leak connections"
+      case .unauthenticated(let pending):
+        "the store server has \(pending) connections that have not authenticated yet, its limit "
+          + "(StoreServerLimits.maxUnauthenticated = \(limits.maxUnauthenticated)); something "
+          + "is opening connections without the job token"
+      case .unauthenticatedFromAddress(let address):
+        "\(address) has \(limits.maxUnauthenticatedPerAddress) connections that have not "
+          + "authenticated yet (StoreServerLimits.maxUnauthenticatedPerAddress)"
+      }
     }
   }
 
   // MARK: Serving one connection
 
-  private func serve(_ connection: TCPSocket) {
+  /// Serves one connection; calls `handshakeEnded` once its handshake is over, passed or not.
+  private func serve(_ connection: TCPSocket, handshakeEnded: () -> Void) {
     let hello: [UInt8]
     do {
+      defer { handshakeEnded() }
       hello = try Handshake.performAsServer(
         on: connection, token: token, purpose: Self.handshakePurpose,
         deadline: .after(limits.handshakeTimeout))
