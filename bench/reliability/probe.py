@@ -128,13 +128,24 @@ def probe_slow_loris(port: int, _purpose: bytes) -> str | None:
 
 
 def probe_port_scan(port: int, _purpose: bytes) -> str | None:
-    """200 connects closed at once, as a scanner does; then a fresh connect still gets a challenge."""
+    """200 connects closed at once, as a scanner does; then a fresh connect still gets a challenge.
+
+    The store refuses connections beyond its cap on unauthenticated ones (per source address)
+    until the scan's connections have been dropped; its clients retry, and so does this probe,
+    for up to 5 s.
+    """
     for _ in range(200):
         with _connect(port):
             pass
-    with _connect(port) as sock:
-        sock.settimeout(5)
-        return "served, scan ignored" if sock.recv(4).startswith(MAGIC) else None
+    deadline = time.monotonic() + 5
+    while True:
+        with _connect(port) as sock:
+            sock.settimeout(5)
+            if sock.recv(4).startswith(MAGIC):
+                return "served, scan ignored"
+        if time.monotonic() > deadline:
+            return None
+        time.sleep(0.05)
 
 
 PROBES: dict[str, Callable[[int, bytes], str | None]] = {
