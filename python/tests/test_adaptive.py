@@ -256,9 +256,10 @@ def test_measure_cost_separates_the_fixed_part_of_a_step() -> None:
     batch = (torch.randn(16, 4), torch.randint(0, 2, (16,)))
     cost = kaitian.measure_cost(model, batch, nn.functional.cross_entropy, steps=5, warmup=1, min_seconds=0.3)
     # Wide bounds: a step's own overhead (a few ms on a busy host) is not always the same at
-    # both sizes. A cost measured all per sample (fixed 0, 3.6 ms per sample) fails them.
+    # both sizes (CI measured 7.9 ms + 3.5 ms per sample once). A cost measured all per sample
+    # (fixed 0, 3.6 ms per sample) fails the first bound, which is the one that matters.
     assert 0.004 <= cost.fixed_seconds <= 0.025, cost
-    assert 0.0024 <= cost.seconds_per_sample <= 0.0034, cost
+    assert 0.0024 <= cost.seconds_per_sample <= 0.0045, cost
     assert cost.seconds(16) == pytest.approx(cost.fixed_seconds + 16 * cost.seconds_per_sample)
     # One sample cannot be split: all of it counts per sample, as measure_speed sees it.
     single = kaitian.measure_cost(model, (batch[0][:1], batch[1][:1]), nn.functional.cross_entropy, 2, 1, 0.05)
