@@ -107,7 +107,7 @@ public func ktRebalancerCreate(
 public func ktRebalancerObserve(
   _ rebalancer: ktRebalancer_t?, _ rank: Int32, _ computeSeconds: Double, _ samples: Int64
 ) -> ktResult_t {
-  ktRebalancerObserveSteps(rebalancer, rank, computeSeconds, samples, 0)
+  observe("ktRebalancerObserve", rebalancer, rank, computeSeconds, samples, steps: 0)
 }
 
 @_cdecl("ktRebalancerObserveSteps")
@@ -115,7 +115,15 @@ public func ktRebalancerObserveSteps(
   _ rebalancer: ktRebalancer_t?, _ rank: Int32, _ computeSeconds: Double, _ samples: Int64,
   _ steps: Int64
 ) -> ktResult_t {
-  entryPoint("ktRebalancerObserveSteps") { arguments throws(KaitianError) in
+  observe("ktRebalancerObserveSteps", rebalancer, rank, computeSeconds, samples, steps: steps)
+}
+
+/// Both observe entry points, each naming itself in its errors.
+private func observe(
+  _ call: String, _ rebalancer: ktRebalancer_t?, _ rank: Int32, _ computeSeconds: Double,
+  _ samples: Int64, steps: Int64
+) -> ktResult_t {
+  entryPoint(call) { arguments throws(KaitianError) in
     let handle = RebalancerHandle.from(try arguments.required(rebalancer, "rebalancer"))
     try handle.rebalancer.withLock { rebalancer throws(KaitianError) in
       try rebalancer.observe(
