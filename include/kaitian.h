@@ -178,6 +178,20 @@ ktResult_t ktSend(const void *sendbuff, size_t count, ktDataType_t datatype, int
                   ktComm_t comm, ktWork_t *work);
 ktResult_t ktRecv(void *recvbuff, size_t count, ktDataType_t datatype, int peer, int tag,
                   ktComm_t comm, ktWork_t *work);
+/* One send (isSend 1, buff read) or receive (isSend 0, buff written) of ktSendRecvBatch. */
+typedef struct {
+  int isSend;
+  void *buff;
+  size_t count;
+  ktDataType_t datatype;
+  int peer;
+  int tag;
+} ktP2POp_t;
+/* Sends and receives that progress together (as NCCL's grouped send/recv), so a ring exchange
+ * cannot deadlock whatever order each rank lists them in. Each matches the peer's send or
+ * receive (batched or not) as ktSend/ktRecv would; operations on one peer and direction run in
+ * the order given. One work for the whole batch; the ops array may be freed on return. */
+ktResult_t ktSendRecvBatch(const ktP2POp_t *ops, int nops, ktComm_t comm, ktWork_t *work);
 
 /* ---- Work handles ---- */
 /* Waits up to timeoutSeconds (< 0: no limit). Returns the call's result, or ktInProgress when

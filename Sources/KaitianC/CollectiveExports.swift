@@ -198,3 +198,33 @@ public func ktRecv(
       dataType: try arguments.dataType(datatype), from: Int(peer), tag: Int(tag))
   }
 }
+
+@_cdecl("ktSendRecvBatch")
+public func ktSendRecvBatch(
+  _ ops: UnsafePointer<ktP2POp_t>?, _ nops: Int32, _ comm: ktComm_t?,
+  _ work: UnsafeMutablePointer<ktWork_t?>?
+) -> ktResult_t {
+  submit("ktSendRecvBatch", comm, work) { (arguments, comm) throws(KaitianError) in
+    guard nops >= 0 else { throw arguments.invalid("nops \(nops) is negative") }
+    let raw = UnsafeBufferPointer(
+      start: nops == 0 ? nil : try arguments.required(ops, "ops"), count: Int(nops))
+    var operations: [PointToPointOperation] = []
+    for (index, op) in raw.enumerated() {
+      let count = try arguments.count(op.count, "ops[\(index)].count")
+      let dataType = try arguments.dataType(op.datatype)
+      let buffer = try arguments.output(op.buff, count: count, "ops[\(index)].buff")
+      switch op.isSend {
+      case 1:
+        operations.append(
+          .send(buffer, count: count, dataType: dataType, to: Int(op.peer), tag: Int(op.tag)))
+      case 0:
+        operations.append(
+          .receive(
+            into: buffer, count: count, dataType: dataType, from: Int(op.peer), tag: Int(op.tag)))
+      default:
+        throw arguments.invalid("ops[\(index)].isSend is \(op.isSend), not 0 or 1")
+      }
+    }
+    return try comm.pointToPointBatch(operations)
+  }
+}

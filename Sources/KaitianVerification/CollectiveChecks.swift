@@ -33,7 +33,9 @@ public struct CollectiveChecks {
     }
   }
 
-  public func reduce(_ dataType: DataType, _ op: ReduceOp, count: Int, root: Int, inPlace: Bool) throws {
+  public func reduce(_ dataType: DataType, _ op: ReduceOp, count: Int, root: Int, inPlace: Bool)
+    throws
+  {
     let source = input(dataType, op, count: count)
     let target = inPlace ? source : ElementBuffer(dataType, count: count)
     try comm.reduce(
@@ -185,6 +187,40 @@ public struct CollectiveChecks {
     }
   }
 
+  /// One batch per rank: two messages to the next rank and one to the previous, and the
+  /// matching receives, every send listed before every receive. Unbatched, that order deadlocks
+  /// once messages outgrow the transport's buffering; in a batch everything progresses at once,
+  /// and the two messages to one peer arrive in the order listed.
+  public func batchedSendReceive(_ dataType: DataType, count: Int) throws {
+    guard size > 1 else { return }
+    let next = (rank + 1) % size
+    let previous = (rank + size - 1) % size
+    let first = input(dataType, .sum, count: count)
+    let second = input(dataType, .max, count: count)
+    let fromPrevious = [
+      ElementBuffer(dataType, count: count), ElementBuffer(dataType, count: count),
+    ]
+    let fromNext = ElementBuffer(dataType, count: count)
+    try comm.pointToPointBatch([
+      .send(first.raw, count: count, dataType: dataType, to: next, tag: 3),
+      .send(second.raw, count: count, dataType: dataType, to: next, tag: 4),
+      .send(first.raw, count: count, dataType: dataType, to: previous, tag: 5),
+      .receive(into: fromPrevious[0].raw, count: count, dataType: dataType, from: previous, tag: 3),
+      .receive(into: fromPrevious[1].raw, count: count, dataType: dataType, from: previous, tag: 4),
+      .receive(into: fromNext.raw, count: count, dataType: dataType, from: next, tag: 5),
+    ]).wait()
+    let label = label("batched send/recv", dataType, nil, count, false)
+    try expectElements(fromPrevious[0], label + " (first from the previous rank)") {
+      Reference.value(rank: previous, index: $0, dataType: dataType, op: .sum)
+    }
+    try expectElements(fromPrevious[1], label + " (second from the previous rank)") {
+      Reference.value(rank: previous, index: $0, dataType: dataType, op: .max)
+    }
+    try expectElements(fromNext, label + " (from the next rank)") {
+      Reference.value(rank: next, index: $0, dataType: dataType, op: .sum)
+    }
+  }
+
   // MARK: Matrices shared by the thread and process tests
 
   /// allreduce, reduce (both in place and not) and reduce_scatter for every dtype, op and count.
@@ -218,6 +254,7 @@ public struct CollectiveChecks {
         try allToAll(dataType, count: count)
         try allToAllV(dataType, count: count)
         try sendReceive(dataType, count: count)
+        try batchedSendReceive(dataType, count: count)
         try comm.barrier().wait()
       }
     }
@@ -233,6 +270,7 @@ public struct CollectiveChecks {
       try broadcast(dataType, count: count, root: 1 % size, inPlace: false)
       try allGather(dataType, count: count / size, inPlace: false)
       try reduceScatter(dataType, .sum, count: count / size)
+      try batchedSendReceive(dataType, count: count)
     }
   }
 }

@@ -56,6 +56,24 @@ final class CallContext {
     var states = try transfers.map { transfer throws(KaitianError) in
       try TransferProgress(transfer, link: link(to: transfer.peer), context: self)
     }
+    try drive(&states)
+  }
+
+  /// Runs the transfers of several calls at once, each under its own call's tag, driven (and
+  /// timed, and named in errors) by this context.
+  ///
+  /// Why: a batch of sends and receives (`Communicator.pointToPointBatch`) must progress all
+  /// together, or two ranks that each send to the other before receiving would both wait for
+  /// ring space the other never frees.
+  func runTogether(_ parts: [(context: CallContext, transfer: Transfer)]) throws(KaitianError) {
+    var states = try parts.map { part throws(KaitianError) in
+      try TransferProgress(part.transfer, link: link(to: part.transfer.peer), context: part.context)
+    }
+    guard !states.isEmpty else { return }
+    try drive(&states)
+  }
+
+  private func drive(_ states: inout [TransferProgress]) throws(KaitianError) {
     var lastProgress = kt_monotonic_ns()
     var spins = 0
     while true {
@@ -64,7 +82,7 @@ final class CallContext {
       var pending = 0
       for index in states.indices where !states[index].isDone {
         do {
-          progressed = try states[index].advance(context: self) || progressed
+          progressed = try states[index].advance() || progressed
         } catch {
           throw explain(error)
         }

@@ -185,6 +185,30 @@ extension Communicator {
     }
   }
 
+  /// Sends and receives that progress together, as NCCL's grouped send/recv: a ring exchange
+  /// or any other pattern completes whatever order each rank lists its operations in.
+  ///
+  /// Each operation matches a send or receive of the peer's (batched or not) as a single
+  /// `send`/`receive` would: in issue order per peer and direction, with the same count and tag.
+  public func pointToPointBatch(_ operations: [PointToPointOperation]) throws(KaitianError) -> Work
+  {
+    var parts: [(call: CallDescription, peer: Int, sending: Bool, transfer: Transfer)] = []
+    for operation in operations {
+      try check(.sendRecv, count: operation.count, peer: operation.peer)
+      let call = CallDescription(
+        kind: .sendRecv, dataType: operation.dataType, count: operation.count,
+        aux: Int64(operation.tag))
+      let bytes = UnsafeMutableRawBufferPointer(
+        start: operation.buffer, count: operation.count * operation.dataType.size)
+      let transfer: Transfer =
+        operation.isSend
+        ? .send(UnsafeRawBufferPointer(bytes), to: operation.peer)
+        : .receive(bytes, from: operation.peer)
+      parts.append((call, operation.peer, operation.isSend, transfer))
+    }
+    return submitPointToPointBatch(parts)
+  }
+
   // MARK: Argument checks
 
   private func argument(_ kind: CollectiveKind, _ cause: String) -> KaitianError {

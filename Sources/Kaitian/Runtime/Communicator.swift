@@ -139,6 +139,65 @@ public final class Communicator: @unchecked Sendable {
       call, key: CallKey(stream: .pointToPoint, sequence: sequence), sequence: sequence, body)
   }
 
+  /// Queues sends and receives that run together, as one call (see `pointToPointBatch`).
+  ///
+  /// Each keeps its own number in its peer's and direction's sequence, and so its own tag, so a
+  /// peer may match it with a plain send or receive. Operations on the same peer and direction
+  /// run one after another, in the order given (a link carries one message at a time each way);
+  /// all others progress at once.
+  func submitPointToPointBatch(
+    _ operations: [(call: CallDescription, peer: Int, sending: Bool, transfer: Transfer)]
+  ) -> Work {
+    let sequences = self.sequences.withLock { state -> [UInt64] in
+      operations.map { operation in
+        if operation.sending {
+          state.sent[operation.peer] += 1
+          return state.sent[operation.peer]
+        }
+        state.received[operation.peer] += 1
+        return state.received[operation.peer]
+      }
+    }
+    let sends = operations.count { $0.sending }
+    let name = "send/recv batch (\(sends) send(s), \(operations.count - sends) receive(s))"
+    let work = Work(name: name)
+    if destroyed.load(ordering: .relaxed) {
+      work.complete(
+        KaitianError(.invalidUsage, rank: rank, call: name, "the communicator was destroyed"))
+      return work
+    }
+    // Wave k holds the k-th operation of every (peer, direction).
+    var waves: [[Int]] = []
+    var seen: [Int: Int] = [:]
+    for (index, operation) in operations.enumerated() {
+      let lane = operation.peer * 2 + (operation.sending ? 1 : 0)
+      let wave = seen[lane, default: 0]
+      seen[lane] = wave + 1
+      if wave == waves.count { waves.append([]) }
+      waves[wave].append(index)
+    }
+    let driver = makeContext(CallDescription(kind: .sendRecv), key: nil, sequence: 0, name: name)
+    engine.submit(
+      QueuedCall(work: work) { [unowned self] () throws(KaitianError) in
+        do throws(KaitianError) {
+          let driver = driver()
+          for wave in waves {
+            try driver.runTogether(
+              wave.map { index in
+                let operation = operations[index]
+                let context = makeContext(
+                  operation.call, key: CallKey(stream: .pointToPoint, sequence: sequences[index]),
+                  sequence: sequences[index], name: name)()
+                return (context, operation.transfer)
+              })
+          }
+        } catch {
+          throw error.attributed(rank: self.rank, call: name)
+        }
+      })
+    return work
+  }
+
   private func submit(
     _ call: CallDescription, key: CallKey, sequence: UInt64,
     _ body: @escaping (CallContext) throws(KaitianError) -> Void
@@ -156,17 +215,7 @@ public final class Communicator: @unchecked Sendable {
         KaitianError(.invalidUsage, rank: rank, call: name, "the communicator was destroyed"))
       return work
     }
-    let header = OpHeader(
-      kind: call.kind, sequence: sequence, dataType: call.dataType, op: call.op,
-      count: Int64(call.count), root: Int32(call.root), aux: call.aux, sender: Int32(rank))
-    let context = { [unowned self] in
-      CallContext(
-        rank: rank, size: size, name: name, links: mesh.links, key: key, header: header,
-        sendAux: call.sendAux, receiveAux: call.receiveAux,
-        timeoutSeconds: options.timeoutSeconds,
-        spinNanoseconds: Int64(options.spinMicroseconds) * 1000, health: health,
-        doorbell: mesh.doorbell, scratch: scratch)
-    }
+    let context = makeContext(call, key: key, sequence: sequence, name: name)
     engine.submit(
       QueuedCall(work: work) { () throws(KaitianError) in
         do throws(KaitianError) {
@@ -178,5 +227,24 @@ public final class Communicator: @unchecked Sendable {
         }
       })
     return work
+  }
+
+  /// What builds a call's context on the engine thread, when the call starts (its deadline
+  /// counts from then). `key` nil: a context that only drives other calls' transfers.
+  private func makeContext(
+    _ call: CallDescription, key: CallKey?, sequence: UInt64, name: String
+  ) -> () -> CallContext {
+    let header = OpHeader(
+      kind: call.kind, sequence: sequence, dataType: call.dataType, op: call.op,
+      count: Int64(call.count), root: Int32(call.root), aux: call.aux, sender: Int32(rank))
+    return { [unowned self] in
+      CallContext(
+        rank: rank, size: size, name: name, links: mesh.links,
+        key: key ?? CallKey(stream: .pointToPoint, sequence: 0), header: header,
+        sendAux: call.sendAux, receiveAux: call.receiveAux,
+        timeoutSeconds: options.timeoutSeconds,
+        spinNanoseconds: Int64(options.spinMicroseconds) * 1000, health: health,
+        doorbell: mesh.doorbell, scratch: scratch)
+    }
   }
 }

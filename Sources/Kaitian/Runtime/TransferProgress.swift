@@ -1,8 +1,11 @@
 /// How far one transfer has come: its tag first (when this is the call's first message on the
-/// link), then its payload. Driven by `CallContext.run`.
+/// link), then its payload. Driven by `CallContext.run`, or with the transfers of other calls by
+/// `CallContext.runTogether`; `context` is the call this transfer belongs to (its tag, kernel and
+/// element size).
 struct TransferProgress {
   let link: PeerLink
   let transfer: Transfer
+  let context: CallContext
   private var tagBytes: [UInt8] = []
   private var tagDone = 0
   private var expectedTag: OpHeader?
@@ -12,6 +15,7 @@ struct TransferProgress {
   init(_ transfer: Transfer, link: PeerLink, context: CallContext) {
     self.link = link
     self.transfer = transfer
+    self.context = context
     if transfer.isSend {
       if let tag = context.tagToSend(on: link) {
         tagBytes = [UInt8](repeating: 0, count: OpHeader.byteCount)
@@ -27,7 +31,7 @@ struct TransferProgress {
   var totalBytes: Int { transfer.byteCount }
 
   /// Moves as many bytes as the link takes or has now; returns whether anything moved.
-  mutating func advance(context: CallContext) throws(KaitianError) -> Bool {
+  mutating func advance() throws(KaitianError) -> Bool {
     var moved = false
     if tagDone < tagBytes.count {
       let (link, isSend, done) = (self.link, self.isSend, tagDone)
