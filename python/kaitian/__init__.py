@@ -32,7 +32,7 @@ from .planner import (
     measure_speed,
     plan_batches,
 )
-from .process_group import BACKEND_NAME, ProcessGroupKaitian, create_process_group
+from .process_group import BACKEND_NAME, ProcessGroupKaitian, create_process_group, kaitian_backend
 from .profile import StageTimes, process_age_seconds, stage_times, thread_cpu_seconds
 from .rebalance import OnlineBalancer, PlanChange
 from .sampler import AdaptiveBatchSampler, AdaptiveSampler, loader_batch_size
@@ -70,6 +70,7 @@ __all__ = [
     "install_weighting",
     "intra_backends",
     "job_telemetry",
+    "kaitian_backend",
     "loader_batch_size",
     "local_device_kind",
     "measure_cost",

@@ -138,6 +138,20 @@ class StoreCallbacks(ctypes.Structure):
 
 WorkCallbackFn = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_int)
 
+
+class P2POp(ctypes.Structure):
+    """ktP2POp_t: one send or receive of ktSendRecvBatch."""
+
+    _fields_ = [
+        ("isSend", ctypes.c_int),
+        ("buff", ctypes.c_void_p),
+        ("count", ctypes.c_size_t),
+        ("datatype", ctypes.c_int),
+        ("peer", ctypes.c_int),
+        ("tag", ctypes.c_int),
+    ]
+
+
 _p = ctypes.c_void_p
 _pp = ctypes.POINTER(ctypes.c_void_p)
 _size = ctypes.c_size_t
@@ -178,6 +192,7 @@ _SIGNATURES: dict[str, tuple[object, list[object]]] = {
     "ktBarrier": (_int, [_p, _pp]),
     "ktSend": (_int, [_p, _size, _int, _int, _int, _p, _pp]),
     "ktRecv": (_int, [_p, _size, _int, _int, _int, _p, _pp]),
+    "ktSendRecvBatch": (_int, [ctypes.POINTER(P2POp), _int, _p, _pp]),
     "ktWorkWait": (_int, [_p, ctypes.c_double]),
     "ktWorkTest": (_int, [_p, ctypes.POINTER(_int)]),
     "ktWorkSetCallback": (_int, [_p, WorkCallbackFn, _p]),

@@ -12,6 +12,8 @@ import logging
 import os
 import secrets
 import threading
+import weakref
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 
@@ -30,6 +32,16 @@ def _is_timeout(error: Exception) -> bool:
     return "timeout" in text or "timed out" in text
 
 
+def _weakly(ref: weakref.ref, method: Callable[..., int]) -> Callable[..., int]:
+    """`method` called on the object behind `ref`; a failure once that object is gone."""
+
+    def call(*args: object) -> int:
+        target = ref()
+        return method(target, *args) if target is not None else _FAILED
+
+    return call
+
+
 class TorchStoreAdapter:
     """A ktStore_t whose set/get/add/wait call a torch.distributed.Store.
 
@@ -43,11 +55,16 @@ class TorchStoreAdapter:
         self._store = store
         self._pending: dict[bytes, bytes] = {}
         self._lock = threading.Lock()
+        # Through a weak reference: callbacks bound to this object would make a cycle (object ->
+        # callbacks -> object) that holds torch's store until the garbage collector runs. On rank
+        # 0 that store is the job's store server, and a second init_process_group in the same
+        # process must find the first one's closed, not still answering on its port.
+        me = weakref.ref(self)
         self._fns = (
-            _native.StoreSetFn(self._set),
-            _native.StoreGetFn(self._get),
-            _native.StoreAddFn(self._add),
-            _native.StoreWaitFn(self._wait),
+            _native.StoreSetFn(_weakly(me, TorchStoreAdapter._set)),
+            _native.StoreGetFn(_weakly(me, TorchStoreAdapter._get)),
+            _native.StoreAddFn(_weakly(me, TorchStoreAdapter._add)),
+            _native.StoreWaitFn(_weakly(me, TorchStoreAdapter._wait)),
         )
         self._callbacks = _native.StoreCallbacks(ctypes.sizeof(_native.StoreCallbacks), None, *self._fns)
         handle = ctypes.c_void_p()

@@ -45,7 +45,7 @@ Future = torch.futures.Future
 Job = Callable[[Future], None]
 
 
-def _work_from_future(fut: Future, call: str) -> dist.Work:
+def _work_from_future(fut: Future, call: str) -> _FutureWork:
     """The Work of one collective, completed by `fut`; `call` names it in errors ("rank 0: allreduce #7").
 
     Python's Future.set_exception stores the exception as the future's *value*, which only Python
@@ -141,6 +141,16 @@ def _settle(fut: Future, error: Exception) -> None:
         fut.set_exception(error)
     except RuntimeError:
         pass
+
+
+@dataclass
+class _Transfer:
+    """A send or receive collected between start_coalescing and end_coalescing."""
+
+    sending: bool
+    tensor: torch.Tensor
+    peer: int
+    tag: int
 
 
 @dataclass
@@ -351,11 +361,55 @@ def _this_init(store: dist.Store, size: int) -> dist.Store:
     return dist.PrefixStore(f"kaitian/{generation}", store)
 
 
-class ProcessGroupKaitian(dist.ProcessGroup):
+class _TrampolineReached(Exception):
+    """Raised by the probe backend's allreduce: C++ called back into a Python Backend subclass."""
+
+
+def _backend_base() -> type:
+    """torch's C++ Backend when a Python subclass of it is called from C++, else ProcessGroup.
+
+    Why: a Backend is what torch's own backends are. init_process_group wraps it in a
+    ProcessGroup of its own, registered for every device type the backend names, with the
+    group's name and description; DeviceMesh, FSDP2, DTensor, batch_isend_irecv,
+    all_gather_coalesced, monitored_barrier and async checkpoints look backends up that way
+    ("No backend type associated with device type cpu" otherwise). Recent torch has a trampoline
+    that lets a Python subclass of Backend override the collectives; older torch (1.13 on) only
+    lets a Python subclass of ProcessGroup do so, and there the group is a ProcessGroup itself.
+    The probe asks the running torch: it registers a Backend whose allreduce raises a marker
+    with a throwaway ProcessGroup and calls allreduce through C++.
+    """
+    c10d = torch._C._distributed_c10d
+    if not hasattr(c10d, "Backend") or not hasattr(c10d.ProcessGroup, "_register_backend"):
+        return dist.ProcessGroup
+
+    class Probe(c10d.Backend):  # type: ignore[misc, name-defined]
+        def allreduce(self, tensors: list[torch.Tensor], opts: object = None) -> dist.Work:
+            raise _TrampolineReached
+
+    try:
+        pg = c10d.ProcessGroup(c10d.HashStore(), 0, 1)
+        pg._register_backend(torch.device("cpu"), c10d.ProcessGroup.BackendType.CUSTOM, Probe(0, 1))
+        pg.allreduce([torch.zeros(1)])
+    except _TrampolineReached:
+        return c10d.Backend
+    except Exception:  # noqa: BLE001 - any other outcome means no trampoline
+        return dist.ProcessGroup
+    return dist.ProcessGroup
+
+
+_BASE = _backend_base()
+IS_BACKEND = _BASE is not dist.ProcessGroup
+"""True when "kaitian" groups are torch Backends inside torch's own ProcessGroups (see _backend_base)."""
+
+
+class ProcessGroupKaitian(_BASE):  # type: ignore[misc, valid-type]
     """torch.distributed backend over Kaitian's engine and, inside groups, the vendors' libraries.
 
     Created by torch's init_process_group / new_group through the registered creator; every rank
-    of the group must construct it (the constructor joins communicators and vendor groups).
+    of the group must construct it (the constructor joins communicators and vendor groups). On
+    torch with a Backend trampoline it is a Backend, registered by torch for cpu and cuda in a
+    ProcessGroup of torch's (`kaitian_backend(group)` finds it); on older torch it is the
+    ProcessGroup itself.
 
     Deadline: KAITIAN_TIMEOUT (seconds) when set, else init_process_group's timeout; the engine
     applies it to every call and fails the call (and so the Work) when it passes. An engine error
@@ -374,6 +428,10 @@ class ProcessGroupKaitian(dist.ProcessGroup):
         self.stage_times = StageTimes()  # the hybrid allreduce's stages, for kaitian.stage_times()
         self._chunk_bytes = hybrid_chunk_bytes()
         store = _this_init(store, size)
+        self._store: dist.Store | None = store  # for monitored_barrier, which must not depend on the engine
+        self._monitored_barriers = itertools.count(1)
+        self._coalesced: list[_Transfer] | None = None  # between start_coalescing and end_coalescing
+        self._coalesced_done = Future()
         self.topology = Topology.exchange(store, rank, size, timeout)
         token = job_token(store, rank, timeout)
         adapter = TorchStoreAdapter(store)
@@ -459,7 +517,7 @@ class ProcessGroupKaitian(dist.ProcessGroup):
         """How errors name a call: this rank, the collective and its number in this group."""
         return f"rank {self._rank}: {name} #{next(self._calls)}"
 
-    def _engine(self, name: str, build: Callable[[], Plan]) -> dist.Work:
+    def _engine(self, name: str, build: Callable[[], Plan]) -> _FutureWork:
         """Runs a plan on the all-ranks communicator: directly when flat, in order when hybrid."""
         call = self._call(name)
         if self._worker is None:
@@ -848,6 +906,8 @@ class ProcessGroupKaitian(dist.ProcessGroup):
 
     def send(self, tensors: list[torch.Tensor], dstRank: int, tag: int = 0) -> dist.Work:
         self._checks.rank_in_group("send", "destination", dstRank)
+        if self._coalesced is not None:
+            return self._coalesce("send", True, tensors, dstRank, tag)
 
         def build() -> Plan:
             keep: list[object] = []
@@ -859,6 +919,8 @@ class ProcessGroupKaitian(dist.ProcessGroup):
 
     def recv(self, tensors: list[torch.Tensor], srcRank: int, tag: int = 0) -> dist.Work:
         self._checks.rank_in_group("recv", "source", srcRank)
+        if self._coalesced is not None:
+            return self._coalesce("recv", False, tensors, srcRank, tag)
 
         def build() -> Plan:
             keep: list[object] = []
@@ -868,9 +930,158 @@ class ProcessGroupKaitian(dist.ProcessGroup):
 
         return self._engine("recv", build)
 
-    # torch >= 2.15 names for the single-tensor forms.
+    # ---- batched point-to-point: torch's coalescing manager, as batch_isend_irecv uses it ----
+
+    @property
+    def supports_coalescing(self) -> bool:
+        return True
+
+    def start_coalescing(self) -> None:
+        """From here to end_coalescing, sends and receives are collected, not issued."""
+        if self._coalesced is not None:
+            raise RuntimeError(f"kaitian: rank {self._rank}: start_coalescing: this group is coalescing already")
+        self._coalesced = []
+        self._coalesced_done = Future()
+
+    def _coalesce(self, call: str, sending: bool, tensors: list[torch.Tensor], peer: int, tag: int) -> dist.Work:
+        """Records a send or receive of the batch; its Work completes with the batch."""
+        assert self._coalesced is not None
+        self._coalesced += [_Transfer(sending, t, peer, tag) for t in tensors]
+        return _work_from_future(self._coalesced_done, self._call(call))
+
+    def end_coalescing(self) -> dist.Work:
+        """Issues the collected sends and receives as one engine batch (ktSendRecvBatch).
+
+        Why one batch: each rank's engine runs its calls one at a time, so a ring in which every
+        rank sends before it receives would stall once a message outgrows the link's buffer; in a
+        batch every transfer progresses at once, as in NCCL's grouped send/recv.
+        """
+        transfers, done = self._coalesced, self._coalesced_done
+        if transfers is None:
+            raise RuntimeError(f"kaitian: rank {self._rank}: end_coalescing without start_coalescing")
+        self._coalesced = None
+
+        def build() -> Plan:
+            keep: list[object] = []
+            ops = (_native.P2POp * max(len(transfers), 1))()
+            keep.append(ops)
+            received = []
+            for i, x in enumerate(transfers):
+                buf = host(x.tensor, keep) if x.sending else host_empty(x.tensor, keep)
+                if not x.sending:
+                    received.append((x.tensor, buf))
+                ops[i] = _native.P2POp(
+                    int(x.sending), buf.data_ptr(), buf.numel(), _native.datatype(buf.dtype), x.peer, x.tag
+                )
+            tensors = [x.tensor for x in transfers]
+            return Plan([("ktSendRecvBatch", (ops, len(transfers)))], copied_back(received, tensors), keep)
+
+        work = self._engine("send/recv batch", build)
+
+        def settle_ops(fut: Future) -> None:
+            try:
+                fut.value()
+            except Exception as error:  # noqa: BLE001 - the batch's error is each op's
+                _settle(done, error)
+            else:
+                done.set_result([])
+
+        work._fut.add_done_callback(settle_ops)
+        return work
+
+    def allgather_coalesced(
+        self, output_lists: list[list[torch.Tensor]], inputs: list[torch.Tensor], opts: object = None
+    ) -> dist.Work:
+        """all_gather_coalesced: output_lists[r][i] receives rank r's inputs[i], in one engine call.
+
+        Every rank's inputs are laid end to end and gathered once; each rank's block is then cut
+        along this rank's own input sizes (torch requires the same shapes on every rank).
+        """
+        self._checks.one_per_rank("allgather_coalesced", "the output list", output_lists)
+        counts = [t.numel() for t in inputs]
+        for r, outputs in enumerate(output_lists):
+            if [t.numel() for t in outputs] != counts:
+                raise ValueError(
+                    f"kaitian: rank {self._rank}: allgather_coalesced: output list {r} has tensors of "
+                    f"{[t.numel() for t in outputs]} elements, the inputs have {counts}"
+                )
+            for out in outputs:
+                self._checks.same_dtype("allgather_coalesced", inputs[0], [out])
+        if inputs:
+            self._checks.same_dtype("allgather_coalesced", inputs[0], inputs)
+
+        def build() -> Plan:
+            keep: list[object] = []
+            if not inputs:
+                return Plan([("ktBarrier", ())], lambda: [], keep)
+            src = torch.cat([t.detach().reshape(-1).cpu() for t in inputs])
+            dst = torch.empty(src.numel() * self._size, dtype=src.dtype)
+            keep += [src, dst]
+            call = ("ktAllGather", (src.data_ptr(), dst.data_ptr(), src.numel(), _native.datatype(src.dtype)))
+
+            def finish() -> list[torch.Tensor]:
+                for outputs, block in zip(output_lists, dst.chunk(self._size), strict=True):
+                    for out, part in zip(outputs, block.split(counts), strict=True):
+                        out.copy_(part.view_as(out))
+                return [t for outputs in output_lists for t in outputs]
+
+            return Plan([call], finish, keep)
+
+        return self._engine("allgather_coalesced", build)
+
+    def monitored_barrier(self, opts: object = None, wait_all_ranks: bool = False) -> None:
+        """A barrier that names the ranks that did not reach it within `opts.timeout`, as gloo's does.
+
+        Through the job's store, not the engine: a rank that is stuck elsewhere cannot answer an
+        engine call, and the point is to say which ranks those are. Every rank sets its arrival
+        key; rank 0 waits for each (for all of them with `wait_all_ranks`, else up to the first
+        missing one) and then releases the others, which wait for its release as long.
+        """
+        timeout = getattr(opts, "timeout", None) or timedelta(seconds=self._timeout_seconds)
+        number = next(self._monitored_barriers)
+        prefix = f"kaitian/monitored-barrier/{number}"
+        self._store.set(f"{prefix}/{self._rank}", "1")
+        if self._rank != 0:
+            try:
+                self._store.wait([f"{prefix}/release"], timeout)
+            except RuntimeError as error:
+                raise _native.KaitianTimeoutError(
+                    f"kaitian: rank {self._rank}: monitored_barrier #{number}: rank 0 did not release "
+                    f"the barrier within {timeout.total_seconds():g} s",
+                    _native.TIMEOUT,
+                ) from error
+            return
+        deadline = time.monotonic() + timeout.total_seconds()
+        missing = []
+        for peer in range(1, self._size):
+            key = f"{prefix}/{peer}"
+            arrived = self._store.check([key])
+            remaining = deadline - time.monotonic()
+            if not arrived and remaining > 0:
+                try:
+                    self._store.wait([key], timedelta(seconds=remaining))
+                    arrived = True
+                except RuntimeError:
+                    arrived = False
+            if not arrived:
+                missing.append(peer)
+                if not wait_all_ranks:
+                    break
+        if missing:
+            ranks = ", ".join(str(r) for r in missing)
+            raise _native.KaitianTimeoutError(
+                f"kaitian: rank 0: monitored_barrier #{number}: rank{'s' if len(missing) > 1 else ''} "
+                f"{ranks} failed to pass monitoredBarrier in {timeout.total_seconds() * 1000:g} ms",
+                _native.TIMEOUT,
+            )
+        self._store.set(f"{prefix}/release", "1")
+
+    # torch >= 2.15 names (Backend's and ProcessGroup's) for the single-tensor and coalesced forms.
     all_gather_single = _allgather_base
     reduce_scatter_single = _reduce_scatter_base
+    all_gather_single_coalesced = allgather_into_tensor_coalesced
+    reduce_scatter_single_coalesced = reduce_scatter_tensor_coalesced
+    all_to_all_single = alltoall_base
 
     # ---- teardown ----
 
@@ -890,6 +1101,58 @@ class ProcessGroupKaitian(dist.ProcessGroup):
             self._worker = None
         for comm in self._communicators():
             comm.destroy()
+        # Let go of the job's store now, with the vendor groups that hold it too, not when this
+        # object is collected: on rank 0 it is torch's store server, and a later
+        # init_process_group in this process serves a new one on the same port, which the other
+        # ranks must not find the old one answering on.
+        self._intra = self._intra_gather = None
+        if self._rank != 0:
+            self._await_store_server_gone()
+        self._store = None
+
+    STORE_CLOSE_WAIT_SECONDS = 2.0
+
+    def _await_store_server_gone(self) -> None:
+        """Waits (at most STORE_CLOSE_WAIT_SECONDS) until rank 0's torch store server is gone.
+
+        Why: torch's init_process_group after a destroy serves a new store on rank 0 at the
+        same address. A rank that leaves destroy first and connects while rank 0 is still
+        tearing down reaches the old server, which then closes under it ("Failed to recv, got
+        0 bytes"). So every other rank stays until its connection to the old server breaks.
+        Only for torch's TCPStore: other stores (a FileStore, a HashStore) have no server.
+        """
+        base = self._store
+        while isinstance(base, dist.PrefixStore):
+            base = base.underlying_store
+        if not isinstance(base, dist.TCPStore):
+            return
+        deadline = time.monotonic() + self.STORE_CLOSE_WAIT_SECONDS
+        while time.monotonic() < deadline:
+            try:
+                self._store.check(["kaitian/store-probe"])
+            except Exception:  # noqa: BLE001 - any failure means the server is gone
+                return
+            time.sleep(0.01)
+
+
+def kaitian_backend(group: dist.ProcessGroup | None = None) -> ProcessGroupKaitian | None:
+    """The "kaitian" backend of `group` (default: the world), or None when it has none.
+
+    On torch with a Backend trampoline the group is torch's ProcessGroup and Kaitian's object is
+    its backend for the cpu device (or cuda, in "cpu:gloo,cuda:kaitian"); on older torch the
+    group is Kaitian's object itself.
+    """
+    pg = group if group is not None else dist.group.WORLD
+    if isinstance(pg, ProcessGroupKaitian):
+        return pg
+    for device in ("cpu", "cuda"):
+        try:
+            backend = pg._get_backend(torch.device(device))
+        except (RuntimeError, AttributeError):
+            continue
+        if isinstance(backend, ProcessGroupKaitian):
+            return backend
+    return None
 
 
 def create_process_group(store: dist.Store, rank: int, size: int, timeout: timedelta) -> ProcessGroupKaitian:

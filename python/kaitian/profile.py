@@ -50,9 +50,10 @@ def stage_times(group: dist.ProcessGroup | None = None) -> dict[str, float]:
 
     Empty when the group's backend is not "kaitian" or runs flat (one group on the engine alone).
     """
-    pg = group if group is not None else dist.group.WORLD
-    times = getattr(pg, "stage_times", None)  # a "kaitian" group is the ProcessGroupKaitian itself
-    return times.take() if isinstance(times, StageTimes) else {}
+    from .process_group import kaitian_backend  # process_group imports this module
+
+    backend = kaitian_backend(group)
+    return backend.stage_times.take() if backend is not None else {}
 
 
 def name_os_thread(name: str) -> None:

@@ -14,6 +14,7 @@ from datetime import timedelta
 
 import torch
 import torch.distributed as dist
+from kaitian import kaitian_backend
 from torch import nn
 
 DTYPES = [
@@ -225,7 +226,8 @@ def check_collectives(rank: int, size: int) -> int:
 
     # Refusals are clear errors raised at the call, not hangs; the backend's own checks are
     # reached directly too (torch's front end checks some arguments first, other callers do not).
-    backend = dist.group.WORLD
+    backend = kaitian_backend()
+    assert backend is not None
     for bad in (
         lambda: dist.all_reduce(torch.ones(2, dtype=torch.int16)),
         lambda: dist.all_reduce(torch.ones(2, dtype=torch.int32), op=dist.ReduceOp.BAND),
@@ -291,8 +293,9 @@ def train(
 
 
 def scenario_full(rank: int, size: int) -> dict[str, object]:
-    pg = dist.distributed_c10d._get_default_group()
-    groups = [(g.kind, g.backend, g.ranks) for g in pg.topology.groups]
+    backend = kaitian_backend()
+    assert backend is not None
+    groups = [(g.kind, g.backend, g.ranks) for g in backend.topology.groups]
     return {"groups": groups, "checks": check_collectives(rank, size), "grads": train(rank, size, ddp=True)}
 
 

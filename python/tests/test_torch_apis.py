@@ -1,0 +1,226 @@
+"""torch.distributed beyond DDP on "kaitian": FSDP2, DeviceMesh/DTensor, batched p2p, coalesced
+allgather, monitored_barrier, async checkpoints and subgroup teardown, each checked against a
+reference computed on every rank (or gloo's result in the same run).
+
+Ranks are spawned by ranks.run_ranks with this module's scenario functions.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+from kaitian import _native
+from kaitian.process_group import IS_BACKEND
+from ranks import assert_all_ok, run_ranks
+from torch import nn
+
+pytestmark = [
+    pytest.mark.skipif(
+        not any(p.is_file() for p in _native.library_candidates()), reason="libKaitianC.so is not built"
+    ),
+    pytest.mark.skipif(not IS_BACKEND, reason="this torch cannot subclass its C++ Backend from Python"),
+]
+
+SIZES = [0, 1, 7, 1021, 3 << 20]
+"""Elements per message: empty, one, odd, prime, and 12 MiB of float32 (above a shared-memory
+ring, so a ring exchange deadlocks unless sends and receives progress together)."""
+
+
+def ring_values(rank: int, n: int) -> torch.Tensor:
+    return torch.arange(n, dtype=torch.float32) + 1000 * rank
+
+
+def batch_ring(rank: int, size: int) -> int:
+    """batch_isend_irecv rings in both directions, send listed before receive on every rank."""
+    checks = 0
+    for n in SIZES:
+        right, left = (rank + 1) % size, (rank - 1) % size
+        to_right, from_left = ring_values(rank, n), torch.empty(n)
+        to_left, from_right = ring_values(rank, n) * 2, torch.empty(n)
+        ops = [
+            dist.P2POp(dist.isend, to_right, right),
+            dist.P2POp(dist.isend, to_left, left),
+            dist.P2POp(dist.irecv, from_left, left),
+            dist.P2POp(dist.irecv, from_right, right),
+        ]
+        for work in dist.batch_isend_irecv(ops):
+            work.wait()
+        assert torch.equal(from_left, ring_values(left, n)), f"n={n}: from rank {left}"
+        assert torch.equal(from_right, ring_values(right, n) * 2), f"n={n}: from rank {right}"
+        checks += 2
+    # A batched send matches a plain recv, and the reverse.
+    if rank == 0:
+        dist.batch_isend_irecv([dist.P2POp(dist.isend, torch.full((5,), 3.0), 1)])[0].wait()
+        got = torch.empty(5)
+        dist.recv(got, 1)
+        assert torch.equal(got, torch.full((5,), 4.0))
+    elif rank == 1:
+        got = torch.empty(5)
+        dist.recv(got, 0)
+        assert torch.equal(got, torch.full((5,), 3.0))
+        dist.batch_isend_irecv([dist.P2POp(dist.isend, torch.full((5,), 4.0), 0)])[0].wait()
+    dist.barrier()
+    return checks + 1
+
+
+def coalesced_allgather(rank: int, size: int) -> list[list[torch.Tensor]]:
+    """all_gather_coalesced of three tensors of different shapes (one empty), on kaitian and gloo."""
+    inputs = [torch.full((2, 3), float(rank)), torch.arange(5, dtype=torch.float32) * (rank + 1), torch.empty(0)]
+    results = []
+    for group in (None, dist.new_group(backend="gloo")):
+        outputs = [[torch.empty_like(t) for t in inputs] for _ in range(size)]
+        dist.all_gather_coalesced(outputs, inputs, group=group)
+        results.append(outputs)
+    for r in range(size):
+        for got, want in zip(results[0][r], results[1][r], strict=True):
+            assert torch.equal(got, want), f"rank {r}'s block differs from gloo's"
+    return results[0]
+
+
+def monitored(rank: int, size: int) -> dict[str, object]:
+    """A monitored_barrier every rank reaches, then one that rank 1 skips."""
+    dist.monitored_barrier(timeout=timedelta(seconds=10))
+    outcome: dict[str, object] = {"raised": False}
+    if rank != 1:
+        try:
+            dist.monitored_barrier(timeout=timedelta(seconds=2), wait_all_ranks=True)
+        except RuntimeError as error:
+            outcome = {"raised": True, "message": str(error)}
+    # Collectives still work afterwards: the barrier used the store, not the engine.
+    t = torch.ones(3)
+    dist.all_reduce(t)
+    outcome["sum"] = t.tolist()
+    return outcome
+
+
+def fsdp2(rank: int, size: int) -> list[torch.Tensor]:
+    """FSDP2 (fully_shard) trains to the parameters of full-batch training in one process."""
+    from torch.distributed.fsdp import fully_shard
+
+    model = tiny_model()
+    for layer in model:
+        if isinstance(layer, nn.Linear):
+            fully_shard(layer)
+    fully_shard(model)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    for step in range(3):
+        x, y = tiny_batch(step, 6 * size)
+        opt.zero_grad()
+        per = x.shape[0] // size
+        nn.functional.mse_loss(model(x[rank * per : (rank + 1) * per]), y[rank * per : (rank + 1) * per]).backward()
+        opt.step()
+    return [p.full_tensor().detach().clone() for p in model.parameters()]
+
+
+def tiny_model() -> nn.Sequential:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(7, 13), nn.Tanh(), nn.Linear(13, 3))
+
+
+def tiny_batch(step: int, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(step)
+    return torch.randn(n, 7, generator=g), torch.randn(n, 3, generator=g)
+
+
+def full_batch_parameters(size: int) -> list[torch.Tensor]:
+    model = tiny_model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    for step in range(3):
+        x, y = tiny_batch(step, 6 * size)
+        opt.zero_grad()
+        nn.functional.mse_loss(model(x), y).backward()
+        opt.step()
+    return [p.detach().clone() for p in model.parameters()]
+
+
+def dtensor(rank: int, size: int) -> dict[str, object]:
+    """A DeviceMesh over the kaitian world: shard, redistribute to replicated, reduce."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import Replicate, Shard, distribute_tensor
+
+    mesh = init_device_mesh("cpu", (size,))
+    full = torch.arange(6 * size * 5, dtype=torch.float32).reshape(6 * size, 5)
+    sharded = distribute_tensor(full, mesh, [Shard(0)])
+    assert torch.equal(sharded.to_local(), full.chunk(size)[rank])
+    replicated = sharded.redistribute(mesh, [Replicate()])
+    assert torch.equal(replicated.to_local(), full)
+    total = (sharded * 2).sum().full_tensor()
+    return {"total": total.item(), "mesh_backend": dist.get_backend(mesh.get_group())}
+
+
+def async_checkpoint(rank: int, size: int, directory: str) -> list[float]:
+    """dcp.async_save, then dcp.load into a fresh state dict (plain tensors are replicated: DCP
+    writes one copy, rank 0's, and every rank loads it)."""
+    import torch.distributed.checkpoint as dcp
+
+    state = {"w": torch.full((4,), 7.0), "shared": torch.arange(3, dtype=torch.float32)}
+    dcp.async_save(state, checkpoint_id=directory).result()
+    dist.barrier()
+    loaded = {"w": torch.empty(4), "shared": torch.empty(3)}
+    dcp.load(loaded, checkpoint_id=directory)
+    return loaded["w"].tolist() + loaded["shared"].tolist()
+
+
+def subgroup_teardown(rank: int, size: int) -> list[float]:
+    """new_group, a collective on it, destroy_process_group(subgroup), then the world still works."""
+    sub = dist.new_group([0, 1])
+    t = torch.full((2,), float(rank + 1))
+    if rank in (0, 1):
+        dist.all_reduce(t, group=sub)
+    dist.destroy_process_group(sub)
+    world = torch.ones(1)
+    dist.all_reduce(world)
+    return t.tolist() + world.tolist()
+
+
+@pytest.mark.parametrize("size", [2, 3])
+def test_batch_isend_irecv_rings_do_not_deadlock(size: int) -> None:
+    assert all(v == 2 * len(SIZES) + 1 for v in assert_all_ok(run_ranks(batch_ring, size, timeout=120), size))
+
+
+def test_all_gather_coalesced_matches_gloo() -> None:
+    values = assert_all_ok(run_ranks(coalesced_allgather, 3), 3)
+    for r in range(3):  # every rank holds rank r's inputs in block r
+        want = [torch.full((2, 3), float(r)), torch.arange(5, dtype=torch.float32) * (r + 1), torch.empty(0)]
+        for rank in range(3):
+            assert all(torch.equal(a, b) for a, b in zip(values[rank][r], want, strict=True)), f"rank {rank}, block {r}"
+
+
+def test_monitored_barrier_names_the_rank_that_did_not_come() -> None:
+    values = assert_all_ok(run_ranks(monitored, 3, timeout=60), 3)
+    assert values[0]["raised"] and re.search(r"\brank 1 failed to pass monitoredBarrier", values[0]["message"])
+    assert values[2]["raised"] and "rank 0 did not release" in values[2]["message"]
+    assert not values[1]["raised"]
+    assert all(v["sum"] == [3.0, 3.0, 3.0] for v in values)
+
+
+@pytest.mark.parametrize("size", [2, 3])
+def test_fsdp2_trains_as_full_batch_training(size: int) -> None:
+    values = assert_all_ok(run_ranks(fsdp2, size, timeout=120), size)
+    want = full_batch_parameters(size)
+    for rank, params in enumerate(values):
+        for i, (got, expected) in enumerate(zip(params, want, strict=True)):
+            torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6, msg=f"rank {rank} parameter {i}")
+            assert torch.equal(got, values[0][i]), f"rank {rank} parameter {i} differs from rank 0's"
+
+
+def test_device_mesh_and_dtensor() -> None:
+    size = 3
+    values = assert_all_ok(run_ranks(dtensor, size), size)
+    want = float(torch.arange(6 * size * 5, dtype=torch.float32).sum() * 2)
+    assert all(v == {"total": want, "mesh_backend": "kaitian"} for v in values)
+
+
+def test_async_checkpoint_round_trip(tmp_path: Path) -> None:
+    values = assert_all_ok(run_ranks(async_checkpoint, 2, args=(str(tmp_path / "ckpt"),)), 2)
+    assert values == [[7.0] * 4 + [0.0, 1.0, 2.0]] * 2
+
+
+def test_destroying_a_subgroup_leaves_the_world_working() -> None:
+    values = assert_all_ok(run_ranks(subgroup_teardown, 3), 3)
+    assert values == [[3.0, 3.0, 3.0], [3.0, 3.0, 3.0], [3.0, 3.0, 3.0]]
