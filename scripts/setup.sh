@@ -19,8 +19,8 @@ export PIP_NO_INPUT=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 log() { printf '==> %s\n' "$*"; }
 
 APT_PACKAGES=(redis-server iperf3 python3-venv iproute2 procps psmisc)
-PIP_PACKAGES=(torch torchvision numpy pytest scikit-learn matplotlib ruff)
-PIP_MODULES="torch, torchvision, numpy, pytest, sklearn, matplotlib"
+PIP_PACKAGES=(torch torchvision numpy pytest scikit-learn matplotlib ruff expecttest)
+PIP_MODULES="torch, torchvision, numpy, pytest, sklearn, matplotlib, expecttest"
 
 install_apt_packages() {
   local missing=() pkg
