@@ -99,6 +99,9 @@ public struct LocalProcessGroup {
 
   public var executable: String?
   public var graceSeconds = 3.0
+  /// The `kaitian` executable: when set, every member runs under its `LaunchGuard`, so members
+  /// end even when this process is killed with SIGKILL.
+  public var guardExecutable: String?
   public var onEvent: (Event) -> Void = { _ in }
   /// Asked on every turn of the supervision loop (about every 20 ms): returning true stops
   /// the members as an interruption does, for a reason outside this host (a multi-host
@@ -117,12 +120,18 @@ public struct LocalProcessGroup {
     defer { interrupts.uninstall() }
     let devNull = open("/dev/null", O_RDONLY | O_CLOEXEC)
     defer { close(devNull) }
+    // The lifeline of every member's guard: this process holds the only write end.
+    var lifeline: [Int32] = [-1, -1]
+    if guardExecutable != nil && !makePipe(&lifeline, nonBlocking: false) {
+      throw LaunchError("cannot create the members' lifeline pipe: \(Self.errorText(errno))")
+    }
+    defer { lifeline.filter { $0 >= 0 }.forEach { close($0) } }
 
     var running: [Running] = []
     defer { running.indices.forEach { running[$0].closeAll() } }
     for (index, member) in members.enumerated() {
       do {
-        running.append(try spawn(member, stdin: devNull))
+        running.append(try spawn(member, stdin: devNull, lifeline: lifeline[0]))
         onEvent(.started(member: index, pid: running[index].pid))
       } catch {
         for started in running { kill(-started.pid, SIGKILL) }
@@ -215,9 +224,19 @@ public struct LocalProcessGroup {
     return signal
   }
 
-  private func spawn(_ member: Member, stdin: Int32) throws(LaunchError) -> Running {
-    guard let program = member.executable ?? executable else {
+  private func spawn(_ member: Member, stdin: Int32, lifeline: Int32) throws(LaunchError)
+    -> Running
+  {
+    guard var program = member.executable ?? executable else {
       preconditionFailure("\(member.name): no executable for the member or the group")
+    }
+    var arguments = member.arguments
+    if let guardExecutable {
+      arguments = Array(
+        LaunchGuard.commandLine(
+          executable: guardExecutable, graceSeconds: graceSeconds, command: [program] + arguments
+        ).dropFirst())
+      program = guardExecutable
     }
     var environment = Self.currentEnvironment()
     for (key, value) in member.environment { environment[key] = value }
@@ -226,6 +245,9 @@ public struct LocalProcessGroup {
     posix_spawn_file_actions_init(&actions)
     defer { posix_spawn_file_actions_destroy(&actions) }
     posix_spawn_file_actions_adddup2(&actions, stdin, 0)
+    if guardExecutable != nil {
+      posix_spawn_file_actions_adddup2(&actions, lifeline, LaunchGuard.lifelineDescriptor)
+    }
     var running = Running(pid: 0, started: Self.now(), output: member.output)
     if let output = member.output {
       // Only the job's owner may read a rank's log (it can hold data and paths), and a link
@@ -264,7 +286,7 @@ public struct LocalProcessGroup {
     posix_spawnattr_setflags(
       &attributes, Int16(POSIX_SPAWN_SETPGROUP | POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF))
 
-    let argv = ([program] + member.arguments).map { strdup($0) } + [nil]
+    let argv = ([program] + arguments).map { strdup($0) } + [nil]
     let envp = environment.map { strdup("\($0.key)=\($0.value)") } + [nil]
     defer {
       argv.forEach { free($0) }

@@ -106,7 +106,9 @@ struct BenchCommand: ParsableCommand {
         ],
         environment: [JobToken.environmentVariable: token.stringValue])
     }
-    let outcome = try LocalProcessGroup(executable: currentExecutablePath()).run(members)
+    var supervisor = LocalProcessGroup(executable: currentExecutablePath())
+    supervisor.guardExecutable = currentExecutablePath()
+    let outcome = try supervisor.run(members)
     if let failure = outcome.firstFailure {
       throw LaunchError("kaitian bench: \(failure); see its messages above")
     }

@@ -16,6 +16,6 @@ struct KaitianCommand: ParsableCommand {
     version: KaitianVersion.string,
     subcommands: [
       BenchCommand.self, DevicesCommand.self, MonitorCommand.self, RunCommand.self,
-      StoreCommand.self,
+      StoreCommand.self, GuardCommand.self,
     ])
 }

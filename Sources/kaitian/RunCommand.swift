@@ -384,6 +384,7 @@ struct RunCommand: ParsableCommand {
       try FailureWatch(rendezvous: rendezvous, intervalSeconds: 0.25)
     }
     var supervisor = LocalProcessGroup(graceSeconds: graceSeconds)
+    supervisor.guardExecutable = currentExecutablePath()
     supervisor.onEvent = { event in
       switch event {
       case .started(let index, let pid):

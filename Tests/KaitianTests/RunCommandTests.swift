@@ -153,6 +153,25 @@ struct RunJobTests {
     #expect(KaitianProcess.noProcessMatches(marker))
   }
 
+  /// A launcher killed with SIGKILL cannot stop its workers itself: their guards do, when
+  /// the lifeline pipe the launcher held closes (see LaunchGuard).
+  @Test func workersEndWhenTheLauncherIsKilled() throws {
+    let marker = "kaitian-orphan-marker-\(getpid())"
+    let job = try KaitianProcess([
+      "--group", "cpu:2", "--grace-seconds", "1", "--",
+      "/bin/sh", "-c", "echo ready; sleep 30 # \(marker)",
+    ])
+    #expect(job.waitForOutput("ready", count: 2, seconds: 10))
+    #expect(!KaitianProcess.noProcessMatches(marker), "the workers should be running")
+    kill(job.pid, SIGKILL)
+    _ = job.wait(seconds: 10)
+    let deadline = ProcessJob.now() + 5
+    while !KaitianProcess.noProcessMatches(marker) && ProcessJob.now() < deadline {
+      usleep(100_000)
+    }
+    #expect(KaitianProcess.noProcessMatches(marker))
+  }
+
   /// cgroup CPU quotas need root and a cpu controller: v2's cpu.max or v1's cpu.cfs_quota_us.
   static let cgroupsWritable =
     getuid() == 0
