@@ -137,8 +137,9 @@ final class RedisConnection: Sendable {
         close()
         throw StoreError.foreign(
           .authenticationFailed,
-          "Redis at \(url.server) refused the password of the store URL (\(message)); put the "
-            + "server's requirepass in the URL as redis://:PASSWORD@\(url.server)")
+          "Redis at \(url.server) refused the password (\(message)); set "
+            + "\(RedisURL.passwordVariable) (or \(RedisURL.passwordFileVariable) to a file) to "
+            + "the server's requirepass")
       }
     }
     if url.database != 0 {
@@ -157,8 +158,9 @@ final class RedisConnection: Sendable {
       if case .error(let message) = reply, message.hasPrefix("NOAUTH") {
         throw StoreError.foreign(
           .authenticationFailed,
-          "Redis at \(url.server) needs a password (\(message)); give it in the store URL as "
-            + "redis://:PASSWORD@\(url.server)")
+          "Redis at \(url.server) needs a password (\(message)); set "
+            + "\(RedisURL.passwordVariable) (or \(RedisURL.passwordFileVariable) to a file "
+            + "holding it), or give it in the store URL as redis://:PASSWORD@\(url.server)")
       }
       throw StoreError.foreign(
         .protocolViolation,

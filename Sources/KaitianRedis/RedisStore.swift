@@ -59,6 +59,8 @@ public final class RedisStore: KeyValueStore {
     guard jobTTL >= .milliseconds(1) else {
       throw .foreign(.invalidArgument, "the job TTL \(jobTTL) must be at least 1 ms")
     }
+    var url = url
+    if url.password == nil { url.password = try RedisURL.passwordFromEnvironment() }
     let connection = try RedisConnection.open(
       url, limits: limits, connectTimeout: connectTimeout, operationTimeout: operationTimeout)
     self.url = url

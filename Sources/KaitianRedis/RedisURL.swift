@@ -1,3 +1,4 @@
+import Glibc
 import KaitianStore
 
 /// Where a Redis server is and how to log in: `redis://[[user]:password@]host[:port][/db]`.
@@ -89,5 +90,37 @@ public struct RedisURL: Sendable, Equatable, CustomStringConvertible {
 extension Substring {
   fileprivate var trimmingBrackets: Substring {
     hasPrefix("[") && hasSuffix("]") ? dropFirst().dropLast() : self
+  }
+}
+
+extension RedisURL {
+  /// Environment variable holding the Redis password, for URLs without one.
+  public static let passwordVariable = "REDIS_PASSWORD"
+  /// Environment variable naming a file that holds the Redis password.
+  public static let passwordFileVariable = "REDIS_PASSWORD_FILE"
+
+  /// The password for a Redis URL that has none: REDIS_PASSWORD, else the file named by
+  /// REDIS_PASSWORD_FILE, else nil. Why: a password written in the URL on a command line is
+  /// shown by `ps` to every user of the host; the environment and a mode-0600 file are not.
+  public static func passwordFromEnvironment() throws(StoreError) -> String? {
+    if let value = getenv(passwordVariable), value.pointee != 0 { return String(cString: value) }
+    guard let value = getenv(passwordFileVariable), value.pointee != 0 else { return nil }
+    let path = String(cString: value)
+    do throws(SecretFile.Failure) {
+      return try SecretFile.read(path, what: "Redis password")
+    } catch {
+      switch error {
+      case .unreadable(let code):
+        throw .foreign(
+          .invalidArgument,
+          "cannot read the Redis password file (\(passwordFileVariable)=\(path)): "
+            + "\(SocketError.errnoDescription(code))")
+      case .tooLarge:
+        throw .foreign(
+          .invalidArgument,
+          "the Redis password file (\(passwordFileVariable)=\(path)) is larger than "
+            + "\(SecretFile.maximumBytes) bytes; it should hold only the password")
+      }
+    }
   }
 }

@@ -63,6 +63,13 @@ final class JobStore {
   ) throws -> JobStore {
     if let option {
       let url = try parse(option)
+      if url.password != nil {
+        Log.warn(
+          "run",
+          "the Redis password in --store is visible to every user of this host (ps "
+            + "shows command lines); set \(RedisURL.passwordVariable) or "
+            + "\(RedisURL.passwordFileVariable) instead")
+      }
       let prefix = RedisStore.prefix(jobID: jobID)
       let redis = try RedisStore(url: url, prefix: prefix, connectTimeout: .seconds(10))
       return JobStore(

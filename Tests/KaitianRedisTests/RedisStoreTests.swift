@@ -143,6 +143,26 @@ struct RedisStoreTests {
     }
     #expect(none?.code == .authenticationFailed)
     #expect(none?.description.contains("needs a password") == true)
+
+    // Kept off the command line: REDIS_PASSWORD, else a file named by REDIS_PASSWORD_FILE.
+    // (In this test, not its own: the environment is the whole test process's.)
+    setenv(RedisURL.passwordVariable, "s3cret", 1)
+    defer { unsetenv(RedisURL.passwordVariable) }
+    #expect(try connect("redis://127.0.0.1:\(server.port)").tryGet(key: "k") == [1])
+    unsetenv(RedisURL.passwordVariable)
+    let path = "/tmp/kaitian-redis-password-\(getpid())"
+    defer { unlink(path) }
+    let descriptor = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0o600)
+    _ = write(descriptor, "s3cret\n", 7)
+    close(descriptor)
+    setenv(RedisURL.passwordFileVariable, path, 1)
+    defer { unsetenv(RedisURL.passwordFileVariable) }
+    #expect(try connect("redis://127.0.0.1:\(server.port)").tryGet(key: "k") == [1])
+    setenv(RedisURL.passwordFileVariable, "/nonexistent/kaitian-password", 1)
+    let unreadable = #expect(throws: StoreError.self) {
+      try connect("redis://127.0.0.1:\(server.port)")
+    }
+    #expect(unreadable?.description.contains("REDIS_PASSWORD_FILE=/nonexistent") == true)
   }
 
   @Test func killedMidWaitFailsWithinTheTimeoutAndSaysRestarted() throws {

@@ -124,11 +124,11 @@ private func bytes(hex text: String) -> [UInt8] {
   }
 
   @Test func tokenFilesOthersCanReadAreNamed() {
-    #expect(JobToken.exposureWarning(path: "/t", mode: 0o100600) == nil)
-    #expect(JobToken.exposureWarning(path: "/t", mode: 0o100400) == nil)
-    let warning = JobToken.exposureWarning(path: "/t", mode: 0o100644)
+    #expect(SecretFile.exposureWarning(path: "/t", mode: 0o100600, what: "job token") == nil)
+    #expect(SecretFile.exposureWarning(path: "/t", mode: 0o100400, what: "job token") == nil)
+    let warning = SecretFile.exposureWarning(path: "/t", mode: 0o100644, what: "job token")
     #expect(warning?.contains("has mode 0644") == true && warning?.contains("chmod 600 /t") == true)
-    #expect(JobToken.exposureWarning(path: "/t", mode: 0o100640) != nil)
+    #expect(SecretFile.exposureWarning(path: "/t", mode: 0o100640, what: "job token") != nil)
   }
 }
 

@@ -11,8 +11,6 @@ public struct JobToken: Sendable, CustomStringConvertible {
   public static let environmentVariable = "KAITIAN_TOKEN"
   /// Environment variable holding the path of a file whose content is the token.
   public static let fileEnvironmentVariable = "KAITIAN_TOKEN_FILE"
-  /// Token files are small; the cap stops a mistaken path such as /dev/zero from hanging.
-  static let maxFileSize = 64 * 1024
   /// The shortest token accepted, in bytes. Why: the handshake's HMAC is only as strong as the
   /// key, and a short or guessable word ("secret", "test") can be found by trying the common
   /// ones against a captured handshake. 16 bytes of random hex is 64 bits; generated tokens
@@ -61,7 +59,7 @@ public struct JobToken: Sendable, CustomStringConvertible {
     }
     if let path = environment(fileEnvironmentVariable) {
       let origin = "\(fileEnvironmentVariable)=\(path)"
-      return try JobToken(trimmingWhitespace(try readFile(path, origin: origin)), origin: origin)
+      return try JobToken(try readFile(path, origin: origin), origin: origin)
     }
     return nil
   }
@@ -80,43 +78,14 @@ public struct JobToken: Sendable, CustomStringConvertible {
   }
 
   private static func readFile(_ path: String, origin: String) throws(JobTokenError) -> String {
-    let descriptor = open(path, O_RDONLY | O_CLOEXEC)
-    guard descriptor >= 0 else { throw .unreadable(origin, errno: errno) }
-    defer { close(descriptor) }
-    var status = stat()
-    if fstat(descriptor, &status) == 0,
-      let warning = exposureWarning(path: path, mode: status.st_mode)
-    {
-      Log.warn("token", warning)
+    do throws(SecretFile.Failure) {
+      return try SecretFile.read(path, what: "job token")
+    } catch {
+      switch error {
+      case .unreadable(let code): throw .unreadable(origin, errno: code)
+      case .tooLarge: throw .tooLarge(origin)
+      }
     }
-    var contents: [UInt8] = []
-    var chunk = [UInt8](repeating: 0, count: 4096)
-    while contents.count <= maxFileSize {
-      let (count, error) = retryingInterrupts { read(descriptor, &chunk, chunk.count) }
-      if let error { throw .unreadable(origin, errno: error) }
-      if count == 0 { return String(decoding: contents, as: UTF8.self) }
-      contents += chunk[..<count]
-    }
-    throw .tooLarge(origin)
-  }
-
-  /// The warning for a token file that users other than its owner may read, or nil. Why only
-  /// a warning: on a shared file system the file may be readable by a group on purpose (one
-  /// token for a team's jobs); the user should know, not be stopped.
-  static func exposureWarning(path: String, mode: mode_t) -> String? {
-    let exposed = mode & 0o077
-    guard exposed != 0 else { return nil }
-    let octal = String(mode & 0o777, radix: 8)
-    return "the job token file \(path) has mode 0\(octal): users other than its owner can read the "
-      + "token and join or disrupt the job; run chmod 600 \(path)"
-  }
-
-  private static func trimmingWhitespace(_ text: String) -> String {
-    let isSpace: (Character) -> Bool = { $0.isWhitespace }
-    guard let first = text.firstIndex(where: { !isSpace($0) }),
-      let last = text.lastIndex(where: { !isSpace($0) })
-    else { return "" }
-    return String(text[first...last])
   }
 }
 
@@ -171,7 +140,7 @@ public struct JobTokenError: Error, CustomStringConvertible, Sendable {
   static func tooLarge(_ origin: String) -> JobTokenError {
     JobTokenError(
       code: .tooLarge,
-      description: "the job token file (\(origin)) is larger than \(JobToken.maxFileSize) "
+      description: "the job token file (\(origin)) is larger than \(SecretFile.maximumBytes) "
         + "bytes; it should hold only the token")
   }
 }
