@@ -218,8 +218,9 @@ FIGURE2_ON_MOBILENET = (
     "Figure 2 on the paper's model (MobileNetV2 on the digits at 3x32x32, with test accuracy), under "
     "both stand-ins (CPU quotas, and emulated devices whose communication threads are not "
     "throttled), in alternated runs with medians, spreads and a per-stage breakdown of the hybrid "
-    "step: [HYBRID-GAIN.md](HYBRID-GAIN.md) at global batch 64 and "
-    "[HYBRID-GAIN-batch128.md](HYBRID-GAIN-batch128.md) at 128 (`bench/hybrid_gain.py`)."
+    "step: [HYBRID-GAIN.md](HYBRID-GAIN.md) at global batch 64, "
+    "[HYBRID-GAIN-batch128.md](HYBRID-GAIN-batch128.md) at 128 and, CPU quotas only, "
+    "[HYBRID-GAIN-batch256.md](HYBRID-GAIN-batch256.md) at 256 (`bench/hybrid_gain.py`)."
 )
 
 
