@@ -75,6 +75,29 @@ func checkSemantics(_ store: some KeyValueStore) throws {
     #expect(leader.count == 1 && leader[0] < 8)
   }
 
+  /// Keys and values count against the quota; writes that would pass it fail and change
+  /// nothing, while overwrites that shrink, deletes and counters within it still work.
+  @Test func quotaOnStoredBytes() throws {
+    let store = InMemoryStore(maxStoredBytes: 100)
+    try store.set(key: "a", value: [UInt8](repeating: 1, count: 60))  // 61 bytes
+    let error = #expect(throws: StoreError.self) {
+      try store.set(key: "b", value: [UInt8](repeating: 2, count: 40))  // 102 in all
+    }
+    #expect(error?.code == .valueTooLarge)
+    #expect(error?.description.contains("quota of 100 bytes") == true, "\(error!)")
+    #expect(try store.tryGet(key: "b") == nil)
+    #expect(throws: StoreError.self) {
+      _ = try store.compareAndSet(
+        key: "c", expected: nil, desired: [UInt8](repeating: 0, count: 50))
+    }
+    try store.set(key: "a", value: [1])  // shrinks to 2 bytes
+    _ = try store.add(key: "n", delta: 12)  // 3 bytes
+    try store.set(key: "b", value: [UInt8](repeating: 2, count: 90))  // 2 + 3 + 91 = 96
+    #expect(throws: StoreError.self) { try store.set(key: "d", value: [1, 2, 3, 4]) }
+    #expect(try store.delete(key: "b"))
+    try store.set(key: "d", value: [1, 2, 3, 4])
+  }
+
   @Test func shutDownReleasesWaiters() throws {
     let store = InMemoryStore()
     let stopper = try OSThread.spawn(name: "stopper") {

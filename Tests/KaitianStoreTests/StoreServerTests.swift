@@ -84,6 +84,25 @@ private func expectClosed(_ socket: TCPSocket, within: Duration) {
     #expect(try waiter.tryGet(key: "late") == [5])  // The connection survives a timeout.
   }
 
+  /// The server's quota on stored bytes reaches clients as a clear error; the store goes on.
+  @Test func storedBytesQuota() throws {
+    var limits = testLimits
+    limits.maxStoredBytes = 4096
+    let running = try Running(limits: limits)
+    defer { running.server.stop() }
+    let client = try running.client()
+    for index in 0..<3 {
+      try client.set(key: "k\(index)", value: [UInt8](repeating: 0, count: 1000))
+    }
+    let error = #expect(throws: StoreError.self) {
+      try client.set(key: "k3", value: [UInt8](repeating: 0, count: 1200))
+    }
+    #expect(error?.code == .valueTooLarge)
+    #expect(error?.description.contains("quota of 4096 bytes") == true, "\(error!)")
+    #expect(try client.delete(key: "k0"))
+    try client.set(key: "k3", value: [UInt8](repeating: 0, count: 1200))
+  }
+
   @Test func clientSideLimits() throws {
     let running = try Running()
     defer { running.server.stop() }

@@ -113,6 +113,15 @@ public struct StoreError: Error, CustomStringConvertible, Sendable, Equatable {
         + "StoreWireLimits.maxFrameSize on server and clients")
   }
 
+  static func quotaExceeded(key: String, stored: Int, after: Int, quota: Int) -> StoreError {
+    StoreError(
+      .valueTooLarge,
+      "storing key '\(key)' would make the store hold \(after) bytes of keys and values (it "
+        + "holds \(stored)), over its quota of \(quota) bytes; a job's rendezvous needs far "
+        + "less, so a client is writing more than rendezvous data (raise "
+        + "StoreServerLimits.maxStoredBytes if that is intended)")
+  }
+
   static func invalidArgument(_ detail: String) -> StoreError {
     StoreError(.invalidArgument, detail)
   }

@@ -18,11 +18,15 @@ public struct StoreServerLimits: Sendable, Equatable {
   public var responseTimeout: Duration
   /// Frame, key and wait sizes; clients should use the same values.
   public var wire: StoreWireLimits
+  /// Bytes of keys and values held at once (see `InMemoryStore.maxStoredBytes`). 256 MiB: a
+  /// rendezvous of thousands of ranks stores a few MiB.
+  public var maxStoredBytes: Int
 
   public init(
     maxConnections: Int = 1024, maxUnauthenticated: Int = 64,
     maxUnauthenticatedPerAddress: Int = 16, handshakeTimeout: Duration = .seconds(2),
-    responseTimeout: Duration = .seconds(30), wire: StoreWireLimits = .default
+    responseTimeout: Duration = .seconds(30), wire: StoreWireLimits = .default,
+    maxStoredBytes: Int = 256 << 20
   ) {
     precondition(maxConnections > 0, "maxConnections must be positive")
     precondition(
@@ -34,6 +38,7 @@ public struct StoreServerLimits: Sendable, Equatable {
     self.handshakeTimeout = handshakeTimeout
     self.responseTimeout = responseTimeout
     self.wire = wire
+    self.maxStoredBytes = maxStoredBytes
   }
 
   public static let `default` = StoreServerLimits()
@@ -69,7 +74,7 @@ public final class StoreServer: Sendable {
   private let token: JobToken
   private let limits: StoreServerLimits
   /// The data; its `shutDown` releases clients blocked in `get` or `wait`.
-  private let store = InMemoryStore()
+  private let store: InMemoryStore
   private let state = ConditionLock(State())
 
   /// - Parameters:
@@ -83,6 +88,7 @@ public final class StoreServer: Sendable {
     self.requestedPort = port
     self.token = token
     self.limits = limits
+    self.store = InMemoryStore(maxStoredBytes: limits.maxStoredBytes)
   }
 
   deinit {
