@@ -1106,9 +1106,17 @@ class ProcessGroupKaitian(_BASE):  # type: ignore[misc, valid-type]
         # init_process_group in this process serves a new one on the same port, which the other
         # ranks must not find the old one answering on.
         self._intra = self._intra_gather = None
-        if self._rank != 0:
+        if self._rank != 0 and self._is_default_group():
             self._await_store_server_gone()
         self._store = None
+
+    def _is_default_group(self) -> bool:
+        """Whether this is the default group's backend (a subgroup's teardown leaves the store up)."""
+        try:
+            default = dist.distributed_c10d._get_default_group()
+        except (RuntimeError, ValueError):
+            return False
+        return kaitian_backend(default) is self
 
     STORE_CLOSE_WAIT_SECONDS = 2.0
 
