@@ -36,12 +36,12 @@ public enum LaunchGuard {
     }
     let worker = getpid()
     let watcher = fork()
-    if watcher < 0 { fail("cannot fork the watcher: \(errorText(errno))") }
+    if watcher < 0 { fail("cannot fork the watcher: \(LocalProcessGroup.errorText(errno))") }
     if watcher == 0 { watch(lifeline: lifeline, worker: worker, graceSeconds: graceSeconds) }
     close(lifeline)
     let argv = command.map { strdup($0) } + [nil]
     execvp(program, argv)
-    fail("cannot start \(program): \(errorText(errno))")
+    fail("cannot start \(program): \(LocalProcessGroup.errorText(errno))")
   }
 
   /// The watcher's life: wait for the lifeline to close or the worker to go. Only calls that
@@ -69,6 +69,4 @@ public enum LaunchGuard {
     _ = line.withUnsafeBytes { write(STDERR_FILENO, $0.baseAddress, $0.count) }
     exit(127)
   }
-
-  private static func errorText(_ code: Int32) -> String { String(cString: strerror(code)) }
 }

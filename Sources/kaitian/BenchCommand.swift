@@ -106,8 +106,9 @@ struct BenchCommand: ParsableCommand {
         ],
         environment: [JobToken.environmentVariable: token.stringValue])
     }
-    var supervisor = LocalProcessGroup(executable: currentExecutablePath())
-    supervisor.guardExecutable = currentExecutablePath()
+    let kaitian = currentExecutablePath()
+    var supervisor = LocalProcessGroup(executable: kaitian)
+    supervisor.guardExecutable = kaitian
     let outcome = try supervisor.run(members)
     if let failure = outcome.firstFailure {
       throw LaunchError("kaitian bench: \(failure); see its messages above")

@@ -1000,10 +1000,10 @@ class ProcessGroupKaitian(_BASE):  # type: ignore[misc, valid-type]
         self._checks.one_per_rank("allgather_coalesced", "the output list", output_lists)
         counts = [t.numel() for t in inputs]
         for r, outputs in enumerate(output_lists):
-            if [t.numel() for t in outputs] != counts:
+            if (sizes := [t.numel() for t in outputs]) != counts:
                 raise ValueError(
                     f"kaitian: rank {self._rank}: allgather_coalesced: output list {r} has tensors of "
-                    f"{[t.numel() for t in outputs]} elements, the inputs have {counts}"
+                    f"{sizes} elements, the inputs have {counts}"
                 )
             for out in outputs:
                 self._checks.same_dtype("allgather_coalesced", inputs[0], [out])

@@ -26,6 +26,17 @@ public final class Communicator: @unchecked Sendable {
     var collective: UInt64 = 0
     var sent: [UInt64]
     var received: [UInt64]
+
+    /// The next number of a send to (or receive from) `peer`: each peer and direction counts
+    /// on its own, so a send matches the peer's receive of the same number.
+    mutating func nextPointToPoint(peer: Int, sending: Bool) -> UInt64 {
+      if sending {
+        sent[peer] += 1
+        return sent[peer]
+      }
+      received[peer] += 1
+      return received[peer]
+    }
   }
 
   /// Joins the group: publishes this rank in `store`, connects to every peer (authenticated
@@ -127,14 +138,7 @@ public final class Communicator: @unchecked Sendable {
     _ call: CallDescription, peer: Int, sending: Bool,
     _ body: @escaping (CallContext) throws(KaitianError) -> Void
   ) -> Work {
-    let sequence = sequences.withLock { state -> UInt64 in
-      if sending {
-        state.sent[peer] += 1
-        return state.sent[peer]
-      }
-      state.received[peer] += 1
-      return state.received[peer]
-    }
+    let sequence = sequences.withLock { $0.nextPointToPoint(peer: peer, sending: sending) }
     return submit(
       call, key: CallKey(stream: .pointToPoint, sequence: sequence), sequence: sequence, body)
   }
@@ -148,15 +152,8 @@ public final class Communicator: @unchecked Sendable {
   func submitPointToPointBatch(
     _ operations: [(call: CallDescription, peer: Int, sending: Bool, transfer: Transfer)]
   ) -> Work {
-    let sequences = self.sequences.withLock { state -> [UInt64] in
-      operations.map { operation in
-        if operation.sending {
-          state.sent[operation.peer] += 1
-          return state.sent[operation.peer]
-        }
-        state.received[operation.peer] += 1
-        return state.received[operation.peer]
-      }
+    let sequences = self.sequences.withLock { state in
+      operations.map { state.nextPointToPoint(peer: $0.peer, sending: $0.sending) }
     }
     let sends = operations.count { $0.sending }
     let name = "send/recv batch (\(sends) send(s), \(operations.count - sends) receive(s))"
@@ -176,7 +173,10 @@ public final class Communicator: @unchecked Sendable {
       if wave == waves.count { waves.append([]) }
       waves[wave].append(index)
     }
-    let driver = makeContext(CallDescription(kind: .sendRecv), key: nil, sequence: 0, name: name)
+    // Drives the operations' transfers (their deadline, their errors' name); sends no tag itself.
+    let driver = makeContext(
+      CallDescription(kind: .sendRecv), key: CallKey(stream: .pointToPoint, sequence: 0),
+      sequence: 0, name: name)
     engine.submit(
       QueuedCall(work: work) { [unowned self] () throws(KaitianError) in
         do throws(KaitianError) {
@@ -230,9 +230,9 @@ public final class Communicator: @unchecked Sendable {
   }
 
   /// What builds a call's context on the engine thread, when the call starts (its deadline
-  /// counts from then). `key` nil: a context that only drives other calls' transfers.
+  /// counts from then).
   private func makeContext(
-    _ call: CallDescription, key: CallKey?, sequence: UInt64, name: String
+    _ call: CallDescription, key: CallKey, sequence: UInt64, name: String
   ) -> () -> CallContext {
     let header = OpHeader(
       kind: call.kind, sequence: sequence, dataType: call.dataType, op: call.op,
@@ -240,7 +240,7 @@ public final class Communicator: @unchecked Sendable {
     return { [unowned self] in
       CallContext(
         rank: rank, size: size, name: name, links: mesh.links,
-        key: key ?? CallKey(stream: .pointToPoint, sequence: 0), header: header,
+        key: key, header: header,
         sendAux: call.sendAux, receiveAux: call.receiveAux,
         timeoutSeconds: options.timeoutSeconds,
         spinNanoseconds: Int64(options.spinMicroseconds) * 1000, health: health,

@@ -63,8 +63,8 @@ public final class InMemoryStore: KeyValueStore {
   public func add(key: String, delta: Int64) throws(StoreError) -> Int64 {
     try mutate { values, stored throws(StoreError) in
       var current: Int64 = 0
-      if let stored = values[key] {
-        guard let parsed = Int64(String(decoding: stored, as: UTF8.self)) else {
+      if let existing = values[key] {
+        guard let parsed = Int64(String(decoding: existing, as: UTF8.self)) else {
           throw .invalidArgument(
             "store key '\(key)' holds a value that is not a decimal integer, so add() cannot "
               + "use it as a counter; use a separate key for counters")
