@@ -25,7 +25,15 @@ def trace(rank: int, kind: str, batch: int, compute: float, step: float) -> dict
 
 
 def result(rate: float, traces: list[dict[str, Any]]) -> dict[str, Any]:
-    return {"samples_per_second": rate, "seconds": 10.0, "accuracy": 0.9, "final_plan": [1], "traces": traces}
+    return {
+        "samples_per_second": rate,
+        "seconds": 10.0,
+        "accuracy": 0.9,
+        "final_plan": [1],
+        "traces": traces,
+        "job_seconds": 20.0 + 1000.0 / max(rate, 1.0),
+        "startup_seconds": {"to first step": 20.0},
+    }
 
 
 def one_round(both_rate: float) -> dict[str, dict[str, Any]]:
@@ -61,7 +69,15 @@ def test_report_names_the_stand_ins_and_breaks_the_step_down() -> None:
     text = gain.markdown(reports, raw, args, "measured now")
     assert "EMULATED" in text and "Hurts Kaitian" in text and "May favour Kaitian" in text
     assert "relay between groups 10.0" in text and "kt-hybrid1 0.5 s" in text
-    assert text.count("| emulated |") == 1 and text.count("| quota |") == 1
+    assert text.count("| emulated |") == 2 and text.count("| quota |") == 2, "throughput and end-to-end rows"
+    assert "| quota | 30 (30-30) (20 (20-20)) | 30.8 (30.5-31.1) (20 (20-20)) | 0.974 (0.964-0.983) |" in text
+
+
+def test_end_to_end_is_absent_from_older_runs() -> None:
+    older = one_round(90.0)
+    for config in older.values():
+        config.pop("job_seconds")
+    assert gain.end_to_end_lines([gain.mode_report("quota", [older])]) == []
 
 
 def test_arguments() -> None:

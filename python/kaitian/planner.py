@@ -229,8 +229,8 @@ def measure_speed(
     model: nn.Module,
     sample_batch: tuple[torch.Tensor, ...] | list[torch.Tensor],
     loss_fn: Callable[..., torch.Tensor],
-    steps: int = 10,
-    warmup: int = 2,
+    steps: int = 3,
+    warmup: int = 1,
     min_seconds: float = 0.5,
 ) -> float:
     """This rank's compute seconds per sample for the user's own model: forward, loss, backward.
@@ -241,6 +241,12 @@ def measure_speed(
     because CPU quotas (cgroup periods of 100 ms) and clock boosts make short steps lie. Nothing
     collective runs (pass the plain module, or call this before wrapping it in DDP), and the
     model is left as found: gradients and buffers (BatchNorm statistics) are restored.
+
+    Why so few steps by default: a job's first step waits for its slowest rank's measurement. At a
+    quarter of a core, 10 timed steps of MobileNetV2 (the old default) took 41 of a hybrid job's
+    85 s start-up; `min_seconds` still keeps a fast rank's window long, one untimed step per batch
+    size covers kernel selection and the allocator, and the online balancer re-measures while
+    training anyway.
     """
     inputs, targets = sample_batch[0], sample_batch[1]
     if len(inputs) == 0:
@@ -263,8 +269,8 @@ def measure_cost(
     model: nn.Module,
     sample_batch: tuple[torch.Tensor, ...] | list[torch.Tensor],
     loss_fn: Callable[..., torch.Tensor],
-    steps: int = 10,
-    warmup: int = 2,
+    steps: int = 3,
+    warmup: int = 1,
     min_seconds: float = 0.5,
 ) -> StepCost:
     """This rank's step cost as a fixed part and a part per sample (see plan_batches' fixed_seconds).
@@ -378,8 +384,8 @@ def measure_plan(
     mode: str = "fixed-global",
     max_batch: int | None = None,
     group: dist.ProcessGroup | None = None,
-    steps: int = 10,
-    warmup: int = 2,
+    steps: int = 3,
+    warmup: int = 1,
     min_seconds: float = 0.5,
 ) -> MeasuredPlan:
     """Measures this rank (measure_cost), gathers every rank's figures, plans from them.
