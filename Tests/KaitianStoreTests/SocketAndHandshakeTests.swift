@@ -196,6 +196,77 @@ import Testing
     #expect(try serverError(afterChallengeSending: [])?.code == .timedOut)
   }
 
+  /// A fake server that speaks the protocol without the token: it sends a challenge, records
+  /// the client's response (80 bytes for purpose "test" and an empty hello), accepts, and
+  /// answers with `serverMAC(response)`. Returns the client's error and the recorded response.
+  func clientAgainstImpostor(
+    serverMAC: @escaping @Sendable ([UInt8]) -> [UInt8]
+  ) throws -> (HandshakeError?, [UInt8]) {
+    let listener = try TCPSocket.listen(host: "127.0.0.1", port: 0)
+    let recorded = ConditionLock<[UInt8]>([])
+    let server = try OSThread.spawn(name: "impostor") {
+      guard let peer = try? listener.accept(deadline: .after(.seconds(5))) else { return }
+      var challenge = Handshake.magic
+      challenge.appendBigEndian(Handshake.protocolVersion)
+      challenge += [UInt8](repeating: 7, count: 32)
+      try? peer.writeAll(challenge, deadline: .after(.seconds(2)))
+      guard let response = try? peer.readExactly(80, deadline: .after(.seconds(2))) else { return }
+      recorded.withLock { $0 = response }
+      try? peer.writeAll([0] + serverMAC(response), deadline: .after(.seconds(2)))
+    }
+    let socket = try TCPSocket.connect(
+      host: "127.0.0.1", port: listener.localPort, deadline: .after(.seconds(5)))
+    let token = try JobToken("the-real-job-token-0123")
+    var clientError: HandshakeError?
+    do throws(HandshakeError) {
+      try Handshake.performAsClient(
+        on: socket, token: token, purpose: "test", deadline: .after(.seconds(2)))
+    } catch {
+      clientError = error
+    }
+    server.join()
+    return (clientError, recorded.withLock { $0 })
+  }
+
+  /// A server without the token cannot pass as one: its MAC is wrong.
+  @Test func clientRejectsAnImpostorServer() throws {
+    let (error, _) = try clientAgainstImpostor { _ in [UInt8](repeating: 0xAB, count: 32) }
+    #expect(error?.code == .serverNotAuthenticated, "\(String(describing: error))")
+  }
+
+  /// Sending the client's own MAC back as the server's proof fails: the two MACs are over
+  /// different labels ("client", "server") and nonce orders.
+  @Test func clientRejectsItsOwnMACReflected() throws {
+    let (error, response) = try clientAgainstImpostor { response in Array(response[39..<71]) }
+    #expect(response.count == 80)
+    #expect(error?.code == .serverNotAuthenticated, "\(String(describing: error))")
+  }
+
+  /// A genuine client's response, recorded by an impostor and replayed to the real server,
+  /// fails: it answers another challenge's nonce.
+  @Test func aReplayedResponseIsRejected() throws {
+    let (_, response) = try clientAgainstImpostor { _ in [UInt8](repeating: 0, count: 32) }
+    #expect(response.count == 80)
+    let listener = try TCPSocket.listen(host: "127.0.0.1", port: 0)
+    let result = ConditionLock<HandshakeError?>(nil)
+    let token = try JobToken("the-real-job-token-0123")
+    let server = try OSThread.spawn(name: "hs server") {
+      guard let peer = try? listener.accept(deadline: .after(.seconds(5))) else { return }
+      do throws(HandshakeError) {
+        _ = try Handshake.performAsServer(
+          on: peer, token: token, purpose: "test", deadline: .after(.seconds(2)))
+      } catch {
+        result.withLock { $0 = error }
+      }
+    }
+    let socket = try TCPSocket.connect(
+      host: "127.0.0.1", port: listener.localPort, deadline: .after(.seconds(5)))
+    _ = try socket.readExactly(38, deadline: .after(.seconds(2)))
+    try socket.writeAll(response, deadline: .after(.seconds(2)))
+    server.join()
+    #expect(result.withLock { $0 }?.code == .tokenMismatch)
+  }
+
   @Test func clientRejectsANonKaitianServer() throws {
     let listener = try TCPSocket.listen(host: "127.0.0.1", port: 0)
     let server = try OSThread.spawn(name: "fake server") {

@@ -1,4 +1,5 @@
 import Glibc
+import KaitianStore
 import Synchronization
 import Testing
 
@@ -160,5 +161,26 @@ import Testing
       try comm.barrier().wait()
     }
     #expect(outcomes.allSatisfy { $0 == nil }, "\(outcomes)")
+  }
+
+  /// Someone who can write the store but lacks the job token publishes rank 1's endpoint
+  /// (pointing at a socket of theirs): rank 0 refuses it at once instead of connecting.
+  @Test func aForgedEndpointInTheStoreIsRefused() throws {
+    let store = InMemoryStore()
+    let impostor = PeerEndpoint(
+      host: "127.0.0.1", port: 9, hostIdentity: "host-1", processID: getpid())
+    try store.set(key: "forged/endpoint/1", value: impostor.encoded)
+    let start = ContinuousClock.now
+    let error = #expect(throws: KaitianError.self) {
+      _ = try Communicator(
+        store: store, rank: 0, size: 2, token: RankHarness.token,
+        options: CommunicatorOptions(
+          hostIdentity: "host-0", timeoutSeconds: 10, advertisedHost: "127.0.0.1",
+          storePrefix: "forged"))
+    }
+    #expect(
+      error?.description.contains("'forged/endpoint/1' failed its job-token check") == true,
+      "\(String(describing: error))")
+    #expect(ContinuousClock.now - start < .seconds(5), "refused, not timed out")
   }
 }

@@ -4,8 +4,9 @@
 
 Scenarios: random SIGKILLs of a `kaitian run` training job (kill_random.py), link cuts and
 degraded links between two network namespaces (netfaults.py), a soak of random checked
-collectives on heterogeneous groups (soak.py), and bad input against a running job's ports
-(probe.py). Progress goes to stdout; the raw results go to --json-out if given.
+collectives on heterogeneous groups (soak.py), bad input against a running job's ports
+(probe.py), and each attack of the security review, tried by its test (security.py). Progress
+goes to stdout; the raw results go to --json-out if given.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import kill_random  # noqa: E402
 import netfaults  # noqa: E402
 import probe  # noqa: E402
+import security  # noqa: E402
 import soak  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -46,18 +48,21 @@ def _say(text: str) -> None:
 def collect(args: argparse.Namespace) -> dict[str, Any]:
     """Runs the scenarios in turn, printing progress; returns their raw results."""
     results: dict[str, Any] = {}
-    _say(f"1/4 random kills: {args.kills} SIGKILLs of a 3-rank training job under kaitian run")
+    _say(f"1/5 random kills: {args.kills} SIGKILLs of a 3-rank training job under kaitian run")
     results["kills"] = kill_random.run(args.kills, args.epochs, args.seed, progress=_say)
-    _say(f"2/4 network faults: {args.cuts} cuts of each kind between two namespaces, then degraded links")
+    _say(f"2/5 network faults: {args.cuts} cuts of each kind between two namespaces, then degraded links")
     results["network"] = netfaults.run_all(args.cuts, progress=_say)
-    _say(f"3/4 soak: {args.soak_calls} random collectives on 2 + 3 heterogeneous ranks")
+    _say(f"3/5 soak: {args.soak_calls} random collectives on 2 + 3 heterogeneous ranks")
     results["soak"] = soak.run(args.soak_calls, args.seed, large=True, timeout=3600.0)
     _say(
         f"    {results['soak']['wrong_values']} wrong values, fd growth {results['soak']['fd_growth_max']}, "
         f"{results['soak']['seconds']:.0f} s"
     )
-    _say("4/4 bad input against a running job's ports")
+    _say("4/5 bad input against a running job's ports")
     results["probe"] = probe.run(progress=_say)
+    _say("5/5 security: each attack of the security review, tried by its test")
+    results["security"] = security.run()
+    _say(f"    held {sum(r['held'] for r in results['security'])}/{len(results['security'])}")
     return results
 
 
@@ -172,6 +177,27 @@ def render(results: dict[str, Any], args: argparse.Namespace, seconds: float | N
         " answered with a refusal verdict, and the job must progress with zero wrong values after each probe.",
         "",
     ]
+    if "security" in results:  # absent from results saved before it existed
+        lines += [
+            "## Security",
+            "",
+            "Each attack of the security review, tried for real by the named test in this run (an impostor"
+            " on a socket, a forged value in a store, a segment of the wrong mode, a SIGKILLed launcher);"
+            " held means the test ran and the defence did exactly what the row says"
+            " (`bench/reliability/security.py` runs this table alone).",
+            "",
+            *security.table(results["security"]),
+            "",
+            "What is not protected, as with NCCL and Gloo: data frames after the handshake are neither"
+            " encrypted nor integrity-checked. An attacker on the network path between hosts can read"
+            " gradients and change them in flight; run jobs on a network you trust. The job token lives in"
+            " each worker's environment (`KAITIAN_TOKEN`), readable by the same user and root. Under"
+            " torchrun without `KAITIAN_TOKEN`, rank 0 draws the token and publishes it in torch's"
+            " TCPStore, so whoever reaches that store can join; set `KAITIAN_TOKEN`, or use `kaitian run`,"
+            " whose workers meet in the job's own store. Anyone with the Redis password can read and write"
+            " every job's keys in that Redis.",
+            "",
+        ]
     skipped = network["skipped"]
     if skipped:
         lines += ["## Not run here", ""]
@@ -189,6 +215,7 @@ def render(results: dict[str, Any], args: argparse.Namespace, seconds: float | N
         ".venv/bin/python bench/reliability/netfaults.py --repeat 5",
         ".venv/bin/python bench/reliability/soak.py --calls 3000",
         ".venv/bin/python bench/reliability/probe.py",
+        ".venv/bin/python bench/reliability/security.py",
         "```",
         "",
         "Short versions run in CI: python/tests/test_random_kills.py, test_network_faults.py, test_soak.py,"

@@ -1,8 +1,10 @@
-"""The engine's rendezvous store, backed by the torch.distributed Store of the process group.
+"""Where the engine's communicators meet: the job's Kaitian store, or torch's own store.
 
-Reusing torch's store means a job started by torchrun (or init_process_group with any init
-method) needs no second rendezvous service: the engine's communicators meet under their own key
-prefixes in the store torch already created.
+Under `kaitian run` (KAITIAN_STORE set) the communicators meet in the job's Kaitian store, which
+admits only holders of the job token. Elsewhere (torchrun, or init_process_group with any init
+method) they reuse the torch.distributed Store of the process group under their own key
+prefixes, so no second rendezvous service is needed. Either way the engine MACs what it publishes
+with the job token and checks what it reads back (AuthenticatedRendezvous on the Swift side).
 """
 
 from __future__ import annotations
@@ -140,14 +142,104 @@ def job_token(store: dist.Store, rank: int, timeout: timedelta) -> str:
     disrupt the job, so the generated token protects the engine's data sockets from everyone else on
     the network (port scanners, other jobs), not from the store's own users.
     """
+    token = environment_token()
+    if token:
+        return token
+    key = "kaitian/token"
+    if rank == 0:
+        store.set(key, secrets.token_hex(32))
+    store.wait([key], timeout)
+    return store.get(key).decode()
+
+
+class StoreConnection:
+    """A connection to a Kaitian store server through the C ABI (ktStoreConnect)."""
+
+    def __init__(self, address: str, token: str, timeout: float = 10.0) -> None:
+        self.address = address
+        handle = ctypes.c_void_p()
+        _native.check(_native.lib().ktStoreConnect(ctypes.byref(handle), address.encode(), token.encode(), timeout))
+        self._handle: int | None = handle.value
+
+    def set(self, key: str, value: bytes) -> None:
+        """Stores `value` under `key`; raises KaitianError (naming the store) when it fails."""
+        if self._handle is None:
+            raise _native.KaitianInvalidUsageError(f"kaitian: the connection to {self.address} is closed")
+        _native.check(_native.lib().ktStoreSet(self._handle, key.encode(), value, len(value)))
+
+    def get(self, key: str, timeout: float = 0.0) -> bytes:
+        """The value of `key`, waiting up to `timeout` seconds for it to appear."""
+        if self._handle is None:
+            raise _native.KaitianInvalidUsageError(f"kaitian: the connection to {self.address} is closed")
+        api = _native.lib()
+        capacity = 4096
+        while True:
+            buffer = ctypes.create_string_buffer(capacity)
+            length = ctypes.c_size_t()
+            code = api.ktStoreGet(self._handle, key.encode(), buffer, capacity, ctypes.byref(length), timeout)
+            if code == _native.INVALID_ARGUMENT and length.value > capacity:
+                capacity = length.value
+                continue
+            _native.check(code)
+            return buffer.raw[: length.value]
+
+    @property
+    def handle(self) -> int:
+        """The ktStore_t, for ktCommInitRank; raises once closed."""
+        if self._handle is None:
+            raise _native.KaitianInvalidUsageError(f"kaitian: the connection to {self.address} is closed")
+        return self._handle
+
+    def close(self) -> None:
+        if self._handle is not None:
+            _native.lib().ktStoreFree(self._handle)
+            self._handle = None
+
+
+def environment_token() -> str | None:
+    """The job token the operator gave: KAITIAN_TOKEN, else the contents of KAITIAN_TOKEN_FILE."""
     token = os.environ.get("KAITIAN_TOKEN")
     if token:
         return token
     path = os.environ.get("KAITIAN_TOKEN_FILE")
     if path:
         return Path(path).read_text().strip()
-    key = "kaitian/token"
-    if rank == 0:
-        store.set(key, secrets.token_hex(32))
-    store.wait([key], timeout)
-    return store.get(key).decode()
+    return None
+
+
+class EngineRendezvous:
+    """The store handle a group's communicators are created on, and their key namespace.
+
+    With KAITIAN_STORE, the job's Kaitian store: the values the engine trusts (peer endpoints,
+    shared-memory segment names) then sit where only holders of the job token can write. Why not
+    always torch's store: it has no authentication, so anyone who reaches it could publish them,
+    and without KAITIAN_TOKEN the token itself is published there. The Kaitian store outlives
+    process groups and holds every group of the job, so each construction of a group takes a
+    namespace of its own, drawn by its rank 0 and shared through torch's store (a forged one can
+    only make the ranks miss each other and time out, which a writer of that store can do anyway).
+    Close it once the communicators are created: the engine needs the store only to join.
+    """
+
+    def __init__(self, store: dist.Store, rank: int, token: str, timeout: timedelta) -> None:
+        address = os.environ.get("KAITIAN_STORE")
+        self._adapter: TorchStoreAdapter | None = None
+        self._connection: StoreConnection | None = None
+        if address:
+            self._connection = StoreConnection(address, token, timeout.total_seconds())
+            handle = self._connection.handle
+            key = "kaitian/namespace"
+            if rank == 0:
+                store.set(key, secrets.token_hex(16))
+            store.wait([key], timeout)
+            self.namespace = f"group/{store.get(key).decode()}/"
+        else:
+            self._adapter = TorchStoreAdapter(store)
+            handle = self._adapter.handle
+            self.namespace = ""
+        self.handle: int = handle
+
+    def close(self) -> None:
+        if self._adapter is not None:
+            self._adapter.free()
+        if self._connection is not None:
+            self._connection.close()

@@ -34,7 +34,7 @@ from . import _native
 from ._checks import CallChecks
 from ._completion import completion_thread
 from ._engine import Communicator, Plan, copied_back, host, host_empty
-from ._store import TorchStoreAdapter, job_token
+from ._store import EngineRendezvous, job_token
 from ._vendor import EngineIntraGroup, IntraGroup, create_torch_intra_group
 from .profile import StageTimes, name_os_thread
 from .topology import ENGINE, Topology, local_host_id
@@ -434,11 +434,13 @@ class ProcessGroupKaitian(_BASE):  # type: ignore[misc, valid-type]
         self._coalesced_done = Future()
         self.topology = Topology.exchange(store, rank, size, timeout)
         token = job_token(store, rank, timeout)
-        adapter = TorchStoreAdapter(store)
+        rendezvous = EngineRendezvous(store, rank, token, timeout)
+        self.rendezvous_namespace = rendezvous.namespace  # where its communicators met (tests read it)
         host_id = local_host_id()
 
         def communicator(nranks: int, comm_rank: int, prefix: str) -> Communicator:
-            return Communicator(adapter.handle, nranks, comm_rank, prefix, token, host_id, self._timeout_seconds)
+            prefix = rendezvous.namespace + prefix
+            return Communicator(rendezvous.handle, nranks, comm_rank, prefix, token, host_id, self._timeout_seconds)
 
         # Communicators are joined in one global order (world, intra, columns) so that no two
         # ranks wait on each other's joins in opposite orders.
@@ -451,7 +453,7 @@ class ProcessGroupKaitian(_BASE):  # type: ignore[misc, valid-type]
             if not self.topology.is_flat:
                 self._set_up_hybrid(store, communicator)
         finally:
-            adapter.free()
+            rendezvous.close()
 
     def _set_up_hybrid(self, store: dist.Store, communicator: Callable[[int, int, str], Communicator]) -> None:
         topo = self.topology

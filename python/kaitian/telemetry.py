@@ -21,7 +21,6 @@ no-op. Without KAITIAN_STORE (plain torchrun) `job_telemetry()` is None.
 from __future__ import annotations
 
 import atexit
-import ctypes
 import json
 import logging
 import os
@@ -31,7 +30,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from . import _native
+from ._store import StoreConnection, environment_token
 
 log = logging.getLogger("kaitian")
 
@@ -52,43 +51,6 @@ SERIES_FIELDS = [
     "comm_seconds",
     "samples_per_second",
 ]
-
-
-class StoreConnection:
-    """A connection to a Kaitian store server through the C ABI (ktStoreConnect)."""
-
-    def __init__(self, address: str, token: str, timeout: float = 10.0) -> None:
-        self.address = address
-        handle = ctypes.c_void_p()
-        _native.check(_native.lib().ktStoreConnect(ctypes.byref(handle), address.encode(), token.encode(), timeout))
-        self._handle: int | None = handle.value
-
-    def set(self, key: str, value: bytes) -> None:
-        """Stores `value` under `key`; raises KaitianError (naming the store) when it fails."""
-        if self._handle is None:
-            raise _native.KaitianInvalidUsageError(f"kaitian: the connection to {self.address} is closed")
-        _native.check(_native.lib().ktStoreSet(self._handle, key.encode(), value, len(value)))
-
-    def get(self, key: str, timeout: float = 0.0) -> bytes:
-        """The value of `key`, waiting up to `timeout` seconds for it to appear."""
-        if self._handle is None:
-            raise _native.KaitianInvalidUsageError(f"kaitian: the connection to {self.address} is closed")
-        api = _native.lib()
-        capacity = 4096
-        while True:
-            buffer = ctypes.create_string_buffer(capacity)
-            length = ctypes.c_size_t()
-            code = api.ktStoreGet(self._handle, key.encode(), buffer, capacity, ctypes.byref(length), timeout)
-            if code == _native.INVALID_ARGUMENT and length.value > capacity:
-                capacity = length.value
-                continue
-            _native.check(code)
-            return buffer.raw[: length.value]
-
-    def close(self) -> None:
-        if self._handle is not None:
-            _native.lib().ktStoreFree(self._handle)
-            self._handle = None
 
 
 class JobTelemetry:
@@ -136,11 +98,7 @@ class JobTelemetry:
             return None
         rank = int(os.environ.get("RANK", "0"))
         try:
-            token = os.environ.get("KAITIAN_TOKEN", "")
-            if not token and os.environ.get("KAITIAN_TOKEN_FILE"):
-                with open(os.environ["KAITIAN_TOKEN_FILE"]) as file:
-                    token = file.read().strip()
-            store = StoreConnection(address, token, timeout=5.0)
+            store = StoreConnection(address, environment_token() or "", timeout=5.0)
         except Exception as error:  # telemetry must never stop training
             log.warning("kaitian: rank %d: no telemetry for `kaitian monitor`: %s", rank, error)
             return None

@@ -44,7 +44,8 @@ public final class HybridCommunicator: Sendable {
     }
     let prefix = options.storePrefix
     let topology = try Topology.exchange(
-      store: store, prefix: prefix, rank: rank, size: size, identity: identity,
+      store: AuthenticatedRendezvous(store, token: token), prefix: prefix, rank: rank, size: size,
+      identity: identity,
       timeout: .milliseconds(Int64(options.timeoutSeconds * 1000)))
     let group = topology.group
     let local = topology.localRank

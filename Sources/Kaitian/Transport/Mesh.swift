@@ -64,6 +64,9 @@ final class Mesh: @unchecked Sendable {
   ) throws(KaitianError) -> Mesh {
     let deadline = Deadline.after(.milliseconds(Int64(options.timeoutSeconds * 1000)))
     let prefix = options.storePrefix
+    // Endpoints and segment names read back from the store decide whom this rank talks to and
+    // which memory it maps: only values MAC'd with the job token are believed.
+    let store = AuthenticatedRendezvous(store, token: token)
     let listener: TCPSocket
     do {
       listener = try TCPSocket.listen(host: listenHost(for: advertisedHost), port: 0)

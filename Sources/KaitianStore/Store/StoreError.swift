@@ -22,7 +22,8 @@ public struct StoreError: Error, CustomStringConvertible, Sendable, Equatable {
     public static let connectionFailed = Code(base: .connectionFailed)
     /// An established connection to the server broke.
     public static let connectionLost = Code(base: .connectionLost)
-    /// The job tokens of client and server do not match, or one is missing.
+    /// The job tokens of client and server do not match, or one is missing; or a value read
+    /// back through `AuthenticatedRendezvous` failed its job-token MAC.
     public static let authenticationFailed = Code(base: .authenticationFailed)
     /// The server turned the connection away (for example, too many connections).
     public static let refused = Code(base: .refused)
