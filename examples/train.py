@@ -387,7 +387,7 @@ def main() -> None:
             say(f"no checkpoint in {args.checkpoint_dir} yet: starting from scratch", flush=True)
         startup["data and model"] = time.perf_counter() - mark
         mark = time.perf_counter()
-        warmup = device.CALIBRATION_STEPS if device is not None else 1
+        warmup = device.warmup_steps() if device is not None else 1
         measured = initial_plan(args, network, data, world, warmup)
         plan, speeds, costs = measured.plan, measured.speeds, measured.costs or None
         startup["measurement"] = time.perf_counter() - mark

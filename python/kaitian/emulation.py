@@ -94,6 +94,13 @@ class EmulatedDevice:
         """Whether the costs are known and steps are paced."""
         return self.forward_cost > 0
 
+    def warmup_steps(self) -> int:
+        """Untimed steps to run before timing this device: enough to complete the host's
+        calibration, or one (as any device needs) once it is complete, by this job or an earlier
+        one. Why not always CALIBRATION_STEPS: once calibrated, every step is paced, and five
+        paced steps of a slow emulated device added seconds to a job's start-up."""
+        return 1 if self.calibrated or self._load() else self.CALIBRATION_STEPS
+
     def _begin(self) -> None:
         self._wall_start = time.perf_counter()
         self._cpu_start = time.thread_time()

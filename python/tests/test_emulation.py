@@ -33,6 +33,7 @@ def test_paced_steps_take_the_device_time_and_give_the_same_gradients(
     monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
     plain, paced = model(), model()
     device = EmulatedDevice(paced, speed=0.2)
+    assert device.warmup_steps() == EmulatedDevice.CALIBRATION_STEPS, "uncalibrated: warm up through calibration"
     for seed in range(EmulatedDevice.CALIBRATION_STEPS):
         assert not device.calibrated
         assert all(torch.equal(a, b) for a, b in zip(step(plain, seed), step(paced, seed), strict=True))
@@ -56,6 +57,7 @@ def test_paced_steps_take_the_device_time_and_give_the_same_gradients(
     # Another rank with the same model on this host: the same costs, paced from its first step.
     net = model()
     other = EmulatedDevice(net, speed=0.1)
+    assert other.warmup_steps() == 1, "the host is calibrated already: one warm-up step, as any device"
     step(net, 0)
     assert other.calibrated and other.waited_seconds > 0
     assert (other.forward_cost, other.backward_cost) == (device.forward_cost, device.backward_cost)
