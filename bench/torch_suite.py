@@ -109,7 +109,11 @@ def run_one_backend(backend: str, names: list[str]) -> dict[str, str]:
         started = time.monotonic()
         TestWithSpawn(name).run(result)
         if result.errors or result.failures:
-            detail = (result.errors or result.failures)[0][1].strip().splitlines()[-1][:200]
+            lines = (result.errors or result.failures)[0][1].strip().splitlines()
+            # The suite appends advice after the error ("This message can be suppressed ..."): the
+            # detail is the last line that names an error.
+            named = [line for line in lines if re.search(r"\w(Error|Exception)\b", line)]
+            detail = (named or lines)[-1].strip()[:200]
             outcomes[name] = f"failed: {detail}"
         elif result.skipped:
             outcomes[name] = f"skipped: {result.skipped[0][1][:120]}"
@@ -161,17 +165,20 @@ def main() -> None:
             if done.returncode != 0:
                 raise SystemExit(f"{backend}: the suite did not run ({done.returncode}); its output is above")
             results[backend] = json.loads(done.stdout.strip().splitlines()[-1])
-    if args.json:
-        print(json.dumps(results, indent=1))
     backends = list(results)
     names = sorted({n for r in results.values() for n in r})
-    print("| test | " + " | ".join(backends) + " |")
-    print("|---|" + "---|" * len(backends))
-    for name in names:
-        print(f"| {name} | " + " | ".join(results[b].get(name, "-").split(":")[0] for b in backends) + " |")
-    for backend in backends:
-        counts = {k: sum(v.startswith(k) for v in results[backend].values()) for k in ("passed", "failed", "skipped")}
-        print(f"{backend}: {counts['passed']} passed, {counts['failed']} failed, {counts['skipped']} skipped")
+    if args.json:  # for machines: the outcomes alone
+        print(json.dumps(results, indent=1))
+    else:
+        print("| test | " + " | ".join(backends) + " |")
+        print("|---|" + "---|" * len(backends))
+        for name in names:
+            print(f"| {name} | " + " | ".join(results[b].get(name, "-").split(":")[0] for b in backends) + " |")
+        for backend in backends:
+            counts = {
+                k: sum(v.startswith(k) for v in results[backend].values()) for k in ("passed", "failed", "skipped")
+            }
+            print(f"{backend}: {counts['passed']} passed, {counts['failed']} failed, {counts['skipped']} skipped")
     if "gloo" in results and "kaitian" in results:
         # A test the suite skips for kaitian (it gates some on backend names) is not a failure.
         regressions = [
