@@ -118,7 +118,9 @@ private func bytes(hex text: String) -> [UInt8] {
       try JobToken("secret", origin: "KAITIAN_TOKEN")
     }
     #expect(error?.code == .tooShort)
-    #expect(error?.description.contains("KAITIAN_TOKEN is 6 bytes long") == true, "\(error!)")
+    #expect(
+      error?.description.contains("KAITIAN_TOKEN is 6 bytes long") == true,
+      "\(String(describing: error))")
     #expect(error?.description.contains("at least 16") == true)
     _ = try JobToken(String(repeating: "x", count: JobToken.minimumBytes))
   }

@@ -84,7 +84,8 @@ func checkSemantics(_ store: some KeyValueStore) throws {
       try store.set(key: "b", value: [UInt8](repeating: 2, count: 40))  // 102 in all
     }
     #expect(error?.code == .valueTooLarge)
-    #expect(error?.description.contains("quota of 100 bytes") == true, "\(error!)")
+    #expect(
+      error?.description.contains("quota of 100 bytes") == true, "\(String(describing: error))")
     #expect(try store.tryGet(key: "b") == nil)
     #expect(throws: StoreError.self) {
       _ = try store.compareAndSet(
