@@ -156,14 +156,16 @@ import Testing
   }
 
   /// Connects raw, reads the challenge, sends `bytes`, and returns the server's error.
-  func serverError(afterChallengeSending bytes: [UInt8]) throws -> HandshakeError? {
+  func serverError(
+    afterChallengeSending bytes: [UInt8], serverToken: JobToken = JobToken.generate()
+  ) throws -> HandshakeError? {
     let listener = try TCPSocket.listen(host: "127.0.0.1", port: 0)
     let result = ConditionLock<HandshakeError?>(nil)
     let server = try OSThread.spawn(name: "hs server") {
       guard let peer = try? listener.accept(deadline: .after(.seconds(5))) else { return }
       do throws(HandshakeError) {
         _ = try Handshake.performAsServer(
-          on: peer, token: JobToken.generate(), purpose: "test", deadline: .after(.seconds(1)))
+          on: peer, token: serverToken, purpose: "test", deadline: .after(.seconds(1)))
       } catch {
         result.withLock { $0 = error }
       }
@@ -196,6 +198,9 @@ import Testing
     #expect(try serverError(afterChallengeSending: [])?.code == .timedOut)
   }
 
+  /// The token of the real job whose client and server the impostor tests stand between.
+  static let realToken = try! JobToken("the-real-job-token-0123")
+
   /// A fake server that speaks the protocol without the token: it sends a challenge, records
   /// the client's response (80 bytes for purpose "test" and an empty hello), accepts, and
   /// answers with `serverMAC(response)`. Returns the client's error and the recorded response.
@@ -216,11 +221,10 @@ import Testing
     }
     let socket = try TCPSocket.connect(
       host: "127.0.0.1", port: listener.localPort, deadline: .after(.seconds(5)))
-    let token = try JobToken("the-real-job-token-0123")
     var clientError: HandshakeError?
     do throws(HandshakeError) {
       try Handshake.performAsClient(
-        on: socket, token: token, purpose: "test", deadline: .after(.seconds(2)))
+        on: socket, token: Self.realToken, purpose: "test", deadline: .after(.seconds(2)))
     } catch {
       clientError = error
     }
@@ -247,24 +251,9 @@ import Testing
   @Test func aReplayedResponseIsRejected() throws {
     let (_, response) = try clientAgainstImpostor { _ in [UInt8](repeating: 0, count: 32) }
     #expect(response.count == 80)
-    let listener = try TCPSocket.listen(host: "127.0.0.1", port: 0)
-    let result = ConditionLock<HandshakeError?>(nil)
-    let token = try JobToken("the-real-job-token-0123")
-    let server = try OSThread.spawn(name: "hs server") {
-      guard let peer = try? listener.accept(deadline: .after(.seconds(5))) else { return }
-      do throws(HandshakeError) {
-        _ = try Handshake.performAsServer(
-          on: peer, token: token, purpose: "test", deadline: .after(.seconds(2)))
-      } catch {
-        result.withLock { $0 = error }
-      }
-    }
-    let socket = try TCPSocket.connect(
-      host: "127.0.0.1", port: listener.localPort, deadline: .after(.seconds(5)))
-    _ = try socket.readExactly(38, deadline: .after(.seconds(2)))
-    try socket.writeAll(response, deadline: .after(.seconds(2)))
-    server.join()
-    #expect(result.withLock { $0 }?.code == .tokenMismatch)
+    let error = try serverError(
+      afterChallengeSending: response, serverToken: Self.realToken)
+    #expect(error?.code == .tokenMismatch)
   }
 
   @Test func clientRejectsANonKaitianServer() throws {

@@ -163,20 +163,16 @@ class StoreConnection:
 
     def set(self, key: str, value: bytes) -> None:
         """Stores `value` under `key`; raises KaitianError (naming the store) when it fails."""
-        if self._handle is None:
-            raise _native.KaitianInvalidUsageError(f"kaitian: the connection to {self.address} is closed")
-        _native.check(_native.lib().ktStoreSet(self._handle, key.encode(), value, len(value)))
+        _native.check(_native.lib().ktStoreSet(self.handle, key.encode(), value, len(value)))
 
     def get(self, key: str, timeout: float = 0.0) -> bytes:
         """The value of `key`, waiting up to `timeout` seconds for it to appear."""
-        if self._handle is None:
-            raise _native.KaitianInvalidUsageError(f"kaitian: the connection to {self.address} is closed")
-        api = _native.lib()
+        handle, api = self.handle, _native.lib()
         capacity = 4096
         while True:
             buffer = ctypes.create_string_buffer(capacity)
             length = ctypes.c_size_t()
-            code = api.ktStoreGet(self._handle, key.encode(), buffer, capacity, ctypes.byref(length), timeout)
+            code = api.ktStoreGet(handle, key.encode(), buffer, capacity, ctypes.byref(length), timeout)
             if code == _native.INVALID_ARGUMENT and length.value > capacity:
                 capacity = length.value
                 continue
