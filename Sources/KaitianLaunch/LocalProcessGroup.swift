@@ -3,6 +3,12 @@ import Glibc
 /// Starts local processes and supervises them as one job: when one fails, the others are
 /// stopped (SIGTERM, then SIGKILL after a grace period), as torchrun does.
 ///
+/// Unlike torchrun, the others first get `failureSettleSeconds` to end by themselves. A
+/// Kaitian rank notices a lost peer within milliseconds and writes which rank it lost before
+/// it exits; a SIGTERM sent at once races that line, and a survivor's log that just stops
+/// leaves the user guessing. Members that do not end by themselves (busy outside a
+/// collective, or on another library) are stopped at the end of the window as before.
+///
 /// Every member runs in its own process group, so a terminal's Ctrl-C reaches only the
 /// supervisor: it forwards SIGTERM to each group on SIGINT or SIGTERM, and killing a group
 /// also ends whatever the member started itself (a shell's children, a data loader's workers).
@@ -99,6 +105,8 @@ public struct LocalProcessGroup {
 
   public var executable: String?
   public var graceSeconds = 3.0
+  /// Seconds the others get to end by themselves after a member fails, before SIGTERM.
+  public var failureSettleSeconds = 1.0
   /// The `kaitian` executable: when set, every member runs under its `LaunchGuard`, so members
   /// end even when this process is killed with SIGKILL.
   public var guardExecutable: String?
@@ -143,6 +151,8 @@ public struct LocalProcessGroup {
     var outcome = Outcome(
       endings: Array(repeating: nil, count: members.count), firstFailure: nil, interruption: nil)
     var stopRequested: Double?
+    /// When a member failed and the others have until `failureSettleSeconds` to end.
+    var settlingSince: Double?
     var killed = false
     let stopRemaining = { (signal: Int32) in
       for (index, member) in running.enumerated() where outcome.endings[index] == nil {
@@ -156,13 +166,17 @@ public struct LocalProcessGroup {
           onEvent(.interrupted(signal: signal))
           stopRequested = Self.now()
           stopRemaining(SIGTERM)
+        } else if stopRequested == nil {
+          // Ctrl-C while the others settle after a failure: stop them now.
+          stopRequested = Self.now()
+          stopRemaining(SIGTERM)
         } else if !killed {
           // A second Ctrl-C means "now": skip the rest of the grace period.
           stopRemaining(SIGKILL)
           killed = true
         }
       }
-      if stopRequested == nil && stopRequest() {
+      if stopRequested == nil && settlingSince == nil && stopRequest() {
         outcome.stoppedOnRequest = true
         stopRequested = Self.now()
         stopRemaining(SIGTERM)
@@ -173,12 +187,17 @@ public struct LocalProcessGroup {
         // Whatever the member left behind in its group goes with it.
         kill(-running[index].pid, SIGKILL)
         onEvent(.ended(member: index, ending))
-        if !ending.exit.succeeded && stopRequested == nil {
+        if !ending.exit.succeeded && stopRequested == nil && settlingSince == nil {
           outcome.firstFailure = Failure(
             member: members[index].name, index: index, exit: ending.exit)
-          stopRequested = Self.now()
-          stopRemaining(SIGTERM)
+          settlingSince = Self.now()
         }
+      }
+      if let failed = settlingSince, stopRequested == nil,
+        Self.now() - failed >= failureSettleSeconds
+      {
+        stopRequested = Self.now()
+        stopRemaining(SIGTERM)
       }
       if let started = stopRequested, !killed, Self.now() - started > graceSeconds {
         stopRemaining(SIGKILL)

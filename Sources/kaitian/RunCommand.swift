@@ -38,8 +38,9 @@ struct RunCommand: ParsableCommand {
       failing on any host stops the job on every host.
 
       Output is streamed line by line as "[rank R KIND] ..." and kept per rank in --log-dir. \
-      When a worker fails, the others get SIGTERM, then SIGKILL after --grace-seconds, and \
-      the command exits 1 naming the rank; Ctrl-C or SIGTERM stops every worker the same way \
+      When a worker fails, the others get 1 s to stop by themselves (so each can log which \
+      rank it lost), then SIGTERM, then SIGKILL after --grace-seconds, and the command exits 1 \
+      naming the rank; Ctrl-C or SIGTERM stops every worker the same way \
       and exits 130.
 
       Examples:

@@ -140,6 +140,20 @@ struct RunJobTests {
     #expect(KaitianProcess.noProcessMatches(marker))
   }
 
+  /// The others get a moment to end by themselves after a failure, so the line in which a
+  /// survivor says what it saw is not cut off by SIGTERM. Here it comes 300 ms after the failure
+  /// (rank 1 fails at once; rank 0 notices and reports it by itself).
+  @Test func survivorsReportTheFailureBeforeTheyAreStopped() throws {
+    let job = try KaitianProcess([
+      "--group", "cpu:2", "--grace-seconds", "2", "--",
+      "/bin/sh", "-c",
+      "if [ $RANK = 1 ]; then exit 7; fi; sleep 0.3; echo saw rank 1 fail >&2; exit 3",
+    ])
+    #expect(job.wait(seconds: 15) == 1)
+    #expect(job.errors.contains("rank 1 cpu exited with status 7"), "\(job.errors)")
+    #expect(job.log(rank: 0).contains("saw rank 1 fail"), "\(job.log(rank: 0))")
+  }
+
   @Test func interruptStopsEverything() throws {
     let marker = "kaitian-int-marker-\(getpid())"
     let job = try KaitianProcess([
