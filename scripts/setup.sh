@@ -2,7 +2,7 @@
 # Installs everything Kaitian needs on a Debian 12 machine (run as root, no stdin needed)
 # and builds the Swift package in release mode. Idempotent: a rerun only checks.
 #
-#   apt packages   redis-server iperf3 python3-venv iproute2 procps psmisc (no service is started)
+#   apt packages   redis-server iperf3 python3-venv iproute2 procps psmisc openssl (no service is started)
 #   .venv/         Python venv at the repository root with torch, torchvision, numpy, pytest,
 #                  scikit-learn, matplotlib and ruff (formatter and linter) from PyPI
 #   .build/release kaitian and libKaitianC.so (swift build -c release)
@@ -18,7 +18,7 @@ export PIP_NO_INPUT=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 
 log() { printf '==> %s\n' "$*"; }
 
-APT_PACKAGES=(redis-server iperf3 python3-venv iproute2 procps psmisc)
+APT_PACKAGES=(redis-server iperf3 python3-venv iproute2 procps psmisc openssl)
 PIP_PACKAGES=(torch torchvision numpy pytest scikit-learn matplotlib ruff expecttest)
 PIP_MODULES="torch, torchvision, numpy, pytest, sklearn, matplotlib, expecttest"
 

@@ -2,6 +2,9 @@ import Glibc
 import KaitianStore
 import NIOCore
 import NIOPosix
+import NIOSSL
+import NIOTLS
+import Synchronization
 
 /// Why a request got no reply, before it is worded for users by `RedisConnection`.
 enum RedisFailure: Error, Sendable {
@@ -10,6 +13,8 @@ enum RedisFailure: Error, Sendable {
   case unsolicitedReply
   case invalidReply(RESPProtocolError)
   case io(String)
+  /// The TLS handshake or a TLS record failed (`rediss://`).
+  case tls(String)
 }
 
 /// A command and where its reply goes.
@@ -45,6 +50,8 @@ final class RESPClientHandler: ChannelDuplexHandler {
     switch error {
     case let error as RESPProtocolError: fail(context: context, .invalidReply(error))
     case is ByteToMessageDecoderError: fail(context: context, .closed)
+    case is NIOSSLError, is NIOSSLExtraError, is BoringSSLError:
+      fail(context: context, .tls("\(error)"))
     default: fail(context: context, .io("\(error)"))
     }
   }
@@ -64,6 +71,33 @@ final class RESPClientHandler: ChannelDuplexHandler {
   }
 }
 
+/// Notes whether the TLS handshake of a `rediss://` connection completed, and why it failed.
+/// Why: until it completes, every failure is a TLS failure, whatever the request saw first (a
+/// closed channel, or, from a plain-TCP Redis that never answers a TLS hello, a timeout).
+final class TLSHandshakeWatcher: ChannelInboundHandler, Sendable {
+  typealias InboundIn = NIOAny
+  private let state = Mutex<(complete: Bool, failure: String?)>((false, nil))
+
+  /// Why the handshake has not completed, or nil once it has.
+  var incompleteReason: String? {
+    state.withLock { $0.complete ? nil : $0.failure ?? "the TLS handshake did not complete" }
+  }
+
+  func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+    if case .handshakeCompleted = event as? TLSUserEvent {
+      state.withLock { $0.complete = true }
+    }
+    context.fireUserInboundEventTriggered(event)
+  }
+
+  func errorCaught(context: ChannelHandlerContext, error: any Error) {
+    state.withLock { state in
+      if !state.complete && state.failure == nil { state.failure = "\(error)" }
+    }
+    context.fireErrorCaught(error)
+  }
+}
+
 /// One TCP connection to Redis with a blocking request API for the engine's threads.
 ///
 /// Each request has a deadline; when it passes, or the connection breaks, or the server sends
@@ -72,28 +106,43 @@ final class RESPClientHandler: ChannelDuplexHandler {
 final class RedisConnection: Sendable {
   let url: RedisURL
   private let channel: any Channel
+  /// Set for a `rediss://` connection.
+  private let handshake: TLSHandshakeWatcher?
 
-  private init(url: RedisURL, channel: any Channel) {
+  private init(url: RedisURL, channel: any Channel, handshake: TLSHandshakeWatcher?) {
     self.url = url
     self.channel = channel
+    self.handshake = handshake
   }
 
   /// The local address of the connection, the interface that reaches Redis.
   var localHost: String? { channel.localAddress?.ipAddress }
 
   /// Connects, retrying refused connections until `connectTimeout` (the server may start after
-  /// this process), then logs in with the URL's password and selects its database.
+  /// this process), then logs in with the URL's password and selects its database. A
+  /// `rediss://` URL runs over TLS with `tls`, or with the settings in the environment.
   static func open(
-    _ url: RedisURL, limits: RESPLimits, connectTimeout: Duration, operationTimeout: Duration
+    _ url: RedisURL, limits: RESPLimits, connectTimeout: Duration, operationTimeout: Duration,
+    tls: RedisTLS? = nil
   ) throws(StoreError) -> RedisConnection {
+    var settings: RedisTLS?
+    if url.usesTLS {
+      if let tls { settings = tls } else { settings = try RedisTLS.fromEnvironment() }
+    }
     let end = ContinuousClock.now + connectTimeout
     var pause = Duration.milliseconds(20)
     while true {
       let remaining = end - ContinuousClock.now
+      let watcher = settings == nil ? nil : TLSHandshakeWatcher()
       let bootstrap = ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
         .connectTimeout(.nanoseconds(max(1_000_000, remaining.nanoseconds)))
         .channelInitializer { channel in
           channel.eventLoop.makeCompletedFuture {
+            if let settings, let watcher {
+              try channel.pipeline.syncOperations.addHandlers([
+                try settings.handler(host: url.host), watcher,
+              ])
+            }
             try channel.pipeline.syncOperations.addHandlers([
               ByteToMessageHandler(RESPDecoder(limits: limits)),
               MessageToByteHandler(RESPEncoder()), RESPClientHandler(),
@@ -102,7 +151,7 @@ final class RedisConnection: Sendable {
         }
       do {
         let channel = try bootstrap.connect(host: url.host, port: Int(url.port)).wait()
-        let connection = RedisConnection(url: url, channel: channel)
+        let connection = RedisConnection(url: url, channel: channel, handshake: watcher)
         try connection.logIn(timeout: operationTimeout)
         return connection
       } catch let error as StoreError {
@@ -202,6 +251,11 @@ final class RedisConnection: Sendable {
     _ failure: RedisFailure, command: RESPCommand, timeout: Duration
   ) -> StoreError {
     let server = "Redis at \(url.server)"
+    var failure = failure
+    if let reason = handshake?.incompleteReason {
+      let plain = if case .timedOut = failure { ": is this a plain-TCP port?" } else { "" }
+      failure = .tls(reason + plain)
+    }
     switch failure {
     case .closed, .io:
       let cause = if case .io(let text) = failure { " (\(text))" } else { "" }
@@ -214,6 +268,14 @@ final class RedisConnection: Sendable {
         .connectionLost,
         "\(server) did not answer \(command.name) within \(seconds(timeout)) (restarted? "
           + "overloaded?); the connection is closed: restart the job")
+    case .tls(let text):
+      return .foreign(
+        .connectionFailed,
+        "TLS with \(server) failed during \(command.name) (\(text)); check that the server "
+          + "speaks TLS on this port (tls-port), that \(RedisTLS.caFileVariable) names the CA "
+          + "that signed its certificate and the certificate names '\(url.host)', and, if the "
+          + "server asks for client certificates, \(RedisTLS.certificateFileVariable) and "
+          + "\(RedisTLS.keyFileVariable)")
     case .unsolicitedReply:
       return .foreign(
         .protocolViolation,

@@ -48,10 +48,12 @@ public final class RedisStore: KeyValueStore {
   ///   - jobTTL: the time to live every write gives its key (and the job's marker).
   ///   - connectTimeout: how long to retry a refused connection (Redis may start later).
   ///   - operationTimeout: how long one request may take before Redis is considered gone.
+  ///   - tls: for a `rediss://` URL; nil reads the settings from the environment (`RedisTLS`).
   public init(
     url: RedisURL, prefix: String, jobTTL: Duration = defaultJobTTL,
     connectTimeout: Duration = .seconds(30), operationTimeout: Duration = .seconds(30),
-    limits: RESPLimits = .default, maxKeySize: Int = StoreWireLimits.default.maxKeySize
+    limits: RESPLimits = .default, maxKeySize: Int = StoreWireLimits.default.maxKeySize,
+    tls: RedisTLS? = nil
   ) throws(StoreError) {
     guard !prefix.isEmpty else {
       throw .foreign(.invalidArgument, "the Redis key prefix is empty; use kaitian/<job id>/")
@@ -62,7 +64,8 @@ public final class RedisStore: KeyValueStore {
     var url = url
     if url.password == nil { url.password = try RedisURL.passwordFromEnvironment() }
     let connection = try RedisConnection.open(
-      url, limits: limits, connectTimeout: connectTimeout, operationTimeout: operationTimeout)
+      url, limits: limits, connectTimeout: connectTimeout, operationTimeout: operationTimeout,
+      tls: tls)
     self.url = url
     self.prefix = prefix
     self.jobTTL = jobTTL

@@ -1,11 +1,14 @@
 import Glibc
 import KaitianStore
 
-/// Where a Redis server is and how to log in: `redis://[[user]:password@]host[:port][/db]`.
+/// Where a Redis server is and how to log in: `redis://[[user]:password@]host[:port][/db]`, or
+/// `rediss://...` for Redis over TLS (see `RedisTLS` for the certificates).
 ///
 /// The password is kept out of `description` so that the URL can appear in logs and errors.
 public struct RedisURL: Sendable, Equatable, CustomStringConvertible {
   public static let scheme = "redis://"
+  /// The scheme of Redis over TLS, as redis-cli, redis-py and the hosted services spell it.
+  public static let tlsScheme = "rediss://"
   public static let defaultPort: UInt16 = 6379
 
   public var host: String
@@ -14,24 +17,33 @@ public struct RedisURL: Sendable, Equatable, CustomStringConvertible {
   public var user: String?
   public var password: String?
   public var database: Int
+  /// Whether the connection runs over TLS (`rediss://`).
+  public var usesTLS: Bool
 
   public init(
     host: String, port: UInt16 = defaultPort, user: String? = nil, password: String? = nil,
-    database: Int = 0
+    database: Int = 0, usesTLS: Bool = false
   ) {
     self.host = host
     self.port = port
     self.user = user
     self.password = password
     self.database = database
+    self.usesTLS = usesTLS
+  }
+
+  /// Whether `text` is meant as a Redis URL (either scheme), for callers that pick a store.
+  public static func isRedisURL(_ text: String) -> Bool {
+    text.hasPrefix(scheme) || text.hasPrefix(tlsScheme)
   }
 
   /// Parses the URL form; throws `.invalidArgument` naming what is wrong.
   public init(parsing text: String) throws(StoreError) {
-    guard text.hasPrefix(Self.scheme) else {
-      throw Self.invalid(text, "it does not start with \(Self.scheme)")
+    guard Self.isRedisURL(text) else {
+      throw Self.invalid(text, "it does not start with \(Self.scheme) or \(Self.tlsScheme)")
     }
-    var rest = Substring(text.dropFirst(Self.scheme.count))
+    let usesTLS = text.hasPrefix(Self.tlsScheme)
+    var rest = Substring(text.dropFirst(usesTLS ? Self.tlsScheme.count : Self.scheme.count))
     var user: String?
     var password: String?
     if let at = rest.lastIndex(of: "@") {
@@ -66,7 +78,7 @@ public struct RedisURL: Sendable, Equatable, CustomStringConvertible {
     guard !endpoint.host.isEmpty else { throw Self.invalid(text, "the host is missing") }
     self.init(
       host: endpoint.host, port: endpoint.port, user: user, password: password,
-      database: database)
+      database: database, usesTLS: usesTLS)
   }
 
   /// `host:port`, as the messages name the server.
@@ -75,15 +87,15 @@ public struct RedisURL: Sendable, Equatable, CustomStringConvertible {
   public var description: String {
     let credentials = password == nil ? "" : "\(user ?? ""):***@"
     let database = database == 0 ? "" : "/\(database)"
-    return "\(Self.scheme)\(credentials)\(server)\(database)"
+    return "\(usesTLS ? Self.tlsScheme : Self.scheme)\(credentials)\(server)\(database)"
   }
 
   private static func invalid(_ text: some StringProtocol, _ reason: String) -> StoreError {
     // The URL itself may hold a password: only the part that is wrong is quoted.
     .foreign(
       .invalidArgument,
-      "bad Redis URL (\(reason)); expected redis://[:password@]host[:port][/db], "
-        + "e.g. redis://127.0.0.1:6379")
+      "bad Redis URL (\(reason)); expected redis://[:password@]host[:port][/db] (or "
+        + "rediss:// for TLS), e.g. redis://127.0.0.1:6379")
   }
 }
 

@@ -13,12 +13,13 @@ public enum StoreLocator {
 
   /// Parses `text` without connecting; throws `.invalidArgument` naming what is wrong.
   public static func parse(_ text: String) throws(StoreError) -> Address {
-    if text.hasPrefix(RedisURL.scheme) { return .redis(try RedisURL(parsing: text)) }
+    if RedisURL.isRedisURL(text) { return .redis(try RedisURL(parsing: text)) }
     guard !text.contains("://") else {
       throw .foreign(
         .invalidArgument,
         "unknown store address scheme in '\(text.prefix(while: { $0 != ":" }))://...'; use "
-          + "host:port for Kaitian's store or redis://[:password@]host[:port][/db]")
+          + "host:port for Kaitian's store or redis://[:password@]host[:port][/db] (rediss:// for TLS)"
+      )
     }
     do {
       _ = try Endpoint(parsing: text)

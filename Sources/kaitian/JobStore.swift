@@ -50,8 +50,8 @@ final class JobStore {
     }
     guard case .redis(let url) = address else {
       throw ValidationError(
-        "--store takes a Redis URL, redis://[:password@]host[:port][/db]; without --store, "
-          + "kaitian run serves the job's store itself")
+        "--store takes a Redis URL, redis://[:password@]host[:port][/db] or rediss:// for TLS; "
+          + "without --store, kaitian run serves the job's store itself")
     }
     return url
   }

@@ -84,7 +84,8 @@ struct RunCommand: ParsableCommand {
 
   @Option(
     help: ArgumentHelp(
-      "Use Redis as the job's store instead of serving one: redis://[:password@]host[:port][/db].",
+      "Use Redis as the job's store instead of serving one: redis://[:password@]host[:port][/db] "
+        + "(rediss:// for TLS; see docs/CLI.md for the certificate variables).",
       valueName: "url"))
   var store: String?
 

@@ -26,11 +26,26 @@ final class RedisServer: Sendable {
   var url: RedisURL { RedisURL(host: "127.0.0.1", port: port) }
   var address: String { "redis://127.0.0.1:\(port)" }
 
+  /// A server on plain TCP, with `arguments` added to its command line.
   init(arguments: [String] = []) throws {
     var template = Array("/tmp/kaitian-redis-XXXXXX".utf8CString)
     directory = String(cString: mkdtemp(&template))
     port = try freePort()
-    extraArguments = arguments
+    extraArguments = ["--port", "\(port)"] + arguments
+    try start()
+  }
+
+  /// A server that speaks only TLS on its port, with `certificates`' server certificate;
+  /// `clientCertificates` makes it require a client certificate signed by their CA.
+  init(tls certificates: TestCertificates, clientCertificates: Bool) throws {
+    var template = Array("/tmp/kaitian-redis-XXXXXX".utf8CString)
+    directory = String(cString: mkdtemp(&template))
+    port = try freePort()
+    extraArguments = [
+      "--port", "0", "--tls-port", "\(port)", "--tls-cert-file", certificates.serverCertificate,
+      "--tls-key-file", certificates.serverKey, "--tls-ca-cert-file", certificates.caCertificate,
+      "--tls-auth-clients", clientCertificates ? "yes" : "no",
+    ]
     try start()
   }
 
@@ -43,7 +58,7 @@ final class RedisServer: Sendable {
   func start() throws {
     let arguments =
       [
-        "--port", "\(port)", "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+        "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
         "--dir", directory, "--logfile", "\(directory)/redis.log",
       ] + extraArguments
     let started = try spawn(try #require(Self.executable), arguments)
@@ -126,4 +141,61 @@ func freePort() throws -> UInt16 {
 func canConnect(port: UInt16) -> Bool {
   (try? TCPSocket.connect(host: "127.0.0.1", port: port, deadline: .after(.milliseconds(50))))
     != nil
+}
+
+/// A CA, a server certificate it signed for localhost and 127.0.0.1, and a client certificate
+/// it signed, made with the openssl command in a temporary directory removed on drop.
+final class TestCertificates: Sendable {
+  let directory: String
+  var caCertificate: String { "\(directory)/ca.crt" }
+  var serverCertificate: String { "\(directory)/server.crt" }
+  var serverKey: String { "\(directory)/server.key" }
+  var clientCertificate: String { "\(directory)/client.crt" }
+  var clientKey: String { "\(directory)/client.key" }
+
+  static let openssl: String? = ["/usr/bin/openssl", "/usr/local/bin/openssl"]
+    .first { access($0, X_OK) == 0 }
+
+  /// `serverNames` go in the server certificate's subjectAltName ("DNS:localhost,IP:127.0.0.1").
+  init(serverNames: String = "DNS:localhost,IP:127.0.0.1") throws {
+    var template = Array("/tmp/kaitian-tls-XXXXXX".utf8CString)
+    directory = String(cString: mkdtemp(&template))
+    let openssl = try #require(Self.openssl, "the openssl command (scripts/setup.sh installs it)")
+    func make(_ arguments: [String]) throws {
+      let status = try run(openssl, arguments)
+      guard status == 0 else { throw FixtureError("openssl \(arguments[0]) exited \(status)") }
+    }
+    try make([
+      "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "\(directory)/ca.key",
+      "-out", caCertificate, "-days", "1", "-subj", "/CN=kaitian-test-ca",
+    ])
+    for (name, subject, names) in [
+      ("server", "/CN=localhost", serverNames), ("client", "/CN=kaitian-client", nil),
+    ] {
+      try make([
+        "req", "-newkey", "rsa:2048", "-nodes", "-keyout", "\(directory)/\(name).key",
+        "-out", "\(directory)/\(name).csr", "-subj", subject,
+      ])
+      var sign = [
+        "x509", "-req", "-in", "\(directory)/\(name).csr", "-CA", caCertificate, "-CAkey",
+        "\(directory)/ca.key", "-CAcreateserial", "-out", "\(directory)/\(name).crt", "-days", "1",
+      ]
+      if let names {
+        let extensions = "\(directory)/\(name).ext"
+        let file = fopen(extensions, "w")
+        fputs("subjectAltName=\(names)\n", file)
+        fclose(file)
+        sign += ["-extfile", extensions]
+      }
+      try make(sign)
+    }
+    // Redis reads the server key as the user running it; the files are this user's own.
+    for file in [caCertificate, serverCertificate, serverKey, clientCertificate, clientKey] {
+      chmod(file, 0o600)
+    }
+  }
+
+  deinit {
+    _ = try? run("/bin/rm", ["-rf", directory])
+  }
 }
