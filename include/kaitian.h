@@ -123,6 +123,10 @@ ktResult_t ktStoreSet(ktStore_t store, const char *key, const void *value, size_
 ktResult_t ktStoreGet(ktStore_t store, const char *key, void *value, size_t capacity,
                       size_t *length, double timeoutSeconds);
 ktResult_t ktStoreAdd(ktStore_t store, const char *key, int64_t delta, int64_t *result);
+/* Removes every key that starts with prefix (an empty prefix is refused); *removed (may be
+ * NULL) receives how many. For Kaitian's store and Redis; a callback store gives
+ * ktInvalidUsage. A group removes its rendezvous keys with it once every rank has joined. */
+ktResult_t ktStoreDeletePrefix(ktStore_t store, const char *prefix, size_t *removed);
 ktResult_t ktStoreFree(ktStore_t store);
 
 /* ---- Communicators ---- */

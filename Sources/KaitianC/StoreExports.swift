@@ -159,6 +159,31 @@ public func ktStoreAdd(
   }
 }
 
+@_cdecl("ktStoreDeletePrefix")
+public func ktStoreDeletePrefix(
+  _ store: ktStore_t?, _ prefix: UnsafePointer<CChar>?, _ removed: UnsafeMutablePointer<Int>?
+) -> ktResult_t {
+  entryPoint("ktStoreDeletePrefix") { arguments throws(KaitianError) in
+    let handle = StoreHandle.from(try arguments.required(store, "store"))
+    let prefix = try arguments.string(prefix, "prefix")
+    guard !prefix.isEmpty else {
+      throw arguments.invalid("the prefix is empty, which would remove every key of the store")
+    }
+    guard let store = handle.store as? any KeyValueStore else {
+      throw KaitianError(
+        .invalidUsage, call: "ktStoreDeletePrefix",
+        "a store made of callbacks (ktStoreFromCallbacks) cannot list or remove keys")
+    }
+    do throws(StoreError) {
+      var count = 0
+      for key in try store.keys(prefix: prefix) where try store.delete(key: key) { count += 1 }
+      removed?.pointee = count
+    } catch {
+      throw arguments.storeFailure(error)
+    }
+  }
+}
+
 @_cdecl("ktStoreFree")
 public func ktStoreFree(_ store: ktStore_t?) -> ktResult_t {
   entryPoint("ktStoreFree") { arguments throws(KaitianError) in

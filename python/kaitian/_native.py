@@ -171,6 +171,7 @@ _SIGNATURES: dict[str, tuple[object, list[object]]] = {
     "ktStoreSet": (_int, [_p, _str, _p, _size]),
     "ktStoreGet": (_int, [_p, _str, _p, _size, _psize, ctypes.c_double]),
     "ktStoreAdd": (_int, [_p, _str, ctypes.c_int64, ctypes.POINTER(ctypes.c_int64)]),
+    "ktStoreDeletePrefix": (_int, [_p, _str, ctypes.POINTER(_size)]),
     "ktStoreFree": (_int, [_p]),
     "ktCommInitRank": (_int, [_pp, _p, _int, _int, ctypes.POINTER(Config)]),
     "ktCommDestroy": (_int, [_p]),

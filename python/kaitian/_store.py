@@ -10,14 +10,18 @@ with the job token and checks what it reads back (AuthenticatedRendezvous on the
 from __future__ import annotations
 
 import ctypes
+import hashlib
+import hmac
 import logging
 import os
 import secrets
 import threading
+import time
 import weakref
 from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
+from typing import Protocol
 
 import torch.distributed as dist
 
@@ -165,6 +169,18 @@ class StoreConnection:
         """Stores `value` under `key`; raises KaitianError (naming the store) when it fails."""
         _native.check(_native.lib().ktStoreSet(self.handle, key.encode(), value, len(value)))
 
+    def add(self, key: str, delta: int) -> int:
+        """Adds `delta` to the counter at `key` (absent counts as 0); returns the new value."""
+        total = ctypes.c_int64()
+        _native.check(_native.lib().ktStoreAdd(self.handle, key.encode(), delta, ctypes.byref(total)))
+        return total.value
+
+    def delete_prefix(self, prefix: str) -> int:
+        """Removes every key that starts with `prefix`; returns how many there were."""
+        removed = ctypes.c_size_t()
+        _native.check(_native.lib().ktStoreDeletePrefix(self.handle, prefix.encode(), ctypes.byref(removed)))
+        return removed.value
+
     def get(self, key: str, timeout: float = 0.0) -> bytes:
         """The value of `key`, waiting up to `timeout` seconds for it to appear."""
         handle, api = self.handle, _native.lib()
@@ -203,6 +219,55 @@ def environment_token() -> str | None:
     return None
 
 
+class RendezvousValues(Protocol):
+    """The part of a store that Python's own rendezvous values (the topology) go through."""
+
+    def set(self, key: str, value: str | bytes) -> None: ...
+
+    def wait(self, keys: list[str], timeout: timedelta) -> None: ...
+
+    def get(self, key: str) -> bytes: ...
+
+
+class SignedValues:
+    """Values in the job's Kaitian store under a namespace, each MAC'd with the job token.
+
+    Why the MAC when the embedded store already admits only holders of the token: KAITIAN_STORE
+    may be a Redis, which anyone with its password can write. A value that does not carry the
+    token's MAC over its key and bytes is refused, so such a writer cannot rewrite the topology
+    (which rank is in which group, with which library) behind the job's back.
+    """
+
+    _MAC_BYTES = 64  # hex of HMAC-SHA256
+
+    def __init__(self, connection: StoreConnection, namespace: str, token: str) -> None:
+        self._connection = connection
+        self._namespace = namespace
+        self._key = token.encode()
+
+    def _mac(self, key: str, payload: bytes) -> bytes:
+        return hmac.new(self._key, key.encode() + b"\0" + payload, hashlib.sha256).hexdigest().encode()
+
+    def set(self, key: str, value: str | bytes) -> None:
+        payload = value.encode() if isinstance(value, str) else value
+        self._connection.set(self._namespace + key, self._mac(key, payload) + payload)
+
+    def wait(self, keys: list[str], timeout: timedelta) -> None:
+        deadline = time.monotonic() + timeout.total_seconds()
+        for key in keys:
+            self._connection.get(self._namespace + key, max(0.0, deadline - time.monotonic()))
+
+    def get(self, key: str) -> bytes:
+        raw = self._connection.get(self._namespace + key)
+        mac, payload = raw[: self._MAC_BYTES], raw[self._MAC_BYTES :]
+        if not hmac.compare_digest(mac, self._mac(key, payload)):
+            raise ValueError(
+                f"kaitian: the value of {key!r} in the job's store ({self._connection.address}) does not carry "
+                "the job token's MAC: something without the token wrote it; refusing it"
+            )
+        return payload
+
+
 class EngineRendezvous:
     """The store handle a group's communicators are created on, and their key namespace.
 
@@ -213,13 +278,18 @@ class EngineRendezvous:
     process groups and holds every group of the job, so each construction of a group takes a
     namespace of its own, drawn by its rank 0 and shared through torch's store (a forged one can
     only make the ranks miss each other and time out, which a writer of that store can do anyway).
-    Close it once the communicators are created: the engine needs the store only to join.
+    The topology goes the same way (`values`), MAC'd with the job token (see SignedValues).
+    Close it once the communicators are created: the engine needs the store only to join. Closing
+    after a construction that succeeded counts this rank out; the last rank to do so removes the
+    namespace's keys, for by then every rank has read all it ever will. Without that, a job that
+    makes many groups (new_subgroups, re-init) would fill the store's quota.
     """
 
     def __init__(self, store: dist.Store, rank: int, token: str, timeout: timedelta) -> None:
         address = os.environ.get("KAITIAN_STORE")
         self._adapter: TorchStoreAdapter | None = None
         self._connection: StoreConnection | None = None
+        self.values: RendezvousValues
         if address:
             self._connection = StoreConnection(address, token, timeout.total_seconds())
             handle = self._connection.handle
@@ -228,14 +298,21 @@ class EngineRendezvous:
                 store.set(key, secrets.token_hex(16))
             store.wait([key], timeout)
             self.namespace = f"group/{store.get(key).decode()}/"
+            self.values = SignedValues(self._connection, self.namespace + "kaitian/", token)
         else:
             self._adapter = TorchStoreAdapter(store)
             handle = self._adapter.handle
             self.namespace = ""
+            self.values = store
         self.handle: int = handle
 
-    def close(self) -> None:
+    def close(self, joined: int = 0) -> None:
+        """Frees the connection; `joined` is the group's size once this rank's construction succeeded."""
         if self._adapter is not None:
             self._adapter.free()
         if self._connection is not None:
-            self._connection.close()
+            try:
+                if joined and self._connection.add(self.namespace + "joined", 1) == joined:
+                    self._connection.delete_prefix(self.namespace)
+            finally:
+                self._connection.close()

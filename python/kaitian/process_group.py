@@ -432,10 +432,15 @@ class ProcessGroupKaitian(_BASE):  # type: ignore[misc, valid-type]
         self._monitored_barriers = itertools.count(1)
         self._coalesced: list[_Transfer] | None = None  # between start_coalescing and end_coalescing
         self._coalesced_done = Future()
-        self.topology = Topology.exchange(store, rank, size, timeout)
         token = job_token(store, rank, timeout)
         rendezvous = EngineRendezvous(store, rank, token, timeout)
         self.rendezvous_namespace = rendezvous.namespace  # where its communicators met (tests read it)
+        joined = 0
+        try:
+            self.topology = Topology.exchange(rendezvous.values, rank, size, timeout)
+        except BaseException:
+            rendezvous.close()
+            raise
         host_id = local_host_id()
 
         def communicator(nranks: int, comm_rank: int, prefix: str) -> Communicator:
@@ -452,8 +457,9 @@ class ProcessGroupKaitian(_BASE):  # type: ignore[misc, valid-type]
             self._worker: _Pipeline | None = None
             if not self.topology.is_flat:
                 self._set_up_hybrid(store, communicator)
+            joined = size
         finally:
-            rendezvous.close()
+            rendezvous.close(joined)
 
     def _set_up_hybrid(self, store: dist.Store, communicator: Callable[[int, int, str], Communicator]) -> None:
         topo = self.topology

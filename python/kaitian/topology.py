@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 import torch
-import torch.distributed as dist
+
+from ._store import RendezvousValues
 
 ENGINE = "kaitian"
 """Intra-group library name meaning "Kaitian's own engine" (shared memory on one host)."""
@@ -134,7 +135,7 @@ class Topology:
         return Topology(rank, groups)
 
     @staticmethod
-    def exchange(store: dist.Store, rank: int, size: int, timeout: timedelta) -> Topology:
+    def exchange(store: RendezvousValues, rank: int, size: int, timeout: timedelta) -> Topology:
         """Publishes this rank's declaration in the store and builds the topology from everyone's.
 
         Each rank also publishes its backend mapping, and a rank whose mapping disagrees with rank

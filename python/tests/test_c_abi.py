@@ -37,6 +37,7 @@ TOKEN = b"c-abi-test-token"
 # Values from include/kaitian.h.
 KT_SUCCESS = 0
 KT_INVALID_ARGUMENT = 1
+KT_INVALID_USAGE = 2
 KT_TIMEOUT = 5
 KT_MISMATCH = 6
 KT_IN_PROGRESS = 7
@@ -183,6 +184,7 @@ def load(path: str) -> ctypes.CDLL:
         "ktStoreSet": (i, [p, ctypes.c_char_p, p, sz]),
         "ktStoreGet": (i, [p, ctypes.c_char_p, p, sz, ctypes.POINTER(sz), d]),
         "ktStoreAdd": (i, [p, ctypes.c_char_p, ctypes.c_int64, ctypes.POINTER(ctypes.c_int64)]),
+        "ktStoreDeletePrefix": (i, [p, ctypes.c_char_p, ctypes.POINTER(sz)]),
         "ktStoreFromCallbacks": (i, [pp, ctypes.POINTER(StoreCallbacks)]),
         "ktStoreFree": (i, [p]),
         "ktCommInitRank": (i, [pp, p, i, i, ctypes.POINTER(Config)]),
@@ -441,6 +443,10 @@ def test_callback_store(lib: ctypes.CDLL) -> None:
     total = ctypes.c_int64()
     assert lib.ktStoreAdd(store, b"counter", 5, ctypes.byref(total)) == KT_SUCCESS and total.value == 5
 
+    removed = ctypes.c_size_t()
+    assert lib.ktStoreDeletePrefix(store, b"large", ctypes.byref(removed)) == KT_INVALID_USAGE
+    assert b"cannot list or remove keys" in lib.ktGetLastError()
+
     comm = ctypes.c_void_p()
     config = Config.make(TOKEN, 5.0)
     assert lib.ktCommInitRank(ctypes.byref(comm), store, 1, 0, config) == KT_SUCCESS, lib.ktGetLastError()
@@ -450,6 +456,25 @@ def test_callback_store(lib: ctypes.CDLL) -> None:
     incomplete = StoreCallbacks(ctypes.sizeof(StoreCallbacks))
     assert lib.ktStoreFromCallbacks(ctypes.byref(store), incomplete) == KT_INVALID_ARGUMENT
     assert store.value is None
+
+
+def test_delete_prefix_removes_only_the_keys_under_it(lib: ctypes.CDLL, store_address: str) -> None:
+    """What a group uses to leave nothing behind in the job's store once every rank has joined."""
+    store = ctypes.c_void_p()
+    assert lib.ktStoreConnect(ctypes.byref(store), store_address.encode(), TOKEN, 5.0) == KT_SUCCESS
+    for key in (b"group/a/x", b"group/a/y", b"group/ab", b"other"):
+        assert lib.ktStoreSet(store, key, b"v", 1) == KT_SUCCESS
+    removed = ctypes.c_size_t()
+    assert lib.ktStoreDeletePrefix(store, b"group/a/", ctypes.byref(removed)) == KT_SUCCESS
+    assert removed.value == 2
+    buffer, length = ctypes.create_string_buffer(4), ctypes.c_size_t()
+    for kept in (b"group/ab", b"other"):
+        assert lib.ktStoreGet(store, kept, buffer, 4, ctypes.byref(length), 0.1) == KT_SUCCESS
+    assert lib.ktStoreGet(store, b"group/a/x", buffer, 4, ctypes.byref(length), 0.1) == KT_TIMEOUT
+    assert lib.ktStoreDeletePrefix(store, b"group/a/", None) == KT_SUCCESS
+    assert lib.ktStoreDeletePrefix(store, b"", None) == KT_INVALID_ARGUMENT
+    assert b"every key" in lib.ktGetLastError()
+    assert lib.ktStoreFree(store) == KT_SUCCESS
 
 
 @pytest.mark.parametrize("nranks", [2, 3])

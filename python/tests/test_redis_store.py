@@ -78,3 +78,32 @@ def test_redis_address_needs_a_job_id(redis_address: str, monkeypatch: pytest.Mo
     store = ctypes.c_void_p()
     assert lib.ktStoreConnect(ctypes.byref(store), redis_address.encode(), None, 5.0) == KT_INVALID_ARGUMENT
     assert "KAITIAN_JOB_ID" in lib.ktGetLastError().decode()
+
+
+def _allreduce(rank: int, size: int) -> list[float]:
+    import torch
+    import torch.distributed as dist
+
+    t = torch.full((3,), float(rank + 1))
+    dist.all_reduce(t)
+    return t.tolist()
+
+
+def test_the_torch_backend_meets_in_redis_and_leaves_only_the_job_marker(redis_address: str) -> None:
+    """KAITIAN_STORE=redis://... as kaitian run --store gives it: the process group's
+    communicators and topology meet in Redis (MAC'd with the job token, since anyone with the
+    Redis password can write there), and the last rank to join removes the group's keys."""
+    from ranks import assert_all_ok
+    from ranks import run_ranks as run_torch_ranks
+
+    env = {
+        "KAITIAN_STORE": redis_address,
+        "KAITIAN_JOB_ID": "torch-redis",
+        "KAITIAN_TOKEN": "redis-job-token-0123456789",
+    }
+    assert assert_all_ok(run_torch_ranks(_allreduce, 3, lambda _: env), 3) == [[6.0] * 3] * 3
+    port = redis_address.rsplit(":", 1)[1]
+    keys = subprocess.run(
+        ["redis-cli", "-p", port, "--scan", "--pattern", "*"], capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert keys == ["kaitian/torch-redis/"], keys  # the job's marker, which expires with its TTL
