@@ -1,0 +1,204 @@
+"""How the engine's allreduce scales with the number of ranks on one host (shared memory).
+
+Runs ``kaitian bench allreduce`` as processes for 2, 3, 4, 6 and 8 ranks at 8 B, 1 MiB, 16 MiB
+and 64 MiB, in alternated rounds (every rank count once per round, the order rotating), and
+prints the median busbw per cell with its spread, and the scaling figures:
+
+- 4 ranks' busbw at 16 MiB against 2 ranks';
+- per byte moved, how much slower 8 ranks are than 4 at each size (busbw 4 / busbw 8: busbw
+  counts the 2(n-1)/n of the buffer that each rank moves).
+
+On a 2-core machine 3 or more ranks oversubscribe the cores: the spin-then-futex wait of a rank
+whose peer is descheduled must yield, or every step waits out a time slice.
+
+Output is markdown (also saved with ``--out FILE``), or with ``--json`` one JSON document.
+Exits 1 if a measurement failed to run. Measures only; no thresholds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import statistics
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from benchlib import parse_json_lines, size_label
+
+BENCH_DIR = Path(__file__).resolve().parent
+DEFAULT_KAITIAN = BENCH_DIR.parent / ".build" / "release" / "kaitian"
+RANKS = (2, 3, 4, 6, 8)
+SIZES = (8, 1 << 20, 16 << 20, 64 << 20)
+
+
+def bench_command(binary: Path, ranks: int, size: int, iters: int, warmup: int) -> list[str]:
+    return [
+        str(binary),
+        "bench",
+        "allreduce",
+        "--ranks",
+        str(ranks),
+        "--min-bytes",
+        str(size),
+        "--max-bytes",
+        str(size),
+        "--transport",
+        "shm",
+        "--iters",
+        str(iters),
+        "--warmup",
+        str(warmup),
+        "--json",
+    ]
+
+
+def measure(binary: Path, ranks: int, size: int, iters: int, warmup: int, timeout: float) -> dict[str, Any]:
+    """One cell: the out-of-place record of ``kaitian bench``, or an error."""
+    command = bench_command(binary, ranks, size, iters, warmup)
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, check=False)
+    except (OSError, subprocess.TimeoutExpired) as error:
+        return {"error": str(error)}
+    if done.returncode != 0:
+        return {"error": f"exited {done.returncode}: {done.stderr.strip()[-300:]}"}
+    records = parse_json_lines(done.stdout)
+    if not records:
+        return {"error": "printed no JSON"}
+    return {"time_us": records[0]["time_us"], "busbw_gbps": records[0]["busbw_gbps"]}
+
+
+def iterations(size: int) -> tuple[int, int]:
+    """Timed and warm-up calls: enough for small sizes to average out, few for 64 MiB."""
+    return (200, 20) if size <= 1 << 20 else (10, 2)
+
+
+def run(binary: Path, rounds: int, timeout: float, progress: bool = True) -> dict[str, Any]:
+    """Every (ranks, size) cell once per round; the rank order rotates each round."""
+    cells: dict[str, list[dict[str, Any]]] = {}
+    for round_index in range(rounds):
+        order = RANKS[round_index % len(RANKS) :] + RANKS[: round_index % len(RANKS)]
+        for ranks in order:
+            for size in SIZES:
+                iters, warmup = iterations(size)
+                result = measure(binary, ranks, size, iters, warmup, timeout)
+                cells.setdefault(f"{ranks}/{size}", []).append(result)
+                if progress:
+                    shown = result.get("error") or f"{result['busbw_gbps']:.3f} GB/s, {result['time_us']:.1f} us"
+                    print(
+                        f"round {round_index + 1}/{rounds}: {ranks} ranks, {size_label(size)}: {shown}",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+    return {
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "rounds": rounds,
+        "ranks": list(RANKS),
+        "sizes": list(SIZES),
+        "cells": cells,
+    }
+
+
+def summarize(document: dict[str, Any]) -> dict[str, Any]:
+    """Medians and spreads per cell, and the scaling figures."""
+    table: dict[str, dict[str, float]] = {}
+    for key, results in document["cells"].items():
+        good = [r for r in results if "error" not in r]
+        if not good:
+            continue
+        busbw = sorted(r["busbw_gbps"] for r in good)
+        times = sorted(r["time_us"] for r in good)
+        table[key] = {
+            "busbw_median": statistics.median(busbw),
+            "busbw_min": busbw[0],
+            "busbw_max": busbw[-1],
+            "time_median_us": statistics.median(times),
+        }
+
+    def cell(ranks: int, size: int) -> dict[str, float] | None:
+        return table.get(f"{ranks}/{size}")
+
+    four, two = cell(4, 16 << 20), cell(2, 16 << 20)
+    scaling: dict[str, Any] = {
+        "busbw_4_over_2_at_16MiB": four["busbw_median"] / two["busbw_median"] if four and two else None,
+        "slowdown_per_byte_8_over_4": {},
+    }
+    for size in SIZES:
+        eight, four_ranks = cell(8, size), cell(4, size)
+        if eight and four_ranks:
+            # busbw counts the bytes each rank moves (2(n-1)/n of the buffer), so its ratio is the
+            # slowdown per byte moved.
+            scaling["slowdown_per_byte_8_over_4"][str(size)] = four_ranks["busbw_median"] / eight["busbw_median"]
+    return {"table": table, "scaling": scaling}
+
+
+def render_markdown(document: dict[str, Any], summary: dict[str, Any]) -> str:
+    lines = [
+        "# Engine allreduce scaling with ranks (shared memory, one host)",
+        "",
+        f"- date: {document['date']}; {document['rounds']} alternated rounds; float32 sum, out of place",
+        "- cell: median busbw in GB/s (min-max over rounds); busbw = algbw x 2(n-1)/n as in nccl-tests",
+        "",
+        "| ranks | " + " | ".join(size_label(size) for size in document["sizes"]) + " |",
+        "|---:|" + "---:|" * len(document["sizes"]),
+    ]
+    for ranks in document["ranks"]:
+        cells = []
+        for size in document["sizes"]:
+            entry = summary["table"].get(f"{ranks}/{size}")
+            cells.append(
+                "failed"
+                if entry is None
+                else f"{entry['busbw_median']:.3f} ({entry['busbw_min']:.3f}-{entry['busbw_max']:.3f})"
+            )
+        lines.append(f"| {ranks} | " + " | ".join(cells) + " |")
+    lines += ["", "Median time per call (us):", ""]
+    lines += [
+        "| ranks | " + " | ".join(size_label(size) for size in document["sizes"]) + " |",
+        "|---:|" + "---:|" * len(document["sizes"]),
+    ]
+    for ranks in document["ranks"]:
+        cells = []
+        for size in document["sizes"]:
+            entry = summary["table"].get(f"{ranks}/{size}")
+            cells.append("failed" if entry is None else f"{entry['time_median_us']:.1f}")
+        lines.append(f"| {ranks} | " + " | ".join(cells) + " |")
+    scaling = summary["scaling"]
+    lines += ["", "## Scaling", ""]
+    ratio = scaling["busbw_4_over_2_at_16MiB"]
+    lines.append(f"- 4 ranks' busbw at 16 MiB / 2 ranks': {'-' if ratio is None else f'{ratio:.2f}'}")
+    for size, slowdown in scaling["slowdown_per_byte_8_over_4"].items():
+        lines.append(
+            f"- {size_label(int(size))}: 8 ranks are {slowdown:.2f}x slower per byte moved than 4 (busbw 4 / 8)"
+        )
+    errors = [f"- {key}: {r['error']}" for key, results in document["cells"].items() for r in results if "error" in r]
+    if errors:
+        lines += ["", "## Errors", "", *errors]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--kaitian", type=Path, default=DEFAULT_KAITIAN, help="kaitian binary (release build)")
+    parser.add_argument("--rounds", type=int, default=3, help="alternated rounds (default 3)")
+    parser.add_argument("--timeout", type=float, default=300.0, help="seconds allowed per cell")
+    parser.add_argument("--json", action="store_true", help="print the raw results and summary as JSON")
+    parser.add_argument("--out", type=Path, help="also save the markdown report to this file")
+    args = parser.parse_args(argv)
+    if args.rounds < 1:
+        parser.error("--rounds must be at least 1")
+    document = run(args.kaitian, args.rounds, args.timeout)
+    summary = summarize(document)
+    report = render_markdown(document, summary)
+    if args.out is not None:
+        args.out.write_text(report, encoding="utf-8")
+    sys.stdout.write(json.dumps(document | {"summary": summary}, indent=2) + "\n" if args.json else report)
+    failed = any("error" in r for results in document["cells"].values() for r in results)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
