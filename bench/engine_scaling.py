@@ -23,7 +23,7 @@ import json
 import statistics
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -135,6 +135,22 @@ def summarize(document: dict[str, Any]) -> dict[str, Any]:
     return {"table": table, "scaling": scaling}
 
 
+def ranks_by_size_table(
+    document: dict[str, Any], summary: dict[str, Any], cell: Callable[[dict[str, float]], str]
+) -> list[str]:
+    """A markdown table with one row per rank count and one column per size."""
+    lines = [
+        "| ranks | " + " | ".join(size_label(size) for size in document["sizes"]) + " |",
+        "|---:|" + "---:|" * len(document["sizes"]),
+    ]
+    for ranks in document["ranks"]:
+        entries = [summary["table"].get(f"{ranks}/{size}") for size in document["sizes"]]
+        lines.append(
+            f"| {ranks} | " + " | ".join("failed" if entry is None else cell(entry) for entry in entries) + " |"
+        )
+    return lines
+
+
 def render_markdown(document: dict[str, Any], summary: dict[str, Any]) -> str:
     lines = [
         "# Engine allreduce scaling with ranks (shared memory, one host)",
@@ -142,30 +158,12 @@ def render_markdown(document: dict[str, Any], summary: dict[str, Any]) -> str:
         f"- date: {document['date']}; {document['rounds']} alternated rounds; float32 sum, out of place",
         "- cell: median busbw in GB/s (min-max over rounds); busbw = algbw x 2(n-1)/n as in nccl-tests",
         "",
-        "| ranks | " + " | ".join(size_label(size) for size in document["sizes"]) + " |",
-        "|---:|" + "---:|" * len(document["sizes"]),
     ]
-    for ranks in document["ranks"]:
-        cells = []
-        for size in document["sizes"]:
-            entry = summary["table"].get(f"{ranks}/{size}")
-            cells.append(
-                "failed"
-                if entry is None
-                else f"{entry['busbw_median']:.3f} ({entry['busbw_min']:.3f}-{entry['busbw_max']:.3f})"
-            )
-        lines.append(f"| {ranks} | " + " | ".join(cells) + " |")
+    lines += ranks_by_size_table(
+        document, summary, lambda e: f"{e['busbw_median']:.3f} ({e['busbw_min']:.3f}-{e['busbw_max']:.3f})"
+    )
     lines += ["", "Median time per call (us):", ""]
-    lines += [
-        "| ranks | " + " | ".join(size_label(size) for size in document["sizes"]) + " |",
-        "|---:|" + "---:|" * len(document["sizes"]),
-    ]
-    for ranks in document["ranks"]:
-        cells = []
-        for size in document["sizes"]:
-            entry = summary["table"].get(f"{ranks}/{size}")
-            cells.append("failed" if entry is None else f"{entry['time_median_us']:.1f}")
-        lines.append(f"| {ranks} | " + " | ".join(cells) + " |")
+    lines += ranks_by_size_table(document, summary, lambda e: f"{e['time_median_us']:.1f}")
     scaling = summary["scaling"]
     lines += ["", "## Scaling", ""]
     ratio = scaling["busbw_4_over_2_at_16MiB"]
