@@ -40,3 +40,16 @@ int kt_pin_to_cpu(int cpu) {
   CPU_SET(cpu, &set);
   return sched_setaffinity(0, sizeof(set), &set) == 0 ? 0 : errno;
 }
+
+int kt_allowed_cpus(int *cpus, int capacity) {
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  if (sched_getaffinity(0, sizeof(set), &set) != 0) return -errno;
+  int count = 0;
+  for (int cpu = 0; cpu < CPU_SETSIZE; cpu++) {
+    if (!CPU_ISSET(cpu, &set)) continue;
+    if (count < capacity) cpus[count] = cpu;
+    count++;
+  }
+  return count;
+}

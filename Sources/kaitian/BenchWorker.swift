@@ -1,6 +1,7 @@
 import CKaitianShim
 import Glibc
 import Kaitian
+import KaitianLaunch
 import KaitianStore
 import KaitianVerification
 
@@ -17,6 +18,8 @@ struct BenchWorker {
   }
 
   func run() throws {
+    // Before the communicator starts its threads, which inherit the binding.
+    if options.bind == .core { try bindToCore() }
     let token = try JobToken.requiredFromEnvironment()
     let store = try StoreClient.connect(
       address: storeAddress, token: token, clientName: "rank \(rank)")
@@ -96,6 +99,24 @@ struct BenchWorker {
     return Timing(
       microseconds: try combine(comm, seconds, .max, as: Double.self) * 1e6,
       wrong: Int(try combine(comm, Int64(wrong), .sum, as: Int64.self)))
+  }
+
+  /// Pins this rank to the (rank mod n)-th of the n CPUs it may use (`--bind core`).
+  private func bindToCore() throws {
+    var cpus = [Int32](repeating: 0, count: 1024)
+    let count = Int(kt_allowed_cpus(&cpus, Int32(cpus.count)))
+    guard count > 0 else {
+      throw LaunchError(
+        "rank \(rank): cannot read its allowed CPUs: \(SocketError.errnoDescription(-Int32(count)))"
+      )
+    }
+    let cpu = cpus[rank % min(count, cpus.count)]
+    let status = kt_pin_to_cpu(cpu)
+    guard status == 0 else {
+      throw LaunchError(
+        "rank \(rank): cannot pin itself to CPU \(cpu) (--bind core): "
+          + "\(SocketError.errnoDescription(status)); use --bind none")
+    }
   }
 
   /// Reduces one value over all ranks with the communicator itself.

@@ -43,8 +43,11 @@ int kt_futex_wait(void *addr, uint32_t expected, int64_t timeout_ns);
 int kt_futex_wake(void *addr, int count);
 /// Monotonic clock in nanoseconds.
 int64_t kt_monotonic_ns(void);
-/// Pins the calling thread to one CPU. Returns 0 or an errno.
+/// Pins the calling thread to one CPU (threads it starts later inherit it). Returns 0 or an errno.
 int kt_pin_to_cpu(int cpu);
+/// The CPUs the calling thread may run on, in increasing order: writes up to capacity of them to
+/// cpus and returns how many there are, or -errno.
+int kt_allowed_cpus(int *cpus, int capacity);
 
 #ifdef __cplusplus
 }
