@@ -56,9 +56,8 @@ struct BenchCommand: ParsableCommand {
   @Option(
     help: """
       core: pin rank r to the r-th CPU this command may use, as mpirun --bind-to core does, so \
-      that two ranks never share a core by chance (measured here: 8 B allreduce 10-11 us on \
-      two cores, 32 us on one, and either when left to the scheduler); none: leave placement \
-      to the scheduler.
+      that two ranks never share a core by chance (small messages then take several times as \
+      long); none: leave placement to the scheduler.
       """)
   var bind = BenchBinding.core
 
