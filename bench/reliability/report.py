@@ -195,7 +195,8 @@ def render(results: dict[str, Any], args: argparse.Namespace, seconds: float | N
             " torchrun without `KAITIAN_TOKEN`, rank 0 draws the token and publishes it in torch's"
             " TCPStore, so whoever reaches that store can join; set `KAITIAN_TOKEN`, or use `kaitian run`,"
             " whose workers meet in the job's own store. Anyone with the Redis password can read and write"
-            " every job's keys in that Redis.",
+            " every job's keys in that Redis (the values the ranks trust carry the job token's MAC, so"
+            " they cannot be forged there); `rediss://` protects the connection to Redis with TLS.",
             "",
         ]
     skipped = network["skipped"]
