@@ -125,9 +125,13 @@ final class RedisConnection: Sendable {
     _ url: RedisURL, limits: RESPLimits, connectTimeout: Duration, operationTimeout: Duration,
     tls: RedisTLS? = nil
   ) throws(StoreError) -> RedisConnection {
-    var settings: RedisTLS?
-    if url.usesTLS {
-      if let tls { settings = tls } else { settings = try RedisTLS.fromEnvironment() }
+    let settings: RedisTLS?
+    if !url.usesTLS {
+      settings = nil
+    } else if let tls {
+      settings = tls
+    } else {
+      settings = try RedisTLS.fromEnvironment()
     }
     let end = ContinuousClock.now + connectTimeout
     var pause = Duration.milliseconds(20)

@@ -26,8 +26,9 @@ public struct RedisTLS: Sendable {
   /// The settings in the environment; throws `.invalidArgument` naming the variable and file.
   public static func fromEnvironment() throws(StoreError) -> RedisTLS {
     try RedisTLS(
-      caFile: environment(caFileVariable), certificateFile: environment(certificateFileVariable),
-      keyFile: environment(keyFileVariable))
+      caFile: EnvironmentVariable.value(caFileVariable),
+      certificateFile: EnvironmentVariable.value(certificateFileVariable),
+      keyFile: EnvironmentVariable.value(keyFileVariable))
   }
 
   public init(caFile: String?, certificateFile: String?, keyFile: String?) throws(StoreError) {
@@ -77,11 +78,6 @@ public struct RedisTLS: Sendable {
     var v4 = in_addr()
     var v6 = in6_addr()
     return inet_pton(AF_INET, host, &v4) == 1 || inet_pton(AF_INET6, host, &v6) == 1
-  }
-
-  private static func environment(_ name: String) -> String? {
-    guard let value = getenv(name), value.pointee != 0 else { return nil }
-    return String(cString: value)
   }
 
   private static func load<Loaded>(

@@ -115,9 +115,8 @@ extension RedisURL {
   /// REDIS_PASSWORD_FILE, else nil. Why: a password written in the URL on a command line is
   /// shown by `ps` to every user of the host; the environment and a mode-0600 file are not.
   public static func passwordFromEnvironment() throws(StoreError) -> String? {
-    if let value = getenv(passwordVariable), value.pointee != 0 { return String(cString: value) }
-    guard let value = getenv(passwordFileVariable), value.pointee != 0 else { return nil }
-    let path = String(cString: value)
+    if let password = EnvironmentVariable.value(passwordVariable) { return password }
+    guard let path = EnvironmentVariable.value(passwordFileVariable) else { return nil }
     do throws(SecretFile.Failure) {
       return try SecretFile.read(path, what: "Redis password")
     } catch {

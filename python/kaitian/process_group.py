@@ -435,12 +435,6 @@ class ProcessGroupKaitian(_BASE):  # type: ignore[misc, valid-type]
         token = job_token(store, rank, timeout)
         rendezvous = EngineRendezvous(store, rank, token, timeout)
         self.rendezvous_namespace = rendezvous.namespace  # where its communicators met (tests read it)
-        joined = 0
-        try:
-            self.topology = Topology.exchange(rendezvous.values, rank, size, timeout)
-        except BaseException:
-            rendezvous.close()
-            raise
         host_id = local_host_id()
 
         def communicator(nranks: int, comm_rank: int, prefix: str) -> Communicator:
@@ -449,7 +443,9 @@ class ProcessGroupKaitian(_BASE):  # type: ignore[misc, valid-type]
 
         # Communicators are joined in one global order (world, intra, columns) so that no two
         # ranks wait on each other's joins in opposite orders.
+        joined = 0
         try:
+            self.topology = Topology.exchange(rendezvous.values, rank, size, timeout)
             self._world = communicator(size, rank, "kaitian/world")
             self._intra: IntraGroup | None = None
             self._intra_gather: IntraGroup | None = None

@@ -1,4 +1,5 @@
 import Glibc
+import KaitianStore
 
 /// How a communicator finds and talks to its peers. Every field has an environment variable
 /// (documented in the README), read by `fromEnvironment()`, in the spirit of NCCL_*.
@@ -62,8 +63,8 @@ public struct CommunicatorOptions: Sendable {
   /// that names the variable.
   public static func fromEnvironment() throws(KaitianError) -> CommunicatorOptions {
     var options = CommunicatorOptions()
-    if let value = environment("KAITIAN_HOST_ID") { options.hostIdentity = value }
-    if let value = environment("KAITIAN_TRANSPORT") {
+    if let value = EnvironmentVariable.value("KAITIAN_HOST_ID") { options.hostIdentity = value }
+    if let value = EnvironmentVariable.value("KAITIAN_TRANSPORT") {
       guard let transport = Transport(rawValue: value.lowercased()) else {
         throw .invalidArgument("KAITIAN_TRANSPORT=\(value) is not one of auto, tcp, shm")
       }
@@ -75,7 +76,7 @@ public struct CommunicatorOptions: Sendable {
     options.heartbeatTimeoutSeconds = try number(
       "KAITIAN_HEARTBEAT_TIMEOUT", default: options.heartbeatTimeoutSeconds
     ) { $0 == 0 || $0 >= 0.1 }
-    options.advertisedHost = environment("KAITIAN_SOCKET_ADDR")
+    options.advertisedHost = EnvironmentVariable.value("KAITIAN_SOCKET_ADDR")
     options.spinMicroseconds = Int(
       try number("KAITIAN_SPIN_US", default: Double(options.spinMicroseconds)) { $0 >= 0 })
     options.ringThresholdBytes = Int(
@@ -95,15 +96,10 @@ public struct CommunicatorOptions: Sendable {
     return String(cString: name)
   }
 
-  private static func environment(_ name: String) -> String? {
-    guard let raw = getenv(name), raw.pointee != 0 else { return nil }
-    return String(cString: raw)
-  }
-
   private static func number(
     _ name: String, default value: Double, valid: (Double) -> Bool
   ) throws(KaitianError) -> Double {
-    guard let text = environment(name) else { return value }
+    guard let text = EnvironmentVariable.value(name) else { return value }
     guard let parsed = Double(text), valid(parsed) else {
       throw .invalidArgument("\(name)=\(text) is not a valid value")
     }

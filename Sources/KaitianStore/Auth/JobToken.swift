@@ -54,10 +54,10 @@ public struct JobToken: Sendable, CustomStringConvertible {
   /// The token from `KAITIAN_TOKEN`, else from the file named by `KAITIAN_TOKEN_FILE` (with
   /// surrounding whitespace trimmed), else `nil`.
   public static func fromEnvironment() throws(JobTokenError) -> JobToken? {
-    if let text = environment(environmentVariable) {
+    if let text = EnvironmentVariable.value(environmentVariable) {
       return try JobToken(text, origin: environmentVariable)
     }
-    if let path = environment(fileEnvironmentVariable) {
+    if let path = EnvironmentVariable.value(fileEnvironmentVariable) {
       let origin = "\(fileEnvironmentVariable)=\(path)"
       return try JobToken(try readFile(path, origin: origin), origin: origin)
     }
@@ -71,11 +71,6 @@ public struct JobToken: Sendable, CustomStringConvertible {
   }
 
   public var description: String { "JobToken(from \(origin), \(secret.count) bytes)" }
-
-  private static func environment(_ name: String) -> String? {
-    guard let value = getenv(name), value.pointee != 0 else { return nil }
-    return String(cString: value)
-  }
 
   private static func readFile(_ path: String, origin: String) throws(JobTokenError) -> String {
     do throws(SecretFile.Failure) {

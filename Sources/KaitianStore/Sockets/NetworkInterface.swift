@@ -13,8 +13,8 @@ public enum NetworkInterfaces {
   public static func addressFromEnvironment(
     family: SocketAddress.Family? = nil
   ) throws(SocketError) -> SocketAddress? {
-    guard let raw = getenv(environmentVariable), raw.pointee != 0 else { return nil }
-    return try address(ofInterface: String(cString: raw), family: family)
+    guard let name = EnvironmentVariable.value(environmentVariable) else { return nil }
+    return try address(ofInterface: name, family: family)
   }
 
   /// The address (with port 0) of the interface `name` that is up.
