@@ -155,13 +155,16 @@ def measure_iperf3(seconds: int = IPERF3_SECONDS) -> Run:
     print(f"==> {' '.join(command)}", file=sys.stderr, flush=True)
     server = subprocess.Popen(server_command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        for _ in range(100):  # the server listens within milliseconds; the client retries until then
+        # The server listens within milliseconds; the client retries until then. iperf3 3.12 with -J
+        # exits 0 when it cannot connect, and says so only in the document's "error".
+        for _ in range(100):
             done = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 30, check=False)
-            if done.returncode == 0 or "refused" not in done.stdout + done.stderr:
+            error = _iperf3_error(done)
+            if error is None or "refused" not in error:
                 break
             time.sleep(0.05)
-        if done.returncode != 0:
-            return Run(command, [], f"iperf3 exited with status {done.returncode}: {done.stdout[-300:]}")
+        if error is not None:
+            return Run(command, [], f"iperf3 failed: {error}")
         bits = json.loads(done.stdout)["end"]["sum_received"]["bits_per_second"]
         return Run(command, [{"benchmark": "iperf3", "streams": 1, "gbps": bits / 8e9}], None)
     except (OSError, subprocess.TimeoutExpired, ValueError, KeyError) as error:
@@ -169,6 +172,20 @@ def measure_iperf3(seconds: int = IPERF3_SECONDS) -> Run:
     finally:
         server.kill()
         server.wait()
+
+
+def _iperf3_error(done: subprocess.CompletedProcess[str]) -> str | None:
+    """What went wrong in one iperf3 client run (its exit status or its JSON's "error"), or None."""
+    try:
+        document = json.loads(done.stdout)
+    except ValueError:
+        document = {}
+    error = document.get("error") if isinstance(document, dict) else None
+    if error:
+        return str(error)
+    if done.returncode != 0:
+        return f"exited with status {done.returncode}: {(done.stdout + done.stderr)[-300:]}"
+    return None
 
 
 def run_json(command: list[str], timeout_s: float) -> Run:
@@ -474,6 +491,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
         round_runs["gloo"] = run_json(gloo_command(args.python, max_bytes, args.iters, args.warmup), args.timeout)
         round_runs["iperf3"] = measure_iperf3()
+        for name, run in round_runs.items():
+            if run.error is not None:
+                print(f"error: {name}: {run.error}", file=sys.stderr, flush=True)
         rounds.append(round_runs)
     document = build_document(config, rounds, machine_info())
     report = render_markdown(document)

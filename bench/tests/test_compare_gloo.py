@@ -379,7 +379,7 @@ def test_compare_gloo_end_to_end_with_fake_kaitian(tmp_path: Path) -> None:
             str(out),
         ]
     )
-    assert done.returncode == 0, done.stderr
+    assert done.returncode == 0, done.stderr + done.stdout
     document = json.loads(done.stdout)
     assert [row["size_bytes"] for row in document["rows"]] == benchlib.size_range(8, 1 << 20)
     assert all(row["gloo_time_us"] > 0 and row["shm_time_us"] == 5.0 for row in document["rows"])
@@ -397,3 +397,14 @@ def test_compare_gloo_reports_missing_kaitian(tmp_path: Path) -> None:
     assert done.returncode == 1
     assert "## Errors" in done.stdout
     assert "kaitian_shm" in done.stdout
+
+
+def test_iperf3_error_reads_the_json_document_as_well_as_the_status() -> None:
+    refused = '{"start": {}, "intervals": [], "end": {}, "error": "unable to connect to server: Connection refused"}'
+    # iperf3 3.12 exits 0 with -J when it cannot connect: the error is only in the document.
+    assert compare_gloo._iperf3_error(subprocess.CompletedProcess([], 0, refused, "")) == (
+        "unable to connect to server: Connection refused"
+    )
+    assert "status 1" in str(compare_gloo._iperf3_error(subprocess.CompletedProcess([], 1, "garbage", "boom")))
+    fine = '{"end": {"sum_received": {"bits_per_second": 8e9}}}'
+    assert compare_gloo._iperf3_error(subprocess.CompletedProcess([], 0, fine, "")) is None
