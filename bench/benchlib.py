@@ -13,9 +13,12 @@ Conventions follow nccl-tests:
 from __future__ import annotations
 
 import json
+import os
 import re
 import socket
+import statistics
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 _SIZE_RE = re.compile(r"^\s*(\d+)\s*([kmgt]?)(i?b)?\s*$", re.IGNORECASE)
@@ -145,3 +148,27 @@ def stage_means_ms(steps: list[dict[str, Any]]) -> dict[str, float]:
 def stages_text(stages_ms: dict[str, float]) -> str:
     """A report cell: "name ms, ..." with one decimal, or "-" when there are none."""
     return ", ".join(f"{name} {ms:.1f}" for name, ms in stages_ms.items()) or "-"
+
+
+def spread(values: list[float]) -> str:
+    """median (min-max) of values, as text."""
+    if not values:
+        return "-"
+    if len(values) == 1:
+        return f"{values[0]:.3g}"
+    return f"{statistics.median(values):.3g} ({min(values):.3g}-{max(values):.3g})"
+
+
+def keep_one_calibration(cache: Path) -> Path:
+    """The cache folder every job of this benchmark uses, its emulated-device calibrations kept fresh.
+
+    One calibration for the whole run: the first emulated job calibrates, and every later job,
+    whatever its mode or configuration, paces to the same costs (a calibration would otherwise
+    expire after an hour, or come from another run, and change the devices between the runs
+    being compared).
+    """
+    folder = cache / "kaitian"
+    if folder.is_dir():
+        for calibration in folder.glob("emulation-*.json"):
+            os.utime(calibration)
+    return cache

@@ -45,7 +45,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))  # benchlib, also when loaded from elsewhere (the tests)
 
-from benchlib import stage_means_ms, stages_text  # noqa: E402
+from benchlib import keep_one_calibration, spread, stage_means_ms, stages_text  # noqa: E402
 
 CONFIGURATIONS = ("fast alone", "both", "slow alone")
 SHARES = {
@@ -120,21 +120,6 @@ def run_side_by_side(mode: str, args: argparse.Namespace, folder: Path, slow_sha
             time.sleep(0.05)
         (gate / "go").touch()
         return side_by_side_summary(fast.result(), slow.result())
-
-
-def keep_one_calibration(cache: Path) -> Path:
-    """The cache folder every job of this benchmark uses, its emulated-device calibrations kept fresh.
-
-    One calibration for the whole run: the first emulated job calibrates, and every later job,
-    whatever its mode or configuration, paces to the same costs (a calibration would otherwise
-    expire after an hour, or come from another run, and change the devices between the runs
-    being compared).
-    """
-    folder = cache / "kaitian"
-    if folder.is_dir():
-        for calibration in folder.glob("emulation-*.json"):
-            os.utime(calibration)
-    return cache
 
 
 # ---- pure summaries (tested without processes) ----
@@ -216,15 +201,6 @@ def side_by_side_summary(fast: dict[str, Any], slow: dict[str, Any]) -> dict[str
         overlap_seconds=window[1] - window[0],
     )
     return summary
-
-
-def spread(values: list[float]) -> str:
-    """median (min-max) of values, as text."""
-    if not values:
-        return "-"
-    if len(values) == 1:
-        return f"{values[0]:.3g}"
-    return f"{statistics.median(values):.3g} ({min(values):.3g}-{max(values):.3g})"
 
 
 def mode_report(mode: str, rounds: list[dict[str, dict[str, Any]]]) -> dict[str, Any]:

@@ -1,11 +1,15 @@
 """Reproduces the Kaitian paper's Figures 2, 3 and 4 on this machine, in one run.
 
 The paper trains MobileNetV2 on CIFAR-10 with 2 NVIDIA GPUs ("2G", NCCL) and 2 Cambricon MLUs
-("2M", CNCL). Here the two device kinds are two groups of CPU workers made unequal by cgroup CPU
-quotas (10 ms period) and pinned to different cores:
+("2M", CNCL). Here the two device kinds are two groups of 2 CPU workers, made unequal by one of
+two stand-ins for a slow accelerator:
 
-  fast group: 2 workers at --fast-cpu CPU each on CPU 0  (the paper's faster kind)
-  slow group: 2 workers at --slow-cpu CPU each on CPU 1
+  quota     cgroup CPU quotas (10 ms period): fast --fast-cpu CPU per worker on CPU 0, slow
+            --slow-cpu on CPU 1. Pessimistic: the quota also throttles each rank's host threads
+            (its communication), which an accelerator's host runs at full speed.
+  emulated  EMULATION (`kaitian run --group KIND:N:speed=F`): the model's forward and backward
+            are paced to a device F times as fast as a host core while the host threads run
+            free; fast --fast-speed, slow --slow-speed, no quotas, no pinning.
 
 Inside the fast group ranks talk through Kaitian's engine, inside the slow group through torch's
 gloo (standing in for a vendor library), and the groups meet through Kaitian's host-memory path,
@@ -14,11 +18,14 @@ as GPUs and MLUs do. Every job runs examples/train.py under `kaitian run` on the
 something) with the example's small CNN, or with --workload mobilenet on generated CIFAR-shaped
 data (CIFAR-10 cannot be downloaded here).
 
-  Figure 2: time to train and test accuracy: fast group alone (gloo), slow group alone (gloo),
-            both groups with Kaitian and online load adaptation.
+  Figure 2: time to train and test accuracy under both stand-ins: fast group alone (Kaitian's
+            engine, the faster library here), both groups with Kaitian and online load
+            adaptation, slow group alone (gloo), run in --rounds alternated rounds (fast alone,
+            both, slow alone; quota, then emulated), reported as medians and ranges.
   Figure 3: per-worker step time and utilization (compute / step) of the hybrid job under an
-            equal split, static measured shares and online re-balancing.
-  Figure 4: homogeneous overhead: each group alone with backend "kaitian" against torch's gloo.
+            equal split, static measured shares and online re-balancing (quotas).
+  Figure 4: homogeneous overhead: each group alone with backend "kaitian" against torch's gloo
+            (quotas).
 
 Writes docs/RESULTS.md and docs/results/figure-{2,3,4}.png (matplotlib), quoting the paper's
 numbers beside ours (never instead of them). --json prints the raw results. Needs root (CPU
@@ -43,7 +50,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "bench"))  # benchlib, also when loaded from elsewhere (the tests)
 
-from benchlib import stage_means_ms, stages_text  # noqa: E402
+from benchlib import keep_one_calibration, spread, stage_means_ms, stages_text  # noqa: E402
 
 PAPER = {
     "figure2": {"2G (NCCL)": (236.4, 0.853), "2M (CNCL)": (166.3, 0.855), "2G+2M (Kaitian)": (137.4, 0.834)},
@@ -74,16 +81,37 @@ def groups(args: argparse.Namespace, fast: bool, slow: bool) -> list[str]:
 
 
 def jobs(args: argparse.Namespace) -> list[Job]:
+    """Figures 3 and 4: the hybrid job's three load strategies and each group alone on either backend."""
     hybrid = "fast=kaitian,slow=gloo"
     return [
         Job("fast alone, gloo", groups(args, True, False), "gloo", "off"),
-        Job("slow alone, gloo", groups(args, False, True), "gloo", "off"),
         Job("fast alone, kaitian", groups(args, True, False), "kaitian", "off", "fast=kaitian"),
+        Job("slow alone, gloo", groups(args, False, True), "gloo", "off"),
         Job("slow alone, kaitian", groups(args, False, True), "kaitian", "off", "slow=kaitian"),
         Job("both, equal split", groups(args, True, True), "kaitian", "off", hybrid),
         Job("both, static shares", groups(args, True, True), "kaitian", "static", hybrid),
         Job("both, online", groups(args, True, True), "kaitian", "online", hybrid),
     ]
+
+
+STAND_INS = ("quota", "emulated")
+# The order each round runs them in: the two configurations compared most (fast alone and both)
+# back to back.
+FIGURE2_CONFIGURATIONS = ("fast alone", "both", "slow alone")
+
+
+def figure2_job(args: argparse.Namespace, mode: str, config: str) -> Job:
+    """One Figure 2 configuration under one stand-in for a slow accelerator."""
+    if mode == "quota":
+        fast, slow = groups(args, True, False), groups(args, False, True)
+    else:
+        fast, slow = [f"fast:2:speed={args.fast_speed}"], [f"slow:2:speed={args.slow_speed}"]
+    if config == "fast alone":
+        # The fast group's own library in the hybrid job, and the faster one here: the harder baseline.
+        return Job(f"{mode}: fast alone", fast, "kaitian", "off", "fast=kaitian")
+    if config == "slow alone":
+        return Job(f"{mode}: slow alone", slow, "gloo", "off")
+    return Job(f"{mode}: both", fast + slow, "kaitian", "online", "fast=kaitian,slow=gloo")
 
 
 def workload_arguments(args: argparse.Namespace) -> list[str]:
@@ -92,9 +120,8 @@ def workload_arguments(args: argparse.Namespace) -> list[str]:
     return ["--data", "digits", "--model", "cnn"]
 
 
-def run_job(job: Job, args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
-    """Runs one job; its summary (result JSON) with every rank's per-step trace."""
-    folder = scratch / job.name.replace(" ", "-").replace(",", "")
+def run_job(job: Job, args: argparse.Namespace, folder: Path, cache: Path) -> dict[str, Any]:
+    """Runs one job in `folder`; its summary (result JSON) with every rank's per-step trace."""
     ranks = sum(int(g.split(":")[1]) for g in job.groups)
     batch = ["--global-batch", str(args.global_batch)]
     if job.adaptive == "off":
@@ -106,7 +133,7 @@ def run_job(job: Job, args: argparse.Namespace, scratch: Path) -> dict[str, Any]
     command += ["--adaptive", job.adaptive, "--epochs", str(args.epochs), "--interval", str(args.interval)]
     command += [*batch, *workload_arguments(args), "--result-json", str(folder / "result.json")]
     command += ["--trace-dir", str(folder / "trace"), *job.extra]
-    env = dict(os.environ, PYTHONPATH=str(REPO / "python"))
+    env = dict(os.environ, PYTHONPATH=str(REPO / "python"), XDG_CACHE_HOME=str(keep_one_calibration(cache)))
     if job.intra:
         env["KAITIAN_INTRA_BACKEND"] = job.intra
     started = time.perf_counter()
@@ -117,6 +144,10 @@ def run_job(job: Job, args: argparse.Namespace, scratch: Path) -> dict[str, Any]
     result["job_seconds"] = time.perf_counter() - started
     result["traces"] = [json.loads(p.read_text()) for p in sorted((folder / "trace").glob("rank-*.json"))]
     return result
+
+
+def folder_name(name: str) -> str:
+    return name.replace(": ", "-").replace(", ", "-").replace(" ", "-")
 
 
 # ---- pure helpers (tested without processes) ----
@@ -136,18 +167,66 @@ def worker_stats(trace: dict[str, Any], skip: int = 2) -> dict[str, float]:
     }
 
 
-def figure2_rows(results: dict[str, dict[str, Any]]) -> list[tuple[str, float, float, str]]:
-    """(configuration, training seconds, accuracy, paper's figure) for Figure 2."""
+FIGURE2_LABELS = {
+    "fast alone": ("fast group alone (2 workers, Kaitian's engine)", "2G (NCCL)"),
+    "both": ("both groups, Kaitian, online shares", "2G+2M (Kaitian)"),
+    "slow alone": ("slow group alone (2 workers, gloo)", "2M (CNCL)"),
+}
+
+
+def figure2_summary(rounds: list[dict[str, dict[str, Any]]]) -> dict[str, Any]:
+    """One stand-in's Figure 2 over its rounds: per configuration the training times and accuracies,
+    and per round how both groups compare with each group alone and with their sum.
+
+    Every job trains the same samples, so a throughput ratio is the inverse ratio of times; the
+    sum of the groups alone is the ideal a hybrid job can reach (1/fast + 1/slow in samples per
+    second).
+    """
+    seconds = {c: [r[c]["seconds"] for r in rounds] for c in FIGURE2_CONFIGURATIONS}
+    accuracy = {c: [r[c]["accuracy"] for r in rounds] for c in FIGURE2_CONFIGURATIONS}
+    pairs = list(zip(seconds["fast alone"], seconds["both"], seconds["slow alone"], strict=True))
+    return {
+        "seconds": seconds,
+        "accuracy": accuracy,
+        "both_over_fast": [fast / both for fast, both, _ in pairs],
+        "both_over_slow": [slow / both for _, both, slow in pairs],
+        "both_over_sum": [(1 / both) / (1 / fast + 1 / slow) for fast, both, slow in pairs],
+    }
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+def figure2_rows(summaries: dict[str, dict[str, Any]]) -> list[tuple[str, str, str, str, str]]:
+    """(stand-in, configuration, training time, accuracy, paper's figure) for Figure 2's table."""
     paper = PAPER["figure2"]
-    rows = [
-        ("fast group alone (2 workers, gloo)", results["fast alone, gloo"], "2G (NCCL)"),
-        ("slow group alone (2 workers, gloo)", results["slow alone, gloo"], "2M (CNCL)"),
-        ("both groups, Kaitian, online shares", results["both, online"], "2G+2M (Kaitian)"),
-    ]
-    return [
-        (label, r["seconds"], r["accuracy"], f"{paper[key][0]:.1f} s, {100 * paper[key][1]:.1f}%")
-        for label, r, key in rows
-    ]
+    rows = []
+    for mode, summary in summaries.items():
+        for config in FIGURE2_CONFIGURATIONS:
+            label, key = FIGURE2_LABELS[config]
+            rows.append(
+                (
+                    mode,
+                    label,
+                    f"{spread(summary['seconds'][config])} s",
+                    f"{100 * median(summary['accuracy'][config]):.1f}%",
+                    f"{paper[key][0]:.1f} s, {100 * paper[key][1]:.1f}%",
+                )
+            )
+    return rows
+
+
+def figure2_verdict(mode: str, summary: dict[str, Any]) -> str:
+    """One sentence: how both groups compare with each group alone, as the paper says it."""
+    over_fast = median(summary["both_over_fast"])
+    word = "faster" if over_fast > 1 else "SLOWER"
+    return (
+        f"- **{mode}**: both groups train {word} than the fast group alone, {spread(summary['both_over_fast'])}x "
+        f"as fast (median and range of the rounds), {spread(summary['both_over_slow'])}x as fast as the slow "
+        f"group alone, {100 * median(summary['both_over_sum']):.0f}% of the sum of the two groups alone "
+        f"(range {100 * min(summary['both_over_sum']):.0f}-{100 * max(summary['both_over_sum']):.0f}%)."
+    )
 
 
 def hybrid_breakdown(trace: dict[str, Any], skip: int = 2) -> dict[str, Any]:
@@ -157,18 +236,13 @@ def hybrid_breakdown(trace: dict[str, Any], skip: int = 2) -> dict[str, Any]:
     return {**stats, "exposed_ms": stats["step_ms"] - stats["compute_ms"], "stages_ms": stages}
 
 
-def breakdown_lines(results: dict[str, dict[str, Any]]) -> list[str]:
-    """Markdown: where the online hybrid job's step goes, per rank."""
+def breakdown_lines(job: dict[str, Any]) -> list[str]:
+    """Markdown: where one hybrid job's step goes, per rank."""
     lines = [
-        "Where the hybrid job's step goes (online shares; per rank, means per step after the first 2): "
-        "compute runs to the last gradient; exposed is the rest of the step, the exchange after the "
-        "last gradient and waiting for the slowest rank; stages are the hybrid allreduce's wall "
-        "times on its pipeline threads (they overlap each other and the backward pass).",
-        "",
         "| rank | group | mean batch | step | compute | exposed | stages (ms per step) |",
         "|---:|---|---:|---:|---:|---:|---|",
     ]
-    for trace in results["both, online"]["traces"]:
+    for trace in job["traces"]:
         b = hybrid_breakdown(trace)
         lines.append(
             f"| {trace['rank']} | {trace['kind']} | {b['batch']:.1f} | {b['step_ms']:.1f} ms | "
@@ -195,22 +269,70 @@ def figure4_rows(results: dict[str, dict[str, Any]]) -> list[tuple[str, float, f
     return rows
 
 
-def change(ours: float, reference: float) -> str:
-    """How a time compares with a reference time, in words that work either way."""
-    if ours <= reference:
-        return f"{100 * (1 - ours / reference):.0f}% less time"
-    return f"{100 * (ours / reference - 1):.0f}% more time"
-
-
-# Said in the report when the hybrid job loses to the fast group alone, as it can here.
-SLOWER_THAN_FAST = """Unlike the paper, adding the slow group did not beat the fast group alone on this machine.
-The CPU quotas that make a group slow also slow its communication: a rank at 0.25 CPU runs its
+# Said in the report when, under quotas, the hybrid job loses to the fast group alone, as it can here.
+SLOWER_UNDER_QUOTAS = """Under CPU quotas, unlike the paper, adding the slow group did not beat the fast group alone.
+The quota that makes a group slow also slows its communication: a rank at 0.25 CPU runs its
 share of every gradient exchange (torch's gloo inside the group, the hybrid path's copies and
 threads) at a quarter of a core, and with this small model the exchange, not the compute, fills
-most of each step (the breakdown below, and the utilization column of Figure 3). An accelerator computes on the
-device and communicates on an unthrottled host, so this stand-in overstates the slow group's
-communication cost; Figure 3 still shows the load adaptation at work (equal step times across
-the groups, the fast ranks given the larger batches)."""
+much of each step (the breakdown below, and the utilization column of Figure 3). An accelerator
+computes on the device and communicates on an unthrottled host, which is what the emulated
+stand-in models."""
+
+# Said when the emulated devices' hybrid job loses too: then the stand-in is not to blame.
+SLOWER_EMULATED = """With emulated devices too, adding the slow group did not beat the fast group alone: the
+breakdown below shows where the hybrid step goes."""
+
+
+def stand_in_lines(args: argparse.Namespace) -> list[str]:
+    """What each stand-in models, and whether it favours or hurts Kaitian."""
+    return [
+        f"- **quota**: cgroup CPU quotas, fast {args.fast_cpu} CPU per worker pinned to CPU 0, slow "
+        f"{args.slow_cpu} CPU per worker pinned to CPU 1. **Hurts Kaitian**: the quota also throttles "
+        "each rank's communication threads, which an accelerator's host runs at full speed.",
+        f"- **emulated**: EMULATED device speeds, fast {args.fast_speed} and slow {args.slow_speed} of a "
+        "host core (`kaitian run --group KIND:N:speed=F`): each rank computes on the CPU, then waits "
+        "until a device of that speed would have finished; host threads run free, as beside a GPU. "
+        "**May favour Kaitian**: slow devices make communication small next to compute. **And hurts "
+        "it**: the real compute of all four ranks still shares this machine's 2 cores with the "
+        "communication threads.",
+    ]
+
+
+def figure2_lines(results: dict[str, Any], args: argparse.Namespace) -> list[str]:
+    """Markdown: Figure 2 under both stand-ins, its verdicts and each hybrid job's breakdown."""
+    summaries = {mode: figure2_summary(rounds) for mode, rounds in results["figure2"].items()}
+    lines = [
+        "## Figure 2: training time and accuracy",
+        "",
+        f"Two stand-ins for a slow accelerator, in {args.rounds} alternated round(s): each round runs "
+        "fast alone, both and slow alone under quotas, then the same with emulated devices. Medians, "
+        "with the range over rounds in parentheses; accuracy is the median.",
+        "",
+        *stand_in_lines(args),
+        "",
+        "| stand-in | configuration | training time | test accuracy | paper |",
+        "|---|---|---:|---:|---|",
+        *(f"| {' | '.join(row)} |" for row in figure2_rows(summaries)),
+        "",
+        *(figure2_verdict(mode, summary) for mode, summary in summaries.items()),
+        "",
+        f"Paper: {PAPER['figure2_speedup']}. The fast group alone runs on Kaitian's engine, the "
+        "faster library on this machine (Figure 4), so the baseline is the harder one.",
+    ]
+    explanations = {"quota": SLOWER_UNDER_QUOTAS, "emulated": SLOWER_EMULATED}
+    for mode, summary in summaries.items():
+        if median(summary["both_over_fast"]) <= 1:
+            lines += ["", *explanations[mode].split("\n")]
+    lines += [
+        "",
+        "Where the hybrid job's step goes (the last round's job; per rank, means per step after the "
+        "first 2): compute runs to the last gradient; exposed is the rest of the step, the exchange "
+        "after the last gradient and waiting for the slowest rank; stages are the hybrid allreduce's "
+        "wall times on its pipeline threads (they overlap each other and the backward pass).",
+    ]
+    for mode, rounds in results["figure2"].items():
+        lines += ["", f"**{mode}**", "", *breakdown_lines(rounds[-1]["both"])]
+    return lines
 
 
 # Said under Figure 2 always: where the paper's model is measured the way issue 11 asks.
@@ -224,9 +346,7 @@ FIGURE2_ON_MOBILENET = (
 )
 
 
-def markdown(results: dict[str, dict[str, Any]], args: argparse.Namespace, figures: list[str]) -> str:
-    f2 = figure2_rows(results)
-    fast, slow, both = (row[1] for row in f2)
+def markdown(results: dict[str, Any], args: argparse.Namespace, figures: list[str]) -> str:
     lines = [
         "# The paper's evaluation, reproduced on this machine",
         "",
@@ -234,28 +354,15 @@ def markdown(results: dict[str, dict[str, Any]], args: argparse.Namespace, figur
         f"run {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, load average before the run "
         f"{args.load_before:.2f}.",
         "",
-        f"Setup: two groups of 2 CPU workers each, made unequal by cgroup quotas: fast = "
-        f"{args.fast_cpu} CPU per worker on CPU 0, slow = {args.slow_cpu} CPU per worker on CPU 1. "
-        f"Workload: examples/train.py, {workload_text(args)}, {args.epochs} epochs, global batch "
-        f"{args.global_batch}. Inside the fast group the ranks use Kaitian's engine, inside the slow "
-        "group torch's gloo (a vendor library's stand-in); the groups meet through Kaitian. The "
-        "paper's numbers (2 NVIDIA GPUs + 2 Cambricon MLUs, MobileNetV2 on CIFAR-10) are quoted for "
-        "comparison; they are not this machine's. Times are the training loop's wall time (slowest "
-        "rank), without start-up.",
+        "Setup: two groups of 2 CPU workers each, made unequal by a stand-in for a slow accelerator "
+        "(Figure 2 shows both stand-ins; Figures 3 and 4 use CPU quotas). Workload: examples/train.py, "
+        f"{workload_text(args)}, {args.epochs} epochs, global batch {args.global_batch}. Inside the fast "
+        "group the ranks use Kaitian's engine, inside the slow group torch's gloo (a vendor library's "
+        "stand-in); the groups meet through Kaitian. The paper's numbers (2 NVIDIA GPUs + 2 Cambricon "
+        "MLUs, MobileNetV2 on CIFAR-10) are quoted for comparison; they are not this machine's. Times "
+        "are the training loop's wall time (slowest rank), without start-up.",
         "",
-        "## Figure 2: training time and accuracy",
-        "",
-        "| configuration | training time | test accuracy | paper |",
-        "|---|---:|---:|---|",
-    ]
-    lines += [f"| {label} | {seconds:.2f} s | {100 * acc:.1f}% | {paper} |" for label, seconds, acc, paper in f2]
-    lines += [
-        "",
-        f"Both groups with Kaitian against the fast group alone: {change(both, fast)}; against the slow "
-        f"group alone: {change(both, slow)} (paper: {PAPER['figure2_speedup']}).",
-        *([""] + SLOWER_THAN_FAST.split("\n") if both > fast else []),
-        "",
-        *breakdown_lines(results),
+        *figure2_lines(results, args),
         "",
         FIGURE2_ON_MOBILENET,
         "",
@@ -302,7 +409,8 @@ def markdown(results: dict[str, dict[str, Any]], args: argparse.Namespace, figur
         "## Reproduce",
         "",
         "```",
-        f"sudo .venv/bin/python bench/paper/reproduce.py --epochs {args.epochs} --workload {args.workload}",
+        f"sudo .venv/bin/python bench/paper/reproduce.py --epochs {args.epochs} --workload {args.workload} "
+        f"--rounds {args.rounds}",
         "```",
         "",
         "One run on a shared 2-core machine: other load changes the numbers; compare runs, not single "
@@ -317,7 +425,7 @@ def workload_text(args: argparse.Namespace) -> str:
     return "a small CNN on scikit-learn's digits (1437 train / 360 test images)"
 
 
-def plot(results: dict[str, dict[str, Any]], folder: Path) -> list[str]:
+def plot(results: dict[str, Any], folder: Path) -> list[str]:
     """figure-2.png, figure-3.png and figure-4.png in `folder`; their names."""
     import matplotlib
 
@@ -327,13 +435,26 @@ def plot(results: dict[str, dict[str, Any]], folder: Path) -> list[str]:
     folder.mkdir(parents=True, exist_ok=True)
     names = []
 
-    f2 = figure2_rows(results)
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6))
-    labels = ["fast alone", "slow alone", "both (Kaitian)"]
-    left.bar(labels, [row[1] for row in f2], color=["#4c72b0", "#dd8452", "#55a868"])
-    left.set_ylabel("training time (s)")
+    summaries = {mode: figure2_summary(rounds) for mode, rounds in results["figure2"].items()}
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
+    width = 0.8 / len(summaries)
+    for index, (mode, summary) in enumerate(summaries.items()):
+        positions = [p + (index - (len(summaries) - 1) / 2) * width for p in range(len(FIGURE2_CONFIGURATIONS))]
+        times = [summary["seconds"][c] for c in FIGURE2_CONFIGURATIONS]
+        medians = [median(t) for t in times]
+        errors = [
+            [m - min(t) for m, t in zip(medians, times, strict=True)],
+            [max(t) - m for m, t in zip(medians, times, strict=True)],
+        ]
+        left.bar(positions, medians, width=width, yerr=errors, capsize=3, label=mode)
+        right.bar(
+            positions, [100 * median(summary["accuracy"][c]) for c in FIGURE2_CONFIGURATIONS], width=width, label=mode
+        )
+    for axis in (left, right):
+        axis.set_xticks(range(len(FIGURE2_CONFIGURATIONS)), ["fast alone", "both (Kaitian)", "slow alone"])
+        axis.legend(fontsize=8, title="stand-in", title_fontsize=8)
+    left.set_ylabel("training time (s), median and range")
     left.set_title("Figure 2: time to train the same samples")
-    right.bar(labels, [100 * row[2] for row in f2], color=["#4c72b0", "#dd8452", "#55a868"])
     right.set_ylabel("test accuracy (%)")
     right.set_ylim(0, 100)
     right.set_title("accuracy")
@@ -385,15 +506,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--global-batch", type=int, default=128)
     parser.add_argument("--interval", type=int, default=5, help="online re-balancing interval (steps)")
     parser.add_argument("--samples", type=int, default=1024, help="--workload mobilenet: generated images")
-    parser.add_argument("--fast-cpu", type=float, default=0.5)
-    parser.add_argument("--slow-cpu", type=float, default=0.25)
-    parser.add_argument("--quick", action="store_true", help="2 epochs, no docs written (a smoke run)")
+    parser.add_argument("--fast-cpu", type=float, default=0.5, help="quota stand-in: CPU per fast worker")
+    parser.add_argument("--slow-cpu", type=float, default=0.25, help="quota stand-in: CPU per slow worker")
+    parser.add_argument("--fast-speed", type=float, default=0.3, help="emulated stand-in: fast device speed")
+    parser.add_argument("--slow-speed", type=float, default=0.15, help="emulated stand-in: slow device speed")
+    parser.add_argument("--rounds", type=int, help="Figure 2's alternated rounds (default 3, --quick 1)")
+    parser.add_argument("--quick", action="store_true", help="2 epochs, 1 round, no docs written (a smoke run)")
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "RESULTS.md")
     parser.add_argument("--json", action="store_true", help="print the raw results as JSON")
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds per job")
     args = parser.parse_args(argv)
     if args.quick:
         args.epochs = 2
+    if args.rounds is None:
+        args.rounds = 1 if args.quick else 3
+    if args.rounds < 1:
+        parser.error("--rounds must be at least 1")
     return args
 
 
@@ -403,15 +531,31 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit("CPU quotas need root (cgroups): run as root")
     args.load_before = os.getloadavg()[0]
     scratch = Path(tempfile.mkdtemp(prefix="kaitian-paper-"))
-    results: dict[str, dict[str, Any]] = {}
+    cache = scratch / "cache"  # one emulated-device calibration for every job of the run
+    planned = [
+        (f"round {n}", figure2_job(args, mode, config))
+        for n in range(1, args.rounds + 1)
+        for mode in STAND_INS
+        for config in FIGURE2_CONFIGURATIONS
+    ] + [("", job) for job in jobs(args)]
+    results: dict[str, Any] = {"figure2": {mode: [] for mode in STAND_INS}}
     try:
-        for index, job in enumerate(jobs(args), 1):
-            print(f"[{index}/7] {job.name} ...", file=sys.stderr, flush=True)
-            results[job.name] = run_job(job, args, scratch)
-            r = results[job.name]
+        for index, (round_name, job) in enumerate(planned, 1):
             print(
-                f"        {r['seconds']:.2f} s training, {r['samples_per_second']:.0f} samples/s, "
-                f"accuracy {100 * r['accuracy']:.1f}%, plan {r['final_plan']}",
+                f"[{index}/{len(planned)}] {' '.join([round_name, job.name]).strip()} ...", file=sys.stderr, flush=True
+            )
+            result = run_job(job, args, scratch / folder_name(f"{round_name} {job.name}".strip()), cache)
+            if round_name:
+                mode, config = job.name.split(": ")
+                rounds = results["figure2"][mode]
+                if not rounds or config in rounds[-1]:
+                    rounds.append({})
+                rounds[-1][config] = result
+            else:
+                results[job.name] = result
+            print(
+                f"        {result['seconds']:.2f} s training, {result['samples_per_second']:.0f} samples/s, "
+                f"accuracy {100 * result['accuracy']:.1f}%, plan {result['final_plan']}",
                 file=sys.stderr,
                 flush=True,
             )
