@@ -261,9 +261,11 @@ public struct CollectiveChecks {
   }
 
   /// Several MiB, so ring and chain algorithms wrap small shared-memory rings many times.
-  public func largeMessages() throws {
-    let count = 786_433  // prime; 3 MiB of float32
-    for dataType in [DataType.float32, .bfloat16] {
+  /// By default a prime count of 3 MiB of float32, in float32 and bfloat16.
+  public func largeMessages(
+    count: Int = 786_433, dataTypes: [DataType] = [.float32, .bfloat16]
+  ) throws {
+    for dataType in dataTypes {
       try allReduce(dataType, .sum, count: count, inPlace: false)
       try allReduce(dataType, .max, count: count, inPlace: true)
       try reduce(dataType, .sum, count: count, root: size - 1, inPlace: false)

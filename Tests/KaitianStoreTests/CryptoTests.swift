@@ -51,6 +51,23 @@ private func bytes(hex text: String) -> [UInt8] {
       #expect(hasher.finalize() == SHA256.hash(message))
     }
   }
+
+  /// Whole blocks straight from memory, a pending partial block before and after them.
+  @Test func piecesFromMemoryMatchOneShotHashing() {
+    let message = (0..<5000).map { UInt8(truncatingIfNeeded: $0 &* 7 &+ 3) }
+    for cuts in [[1, 63, 64, 65, 1000], [64, 128, 4096], [3], [0, 0, 5000]] {
+      var hasher = SHA256()
+      var offset = 0
+      message.withUnsafeBytes { all in
+        for cut in cuts + [message.count] where offset < message.count {
+          let end = min(max(offset + cut, offset), message.count)
+          hasher.update(UnsafeRawBufferPointer(rebasing: all[offset..<end]))
+          offset = end
+        }
+      }
+      #expect(hasher.finalize() == SHA256.hash(message), "cuts \(cuts)")
+    }
+  }
 }
 
 @Suite struct HMACTests {
@@ -89,6 +106,21 @@ private func bytes(hex text: String) -> [UInt8] {
   ])
   func rfc4231(key: String, message: String, mac: String) {
     #expect(hex(HMACSHA256.authenticate(bytes(hex: message), key: bytes(hex: key))) == mac)
+  }
+
+  @Test func aStreamMACsEachMessageAsOneCallWould() {
+    let key = Array("frame key".utf8)
+    var stream = HMACSHA256Stream(key: key)
+    let first = (0..<300).map { UInt8(truncatingIfNeeded: $0) }
+    first.withUnsafeBytes {
+      stream.update(UnsafeRawBufferPointer(rebasing: $0[..<100]))
+      stream.update(UnsafeRawBufferPointer(rebasing: $0[100...]))
+    }
+    #expect(stream.finalize() == HMACSHA256.authenticate(first, key: key))
+    // finalize starts the next message under the same key.
+    stream.update(Array("second".utf8))
+    #expect(stream.finalize() == HMACSHA256.authenticate(Array("second".utf8), key: key))
+    #expect(stream.finalize() == HMACSHA256.authenticate([], key: key))
   }
 
   @Test func constantTimeComparison() {

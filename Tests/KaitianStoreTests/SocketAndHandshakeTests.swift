@@ -87,9 +87,12 @@ import Testing
   func handshake(
     serverToken: JobToken, clientToken: JobToken?, serverPurpose: String = "test",
     clientPurpose: String = "test", hello: [UInt8] = []
-  ) throws -> (server: Result<[UInt8], HandshakeError>, client: HandshakeError?) {
+  ) throws -> (
+    server: Result<Handshake.AcceptedClient, HandshakeError>, client: HandshakeError?,
+    clientKeys: Handshake.SessionKeys?
+  ) {
     let listener = try TCPSocket.listen(host: "127.0.0.1", port: 0)
-    let result = ConditionLock<Result<[UInt8], HandshakeError>?>(nil)
+    let result = ConditionLock<Result<Handshake.AcceptedClient, HandshakeError>?>(nil)
     let server = try OSThread.spawn(name: "hs server") {
       guard let peer = try? listener.accept(deadline: .after(.seconds(5))) else { return }
       let outcome = Result { () throws(HandshakeError) in
@@ -101,27 +104,42 @@ import Testing
     let socket = try TCPSocket.connect(
       host: "127.0.0.1", port: listener.localPort, deadline: .after(.seconds(5)))
     var clientError: HandshakeError?
+    var clientKeys: Handshake.SessionKeys?
     do throws(HandshakeError) {
-      try Handshake.performAsClient(
+      clientKeys = try Handshake.performAsClient(
         on: socket, token: clientToken, purpose: clientPurpose, hello: hello,
         deadline: .after(.seconds(2)))
     } catch {
       clientError = error
     }
     server.join()
-    return (try #require(result.withLock { $0 }), clientError)
+    return (try #require(result.withLock { $0 }), clientError, clientKeys)
   }
 
   @Test func matchingTokensAuthenticateAndDeliverHello() throws {
     let token = JobToken.generate()
-    let (server, client) = try handshake(
+    let (server, client, _) = try handshake(
       serverToken: token, clientToken: token, hello: Array("rank 3".utf8))
     #expect(client == nil)
-    #expect(try server.get() == Array("rank 3".utf8))
+    #expect(try server.get().hello == Array("rank 3".utf8))
+  }
+
+  @Test func bothEndsDeriveTheConnectionsKeysOnePerDirection() throws {
+    let token = JobToken.generate()
+    let (server, _, client) = try handshake(serverToken: token, clientToken: token)
+    let serverKeys = try server.get().keys
+    let clientKeys = try #require(client)
+    #expect(serverKeys.receiving == clientKeys.sending)
+    #expect(serverKeys.sending == clientKeys.receiving)
+    #expect(clientKeys.sending != clientKeys.receiving, "a frame could be reflected to its sender")
+    #expect(clientKeys.sending.count == HMACSHA256.size)
+    // Another connection of the same job has other keys: its frames cannot be replayed here.
+    let (_, _, other) = try handshake(serverToken: token, clientToken: token)
+    #expect(try #require(other).sending != clientKeys.sending)
   }
 
   @Test func wrongTokenIsRejectedOnBothSides() throws {
-    let (server, client) = try handshake(
+    let (server, client, _) = try handshake(
       serverToken: JobToken.generate(), clientToken: JobToken.generate())
     #expect(client?.code == .tokenMismatch)
     #expect(client?.description.contains("KAITIAN_TOKEN") == true)
@@ -134,7 +152,7 @@ import Testing
   }
 
   @Test func missingTokenHasItsOwnError() throws {
-    let (server, client) = try handshake(serverToken: JobToken.generate(), clientToken: nil)
+    let (server, client, _) = try handshake(serverToken: JobToken.generate(), clientToken: nil)
     #expect(client?.code == .missingToken)
     guard case .failure(let error) = server else {
       Issue.record("server accepted")
@@ -145,7 +163,7 @@ import Testing
 
   @Test func purposeMismatchIsRejected() throws {
     let token = JobToken.generate()
-    let (server, client) = try handshake(
+    let (server, client, _) = try handshake(
       serverToken: token, clientToken: token, serverPurpose: "store", clientPurpose: "mesh")
     #expect(client?.code == .purposeMismatch)
     guard case .failure(let error) = server else {

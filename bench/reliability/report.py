@@ -188,9 +188,14 @@ def render(results: dict[str, Any], args: argparse.Namespace, seconds: float | N
             "",
             *security.table(results["security"]),
             "",
-            "What is not protected, as with NCCL and Gloo: data frames after the handshake are neither"
-            " encrypted nor integrity-checked. An attacker on the network path between hosts can read"
-            " gradients and change them in flight; run jobs on a network you trust. The job token lives in"
+            "What is not protected, as with NCCL and Gloo: data frames after the handshake are not"
+            " encrypted, and not integrity-checked unless every rank sets `KAITIAN_INTEGRITY=1`. An"
+            " attacker on the network path between hosts can read gradients, and without"
+            " `KAITIAN_INTEGRITY=1` change them in flight; with it, every message over TCP carries an"
+            " HMAC-SHA256 under keys of its own connection (derived from the handshake's nonces), so a"
+            " changed, dropped, repeated or reordered message fails the call (its cost:"
+            " [BENCHMARKS-INTEGRITY.md](BENCHMARKS-INTEGRITY.md)). Run jobs on a network you trust,"
+            " or set it. The job token lives in"
             " each worker's environment (`KAITIAN_TOKEN`), readable by the same user and root. Under"
             " torchrun without `KAITIAN_TOKEN`, rank 0 draws the token and publishes it in torch's"
             " TCPStore, so whoever reaches that store can join; set `KAITIAN_TOKEN`, or use `kaitian run`,"

@@ -72,6 +72,30 @@ ATTACKS = [
         swift_test="unauthenticatedConnectionsHaveTheirOwnCap",
     ),
     Attack(
+        "idle connections to a rank's peer port during set-up (a port scan, a stalled client), "
+        "more of them than handshake slots",
+        "each handshakes on a thread of its own with a 2 s deadline; the ranks' own connections "
+        "are accepted meanwhile, or right after the first slots time out",
+        swift_test="idleConnectionsDoNotDelayTheRanks|moreIdleConnectionsThanHandshakeSlotsCostOneHandshakeTimeout",
+    ),
+    Attack(
+        "a connection to a rank's peer port at an address it does not advertise",
+        "refused: the port is bound to the advertised address only",
+        swift_test="theListenerTakesConnectionsAtTheAdvertisedAddressOnly",
+    ),
+    Attack(
+        "a router on the path changes a byte of a data frame, with KAITIAN_INTEGRITY=1 (and without it, for contrast)",
+        "the receiving rank's call fails, naming the sender, and the other rank's with it; "
+        "without frame MACs the allreduce succeeds with the changed sum",
+        swift_test="aChangedFrameFailsTheCallOnTheRankThatReceivedIt|withoutFrameMACsTheChangeGoesUnnoticed",
+    ),
+    Attack(
+        "a rank with KAITIAN_INTEGRITY set differently from its peers",
+        "the connecting rank is refused at once, told to set it alike; the accepting rank names "
+        "the refused connection at its timeout",
+        swift_test="ranksThatDisagreeAboutFrameMACsAreToldWhy",
+    ),
+    Attack(
         "short or empty job token",
         "refused with advice on how to make a good one",
         swift_test="shortTokenIsRejectedWithAdvice|emptyTokenIsRejected",

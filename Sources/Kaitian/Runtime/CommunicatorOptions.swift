@@ -40,13 +40,19 @@ public struct CommunicatorOptions: Sendable {
   /// Bytes of each shared-memory ring (one per direction of each pair on a host).
   /// KAITIAN_SHM_RING_BYTES.
   public var sharedMemoryRingBytes: Int
+  /// A MAC on every message over TCP, under the connection's own keys from the handshake, so
+  /// that data changed on the network path fails the call instead of training on it.
+  /// KAITIAN_INTEGRITY=1. Off by default, as in NCCL and Gloo: it costs bandwidth (measured in
+  /// docs/RELIABILITY.md). Every rank must set it alike; shared memory needs none.
+  public var frameIntegrity: Bool
 
   public init(
     hostIdentity: String = CommunicatorOptions.defaultHostIdentity(),
     transport: Transport = .auto, timeoutSeconds: Double = 300,
     heartbeatTimeoutSeconds: Double = 15, advertisedHost: String? = nil,
     storePrefix: String = "kaitian", spinMicroseconds: Int = 50,
-    ringThresholdBytes: Int = 64 * 1024, sharedMemoryRingBytes: Int = 1 << 20
+    ringThresholdBytes: Int = 64 * 1024, sharedMemoryRingBytes: Int = 1 << 20,
+    frameIntegrity: Bool = false
   ) {
     self.hostIdentity = hostIdentity
     self.transport = transport
@@ -57,6 +63,7 @@ public struct CommunicatorOptions: Sendable {
     self.spinMicroseconds = spinMicroseconds
     self.ringThresholdBytes = ringThresholdBytes
     self.sharedMemoryRingBytes = sharedMemoryRingBytes
+    self.frameIntegrity = frameIntegrity
   }
 
   /// Defaults overridden by the KAITIAN_* environment variables; a malformed value is an error
@@ -87,13 +94,20 @@ public struct CommunicatorOptions: Sendable {
       try number("KAITIAN_SHM_RING_BYTES", default: Double(options.sharedMemoryRingBytes)) {
         $0 >= 4096 && Int($0) % 8 == 0
       })
+    if let value = EnvironmentVariable.value("KAITIAN_INTEGRITY") {
+      switch value.lowercased() {
+      case "1", "on", "true", "yes": options.frameIntegrity = true
+      case "0", "off", "false", "no": options.frameIntegrity = false
+      default: throw .invalidArgument("KAITIAN_INTEGRITY=\(value) is not 1 or 0")
+      }
+    }
     return options
   }
 
   public static func defaultHostIdentity() -> String {
-    var name = [CChar](repeating: 0, count: 256)
+    var name = [UInt8](repeating: 0, count: 256)
     guard gethostname(&name, name.count - 1) == 0 else { return "localhost" }
-    return String(cString: name)
+    return String(decoding: name.prefix { $0 != 0 }, as: UTF8.self)
   }
 
   private static func number(

@@ -79,12 +79,12 @@ struct TransferProgress {
       moved = moved || n > 0
     }
     if doneBytes == transfer.byteCount {
-      isDone = true
-      if isSend {
-        link.finishSentMessage(length: tagBytes.count + doneBytes)
-      } else {
-        link.finishReceivedMessage(length: tagBytes.count + doneBytes)
-      }
+      let length = tagBytes.count + doneBytes
+      isDone =
+        isSend
+        ? try link.finishSentMessage(length: length)
+        : try link.finishReceivedMessage(length: length)
+      moved = moved || isDone
     }
     return moved
   }

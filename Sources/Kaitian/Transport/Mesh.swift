@@ -67,12 +67,7 @@ final class Mesh: @unchecked Sendable {
     // Endpoints and segment names read back from the store decide whom this rank talks to and
     // which memory it maps: only values MAC'd with the job token are believed.
     let store = AuthenticatedRendezvous(store, token: token)
-    let listener: TCPSocket
-    do {
-      listener = try TCPSocket.listen(host: listenHost(for: advertisedHost), port: 0)
-    } catch {
-      throw .system("rank \(rank) cannot listen for peers on \(advertisedHost): \(error)")
-    }
+    let listener = try listen(advertising: advertisedHost, rank: rank)
     let own = PeerEndpoint(
       host: advertisedHost, port: listener.localPort, hostIdentity: options.hostIdentity,
       processID: getpid())
@@ -90,11 +85,15 @@ final class Mesh: @unchecked Sendable {
     }
     let connections = try connectAll(
       listener: listener, endpoints: endpoints, rank: rank, size: size, token: token,
-      prefix: prefix, needsDataConnection: { !sharesMemory($0) }, deadline: deadline)
+      prefix: prefix, purpose: handshakePurpose(integrity: options.frameIntegrity),
+      needsDataConnection: { !sharesMemory($0) }, deadline: deadline)
 
     var links: [PeerLink?] = Array(repeating: nil, count: size)
     for peer in 0..<size where peer != rank && !sharesMemory(peer) {
-      links[peer] = try TCPLink(peer: peer, socket: connections.data[peer]!)
+      let data = connections.data[peer]!
+      links[peer] = try TCPLink(
+        peer: peer, socket: data.socket,
+        integrity: options.frameIntegrity ? FrameIntegrity(keys: data.keys) : nil)
     }
     let localPeers = (0..<size).filter { $0 != rank && sharesMemory($0) }
     var doorbell: Doorbell?
@@ -115,10 +114,28 @@ final class Mesh: @unchecked Sendable {
       doorbell: doorbell)
   }
 
-  /// Listens on the wildcard of the advertised address's family, so the advertised address
-  /// (possibly an interface's) is always reachable.
-  private static func listenHost(for advertised: String) -> String {
-    advertised.contains(":") ? "::" : "0.0.0.0"
+  /// Listens on the advertised address only, so peers reach this rank there and nowhere else
+  /// (not on every interface of the host). An address this host does not have (one that a NAT
+  /// or a container's port mapping forwards here) cannot be bound: then the wildcard of its
+  /// family, with a warning, since the handshake still keeps strangers out.
+  private static func listen(advertising host: String, rank: Int) throws(KaitianError) -> TCPSocket
+  {
+    do {
+      return try TCPSocket.listen(host: host, port: 0)
+    } catch let error where error.errno == EADDRNOTAVAIL {
+      let wildcard = host.contains(":") ? "::" : "0.0.0.0"
+      Log.warn(
+        "mesh",
+        "rank \(rank) advertises \(host), which is not an address of this host; listening on "
+          + "\(wildcard) (every interface) instead")
+      do {
+        return try TCPSocket.listen(host: wildcard, port: 0)
+      } catch {
+        throw .system("rank \(rank) cannot listen for peers on \(wildcard): \(error)")
+      }
+    } catch {
+      throw .system("rank \(rank) cannot listen for peers on \(host): \(error)")
+    }
   }
 
   private static func exchangeEndpoints(
@@ -151,7 +168,13 @@ final class Mesh: @unchecked Sendable {
 
   private struct Connections {
     var control: [TCPSocket?]
-    var data: [TCPSocket?]
+    var data: [AuthenticatedConnection?]
+  }
+
+  /// A connection and the keys its handshake gave both ends (for frame MACs).
+  private struct AuthenticatedConnection {
+    let socket: TCPSocket
+    let keys: Handshake.SessionKeys
   }
 
   private enum ConnectionKind: String {
@@ -164,7 +187,8 @@ final class Mesh: @unchecked Sendable {
   /// for, so accepted connections can arrive in any order.
   private static func connectAll(
     listener: TCPSocket, endpoints: [PeerEndpoint], rank: Int, size: Int, token: JobToken,
-    prefix: String, needsDataConnection: @escaping @Sendable (Int) -> Bool, deadline: Deadline
+    prefix: String, purpose: String, needsDataConnection: @escaping @Sendable (Int) -> Bool,
+    deadline: Deadline
   ) throws(KaitianError) -> Connections {
     let accepted = Mutex<Result<Connections, KaitianError>>(
       .success(Connections(control: [], data: [])))
@@ -174,7 +198,7 @@ final class Mesh: @unchecked Sendable {
       acceptor = try OSThread.spawn(name: "kaitian accept") {
         let result = acceptPeers(
           listener: listener, expected: expected, rank: rank, size: size, token: token,
-          prefix: prefix, deadline: deadline)
+          prefix: prefix, purpose: purpose, deadline: deadline)
         accepted.withLock { $0 = result }
       }
     } catch {
@@ -187,11 +211,12 @@ final class Mesh: @unchecked Sendable {
       do {
         connections.control[peer] = try dial(
           endpoints[peer], peer: peer, kind: .control, rank: rank, token: token, prefix: prefix,
-          deadline: deadline)
+          purpose: purpose, deadline: deadline
+        ).socket
         if needsDataConnection(peer) {
           connections.data[peer] = try dial(
             endpoints[peer], peer: peer, kind: .data, rank: rank, token: token, prefix: prefix,
-            deadline: deadline)
+            purpose: purpose, deadline: deadline)
         }
       } catch {
         connectError = error
@@ -209,8 +234,12 @@ final class Mesh: @unchecked Sendable {
     return connections
   }
 
-  /// Distinguishes peer connections from store connections in the handshake.
-  private static let handshakePurpose = "kaitian-peer"
+  /// Distinguishes peer connections from store connections in the handshake, and ranks with
+  /// frame MACs from ranks without: a rank with KAITIAN_INTEGRITY set differently is refused at
+  /// once (a purpose mismatch), instead of misreading the other's MACs as data.
+  private static func handshakePurpose(integrity: Bool) -> String {
+    integrity ? "kaitian-peer+integrity" : "kaitian-peer"
+  }
 
   private static func hello(rank: Int, kind: ConnectionKind, prefix: String) -> [UInt8] {
     Array("kaitian-peer 1 \(rank) \(kind.rawValue) \(prefix)".utf8)
@@ -218,16 +247,21 @@ final class Mesh: @unchecked Sendable {
 
   private static func dial(
     _ endpoint: PeerEndpoint, peer: Int, kind: ConnectionKind, rank: Int, token: JobToken,
-    prefix: String, deadline: Deadline
-  ) throws(KaitianError) -> TCPSocket {
+    prefix: String, purpose: String, deadline: Deadline
+  ) throws(KaitianError) -> AuthenticatedConnection {
     do {
       let socket = try TCPSocket.connect(
         host: endpoint.host, port: endpoint.port, deadline: deadline)
       try socket.setNoDelay()
-      try Handshake.performAsClient(
-        on: socket, token: token, purpose: handshakePurpose,
+      let keys = try Handshake.performAsClient(
+        on: socket, token: token, purpose: purpose,
         hello: hello(rank: rank, kind: kind, prefix: prefix), deadline: deadline)
-      return socket
+      return AuthenticatedConnection(socket: socket, keys: keys)
+    } catch let error as HandshakeError where error.code == .purposeMismatch {
+      throw KaitianError(
+        .invalidArgument, rank: rank, call: "communicator set-up",
+        "rank \(peer) refused this rank's connection: \(error); KAITIAN_INTEGRITY must be set "
+          + "alike on every rank")
     } catch {
       throw KaitianError(
         .systemError, rank: rank, call: "communicator set-up",
@@ -237,54 +271,122 @@ final class Mesh: @unchecked Sendable {
     }
   }
 
+  /// How long one accepted connection may take over its handshake. A silent or slow client is
+  /// dropped then; it never delays the others, which handshake on their own threads.
+  static let handshakeTimeout = Duration.seconds(2)
+  /// Handshakes in progress at once; later connections wait in the listen backlog.
+  static let maxConcurrentHandshakes = 32
+
+  /// Connections from higher ranks as their handshakes finish.
+  private struct Arrivals {
+    var connections: Connections
+    var received = 0
+    var handshaking = 0
+    var lastRefusal: String?
+  }
+
+  /// Accepts until every higher rank's connections have arrived. Each accepted connection
+  /// handshakes on a thread of its own, so connections that never speak (a port scan, a
+  /// stalled or hostile client) cost their own `handshakeTimeout` and nothing else: the
+  /// ranks' connections are accepted and authenticated meanwhile.
   private static func acceptPeers(
     listener: TCPSocket, expected: Int, rank: Int, size: Int, token: JobToken, prefix: String,
-    deadline: Deadline
+    purpose: String, deadline: Deadline
   ) -> Result<Connections, KaitianError> {
-    var connections = Connections(
-      control: Array(repeating: nil, count: size), data: Array(repeating: nil, count: size))
-    var received = 0
-    var lastRefusal: String?
-    while received < expected {
+    let arrivals = ConditionLock(
+      Arrivals(
+        connections: Connections(
+          control: Array(repeating: nil, count: size), data: Array(repeating: nil, count: size))))
+    func timedOut(_ cause: String) -> Result<Connections, KaitianError> {
+      let (received, lastRefusal) = arrivals.withLock { ($0.received, $0.lastRefusal) }
+      let refusal = lastRefusal.map { "; the last refused connection: \($0)" } ?? ""
+      return .failure(
+        KaitianError(
+          .timeout, rank: rank, call: "communicator set-up",
+          "only \(received) of \(expected) connections from higher ranks arrived (\(cause)); "
+            + "a rank did not start or cannot reach this one\(refusal)"))
+    }
+    while true {
+      // Done, or room for another handshake; re-checked at least every 50 ms.
+      let slice = min(deadline, .after(.milliseconds(50)))
+      let ready = arrivals.wait(until: slice) { state -> Bool? in
+        if state.received == expected { return true }
+        return state.handshaking < maxConcurrentHandshakes ? false : nil
+      }
+      if ready == true {
+        return .success(arrivals.withLock { $0.connections })
+      }
+      if deadline.hasPassed { return timedOut("the set-up timeout passed") }
+      if ready == nil { continue }
       let socket: TCPSocket
       do {
-        socket = try listener.accept(deadline: deadline)
+        socket = try listener.accept(deadline: slice)
       } catch {
-        let refusal = lastRefusal.map { "; the last refused connection: \($0)" } ?? ""
-        return .failure(
-          KaitianError(
-            .timeout, rank: rank, call: "communicator set-up",
-            "only \(received) of \(expected) connections from higher ranks arrived (\(error)); "
-              + "a rank did not start or cannot reach this one\(refusal)"))
+        if error.code == .timedOut && !deadline.hasPassed { continue }
+        return timedOut("\(error)")
       }
-      let hello: [UInt8]
+      arrivals.withLock { $0.handshaking += 1 }
       do {
-        try socket.setNoDelay()
-        hello = try Handshake.performAsServer(
-          on: socket, token: token, purpose: handshakePurpose, deadline: .after(.seconds(5)))
+        try OSThread.detach(name: "kaitian auth") {
+          let outcome = authenticate(
+            socket, rank: rank, size: size, token: token, prefix: prefix, purpose: purpose)
+          arrivals.withLock { state in
+            state.handshaking -= 1
+            switch outcome {
+            case .success(let (peer, kind, keys)):
+              switch kind {
+              case .control where state.connections.control[peer] == nil:
+                state.connections.control[peer] = socket
+                state.received += 1
+              case .data where state.connections.data[peer] == nil:
+                state.connections.data[peer] = AuthenticatedConnection(socket: socket, keys: keys)
+                state.received += 1
+              default:
+                Log.warn(
+                  "mesh", "rank \(rank) refused a duplicate \(kind) connection from rank \(peer)")
+              }
+            case .failure(let refusal):
+              state.lastRefusal = refusal.description
+            }
+          }
+          arrivals.broadcast()
+        }
       } catch {
-        Log.warn("mesh", "rank \(rank) refused a connection: \(error)")
-        lastRefusal = "\(error)"
-        continue
+        arrivals.withLock { $0.handshaking -= 1 }
+        return .failure(.system("cannot start a thread to authenticate a connection: \(error)"))
       }
-      let fields = String(decoding: hello, as: UTF8.self).split(separator: " ")
-      guard fields.count == 5, fields[0] == "kaitian-peer", fields[1] == "1",
-        let peer = Int(fields[2]), peer > rank, peer < size,
-        let kind = ConnectionKind(rawValue: String(fields[3])), fields[4] == prefix
-      else {
-        Log.warn("mesh", "rank \(rank) refused a connection with an unexpected hello")
-        lastRefusal = "a connection with an unexpected hello (another job or communicator?)"
-        continue
-      }
-      switch kind {
-      case .control where connections.control[peer] == nil: connections.control[peer] = socket
-      case .data where connections.data[peer] == nil: connections.data[peer] = socket
-      default:
-        Log.warn("mesh", "rank \(rank) refused a duplicate \(kind) connection from rank \(peer)")
-        continue
-      }
-      received += 1
     }
-    return .success(connections)
+  }
+
+  /// Why an accepted connection was turned away, for the time-out message.
+  private struct Refusal: Error, CustomStringConvertible {
+    let description: String
+  }
+
+  /// Runs the job-token handshake on one accepted connection and reads its hello: which
+  /// higher rank it comes from and what it is for; with the connection's keys.
+  private static func authenticate(
+    _ socket: TCPSocket, rank: Int, size: Int, token: JobToken, prefix: String, purpose: String
+  ) -> Result<(Int, ConnectionKind, Handshake.SessionKeys), Refusal> {
+    let client: Handshake.AcceptedClient
+    do {
+      try socket.setNoDelay()
+      client = try Handshake.performAsServer(
+        on: socket, token: token, purpose: purpose, deadline: .after(handshakeTimeout))
+    } catch {
+      Log.warn("mesh", "rank \(rank) refused a connection: \(error)")
+      return .failure(Refusal(description: "\(error)"))
+    }
+    let fields = String(decoding: client.hello, as: UTF8.self).split(separator: " ")
+    guard fields.count == 5, fields[0] == "kaitian-peer", fields[1] == "1",
+      let peer = Int(fields[2]), peer > rank, peer < size,
+      let kind = ConnectionKind(rawValue: String(fields[3])), fields[4] == prefix
+    else {
+      Log.warn("mesh", "rank \(rank) refused a connection with an unexpected hello")
+      return .failure(
+        Refusal(description: "a connection with an unexpected hello (another job or communicator?)")
+      )
+    }
+    return .success((peer, kind, client.keys))
   }
 }

@@ -99,14 +99,16 @@ final class ShmLink: PeerLink, @unchecked Sendable {
     return consumed
   }
 
-  func finishSentMessage(length: Int) {
+  func finishSentMessage(length: Int) -> Bool {
     sendCursor = ShmRing.aligned(sendCursor)
+    return true
   }
 
-  func finishReceivedMessage(length: Int) {
+  func finishReceivedMessage(length: Int) -> Bool {
     receiveCursor = ShmRing.aligned(receiveCursor)
     incoming.publishConsumed(receiveCursor)
     peerDoorbell.ring()
+    return true
   }
 
   func peerDeparted() {

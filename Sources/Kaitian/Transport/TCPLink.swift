@@ -6,6 +6,8 @@ import Synchronization
 ///
 /// Received bytes that a reduction reads go through a staging buffer, so a message boundary may
 /// fall anywhere in a read; copies go straight into the destination once the staging is drained.
+/// With `integrity`, the stream is carried in MAC'd records and staging holds only checked bytes
+/// (see `FrameIntegrity`).
 final class TCPLink: PeerLink, @unchecked Sendable {
   let peer: Int
   var lastTagSent: CallKey?
@@ -19,10 +21,13 @@ final class TCPLink: PeerLink, @unchecked Sendable {
   private var stagedEnd = 0
   private let isShutDown = Atomic<Bool>(false)
   private static let stagingBytes = 1 << 20
+  /// With KAITIAN_INTEGRITY: seals what is sent and opens what arrives, in MAC'd records.
+  private let integrity: FrameIntegrity?
 
-  init(peer: Int, socket: TCPSocket) throws(KaitianError) {
+  init(peer: Int, socket: TCPSocket, integrity: FrameIntegrity? = nil) throws(KaitianError) {
     self.peer = peer
     self.socket = socket
+    self.integrity = integrity
     self.fd = socket.fileDescriptor
     self.staging = .allocate(byteCount: Self.stagingBytes, alignment: 64)
     do {
@@ -36,6 +41,34 @@ final class TCPLink: PeerLink, @unchecked Sendable {
   deinit { staging.deallocate() }
 
   func sendSome(_ bytes: UnsafeRawBufferPointer) throws(KaitianError) -> Int {
+    guard let integrity else { return try send(bytes) }
+    // One record at a time: the next is sealed once the last is out.
+    try integrity.flush(send)
+    guard !integrity.hasUnsentRecord, !bytes.isEmpty else { return 0 }
+    let taken = integrity.seal(bytes)
+    try integrity.flush(send)
+    return taken
+  }
+
+  func receiveSome(into buffer: UnsafeMutableRawBufferPointer) throws(KaitianError) -> Int {
+    if stagedEnd > stagedStart {
+      let n = min(buffer.count, stagedEnd - stagedStart)
+      buffer.baseAddress!.copyMemory(from: staging.baseAddress! + stagedStart, byteCount: n)
+      stagedStart += n
+      return n
+    }
+    return try read(into: buffer.baseAddress!, count: buffer.count)
+  }
+
+  /// A message ends once its last record is out (a MAC'd record is sealed whole).
+  func finishSentMessage(length: Int) throws(KaitianError) -> Bool {
+    guard let integrity else { return true }
+    try integrity.flush(send)
+    return !integrity.hasUnsentRecord
+  }
+
+  /// Sends what the socket takes now, without a MAC.
+  private func send(_ bytes: UnsafeRawBufferPointer) throws(KaitianError) -> Int {
     var sent = 0
     while sent < bytes.count {
       let n: Int
@@ -48,16 +81,6 @@ final class TCPLink: PeerLink, @unchecked Sendable {
       sent += n
     }
     return sent
-  }
-
-  func receiveSome(into buffer: UnsafeMutableRawBufferPointer) throws(KaitianError) -> Int {
-    if stagedEnd > stagedStart {
-      let n = min(buffer.count, stagedEnd - stagedStart)
-      buffer.baseAddress!.copyMemory(from: staging.baseAddress! + stagedStart, byteCount: n)
-      stagedStart += n
-      return n
-    }
-    return try read(into: buffer.baseAddress!, count: buffer.count)
   }
 
   func consumeSome(
@@ -93,10 +116,16 @@ final class TCPLink: PeerLink, @unchecked Sendable {
     }
   }
 
+  /// Bytes from the peer, checked ones only with `integrity`.
   private func read(into target: UnsafeMutableRawPointer, count: Int) throws(KaitianError) -> Int {
+    let buffer = UnsafeMutableRawBufferPointer(start: target, count: count)
+    guard let integrity else { return try readSocket(into: buffer) }
+    return try integrity.receive(into: buffer, peer: peer, readSocket)
+  }
+
+  private func readSocket(into buffer: UnsafeMutableRawBufferPointer) throws(KaitianError) -> Int {
     do {
-      return try socket.receiveSome(
-        into: UnsafeMutableRawBufferPointer(start: target, count: count))
+      return try socket.receiveSome(into: buffer)
     } catch {
       throw lost(while: "receiving", error)
     }

@@ -16,6 +16,16 @@
 ///                       purpose || hello length || hello)
 ///     server MAC = HMAC(token, client nonce || "server" || server nonce || purpose)
 ///
+/// Both sides then hold two keys that only the two ends of this connection can know, one per
+/// direction (`SessionKeys`), for MACs on the frames that follow:
+///
+///     client -> server key = HMAC(token, "kaitian session client to server" || server nonce ||
+///                                 client nonce || purpose)
+///     server -> client key = the same with "server to client"
+///
+/// A frame MAC'd under them cannot be replayed from another connection (other nonces) or
+/// reflected back to its sender (the other direction's key).
+///
 /// Fresh nonces on both sides defeat replay; the purpose string (such as "store" or "mesh")
 /// is inside the MAC so that a response recorded for one kind of port cannot be replayed to
 /// another. The server reads every length before the bytes it announces and rejects it if it
@@ -45,9 +55,39 @@ public enum Handshake {
     case malformed = 5
   }
 
+  /// The keys of one authenticated connection, as seen from one end.
+  public struct SessionKeys: Sendable {
+    /// MACs what this end sends; the peer checks them with its `receiving` key.
+    public let sending: [UInt8]
+    /// Checks what the peer sends.
+    public let receiving: [UInt8]
+
+    static func derive(
+      token: JobToken, serverNonce: [UInt8], clientNonce: [UInt8], purpose: [UInt8],
+      isServer: Bool
+    ) -> SessionKeys {
+      func key(_ direction: String) -> [UInt8] {
+        HMACSHA256.authenticate(
+          Array("kaitian session \(direction)".utf8) + serverNonce + clientNonce + purpose,
+          key: token.secret)
+      }
+      let toServer = key("client to server")
+      let toClient = key("server to client")
+      return isServer
+        ? SessionKeys(sending: toClient, receiving: toServer)
+        : SessionKeys(sending: toServer, receiving: toClient)
+    }
+  }
+
+  /// A client the server has authenticated: its hello, and the connection's keys.
+  public struct AcceptedClient: Sendable {
+    public let hello: [UInt8]
+    public let keys: SessionKeys
+  }
+
   // MARK: Server side
 
-  /// Authenticates the client on an accepted connection and returns its hello.
+  /// Authenticates the client on an accepted connection; returns its hello and the keys.
   ///
   /// On failure the reason is logged with the peer address (at info level for a peer that
   /// closed without sending anything, as port scanners and health checks do; otherwise as a
@@ -58,7 +98,7 @@ public enum Handshake {
   ///   - deadline: when to give up on a client that is too slow; keep it short (seconds).
   public static func performAsServer(
     on socket: TCPSocket, token: JobToken, purpose: String, deadline: Deadline
-  ) throws(HandshakeError) -> [UInt8] {
+  ) throws(HandshakeError) -> AcceptedClient {
     let peer = socket.description
     do {
       return try serve(socket, token: token, purpose: purpose, deadline: deadline)
@@ -74,7 +114,7 @@ public enum Handshake {
 
   private static func serve(
     _ socket: TCPSocket, token: JobToken, purpose: String, deadline: Deadline
-  ) throws(HandshakeError) -> [UInt8] {
+  ) throws(HandshakeError) -> AcceptedClient {
     let peer = socket.description
     let serverNonce = randomNonce()
     var challenge = magic
@@ -137,7 +177,10 @@ public enum Handshake {
     try io(peer, sentData: true) { () throws(SocketError) in
       try socket.writeAll(verdict, deadline: deadline)
     }
-    return hello
+    let keys = SessionKeys.derive(
+      token: token, serverNonce: serverNonce, clientNonce: clientNonce, purpose: expectedPurpose,
+      isServer: true)
+    return AcceptedClient(hello: hello, keys: keys)
   }
 
   /// Turns a new connection away instead of challenging it, telling the client why (for
@@ -155,17 +198,18 @@ public enum Handshake {
   // MARK: Client side
 
   /// Authenticates to the server on a connected socket, delivering `hello`, and checks that
-  /// the server knows the token too.
+  /// the server knows the token too. Returns the connection's keys.
   ///
   /// - Parameters:
   ///   - token: the job token, or `nil` when none is configured; the server then refuses with
   ///     an error that says to set one (rather than a confusing token mismatch).
   ///   - purpose: what the connection is for; must equal the server's (at most 255 bytes).
   ///   - hello: at most `maxHelloSize` bytes for the server, authenticated by the MAC.
+  @discardableResult
   public static func performAsClient(
     on socket: TCPSocket, token: JobToken?, purpose: String, hello: [UInt8] = [],
     deadline: Deadline
-  ) throws(HandshakeError) {
+  ) throws(HandshakeError) -> SessionKeys {
     let purposeBytes = Array(purpose.utf8)
     precondition(purposeBytes.count <= maxPurposeSize, "handshake purpose is too long")
     precondition(hello.count <= maxHelloSize, "handshake hello is larger than maxHelloSize")
@@ -227,6 +271,9 @@ public enum Handshake {
     guard constantTimeEqual(serverMAC, expected) else {
       throw .serverNotAuthenticated(peer)
     }
+    return SessionKeys.derive(
+      token: token, serverNonce: serverNonce, clientNonce: clientNonce, purpose: purposeBytes,
+      isServer: false)
   }
 
   // MARK: Helpers

@@ -247,7 +247,8 @@ public final class StoreServer: Sendable {
       defer { handshakeEnded() }
       hello = try Handshake.performAsServer(
         on: connection, token: token, purpose: Self.handshakePurpose,
-        deadline: .after(limits.handshakeTimeout))
+        deadline: .after(limits.handshakeTimeout)
+      ).hello
     } catch {
       return  // Already logged with the reason and the peer's address.
     }
