@@ -48,6 +48,7 @@ def test_rounds_alternate_and_give_the_ratio_per_size(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     document = json.loads(done.stdout)
     assert [row["size_bytes"] for row in document["rows"]] == [8, 16, 32, 64, 128, 256, 512, 1024]
+    assert document["openssl_sha256_gbps"] > 0
     for row in document["rows"]:
         assert [round(ratio, 9) for ratio in row["on_over_off"]] == [3.0, 3.0]
         assert len(row["off_time_us"]) == len(row["on_time_us"]) == 2
