@@ -40,10 +40,11 @@ public struct CommunicatorOptions: Sendable {
   /// Bytes of each shared-memory ring (one per direction of each pair on a host).
   /// KAITIAN_SHM_RING_BYTES.
   public var sharedMemoryRingBytes: Int
-  /// A MAC on every message over TCP, under the connection's own keys from the handshake, so
-  /// that data changed on the network path fails the call instead of training on it.
-  /// KAITIAN_INTEGRITY=1. Off by default, as in NCCL and Gloo: it costs bandwidth (measured in
-  /// docs/RELIABILITY.md). Every rank must set it alike; shared memory needs none.
+  /// Everything sent over TCP goes in records MAC'd under the connection's own keys from the
+  /// handshake (`FrameIntegrity`), so that data changed on the network path fails the call
+  /// instead of training on it. KAITIAN_INTEGRITY=1. Off by default, as in NCCL and Gloo: it
+  /// costs bandwidth (measured in docs/BENCHMARKS-INTEGRITY.md). Every rank must set it alike;
+  /// shared memory needs none.
   public var frameIntegrity: Bool
 
   public init(

@@ -80,10 +80,12 @@ struct TransferProgress {
     }
     if doneBytes == transfer.byteCount {
       let length = tagBytes.count + doneBytes
-      isDone =
-        isSend
-        ? try link.finishSentMessage(length: length)
-        : try link.finishReceivedMessage(length: length)
+      if isSend {
+        isDone = try link.finishSentMessage(length: length)
+      } else {
+        link.finishReceivedMessage(length: length)
+        isDone = true
+      }
       moved = moved || isDone
     }
     return moved

@@ -38,11 +38,12 @@ protocol PeerLink: AnyObject {
   func consumeSome(
     limit: Int, granularity: Int, _ body: (UnsafeRawBufferPointer) -> Void
   ) throws(KaitianError) -> Int
-  /// Marks the end of one message in each direction: shared memory realigns its ring, a TCP
-  /// link with frame MACs sends out the message's last sealed record. Returns false while that
-  /// is not done (the socket is full); call again when the link may progress.
+  /// Marks the end of one sent message: shared memory realigns its ring, a TCP link with frame
+  /// MACs sends out the message's last sealed record. Returns false while that is not done
+  /// (the socket is full); call again when the link may progress.
   func finishSentMessage(length: Int) throws(KaitianError) -> Bool
-  func finishReceivedMessage(length: Int) throws(KaitianError) -> Bool
+  /// Marks the end of one received message (shared memory realigns its ring).
+  func finishReceivedMessage(length: Int)
   /// Makes every later call fail and wakes a sleeping engine thread; safe from any thread.
   func shutDown()
   /// The peer left on purpose (destroyed its communicator): what it already sent can still be
@@ -52,7 +53,7 @@ protocol PeerLink: AnyObject {
 
 extension PeerLink {
   func finishSentMessage(length: Int) throws(KaitianError) -> Bool { true }
-  func finishReceivedMessage(length: Int) throws(KaitianError) -> Bool { true }
+  func finishReceivedMessage(length: Int) {}
   /// A socket reports the peer's close by itself.
   func peerDeparted() {}
 }

@@ -104,11 +104,10 @@ final class ShmLink: PeerLink, @unchecked Sendable {
     return true
   }
 
-  func finishReceivedMessage(length: Int) -> Bool {
+  func finishReceivedMessage(length: Int) {
     receiveCursor = ShmRing.aligned(receiveCursor)
     incoming.publishConsumed(receiveCursor)
     peerDoorbell.ring()
-    return true
   }
 
   func peerDeparted() {
