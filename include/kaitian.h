@@ -182,6 +182,11 @@ ktResult_t ktSend(const void *sendbuff, size_t count, ktDataType_t datatype, int
                   ktComm_t comm, ktWork_t *work);
 ktResult_t ktRecv(void *recvbuff, size_t count, ktDataType_t datatype, int peer, int tag,
                   ktComm_t comm, ktWork_t *work);
+/* Receives from whichever rank first sends this rank a message with `tag` (gloo's
+ * recvAnysource, MPI_ANY_SOURCE); ktWorkGetSource names that rank once the work completes.
+ * Other ranks' messages wait for the receives that match them. */
+ktResult_t ktRecvAny(void *recvbuff, size_t count, ktDataType_t datatype, int tag, ktComm_t comm,
+                     ktWork_t *work);
 /* One send (isSend 1, buff read) or receive (isSend 0, buff written) of ktSendRecvBatch. */
 typedef struct {
   int isSend;
@@ -207,6 +212,10 @@ ktResult_t ktWorkTest(ktWork_t work, int *done);
  * on this thread if it already has). Keep it short; it must not wait on the communicator. */
 typedef void (*ktWorkCallback_t)(void *userData, ktResult_t result);
 ktResult_t ktWorkSetCallback(ktWork_t work, ktWorkCallback_t callback, void *userData);
+/* *source = the rank a completed receive took its message from (ktRecv's peer, or the sender
+ * ktRecvAny matched); -1 while the call runs, after it failed, and for calls other than
+ * receives. */
+ktResult_t ktWorkGetSource(ktWork_t work, int *source);
 /* The call's error message, or NULL while running or after success. Valid until ktWorkFree. */
 const char *ktWorkGetError(ktWork_t work);
 /* Releases the handle; the call itself still runs to completion. */

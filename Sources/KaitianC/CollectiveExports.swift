@@ -199,6 +199,19 @@ public func ktRecv(
   }
 }
 
+@_cdecl("ktRecvAny")
+public func ktRecvAny(
+  _ recvbuff: UnsafeMutableRawPointer?, _ count: Int, _ datatype: ktDataType_t, _ tag: Int32,
+  _ comm: ktComm_t?, _ work: UnsafeMutablePointer<ktWork_t?>?
+) -> ktResult_t {
+  submit("ktRecvAny", comm, work) { (arguments, comm) throws(KaitianError) in
+    let count = try arguments.count(count)
+    return try comm.receiveFromAny(
+      into: try arguments.output(recvbuff, count: count), count: count,
+      dataType: try arguments.dataType(datatype), tag: Int(tag))
+  }
+}
+
 @_cdecl("ktSendRecvBatch")
 public func ktSendRecvBatch(
   _ ops: UnsafePointer<ktP2POp_t>?, _ nops: Int32, _ comm: ktComm_t?,

@@ -50,6 +50,17 @@ public func ktWorkSetCallback(
   }
 }
 
+@_cdecl("ktWorkGetSource")
+public func ktWorkGetSource(_ work: ktWork_t?, _ source: UnsafeMutablePointer<Int32>?)
+  -> ktResult_t
+{
+  entryPoint("ktWorkGetSource") { arguments throws(KaitianError) in
+    let work = WorkHandle.from(try arguments.required(work, "work")).work
+    let source = try arguments.required(source, "source")
+    source.pointee = work.source.map { Int32($0) } ?? -1
+  }
+}
+
 /// A NULL work returns NULL and records the error for ktGetLastError.
 @_cdecl("ktWorkGetError")
 public func ktWorkGetError(_ work: ktWork_t?) -> UnsafePointer<CChar>? {

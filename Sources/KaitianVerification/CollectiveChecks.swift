@@ -187,6 +187,68 @@ public struct CollectiveChecks {
     }
   }
 
+  /// Every other rank sends rank 0 one message (tag 9), which rank 0 takes with receives from
+  /// any rank; each must name a different sender and hold that sender's data. With 3 or more
+  /// ranks, rank 1 first sends a tag-8 message: rank 0's next receive from any rank with tag 9
+  /// must pass it over (its tag stays peeked) and match rank 2, and the receive from rank 1 with
+  /// tag 8 that follows must still get it.
+  public func receiveFromAnyRank(_ dataType: DataType, count: Int) throws {
+    guard size > 1 else { return }
+    let what = label("recv from any rank", dataType, nil, count, false)
+    if rank == 0 {
+      var senders: Set<Int> = []
+      for _ in 1..<size {
+        let target = ElementBuffer(dataType, count: count)
+        let work = try comm.receiveFromAny(
+          into: target.raw, count: count, dataType: dataType, tag: 9)
+        try work.wait()
+        guard let source = work.source, source > 0, source < size,
+          senders.insert(source).inserted
+        else {
+          throw Mismatch(
+            description: "\(what): source \(String(describing: work.source)) after \(senders)")
+        }
+        try expectElements(target, what + " (from rank \(source))") {
+          Reference.value(rank: source, index: $0, dataType: dataType, op: .sum)
+        }
+      }
+    } else {
+      let own = input(dataType, .sum, count: count)
+      try comm.send(own.raw, count: count, dataType: dataType, to: 0, tag: 9).wait()
+    }
+    guard size > 2 else { return }
+    // Else rank 2's next send could arrive before rank 3's first and be matched in its place.
+    try comm.barrier().wait()
+    let skipped = ElementBuffer(dataType, count: count)
+    let matched = ElementBuffer(dataType, count: count)
+    switch rank {
+    case 0:
+      let work = try comm.receiveFromAny(
+        into: matched.raw, count: count, dataType: dataType, tag: 9)
+      try work.wait()
+      guard work.source == 2 else {
+        throw Mismatch(
+          description: "\(what): matched rank \(String(describing: work.source)), expected 2 "
+            + "(rank 1's next message has tag 8)")
+      }
+      try comm.receive(into: skipped.raw, count: count, dataType: dataType, from: 1, tag: 8)
+        .wait()
+      try expectElements(matched, what + " (tag 9, after passing over tag 8)") {
+        Reference.value(rank: 2, index: $0, dataType: dataType, op: .sum)
+      }
+      try expectElements(skipped, what + " (the tag-8 message passed over)") {
+        Reference.value(rank: 1, index: $0, dataType: dataType, op: .max)
+      }
+    case 1:
+      let own = input(dataType, .max, count: count)
+      try comm.send(own.raw, count: count, dataType: dataType, to: 0, tag: 8).wait()
+    case 2:
+      let own = input(dataType, .sum, count: count)
+      try comm.send(own.raw, count: count, dataType: dataType, to: 0, tag: 9).wait()
+    default: break
+    }
+  }
+
   /// One batch per rank: two messages to the next rank and one to the previous, and the
   /// matching receives, every send listed before every receive. Unbatched, that order deadlocks
   /// once messages outgrow the transport's buffering; in a batch everything progresses at once,
@@ -255,6 +317,7 @@ public struct CollectiveChecks {
         try allToAllV(dataType, count: count)
         try sendReceive(dataType, count: count)
         try batchedSendReceive(dataType, count: count)
+        try receiveFromAnyRank(dataType, count: count)
         try comm.barrier().wait()
       }
     }

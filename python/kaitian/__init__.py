@@ -32,7 +32,7 @@ from .planner import (
     measure_speed,
     plan_batches,
 )
-from .process_group import BACKEND_NAME, ProcessGroupKaitian, create_process_group, kaitian_backend
+from .process_group import BACKEND_NAME, ProcessGroupKaitian, create_process_group, kaitian_backend, recv_from_any
 from .profile import StageTimes, process_age_seconds, stage_times, thread_cpu_seconds
 from .rebalance import OnlineBalancer, PlanChange
 from .sampler import AdaptiveBatchSampler, AdaptiveSampler, loader_batch_size
@@ -78,6 +78,7 @@ __all__ = [
     "measure_speed",
     "plan_batches",
     "process_age_seconds",
+    "recv_from_any",
     "register",
     "stage_times",
     "thread_cpu_seconds",

@@ -28,12 +28,15 @@ class Plan:
     """Engine calls over host buffers plus the step that publishes their result.
 
     `keep` holds every tensor whose memory the engine borrows, so none is freed (or reused by
-    torch's caching allocator) before the engine is done with it.
+    torch's caching allocator) before the engine is done with it. `sources` is filled in before
+    `finish` runs: per call, the rank a receive took its message from (-1 for other calls), which
+    a receive from any rank learns only when it completes.
     """
 
     calls: list[Call]
     finish: Callable[[], list[torch.Tensor]]
     keep: list[object] = field(default_factory=list)
+    sources: list[int] = field(default_factory=list)
 
 
 def host(t: torch.Tensor, keep: list[object]) -> torch.Tensor:
@@ -129,6 +132,11 @@ class Communicator:
         for work in finished:
             self._api.ktWorkFree(work)
 
+    def _source(self, work: int) -> int:
+        source = ctypes.c_int(-1)
+        _native.check(self._api.ktWorkGetSource(work, ctypes.byref(source)))
+        return source.value
+
     def _error(self, work: int, result: int) -> _native.KaitianError:
         raw = self._api.ktWorkGetError(work)
         return _native.error_for(result, raw.decode(errors="replace") if raw else "")
@@ -142,6 +150,7 @@ class Communicator:
         self._free_finished()
         state = {"left": len(plan.calls), "error": None}
         lock = threading.Lock()
+        plan.sources = [-1] * len(plan.calls)
 
         def settle() -> None:
             if state["error"] is not None:
@@ -155,14 +164,15 @@ class Communicator:
         if not plan.calls:
             settle()
             return
-        for call in plan.calls:
+        for index, call in enumerate(plan.calls):
             work = self._issue(call)
             key = next(_keys)
 
-            def done(result: int, work: int = work) -> None:
+            def done(result: int, work: int = work, index: int = index) -> None:
                 with lock:
                     if result != _native.SUCCESS and state["error"] is None:
                         state["error"] = self._error(work, result)
+                    plan.sources[index] = self._source(work)
                     state["left"] -= 1
                     last = state["left"] == 0
                 with self._finished_lock:
@@ -180,10 +190,12 @@ class Communicator:
         self._free_finished()
         works = [self._issue(call) for call in plan.calls]
         error: _native.KaitianError | None = None
+        plan.sources = []
         for work in works:
             result = self._api.ktWorkWait(work, -1.0)
             if result != _native.SUCCESS and error is None:
                 error = self._error(work, result)
+            plan.sources.append(self._source(work))
             self._api.ktWorkFree(work)
         if error is not None:
             raise error

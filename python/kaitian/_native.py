@@ -193,10 +193,12 @@ _SIGNATURES: dict[str, tuple[object, list[object]]] = {
     "ktBarrier": (_int, [_p, _pp]),
     "ktSend": (_int, [_p, _size, _int, _int, _int, _p, _pp]),
     "ktRecv": (_int, [_p, _size, _int, _int, _int, _p, _pp]),
+    "ktRecvAny": (_int, [_p, _size, _int, _int, _p, _pp]),
     "ktSendRecvBatch": (_int, [ctypes.POINTER(P2POp), _int, _p, _pp]),
     "ktWorkWait": (_int, [_p, ctypes.c_double]),
     "ktWorkTest": (_int, [_p, ctypes.POINTER(_int)]),
     "ktWorkSetCallback": (_int, [_p, WorkCallbackFn, _p]),
+    "ktWorkGetSource": (_int, [_p, ctypes.POINTER(_int)]),
     "ktWorkGetError": (_str, [_p]),
     "ktWorkFree": (_int, [_p]),
 }

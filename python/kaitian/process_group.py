@@ -45,7 +45,7 @@ Future = torch.futures.Future
 Job = Callable[[Future], None]
 
 
-def _work_from_future(fut: Future, call: str) -> _FutureWork:
+def _work_from_future(fut: Future, call: str, source: Callable[[], int] | None = None) -> _FutureWork:
     """The Work of one collective, completed by `fut`; `call` names it in errors ("rank 0: allreduce #7").
 
     Python's Future.set_exception stores the exception as the future's *value*, which only Python
@@ -53,7 +53,7 @@ def _work_from_future(fut: Future, call: str) -> _FutureWork:
     Chaining through `then` turns it into a real error of the C++ future: wait() raises it (with
     the engine's message) in C++ and Python alike.
     """
-    return _FutureWork(fut.then(_value), call)
+    return _FutureWork(fut.then(_value), call, source)
 
 
 def _value(fut: Future) -> list[torch.Tensor]:
@@ -73,10 +73,11 @@ class _FutureWork(torch._C._distributed_c10d.Work):
     8-byte allreduce, measured), which a plain wait() does not need, for it attaches no callbacks.
     """
 
-    def __init__(self, fut: Future, call: str) -> None:
+    def __init__(self, fut: Future, call: str, source: Callable[[], int] | None = None) -> None:
         super().__init__()
         self._fut = fut
         self._call = call
+        self._source = source
         self._handed_out: Future | None = None
         self._lock = threading.Lock()
         # Issued by a callback: its future completes on the engine's thread, for the callback
@@ -108,6 +109,16 @@ class _FutureWork(torch._C._distributed_c10d.Work):
 
     def result(self) -> list[torch.Tensor]:
         return self._fut.value()
+
+    def _source_rank(self) -> int:
+        """The rank a receive from any rank took its message from (torch's dist.recv(src=None) asks)."""
+        self._fut.wait()
+        if self._source is None:
+            raise ValueError(f"kaitian: {self._call}: only a receive from any rank has a source rank")
+        return self._source()
+
+    def source_rank(self) -> int:
+        return self._source_rank()
 
     def get_future(self) -> Future:
         with self._lock:
@@ -521,14 +532,14 @@ class ProcessGroupKaitian(_BASE):  # type: ignore[misc, valid-type]
         """How errors name a call: this rank, the collective and its number in this group."""
         return f"rank {self._rank}: {name} #{next(self._calls)}"
 
-    def _engine(self, name: str, build: Callable[[], Plan]) -> _FutureWork:
+    def _engine(self, name: str, build: Callable[[], Plan], source: Callable[[], int] | None = None) -> _FutureWork:
         """Runs a plan on the all-ranks communicator: directly when flat, in order when hybrid."""
         call = self._call(name)
         if self._worker is None:
             fut = Future()
             self._world.submit(build(), fut)
-            return _work_from_future(fut, call)
-        return _work_from_future(self._worker.submit(lambda fut: self._world.submit(build(), fut)), call)
+            return _work_from_future(fut, call, source)
+        return _work_from_future(self._worker.submit(lambda fut: self._world.submit(build(), fut)), call, source)
 
     def _in_place(self, name: str, tensors: list[torch.Tensor], function: str, *extra: object) -> dist.Work:
         """One in-place engine call per tensor (staged through host memory), e.g. ktAllReduce."""
@@ -934,6 +945,50 @@ class ProcessGroupKaitian(_BASE):  # type: ignore[misc, valid-type]
 
         return self._engine("recv", build)
 
+    def recv_anysource(self, tensors: list[torch.Tensor], tag: int = 0) -> dist.Work:
+        """torch's dist.recv/irecv without a source: refused up front where torch cannot report the sender.
+
+        Where "kaitian" is a torch Backend (IS_BACKEND), torch wraps the work this returns in its
+        PyWorkHolder, which passes on wait() and get_future() but not sourceRank(): dist.recv would
+        receive the message and then fail asking for the sender. So nothing is received and the
+        error names kaitian.recv_from_any, which returns the sender. On older torch the group is this
+        object and torch asks this class's work directly.
+        """
+        if IS_BACKEND:
+            raise NotImplementedError(
+                "kaitian: dist.recv/irecv without a source: torch's wrapper of Python backends does not "
+                "pass on which rank sent the message, so torch could not return it; call "
+                "kaitian.recv_from_any(tensor, tag=..., group=...), which receives from any rank and "
+                "returns the sender's global rank"
+            )
+        return self.receive_from_any(tensors, tag)
+
+    def receive_from_any(self, tensors: list[torch.Tensor], tag: int = 0) -> _FutureWork:
+        """Receives into the one tensor from whichever rank first sends this rank a message with `tag`.
+
+        The work's _source_rank() is the sender's rank in this group, once complete. As gloo's, one
+        tensor only; other ranks' messages wait for the receives that match them.
+        """
+        if len(tensors) != 1:
+            raise ValueError(f"kaitian: recv from any rank takes exactly one tensor, not {len(tensors)}")
+        received: list[int] = []
+
+        def build() -> Plan:
+            keep: list[object] = []
+            pairs = [(t, host_empty(t, keep)) for t in tensors]
+            calls = [("ktRecvAny", (b.data_ptr(), b.numel(), _native.datatype(b.dtype), tag)) for _, b in pairs]
+            copy_back = copied_back(pairs, tensors)
+            plan = Plan(calls, lambda: [], keep)
+
+            def finish() -> list[torch.Tensor]:
+                received.extend(plan.sources)
+                return copy_back()
+
+            plan.finish = finish
+            return plan
+
+        return self._engine("recv from any rank", build, source=lambda: received[0])
+
     # ---- batched point-to-point: torch's coalescing manager, as batch_isend_irecv uses it ----
 
     @property
@@ -1165,6 +1220,22 @@ def kaitian_backend(group: dist.ProcessGroup | None = None) -> ProcessGroupKaiti
         if isinstance(backend, ProcessGroupKaitian):
             return backend
     return None
+
+
+def recv_from_any(tensor: torch.Tensor, tag: int = 0, group: dist.ProcessGroup | None = None) -> int:
+    """dist.recv(tensor, tag=tag, group=group) without a source, on a "kaitian" group: receives from
+    whichever rank first sends this rank a message with `tag` and returns that rank (global, as
+    dist.recv returns it).
+
+    Why not dist.recv itself: see ProcessGroupKaitian.recv_anysource.
+    """
+    backend = kaitian_backend(group)
+    if backend is None:
+        raise ValueError('kaitian.recv_from_any: the group has no "kaitian" backend')
+    work = backend.receive_from_any([tensor], tag)
+    work.wait()
+    source = work._source_rank()
+    return source if group is None else dist.get_global_rank(group, source)
 
 
 def create_process_group(store: dist.Store, rank: int, size: int, timeout: timedelta) -> ProcessGroupKaitian:

@@ -1,4 +1,4 @@
-"""torch.distributed beyond DDP on "kaitian": FSDP2, DeviceMesh/DTensor, batched p2p, coalesced
+"""torch.distributed beyond DDP on "kaitian": FSDP2, DeviceMesh/DTensor, batched p2p, any-source recv, coalesced
 allgather, monitored_barrier, async checkpoints and subgroup teardown, each checked against a
 reference computed on every rank (or gloo's result in the same run).
 
@@ -11,6 +11,7 @@ import re
 from datetime import timedelta
 from pathlib import Path
 
+import kaitian
 import pytest
 import torch
 import torch.distributed as dist
@@ -66,6 +67,50 @@ def batch_ring(rank: int, size: int) -> int:
         dist.batch_isend_irecv([dist.P2POp(dist.isend, torch.full((5,), 4.0), 0)])[0].wait()
     dist.barrier()
     return checks + 1
+
+
+def any_source(rank: int, size: int) -> list[tuple[int, list[float]]]:
+    """A receive from any rank: rank 0 takes one message from every other rank, with
+    kaitian.recv_from_any and with gloo's dist.recv(src=None) in the same run, each time naming the
+    sender; then a tag-7 message from rank 1 is passed over by a receive from any rank with tag 9
+    (gloo matches by tag too) and taken by a plain recv after it. dist.recv(src=None) itself is
+    refused on kaitian before anything is received, and names recv_from_any."""
+    if IS_BACKEND:
+        try:
+            dist.recv(torch.empty(3), tag=9)
+        except NotImplementedError as error:
+            assert "kaitian.recv_from_any" in str(error)
+        else:
+            raise AssertionError("dist.recv(src=None) was not refused")
+    received: list[list[tuple[int, list[float]]]] = []
+    gloo = dist.new_group(backend="gloo")
+    for group in (None, gloo):
+
+        def recv_any(t: torch.Tensor, group: dist.ProcessGroup | None = group) -> int:
+            return kaitian.recv_from_any(t, tag=9) if group is None else dist.recv(t, group=group, tag=9)
+
+        got: list[tuple[int, list[float]]] = []
+        if rank == 0:
+            for _ in range(size - 1):
+                t = torch.empty(3)
+                src = recv_any(t)
+                got.append((src, t.tolist()))
+        else:
+            dist.send(torch.full((3,), float(rank)), 0, group=group, tag=9)
+        dist.barrier(group=group)
+        if size > 2:
+            if rank == 0:
+                t, passed = torch.empty(3), torch.empty(3)
+                got.append((recv_any(t), t.tolist()))
+                got.append((dist.recv(passed, 1, group=group, tag=7), passed.tolist()))
+            elif rank == 1:
+                dist.send(torch.full((3,), 70.0), 0, group=group, tag=7)
+            elif rank == 2:
+                dist.send(torch.full((3,), 90.0), 0, group=group, tag=9)
+        dist.barrier(group=group)
+        received.append(sorted(got[: size - 1]) + got[size - 1 :])
+    assert received[0] == received[1], f"kaitian {received[0]} but gloo {received[1]}"
+    return received[0]
 
 
 def coalesced_allgather(rank: int, size: int) -> list[list[torch.Tensor]]:
@@ -181,6 +226,15 @@ def subgroup_teardown(rank: int, size: int) -> list[float]:
 @pytest.mark.parametrize("size", [2, 3])
 def test_batch_isend_irecv_rings_do_not_deadlock(size: int) -> None:
     assert all(v == 2 * len(SIZES) + 1 for v in assert_all_ok(run_ranks(batch_ring, size, timeout=120), size))
+
+
+@pytest.mark.parametrize("size", [2, 3])
+def test_recv_from_any_source_matches_gloo(size: int) -> None:
+    values = assert_all_ok(run_ranks(any_source, size), size)
+    want = [(r, [float(r)] * 3) for r in range(1, size)]
+    if size > 2:
+        want += [(2, [90.0] * 3), (1, [70.0] * 3)]
+    assert values[0] == want
 
 
 def test_all_gather_coalesced_matches_gloo() -> None:

@@ -15,7 +15,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 
 KNOWN_FAILURES = {
-    "test_send_recv_any_source": "recv without a source (any source) is not supported yet",
+    # The three tests below meet one limit of torch 2.15: it hands the caller its own wrapper of a
+    # Python backend's Work (PyWorkHolder), which passes on wait() and get_future() only.
+    # dist.recv(src=None) asks that wrapper for sourceRank(), so kaitian refuses it up front and
+    # offers kaitian.recv_from_any, which returns the sender (test_torch_apis.py checks it
+    # against gloo).
+    "test_send_recv_any_source": "dist.recv(src=None): torch's wrapper of a Python backend's Work has no sourceRank()",
     # Both assert Work.is_completed() right after wait(). torch 2.15 hands the caller its own
     # wrapper of a Python backend's Work, whose is_completed() stays False even after wait()
     # (measured: also when the backend returns torch's own _create_work_from_future; gloo's C++

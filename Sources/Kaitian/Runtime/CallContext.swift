@@ -21,13 +21,14 @@ final class CallContext {
   private let spinNanoseconds: Int64
   private let health: CommunicatorHealth
   private let doorbell: Doorbell?
+  private let peeked: PeekedTags
   private var neighbourTagsExchanged = false
 
   init(
     rank: Int, size: Int, name: String, links: [PeerLink?], key: CallKey, header: OpHeader,
     sendAux: ((Int) -> Int64)? = nil, receiveAux: ((Int) -> Int64)? = nil,
     timeoutSeconds: Double, spinNanoseconds: Int64, health: CommunicatorHealth,
-    doorbell: Doorbell?, scratch: ScratchBuffer
+    doorbell: Doorbell?, scratch: ScratchBuffer, peeked: PeekedTags
   ) {
     self.rank = rank
     self.size = size
@@ -44,6 +45,7 @@ final class CallContext {
     self.health = health
     self.doorbell = doorbell
     self.scratch = scratch
+    self.peeked = peeked
   }
 
   var elementSize: Int { header.dataType.size }
@@ -103,8 +105,56 @@ final class CallContext {
         if spins % 32 == 0 { sched_yield() } else { kt_cpu_relax() }
         continue
       }
-      sleep(until: states, ticket: ticket, now: now)
+      sleep(
+        until: states.filter { !$0.isDone }.map { ($0.link, $0.isSend) }, ticket: ticket, now: now)
     }
+  }
+
+  /// Waits until one of `peers` opens its next message to this rank with a tag that `accepts`,
+  /// and returns that peer; the tag stays peeked for the receive that follows. Peers are tried
+  /// in turn from the lowest, so the first sender whose tag has arrived wins.
+  ///
+  /// Why peeking: which rank a receive from any rank matches is decided by who sends first,
+  /// and that is only known from the tags that have arrived (as MPI's wildcard receive).
+  func awaitSender(
+    among peers: [Int], accepts: (Int, OpHeader) -> Bool
+  ) throws(KaitianError) -> Int {
+    let links = try peers.map { peer throws(KaitianError) in try link(to: peer) }
+    let started = kt_monotonic_ns()
+    var spins = 0
+    while true {
+      let ticket = doorbell?.ticket ?? 0
+      for link in links {
+        let tag: OpHeader?
+        do {
+          tag = try peeked.peek(link)
+        } catch {
+          throw explain(error)
+        }
+        if let tag, accepts(link.peer, tag) { return link.peer }
+      }
+      if health.isFailed { throw explain(nil) }
+      let now = kt_monotonic_ns()
+      if now >= deadline {
+        throw KaitianError(
+          .timeout, rank: rank, call: name,
+          "timed out after \(formatSeconds(timeoutSeconds)) s waiting for a matching send from "
+            + "any of ranks \(peers); none of them sent one (raise KAITIAN_TIMEOUT if they are just slow)"
+        )
+      }
+      if now - started < spinNanoseconds {
+        spins &+= 1
+        if spins % 32 == 0 { sched_yield() } else { kt_cpu_relax() }
+        continue
+      }
+      sleep(until: links.map { ($0, false) }, ticket: ticket, now: now)
+    }
+  }
+
+  /// Hands the tag bytes an any-source receive peeked from `peer` to the transfer that owns
+  /// them; returns how many were put at the front of `buffer`.
+  func takePeekedTag(from peer: Int, into buffer: UnsafeMutableRawBufferPointer) -> Int {
+    peeked.take(from: peer, into: buffer)
   }
 
   /// Makes sure the call's tags went around the ring, for calls whose algorithm ran no
@@ -178,15 +228,17 @@ final class CallContext {
     return link
   }
 
-  private func sleep(until states: [TransferProgress], ticket: UInt32, now: Int64) {
+  /// Sleeps until one of `waits` (a link, and whether this rank sends on it) may progress, or
+  /// the deadline.
+  private func sleep(until waits: [(link: PeerLink, isSend: Bool)], ticket: UInt32, now: Int64) {
     let remaining = deadline - now
     var descriptors: [pollfd] = []
     var usesDoorbell = false
-    for state in states where !state.isDone {
-      switch state.link.waitSource {
+    for wait in waits {
+      switch wait.link.waitSource {
       case .doorbell: usesDoorbell = true
       case .socket(let fd):
-        let events = state.isSend ? Int16(POLLOUT) : Int16(POLLIN)
+        let events = wait.isSend ? Int16(POLLOUT) : Int16(POLLIN)
         descriptors.append(pollfd(fd: fd, events: events, revents: 0))
       }
     }

@@ -159,7 +159,8 @@ extension Communicator {
     }
   }
 
-  /// Sends `count` elements to `peer`, matched by its `receive` with the same tag, in order.
+  /// Sends `count` elements to `peer`, matched by its `receive` (or `receiveFromAny`) with the
+  /// same tag, in order.
   public func send(
     _ input: UnsafeRawPointer, count: Int, dataType: DataType, to peer: Int, tag: Int = 0
   ) throws(KaitianError) -> Work {
@@ -167,7 +168,7 @@ extension Communicator {
     let call = CallDescription(
       kind: .sendRecv, dataType: dataType, count: count, aux: Int64(tag))
     let bytes = UnsafeRawBufferPointer(start: input, count: count * dataType.size)
-    return submitPointToPoint(call, peer: peer, sending: true) { context throws(KaitianError) in
+    return submitSend(call, to: peer) { context throws(KaitianError) in
       try context.run([.send(bytes, to: peer)])
     }
   }
@@ -180,7 +181,26 @@ extension Communicator {
     let call = CallDescription(
       kind: .sendRecv, dataType: dataType, count: count, aux: Int64(tag))
     let bytes = UnsafeMutableRawBufferPointer(start: output, count: count * dataType.size)
-    return submitPointToPoint(call, peer: peer, sending: false) { context throws(KaitianError) in
+    return submitReceive(call, from: peer) { context, peer throws(KaitianError) in
+      try context.run([.receive(bytes, from: peer)])
+    }
+  }
+
+  /// Receives `count` elements from whichever rank first sends this rank a message with `tag`
+  /// (as gloo's recvAnysource and MPI_ANY_SOURCE); `Work.source` names that rank once the work
+  /// completes. Other senders' messages wait for the receives that match them, so a later
+  /// `receive(from:)` of each still gets its peer's messages in order.
+  public func receiveFromAny(
+    into output: UnsafeMutableRawPointer, count: Int, dataType: DataType, tag: Int = 0
+  ) throws(KaitianError) -> Work {
+    try check(.sendRecv, count: count)
+    if size < 2 {
+      throw argument(.sendRecv, "a receive from any rank needs another rank (size \(size))")
+    }
+    let call = CallDescription(
+      kind: .sendRecv, dataType: dataType, count: count, aux: Int64(tag))
+    let bytes = UnsafeMutableRawBufferPointer(start: output, count: count * dataType.size)
+    return submitReceive(call, from: nil) { context, peer throws(KaitianError) in
       try context.run([.receive(bytes, from: peer)])
     }
   }

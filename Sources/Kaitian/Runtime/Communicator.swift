@@ -17,6 +17,7 @@ public final class Communicator: @unchecked Sendable {
   private let mesh: Mesh
   private let health = CommunicatorHealth()
   private let scratch = ScratchBuffer()
+  private let peeked: PeekedTags
   private var engine: Engine!
   private var watchdog: Watchdog!
   private let sequences: Mutex<Sequences>
@@ -25,18 +26,24 @@ public final class Communicator: @unchecked Sendable {
   private struct Sequences {
     var collective: UInt64 = 0
     var sent: [UInt64]
-    var received: [UInt64]
 
-    /// The next number of a send to (or receive from) `peer`: each peer and direction counts
-    /// on its own, so a send matches the peer's receive of the same number.
-    mutating func nextPointToPoint(peer: Int, sending: Bool) -> UInt64 {
-      if sending {
-        sent[peer] += 1
-        return sent[peer]
-      }
-      received[peer] += 1
-      return received[peer]
+    /// The next number of a send to `peer`: each peer counts on its own, so a send matches the
+    /// peer's receive of the same number.
+    mutating func nextSend(to peer: Int) -> UInt64 {
+      sent[peer] += 1
+      return sent[peer]
     }
+  }
+
+  /// How many receives from each peer have started, counted on the engine thread when each one
+  /// runs rather than when it is issued, because a receive from any rank learns its peer (and
+  /// so its number) only then. Engine thread only.
+  private var receivesStarted: [UInt64]
+
+  /// The next number of a receive from `peer` (see `receivesStarted`). Engine thread only.
+  private func nextReceive(from peer: Int) -> UInt64 {
+    receivesStarted[peer] += 1
+    return receivesStarted[peer]
   }
 
   /// Joins the group: publishes this rank in `store`, connects to every peer (authenticated
@@ -52,9 +59,9 @@ public final class Communicator: @unchecked Sendable {
     self.rank = rank
     self.size = size
     self.options = options
-    self.sequences = Mutex(
-      Sequences(
-        sent: Array(repeating: 0, count: size), received: Array(repeating: 0, count: size)))
+    self.sequences = Mutex(Sequences(sent: Array(repeating: 0, count: size)))
+    self.receivesStarted = Array(repeating: 0, count: size)
+    self.peeked = PeekedTags(size: size)
     let host = try Self.advertisedHost(options: options, hint: advertisedHostHint)
     mesh = try Mesh.establish(
       store: store, rank: rank, size: size, token: token, options: options,
@@ -133,14 +140,58 @@ public final class Communicator: @unchecked Sendable {
       call, key: CallKey(stream: .collective, sequence: sequence), sequence: sequence, body)
   }
 
-  /// Queues a point-to-point call: send/recv pairs are numbered per peer and direction.
-  func submitPointToPoint(
-    _ call: CallDescription, peer: Int, sending: Bool,
+  /// Queues a send: sends are numbered per peer when issued (receives when they run).
+  func submitSend(
+    _ call: CallDescription, to peer: Int,
     _ body: @escaping (CallContext) throws(KaitianError) -> Void
   ) -> Work {
-    let sequence = sequences.withLock { $0.nextPointToPoint(peer: peer, sending: sending) }
+    let sequence = sequences.withLock { $0.nextSend(to: peer) }
     return submit(
-      call, key: CallKey(stream: .pointToPoint, sequence: sequence), sequence: sequence, body)
+      call, key: CallKey(stream: .pointToPoint, sequence: sequence), sequence: sequence,
+      name: "send #\(sequence) to rank \(peer) \(describe(call))", body)
+  }
+
+  /// Queues a receive from `peer`, or from whichever rank sends first when `peer` is nil (its
+  /// tag must match then, as for gloo's recvAnysource). Runs `body` with the context of the
+  /// receive once its peer is known, and records that peer as the work's source.
+  func submitReceive(
+    _ call: CallDescription, from peer: Int?,
+    _ body: @escaping (CallContext, Int) throws(KaitianError) -> Void
+  ) -> Work {
+    let name = "recv from \(peer.map { "rank \($0)" } ?? "any rank") \(describe(call))"
+    let work = Work(name: name)
+    if destroyed.load(ordering: .relaxed) {
+      work.complete(
+        KaitianError(.invalidUsage, rank: rank, call: name, "the communicator was destroyed"))
+      return work
+    }
+    let others = (0..<size).filter { $0 != rank }
+    engine.submit(
+      QueuedCall(work: work) { [unowned self] () throws(KaitianError) in
+        do throws(KaitianError) {
+          let source: Int
+          if let peer {
+            source = peer
+          } else {
+            let driver = makeContext(
+              call, key: CallKey(stream: .pointToPoint, sequence: 0), sequence: 0, name: name)()
+            source = try driver.awaitSender(among: others) { peer, tag in
+              tag.kind == .sendRecv && tag.aux == call.aux
+                && tag.sequence == receivesStarted[peer] + 1
+            }
+          }
+          let sequence = nextReceive(from: source)
+          let context = makeContext(
+            call, key: CallKey(stream: .pointToPoint, sequence: sequence), sequence: sequence,
+            name: name)()
+          try body(context, source)
+          try context.finish()
+          work.source = source
+        } catch {
+          throw error.attributed(rank: self.rank, call: name)
+        }
+      })
+    return work
   }
 
   /// Queues sends and receives that run together, as one call (see `pointToPointBatch`).
@@ -152,8 +203,9 @@ public final class Communicator: @unchecked Sendable {
   func submitPointToPointBatch(
     _ operations: [(call: CallDescription, peer: Int, sending: Bool, transfer: Transfer)]
   ) -> Work {
-    let sequences = self.sequences.withLock { state in
-      operations.map { state.nextPointToPoint(peer: $0.peer, sending: $0.sending) }
+    // Sends are numbered now, receives when the batch runs (see `receivesStarted`).
+    let sendNumbers = self.sequences.withLock { state in
+      operations.map { $0.sending ? state.nextSend(to: $0.peer) : 0 }
     }
     let sends = operations.count { $0.sending }
     let name = "send/recv batch (\(sends) send(s), \(operations.count - sends) receive(s))"
@@ -181,6 +233,10 @@ public final class Communicator: @unchecked Sendable {
       QueuedCall(work: work) { [unowned self] () throws(KaitianError) in
         do throws(KaitianError) {
           let driver = driver()
+          let sequences = operations.indices.map { index in
+            operations[index].sending
+              ? sendNumbers[index] : nextReceive(from: operations[index].peer)
+          }
           for wave in waves {
             try driver.runTogether(
               wave.map { index in
@@ -199,16 +255,11 @@ public final class Communicator: @unchecked Sendable {
   }
 
   private func submit(
-    _ call: CallDescription, key: CallKey, sequence: UInt64,
+    _ call: CallDescription, key: CallKey, sequence: UInt64, name: String? = nil,
     _ body: @escaping (CallContext) throws(KaitianError) -> Void
   ) -> Work {
-    var name = "\(call.kind) #\(sequence)"
-    if call.kind != .barrier {
-      name += " (\(call.dataType) x \(call.count)"
-      if [.allReduce, .reduce, .reduceScatter].contains(call.kind) { name += ", \(call.op)" }
-      if call.root >= 0 { name += ", root \(call.root)" }
-      name += ")"
-    }
+    let name =
+      name ?? "\(call.kind) #\(sequence)" + (call.kind == .barrier ? "" : " \(describe(call))")
     let work = Work(name: name)
     if destroyed.load(ordering: .relaxed) {
       work.complete(
@@ -229,6 +280,15 @@ public final class Communicator: @unchecked Sendable {
     return work
   }
 
+  /// "(float32 x 1024, sum)": a call's arguments, for its name.
+  private func describe(_ call: CallDescription) -> String {
+    var text = "(\(call.dataType) x \(call.count)"
+    if [.allReduce, .reduce, .reduceScatter].contains(call.kind) { text += ", \(call.op)" }
+    if call.root >= 0 { text += ", root \(call.root)" }
+    if call.kind == .sendRecv { text += ", tag \(call.aux)" }
+    return text + ")"
+  }
+
   /// What builds a call's context on the engine thread, when the call starts (its deadline
   /// counts from then).
   private func makeContext(
@@ -244,7 +304,7 @@ public final class Communicator: @unchecked Sendable {
         sendAux: call.sendAux, receiveAux: call.receiveAux,
         timeoutSeconds: options.timeoutSeconds,
         spinNanoseconds: Int64(options.spinMicroseconds) * 1000, health: health,
-        doorbell: mesh.doorbell, scratch: scratch)
+        doorbell: mesh.doorbell, scratch: scratch, peeked: peeked)
     }
   }
 }

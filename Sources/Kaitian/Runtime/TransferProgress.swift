@@ -1,5 +1,5 @@
 /// How far one transfer has come: its tag first (when this is the call's first message on the
-/// link), then its payload. Driven by `CallContext.run`, or with the transfers of other calls by
+/// link; a receive starts with what an earlier any-source receive peeked of it), then its payload. Driven by `CallContext.run`, or with the transfers of other calls by
 /// `CallContext.runTogether`; `context` is the call this transfer belongs to (its tag, kernel and
 /// element size).
 struct TransferProgress {
@@ -34,17 +34,26 @@ struct TransferProgress {
   mutating func advance() throws(KaitianError) -> Bool {
     var moved = false
     if tagDone < tagBytes.count {
-      let (link, isSend, done) = (self.link, self.isSend, tagDone)
-      let outcome = tagBytes.withUnsafeMutableBytes { tag in
-        let rest = UnsafeMutableRawBufferPointer(rebasing: tag[done...])
-        return Result { () throws(KaitianError) in
-          isSend
-            ? try link.sendSome(UnsafeRawBufferPointer(rest)) : try link.receiveSome(into: rest)
+      let (link, isSend) = (self.link, self.isSend)
+      if tagDone == 0 && !isSend {
+        tagDone = tagBytes.withUnsafeMutableBytes {
+          context.takePeekedTag(from: link.peer, into: $0)
         }
+        moved = tagDone > 0
       }
-      let n = try outcome.get()
-      tagDone += n
-      moved = n > 0
+      if tagDone < tagBytes.count {
+        let done = tagDone
+        let outcome = tagBytes.withUnsafeMutableBytes { tag in
+          let rest = UnsafeMutableRawBufferPointer(rebasing: tag[done...])
+          return Result { () throws(KaitianError) in
+            isSend
+              ? try link.sendSome(UnsafeRawBufferPointer(rest)) : try link.receiveSome(into: rest)
+          }
+        }
+        let n = try outcome.get()
+        tagDone += n
+        moved = moved || n > 0
+      }
       guard tagDone == tagBytes.count else { return moved }
       if let expectedTag {
         let received = tagBytes.withUnsafeBytes { OpHeader.decode($0) }

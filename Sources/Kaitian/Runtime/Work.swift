@@ -13,6 +13,7 @@ public final class Work: @unchecked Sendable {
   private struct State {
     var finished = false
     var error: KaitianError?
+    var source: Int?
     var callbacks: [@Sendable (KaitianError?) -> Void] = []
   }
 
@@ -23,6 +24,13 @@ public final class Work: @unchecked Sendable {
 
   /// The call's error once it has ended with one.
   public var failure: KaitianError? { state.withLock { $0.error } }
+
+  /// The rank a receive took its message from, once it has completed (a receive from any rank
+  /// learns it only then); nil for other calls.
+  public internal(set) var source: Int? {
+    get { state.withLock { $0.source } }
+    set { state.withLock { $0.source = newValue } }
+  }
 
   /// Blocks until the call ends, or `timeout` passes (nil waits without limit).
   /// Throws the call's error, or a timeout error that leaves the call running.
