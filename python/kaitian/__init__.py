@@ -38,7 +38,7 @@ from .rebalance import OnlineBalancer, PlanChange
 from .sampler import AdaptiveBatchSampler, AdaptiveSampler, loader_batch_size
 from .telemetry import JobTelemetry, job_telemetry
 from .topology import Group, Topology, intra_backends, local_device_kind
-from .weighting import GradientWeighting, install_weighting, weighted_allreduce_hook
+from .weighting import GradientWeighting, install_fsdp_weighting, install_weighting, weighted_allreduce_hook
 
 __all__ = [
     "BACKEND_NAME",
@@ -67,6 +67,7 @@ __all__ = [
     "emulate_device",
     "emulated_speed",
     "gather_speeds",
+    "install_fsdp_weighting",
     "install_weighting",
     "intra_backends",
     "job_telemetry",

@@ -315,7 +315,8 @@ _OPS: list[tuple[object, int]] = [
 
 
 def reduce_op(op: object) -> int:
-    """ktRedOp_t for a torch ReduceOp; bitwise ops and PREMUL_SUM are refused."""
+    """ktRedOp_t for a torch ReduceOp; bitwise ops are refused (PREMUL_SUM is the process group's: it
+    scales the inputs and sums)."""
     for torch_op, code in _OPS:
         if op == torch_op:
             return code

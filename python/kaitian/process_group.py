@@ -135,9 +135,29 @@ class _FutureWork(torch._C._distributed_c10d.Work):
 
 
 def _reduce_op(opts: object, tensors: list[torch.Tensor]) -> int:
-    """ktRedOp_t from an options object with reduceOp, or from a bare ReduceOp, for these tensors (bool)."""
+    """ktRedOp_t from an options object with reduceOp, or from a bare ReduceOp, for these tensors (bool).
+
+    PREMUL_SUM is SUM here: its callers scale their inputs first (see _premul_factor)."""
+    if _premul_factor(opts, "", tensors) is not None:
+        return _native.SUM
     op = getattr(opts, "reduceOp", opts) if opts is not None else dist.ReduceOp.SUM
     return _native.reduce_op_for(op, (t.dtype for t in tensors))
+
+
+def _premul_factor(opts: object, call: str, tensors: list[torch.Tensor]) -> float | torch.Tensor | None:
+    """The factor of a PREMUL_SUM reduce op, else None.
+
+    PREMUL_SUM(f) is NCCL's: each rank multiplies its own input by its own f, then the inputs are
+    summed. FSDP2 asks for it when a gradient divide factor is set (set_gradient_divide_factor),
+    which is how uneven batch shares are weighted (kaitian.install_fsdp_weighting). The engine has
+    no such op: the collective scales (a copy of) its input and sums. Floating dtypes only, as NCCL.
+    """
+    op = getattr(opts, "reduceOp", opts) if opts is not None else None
+    if getattr(op, "op", None) != dist.ReduceOp.PREMUL_SUM:
+        return None
+    if call and not all(t.is_floating_point() for t in tensors):
+        raise ValueError(f"kaitian: {call}: reduce op PREMUL_SUM is defined for floating-point tensors only")
+    return op.factor  # type: ignore[union-attr]
 
 
 def _size_array(values: list[int], keep: list[object]) -> ctypes.Array:
@@ -560,6 +580,9 @@ class ProcessGroupKaitian(_BASE):  # type: ignore[misc, valid-type]
         op = _reduce_op(opts, tensors)
         for t in tensors:
             _native.datatype(t.dtype)
+        if (factor := _premul_factor(opts, "allreduce", tensors)) is not None:
+            for t in tensors:  # in place: the result overwrites the input anyway
+                t.mul_(factor)
         if self._worker is not None:
             tasks = [task for t in tensors for task in self._allreduce_tasks(t, op)]
             if not tasks:
@@ -746,6 +769,7 @@ class ProcessGroupKaitian(_BASE):  # type: ignore[misc, valid-type]
         self, output_tensors: list[torch.Tensor], input_tensors: list[list[torch.Tensor]], opts: object = None
     ) -> dist.Work:
         op = _reduce_op(opts, [t for ts in input_tensors for t in ts])
+        factor = _premul_factor(opts, "reduce_scatter", [t for ts in input_tensors for t in ts])
         for out, inputs in zip(output_tensors, input_tensors, strict=True):
             self._checks.one_per_rank("reduce_scatter", "the input list", inputs)
             self._checks.same_dtype("reduce_scatter", out, inputs)
@@ -757,6 +781,8 @@ class ProcessGroupKaitian(_BASE):  # type: ignore[misc, valid-type]
             for out, inputs in zip(output_tensors, input_tensors, strict=True):
                 counts = [x.numel() for x in inputs]
                 flat = torch.cat([x.detach().reshape(-1).cpu() for x in inputs])
+                if factor is not None:
+                    flat.mul_(factor)
                 keep.append(flat)
                 dt = _native.datatype(flat.dtype)
                 if len(set(counts)) == 1:
@@ -778,6 +804,8 @@ class ProcessGroupKaitian(_BASE):  # type: ignore[misc, valid-type]
         self, outputs: list[torch.Tensor], inputs: list[torch.Tensor], opts: object = None
     ) -> dist.Work:
         op = _reduce_op(opts, inputs)
+        if (factor := _premul_factor(opts, "reduce_scatter_tensor", inputs)) is not None:
+            inputs = [inp * factor for inp in inputs]  # a scaled copy: the input stays the caller's
         for out, inp in zip(outputs, inputs, strict=True):
             self._checks.same_dtype("reduce_scatter_tensor", inp, [out])
             self._checks.elements("reduce_scatter_tensor", "the input", inp, out.numel() * self._size)
@@ -795,6 +823,8 @@ class ProcessGroupKaitian(_BASE):  # type: ignore[misc, valid-type]
         return self._engine("reduce_scatter_tensor_coalesced", build)
 
     def reduce(self, tensors: list[torch.Tensor], opts: object = None) -> dist.Work:
+        if _premul_factor(opts, "reduce", tensors) is not None:
+            raise ValueError("kaitian: reduce: reduce op PREMUL_SUM is supported by allreduce and reduce_scatter only")
         op = _reduce_op(opts, tensors)
         root = opts.rootRank if opts is not None else 0
         self._checks.rank_in_group("reduce", "root", root)

@@ -12,6 +12,7 @@ gloo, nccl) without a second collective for the sample counts: the plan is known
 # No `from __future__ import annotations` here: DDP checks the hook's annotations at run time
 # (dist.GradBucket, torch.futures.Future[torch.Tensor]) and would see strings.
 
+import math
 import time
 from collections.abc import Sequence
 
@@ -80,18 +81,26 @@ class GradientWeighting:
 
     def current(self) -> tuple[int, int]:
         """(this rank's batch, global batch) of the step being reduced."""
-        if self.sampler is None:
-            plan = self._plan
-        else:
-            if self.sampler.pass_id != self._pass_id:
-                self._pass_id = self.sampler.pass_id
-                self.step = 0
-            plan = self.sampler.batch_sizes_at(self.step)
+        plan = self.current_plan()
         return plan[self.rank], sum(plan)
+
+    def current_plan(self) -> list[int]:
+        """Every rank's batch in the step being reduced."""
+        if self.sampler is None:
+            assert self._plan is not None
+            return self._plan
+        if self.sampler.pass_id != self._pass_id:
+            self._pass_id = self.sampler.pass_id
+            self.step = 0
+        return list(self.sampler.batch_sizes_at(self.step))
 
     def finish_step(self, batch: tuple[int, int]) -> None:
         """Called at the last bucket: the rank's backward has produced every gradient."""
         self.compute_end = time.perf_counter()
+        self.count_step(batch)
+
+    def count_step(self, batch: tuple[int, int]) -> None:
+        """Counts a step whose gradients are weighted with `batch` (this rank's, global)."""
         self.last_batch = batch
         self.step += 1
 
@@ -120,4 +129,53 @@ def install_weighting(
     model.register_comm_hook(state, weighted_allreduce_hook)
     model.register_forward_pre_hook(lambda _module, _inputs: state.enter_forward())
     model.module.register_forward_pre_hook(lambda _module, _inputs: state.enter_module())
+    return state
+
+
+def install_fsdp_weighting(
+    model: torch.nn.Module,
+    sampler_or_plan: AdaptiveSampler | Sequence[int],
+    process_group: dist.ProcessGroup | None = None,
+) -> GradientWeighting:
+    """FSDP2's counterpart of install_weighting: each rank's gradient weighs b_rank / B.
+
+    Before every forward of `model` (the root of fully_shard), every FSDP module in it gets the
+    gradient divide factor B / b_rank for the step's plan, so FSDP2 reduce-scatters with
+    PREMUL_SUM(b_rank / B): sum(b_i * g_i) / B, the mean over all B samples, as full-batch
+    training. Each forward counts as one step of the plan, so call it once
+    per optimizer step (no gradient accumulation over several forwards).
+
+    Needs a float32 or bfloat16 reduce dtype: with float16 FSDP2 sums and divides afterwards by
+    the factor, which is one rank's, not a weight per rank.
+    """
+    from torch.distributed.fsdp import FSDPModule
+
+    modules = [m for m in model.modules() if isinstance(m, FSDPModule)]
+    if not modules:
+        raise ValueError("kaitian: install_fsdp_weighting needs a model with fully_shard applied")
+    for module in modules:
+        # FSDP2 keeps its policy privately; where it has moved, the check is skipped.
+        policy = getattr(module._get_fsdp_state(), "_mp_policy", None)
+        if policy is not None and (policy.reduce_dtype or policy.param_dtype) == torch.float16:
+            raise ValueError(
+                "kaitian: install_fsdp_weighting: FSDP2 divides float16 gradients after the sum, by one "
+                "rank's factor, so uneven shares cannot be weighted; use reduce_dtype float32 or bfloat16"
+            )
+    state = GradientWeighting(sampler_or_plan, process_group)
+
+    def before_forward(_module: torch.nn.Module, _inputs: object) -> None:
+        plan = state.current_plan()
+        local, total = plan[state.rank], sum(plan)
+        factor = total / local if local > 0 else math.inf
+        if factor == len(plan) and len(set(plan)) > 1:
+            # FSDP2 turns a factor equal to the group size into AVG, others into PREMUL_SUM: on an
+            # uneven plan the ranks would then disagree about the op (Kaitian refuses that as a
+            # mismatch; NCCL would mix them). One ulp up keeps PREMUL_SUM, and the weight 1/factor
+            # rounds to the same float32 or bfloat16 value the gradients are scaled with.
+            factor = math.nextafter(factor, math.inf)
+        for module in modules:
+            module.set_gradient_divide_factor(factor)
+        state.count_step((local, total))
+
+    model.register_forward_pre_hook(before_forward)
     return state

@@ -113,6 +113,22 @@ def any_source(rank: int, size: int) -> list[tuple[int, list[float]]]:
     return received[0]
 
 
+def premul_sum(rank: int, size: int) -> dict[str, object]:
+    """PREMUL_SUM (FSDP2's op for a gradient divide factor): each rank scales its own input by its own
+    factor, then the inputs are summed; the caller's input of a reduce-scatter stays as it was."""
+    t = torch.full((5,), 3.0)
+    dist.all_reduce(t, op=dist.ReduceOp.PREMUL_SUM(float(rank + 1)))
+    inp = torch.arange(2.0 * size)
+    out = torch.empty(2)
+    dist.reduce_scatter_tensor(out, inp, op=dist.ReduceOp.PREMUL_SUM(0.5 * (rank + 1)))
+    try:
+        dist.all_reduce(torch.ones(2, dtype=torch.int32), op=dist.ReduceOp.PREMUL_SUM(2.0))
+        refused = ""
+    except ValueError as error:
+        refused = str(error)
+    return {"allreduce": t.tolist(), "reduce_scatter": out.tolist(), "input": inp.tolist(), "refused": refused}
+
+
 def coalesced_allgather(rank: int, size: int) -> list[list[torch.Tensor]]:
     """all_gather_coalesced of three tensors of different shapes (one empty), on kaitian and gloo."""
     inputs = [torch.full((2, 3), float(rank)), torch.arange(5, dtype=torch.float32) * (rank + 1), torch.empty(0)]
@@ -162,6 +178,33 @@ def fsdp2(rank: int, size: int) -> list[torch.Tensor]:
     return [p.full_tensor().detach().clone() for p in model.parameters()]
 
 
+UNEVEN = {2: [8, 4], 3: [8, 6, 4]}
+"""Per-rank batches of the weighted FSDP2 runs: B = 12 or 18 samples, split unevenly."""
+
+
+def fsdp2_weighted(rank: int, size: int) -> list[torch.Tensor]:
+    """FSDP2 with uneven batch shares and kaitian.install_fsdp_weighting: each rank's gradient weighs
+    b_rank / B, so training matches full-batch training on all B samples."""
+    from torch.distributed.fsdp import fully_shard
+
+    plan = UNEVEN[size]
+    model = tiny_model()
+    for layer in model:
+        if isinstance(layer, nn.Linear):
+            fully_shard(layer)
+    fully_shard(model)
+    kaitian.install_fsdp_weighting(model, plan)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    start = sum(plan[:rank])
+    for step in range(3):
+        x, y = tiny_batch(step, sum(plan))
+        opt.zero_grad()
+        mine = slice(start, start + plan[rank])
+        nn.functional.mse_loss(model(x[mine]), y[mine]).backward()
+        opt.step()
+    return [p.full_tensor().detach().clone() for p in model.parameters()]
+
+
 def tiny_model() -> nn.Sequential:
     torch.manual_seed(0)
     return nn.Sequential(nn.Linear(7, 13), nn.Tanh(), nn.Linear(13, 3))
@@ -172,11 +215,11 @@ def tiny_batch(step: int, n: int) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.randn(n, 7, generator=g), torch.randn(n, 3, generator=g)
 
 
-def full_batch_parameters(size: int) -> list[torch.Tensor]:
+def full_batch_parameters(size: int, samples: int | None = None) -> list[torch.Tensor]:
     model = tiny_model()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     for step in range(3):
-        x, y = tiny_batch(step, 6 * size)
+        x, y = tiny_batch(step, samples or 6 * size)
         opt.zero_grad()
         nn.functional.mse_loss(model(x), y).backward()
         opt.step()
@@ -237,6 +280,17 @@ def test_recv_from_any_source_matches_gloo(size: int) -> None:
     assert values[0] == want
 
 
+def test_premul_sum_scales_each_ranks_input_by_its_own_factor() -> None:
+    size = 3
+    values = assert_all_ok(run_ranks(premul_sum, size), size)
+    weight = sum(range(1, size + 1))  # factors 1, 2, 3 (and halves of them for reduce_scatter)
+    for rank, value in enumerate(values):
+        assert value["allreduce"] == [3.0 * weight] * 5
+        assert value["reduce_scatter"] == [0.5 * weight * (2 * rank), 0.5 * weight * (2 * rank + 1)]
+        assert value["input"] == list(map(float, range(2 * size)))
+        assert "PREMUL_SUM is defined for floating-point tensors only" in value["refused"]
+
+
 def test_all_gather_coalesced_matches_gloo() -> None:
     values = assert_all_ok(run_ranks(coalesced_allgather, 3), 3)
     for r in range(3):  # every rank holds rank r's inputs in block r
@@ -257,6 +311,28 @@ def test_monitored_barrier_names_the_rank_that_did_not_come() -> None:
 def test_fsdp2_trains_as_full_batch_training(size: int) -> None:
     values = assert_all_ok(run_ranks(fsdp2, size, timeout=120), size)
     want = full_batch_parameters(size)
+    for rank, params in enumerate(values):
+        for i, (got, expected) in enumerate(zip(params, want, strict=True)):
+            torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6, msg=f"rank {rank} parameter {i}")
+            assert torch.equal(got, values[0][i]), f"rank {rank} parameter {i} differs from rank 0's"
+
+
+@pytest.mark.parametrize(
+    "size, env",
+    [
+        pytest.param(3, None, id="flat-3"),
+        # Two device kinds: gloo inside the cpu-a group, Kaitian's engine between the groups.
+        pytest.param(
+            3,
+            lambda r: {"KAITIAN_DEVICE_KIND": ["cpu-a", "cpu-a", "cpu-b"][r], "KAITIAN_INTRA_BACKEND": "cpu-a=gloo"},
+            id="hybrid-2+1",
+        ),
+        pytest.param(2, None, id="flat-2"),
+    ],
+)
+def test_fsdp2_with_uneven_shares_trains_as_full_batch_training(size: int, env: object) -> None:
+    values = assert_all_ok(run_ranks(fsdp2_weighted, size, env=env, timeout=120), size)
+    want = full_batch_parameters(size, sum(UNEVEN[size]))
     for rank, params in enumerate(values):
         for i, (got, expected) in enumerate(zip(params, want, strict=True)):
             torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6, msg=f"rank {rank} parameter {i}")
