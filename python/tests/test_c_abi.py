@@ -9,7 +9,7 @@ development, so a stale release build cannot hide a change; set KAITIAN_LIBRARY 
 release build.
 
 Ranks run in spawned processes (a fresh interpreter each, no forked engine threads); the store
-server runs in the pytest process through ktStoreServerStart. tests/c/run.sh (the C smoke test)
+server runs in the pytest process through ktStoreServerStart. Tests/c-abi/run.sh (the C smoke test)
 runs from here too, so CI covers it.
 """
 
@@ -500,6 +500,6 @@ def test_wrong_token_fails_within_the_timeout(store_address: str) -> None:
 def test_c_smoke_program() -> None:
     env = {**os.environ, "KAITIAN_LIBRARY": str(library_path())}
     completed = subprocess.run(
-        [str(REPO_ROOT / "tests" / "c" / "run.sh")], env=env, capture_output=True, text=True, timeout=60
+        [str(REPO_ROOT / "Tests" / "c-abi" / "run.sh")], env=env, capture_output=True, text=True, timeout=60
     )
     assert completed.returncode == 0, completed.stdout + completed.stderr

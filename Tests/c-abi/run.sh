@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds tests/c/abi_smoke.c against include/kaitian.h and libKaitianC.so and runs it with
+# Builds Tests/c-abi/abi_smoke.c against include/kaitian.h and libKaitianC.so and runs it with
 # 1, 2 and 3 ranks (or the counts given as arguments, e.g. `run.sh 2 4`).
 # Library: $KAITIAN_LIBRARY if set, else .build/$KAITIAN_BUILD_CONFIG (default debug), which is
 # built first if it is missing.
@@ -16,7 +16,7 @@ else
 fi
 out="$(mktemp -d)"
 trap 'rm -rf "$out"' EXIT
-cc -std=c11 -Wall -Wextra -Werror -I "$root/include" "$root/tests/c/abi_smoke.c" \
+cc -std=c11 -Wall -Wextra -Werror -I "$root/include" "$root/Tests/c-abi/abi_smoke.c" \
   -L "$libdir" -lKaitianC -Wl,-rpath,"$libdir" -lm -o "$out/abi_smoke"
 if [[ $# -eq 0 ]]; then set -- 1 2 3; fi
 for ranks in "$@"; do
