@@ -29,6 +29,7 @@ from datetime import timedelta
 
 import torch
 import torch.distributed as dist
+from torch.torch_version import TorchVersion
 
 from . import _native
 from ._checks import CallChecks
@@ -45,6 +46,13 @@ Future = torch.futures.Future
 Job = Callable[[Future], None]
 
 
+MINIMUM_TORCH = (2, 0)
+"""The oldest torch "kaitian" runs on: C++ callers (DDP's reducer) reach a Python Work's wait()
+and get_future() through torch's PyWork trampoline from 2.0 on. torch 1.13.1 was tried: without
+it DDP's construction hung, and with torch's own work in its place a hybrid bfloat16 allreduce
+returned unreduced values and destroying and initialising again failed, so it is refused."""
+
+
 def _work_from_future(fut: Future, call: str, source: Callable[[], int] | None = None) -> _FutureWork:
     """The Work of one collective, completed by `fut`; `call` names it in errors ("rank 0: allreduce #7").
 
@@ -56,6 +64,21 @@ def _work_from_future(fut: Future, call: str, source: Callable[[], int] | None =
     return _FutureWork(fut.then(_value), call, source)
 
 
+def _for_callbacks(fut: Future, issued_on_completion_thread: bool) -> Future:
+    """A future with `fut`'s value that completes on the completion thread, for users' callbacks.
+
+    A callback may issue a further collective and wait for it (PowerSGD, `.then()` chains), so it
+    must not run on the engine's or the pipeline's thread that completes that collective (see
+    _completion). A collective issued by such a callback keeps `fut` itself: the completion thread
+    is the one waiting for it.
+    """
+    if issued_on_completion_thread:
+        return fut
+    handed_over = Future()
+    fut.add_done_callback(lambda _: completion_thread().post(lambda: handed_over.set_result(None)))
+    return handed_over.then(lambda _: fut.value())
+
+
 def _value(fut: Future) -> list[torch.Tensor]:
     return fut.value()
 
@@ -65,7 +88,7 @@ class _FutureWork(torch._C._distributed_c10d.Work):
 
     A Python Work rather than torch's `_create_work_from_future`, whose wait ignores the timeout.
     torch calls this class's wait and get_future from C++ too (DDP's reducer takes the future) and
-    keeps the Python object alive while C++ holds the Work, in every version from 1.13 on.
+    keeps the Python object alive while C++ holds the Work, from torch 2.0 on (MINIMUM_TORCH).
 
     The future that get_future hands out completes on the completion thread, not on the engine's
     or the pipeline's thread that completes the collective (see _completion: a callback may wait
@@ -123,14 +146,7 @@ class _FutureWork(torch._C._distributed_c10d.Work):
     def get_future(self) -> Future:
         with self._lock:
             if self._handed_out is None:
-                if self._issued_on_completion_thread:
-                    self._handed_out = self._fut
-                else:
-                    handed_over = Future()
-                    self._fut.add_done_callback(
-                        lambda _: completion_thread().post(lambda: handed_over.set_result(None))
-                    )
-                    self._handed_out = handed_over.then(lambda _: self._fut.value())
+                self._handed_out = _for_callbacks(self._fut, self._issued_on_completion_thread)
             return self._handed_out
 
 
@@ -689,12 +705,7 @@ class ProcessGroupKaitian(_BASE):  # type: ignore[misc, valid-type]
 
     def _column_allreduce(self, shard: torch.Tensor, op: int) -> None:
         """Allreduces a contiguous shard between groups through host memory."""
-        if shard.device.type == "cpu":
-            staged = shard
-        else:
-            with self.stage_times.stage("staging copy"):
-                staged = torch.empty(shard.shape, dtype=shard.dtype, pin_memory=shard.device.type == "cuda")
-                staged.copy_(shard)
+        staged = self._staged(shard)
         ptr = staged.data_ptr()
         call = ("ktAllReduce", (ptr, ptr, staged.numel(), _native.datatype(staged.dtype), op))
         with self.stage_times.stage("relay between groups"):
@@ -702,6 +713,70 @@ class ProcessGroupKaitian(_BASE):  # type: ignore[misc, valid-type]
         if staged is not shard:
             with self.stage_times.stage("staging copy"):
                 shard.copy_(staged)
+
+    def _staged(self, t: torch.Tensor) -> torch.Tensor:
+        """`t` itself in host memory, else a host copy of it (pinned for CUDA) for the engine."""
+        if t.device.type == "cpu":
+            return t
+        with self.stage_times.stage("staging copy"):
+            staged = torch.empty(t.shape, dtype=t.dtype, pin_memory=t.device.type == "cuda")
+            staged.copy_(t)
+        return staged
+
+    def _hierarchical_reduce_scatter(self) -> bool:
+        """Whether reduce-scatters take the hierarchical path: groups of equal sizes, more than one."""
+        return self._worker is not None and len(self.topology.groups) > 1 and self.topology.equal_sizes
+
+    def _reduce_scatter_task(self, out: torch.Tensor, inp: torch.Tensor, op: int) -> _Task:
+        """Hierarchical reduce-scatter of one tensor (groups of equal size L, G groups), as one pipeline task.
+
+        Global rank (group g, local rank j) gets block r of the reduction. (1) The input's blocks
+        are put in column order: for each j, the blocks of local rank j of every group, in group
+        order. The group reduce-scatters that with its own library, so local rank j holds the
+        group's partial sums of its column's G blocks. (2) Column j reduce-scatters those across
+        the groups through host memory (the engine, G ranks, column rank = group index), so each
+        rank gets its own block summed over every rank. (3) Copy out, AVG's one division by the
+        world size. Each rank sends its column 1/L of the input across groups, where the flat
+        path would stage all of it through host memory on every rank.
+        """
+        topo = self.topology
+        group_size, groups = topo.group.size, len(topo.groups)
+        n = out.numel()
+        step_op = _native.SUM if op == _native.AVG else op
+        stage = self.stage_times.stage
+        order = [grp.ranks[j] for j in range(group_size) for grp in topo.groups]
+        shard = torch.empty(groups * n, dtype=inp.dtype, device=self.intra_device)
+        mine = torch.empty(n, dtype=inp.dtype, device=self.intra_device)
+
+        def reduce() -> None:
+            with stage("column order copy"):
+                blocks = inp.detach().reshape(self._size, n).to(self.intra_device)
+                ordered = blocks[torch.tensor(order, device=blocks.device)].reshape(-1)
+            if group_size == 1:
+                shard.copy_(ordered)
+                return
+            with stage("in-group reduce-scatter"):
+                self._intra.reduce_scatter(shard, ordered, step_op)
+
+        def relay() -> None:
+            src, dst = self._staged(shard), self._staged(mine)
+            call = ("ktReduceScatter", (src.data_ptr(), dst.data_ptr(), n, _native.datatype(src.dtype), step_op))
+            with stage("relay between groups"):
+                self._column.run(Plan([call], lambda: [], [src, dst]))
+            if dst is not mine:
+                with stage("staging copy"):
+                    mine.copy_(dst)
+
+        def gather() -> None:
+            with stage("copy back"):
+                out.copy_(mine.view_as(out))
+            if op == _native.AVG:
+                if out.is_floating_point():
+                    out.div_(self._size)
+                else:
+                    out.div_(self._size, rounding_mode="trunc")
+
+        return _Task((reduce, relay, gather))
 
     def broadcast(self, tensors: list[torch.Tensor], opts: object = None) -> dist.Work:
         root = opts.rootRank if opts is not None else 0
@@ -809,6 +884,10 @@ class ProcessGroupKaitian(_BASE):  # type: ignore[misc, valid-type]
         for out, inp in zip(outputs, inputs, strict=True):
             self._checks.same_dtype("reduce_scatter_tensor", inp, [out])
             self._checks.elements("reduce_scatter_tensor", "the input", inp, out.numel() * self._size)
+        if self._hierarchical_reduce_scatter() and outputs:
+            tasks = [self._reduce_scatter_task(out, inp, op) for out, inp in zip(outputs, inputs, strict=True)]
+            tasks[-1].complete = lambda fut: fut.set_result(outputs)
+            return _work_from_future(self._worker.enqueue(tasks), self._call("reduce_scatter_tensor_coalesced"))
 
         def build() -> Plan:
             keep: list[object] = []
@@ -1270,4 +1349,10 @@ def recv_from_any(tensor: torch.Tensor, tag: int = 0, group: dist.ProcessGroup |
 
 def create_process_group(store: dist.Store, rank: int, size: int, timeout: timedelta) -> ProcessGroupKaitian:
     """The creator registered with torch.distributed.Backend (torch's non-extended signature)."""
+    if TorchVersion(torch.__version__) < MINIMUM_TORCH:
+        raise RuntimeError(
+            f"kaitian: torch {torch.__version__} is older than the oldest torch kaitian runs on "
+            f"({'.'.join(map(str, MINIMUM_TORCH))}): its DDP cannot wait for a Python backend's work; "
+            "upgrade torch (kaitian is tested with 2.15)"
+        )
     return ProcessGroupKaitian(store, rank, size, timeout)

@@ -178,13 +178,14 @@ def fsdp2(rank: int, size: int) -> list[torch.Tensor]:
     return [p.full_tensor().detach().clone() for p in model.parameters()]
 
 
-UNEVEN = {2: [8, 4], 3: [8, 6, 4]}
-"""Per-rank batches of the weighted FSDP2 runs: B = 12 or 18 samples, split unevenly."""
+UNEVEN = {2: [8, 4], 3: [8, 6, 4], 4: [7, 5, 4, 2]}
+"""Per-rank batches of the weighted FSDP2 runs: B = 12, 18 or 18 samples, split unevenly."""
 
 
-def fsdp2_weighted(rank: int, size: int) -> list[torch.Tensor]:
+def fsdp2_weighted(rank: int, size: int) -> tuple[list[torch.Tensor], list[str]]:
     """FSDP2 with uneven batch shares and kaitian.install_fsdp_weighting: each rank's gradient weighs
-    b_rank / B, so training matches full-batch training on all B samples."""
+    b_rank / B, so training matches full-batch training on all B samples. Also returns the stages the
+    hybrid pipeline ran (kaitian.stage_times), which tell the hierarchical reduce-scatter apart."""
     from torch.distributed.fsdp import fully_shard
 
     plan = UNEVEN[size]
@@ -202,7 +203,7 @@ def fsdp2_weighted(rank: int, size: int) -> list[torch.Tensor]:
         mine = slice(start, start + plan[rank])
         nn.functional.mse_loss(model(x[mine]), y[mine]).backward()
         opt.step()
-    return [p.full_tensor().detach().clone() for p in model.parameters()]
+    return [p.full_tensor().detach().clone() for p in model.parameters()], sorted(kaitian.stage_times())
 
 
 def tiny_model() -> nn.Sequential:
@@ -328,10 +329,19 @@ def test_fsdp2_trains_as_full_batch_training(size: int) -> None:
             id="hybrid-2+1",
         ),
         pytest.param(2, None, id="flat-2"),
+        # Groups of equal size: FSDP2's reduce-scatter takes the hierarchical path.
+        pytest.param(
+            4,
+            lambda r: {"KAITIAN_DEVICE_KIND": ["cpu-a", "cpu-b"][r % 2], "KAITIAN_INTRA_BACKEND": "cpu-a=gloo"},
+            id="hybrid-2+2",
+        ),
     ],
 )
 def test_fsdp2_with_uneven_shares_trains_as_full_batch_training(size: int, env: object) -> None:
-    values = assert_all_ok(run_ranks(fsdp2_weighted, size, env=env, timeout=120), size)
+    results = assert_all_ok(run_ranks(fsdp2_weighted, size, env=env, timeout=120), size)
+    values = [params for params, _ in results]
+    hierarchical = [("column order copy" in stages) for _, stages in results]
+    assert hierarchical == [size == 4] * size, [stages for _, stages in results]
     want = full_batch_parameters(size, sum(UNEVEN[size]))
     for rank, params in enumerate(values):
         for i, (got, expected) in enumerate(zip(params, want, strict=True)):

@@ -85,6 +85,19 @@ def check_collectives(rank: int, size: int) -> int:
             check_equal(t, want.to(dtype) if name != "avg" else want, f"all_reduce {name} {dtype}", avg=name == "avg")
             checks += 1
 
+    # reduce_scatter_tensor: hierarchical on hybrid jobs of equal group sizes (column order,
+    # in-group reduce-scatter, reduce-scatter between groups), flat otherwise.
+    for di, dtype in enumerate(DTYPES):
+        for oi, (name, op) in enumerate(OPS.items()):
+            case = 400 + di * 10 + oi
+            inputs = [value(r, case, 3 * size, dtype, name) for r in range(size)]
+            out = torch.empty(3, dtype=dtype)
+            dist.reduce_scatter_tensor(out, inputs[rank], op=op)
+            want = reference(name, inputs)[rank * 3 : (rank + 1) * 3]
+            what = f"reduce_scatter_tensor {name} {dtype}"
+            check_equal(out, want.to(dtype) if name != "avg" else want, what, avg=name == "avg")
+            checks += 1
+
     # bool: SUM is "any", PRODUCT "all" (as gloo and NCCL define them); AVG has no meaning.
     for oi, name in enumerate(("sum", "product", "min", "max")):
         flags = value(rank, 50 + oi, n, torch.int64) > 2  # True on some ranks only, per element
