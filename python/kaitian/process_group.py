@@ -696,12 +696,16 @@ class ProcessGroupKaitian(_BASE):  # type: ignore[misc, valid-type]
                 with stage("copy back"):
                     part.copy_(buf[:n])
             if op == _native.AVG:
-                if part.is_floating_point():
-                    part.div_(self._size)
-                else:
-                    part.div_(self._size, rounding_mode="trunc")
+                self._divide_by_world(part)
 
         return _Task((reduce, relay, gather))
+
+    def _divide_by_world(self, t: torch.Tensor) -> None:
+        """AVG's one division by the world size, after a SUM (truncating for integers, as the engine)."""
+        if t.is_floating_point():
+            t.div_(self._size)
+        else:
+            t.div_(self._size, rounding_mode="trunc")
 
     def _column_allreduce(self, shard: torch.Tensor, op: int) -> None:
         """Allreduces a contiguous shard between groups through host memory."""
@@ -771,10 +775,7 @@ class ProcessGroupKaitian(_BASE):  # type: ignore[misc, valid-type]
             with stage("copy back"):
                 out.copy_(mine.view_as(out))
             if op == _native.AVG:
-                if out.is_floating_point():
-                    out.div_(self._size)
-                else:
-                    out.div_(self._size, rounding_mode="trunc")
+                self._divide_by_world(out)
 
         return _Task((reduce, relay, gather))
 
