@@ -727,9 +727,55 @@ class ProcessGroupKaitian(_BASE):  # type: ignore[misc, valid-type]
             staged.copy_(t)
         return staged
 
-    def _hierarchical_reduce_scatter(self) -> bool:
-        """Whether reduce-scatters take the hierarchical path: groups of equal sizes, more than one."""
+    def _hierarchical_collectives(self) -> bool:
+        """Whether reduce-scatters and allgathers take the hierarchical path: groups of equal sizes, more than one."""
         return self._worker is not None and len(self.topology.groups) > 1 and self.topology.equal_sizes
+
+    def _column_order(self) -> list[int]:
+        """Global ranks in column order: local rank 0 of every group (in group order), then local rank 1, ..."""
+        topo = self.topology
+        return [grp.ranks[j] for j in range(topo.group.size) for grp in topo.groups]
+
+    def _allgather_task(self, out: torch.Tensor, inp: torch.Tensor) -> _Task:
+        """Hierarchical allgather of one tensor (groups of equal size L, G groups), as one pipeline task.
+
+        The reverse of _reduce_scatter_task: (2) column j allgathers its G ranks' inputs between
+        the groups through host memory; (3) the group allgathers those columns with its own
+        library, which leaves every block in column order, and the blocks are put back in rank
+        order. Each rank sends its input across groups once, where the flat path would stage the
+        whole output through host memory on every rank.
+        """
+        topo = self.topology
+        group_size, groups = topo.group.size, len(topo.groups)
+        n = inp.numel()
+        stage = self.stage_times.stage
+        column = torch.empty(groups * n, dtype=inp.dtype, device=self.intra_device)
+        order = self._column_order()
+
+        def relay() -> None:
+            src, dst = self._staged(inp.detach().reshape(-1).contiguous()), self._staged(column)
+            call = ("ktAllGather", (src.data_ptr(), dst.data_ptr(), n, _native.datatype(src.dtype)))
+            with stage("relay between groups"):
+                self._column.run(Plan([call], lambda: [], [src, dst]))
+            if dst is not column:
+                with stage("staging copy"):
+                    column.copy_(dst)
+
+        def gather() -> None:
+            if group_size == 1:
+                ordered = column
+            else:
+                ordered = torch.empty(self._size * n, dtype=inp.dtype, device=self.intra_device)
+                with stage("in-group allgather"):
+                    self._intra_gather.allgather(ordered, column)
+            with stage("rank order copy"):
+                target = out if out.is_contiguous() else torch.empty(out.shape, dtype=out.dtype, device=out.device)
+                blocks = target.view(self._size, n)
+                blocks[torch.tensor(order, device=out.device)] = ordered.view(self._size, n).to(out.device)
+                if target is not out:
+                    out.copy_(target)
+
+        return _Task((None, relay, gather))
 
     def _reduce_scatter_task(self, out: torch.Tensor, inp: torch.Tensor, op: int) -> _Task:
         """Hierarchical reduce-scatter of one tensor (groups of equal size L, G groups), as one pipeline task.
@@ -748,7 +794,7 @@ class ProcessGroupKaitian(_BASE):  # type: ignore[misc, valid-type]
         n = out.numel()
         step_op = _native.SUM if op == _native.AVG else op
         stage = self.stage_times.stage
-        order = [grp.ranks[j] for j in range(group_size) for grp in topo.groups]
+        order = self._column_order()
         shard = torch.empty(groups * n, dtype=inp.dtype, device=self.intra_device)
         mine = torch.empty(n, dtype=inp.dtype, device=self.intra_device)
 
@@ -827,6 +873,10 @@ class ProcessGroupKaitian(_BASE):  # type: ignore[misc, valid-type]
         for out, inp in zip(outputs, inputs, strict=True):
             self._checks.same_dtype("allgather_into_tensor", inp, [out])
             self._checks.elements("allgather_into_tensor", "the output", out, inp.numel() * self._size)
+        if self._hierarchical_collectives() and outputs:
+            tasks = [self._allgather_task(out, inp) for out, inp in zip(outputs, inputs, strict=True)]
+            tasks[-1].complete = lambda fut: fut.set_result(outputs)
+            return _work_from_future(self._worker.enqueue(tasks), self._call("allgather_into_tensor_coalesced"))
 
         def build() -> Plan:
             keep: list[object] = []
@@ -885,7 +935,7 @@ class ProcessGroupKaitian(_BASE):  # type: ignore[misc, valid-type]
         for out, inp in zip(outputs, inputs, strict=True):
             self._checks.same_dtype("reduce_scatter_tensor", inp, [out])
             self._checks.elements("reduce_scatter_tensor", "the input", inp, out.numel() * self._size)
-        if self._hierarchical_reduce_scatter() and outputs:
+        if self._hierarchical_collectives() and outputs:
             tasks = [self._reduce_scatter_task(out, inp, op) for out, inp in zip(outputs, inputs, strict=True)]
             tasks[-1].complete = lambda fut: fut.set_result(outputs)
             return _work_from_future(self._worker.enqueue(tasks), self._call("reduce_scatter_tensor_coalesced"))
