@@ -718,13 +718,28 @@ class ProcessGroupKaitian(_BASE):  # type: ignore[misc, valid-type]
             with self.stage_times.stage("staging copy"):
                 shard.copy_(staged)
 
-    def _staged(self, t: torch.Tensor) -> torch.Tensor:
-        """`t` itself in host memory, else a host copy of it (pinned for CUDA) for the engine."""
+    def _column_collective(
+        self, function: str, source: torch.Tensor, result: torch.Tensor, count: int, *extra: object
+    ) -> None:
+        """An engine call (ktAllGather, ktReduceScatter) of `count` elements per rank on this rank's
+        shard column, between the groups through host memory, from `source` into `result`."""
+        src, dst = self._staged(source), self._staged(result, copy=False)
+        call = (function, (src.data_ptr(), dst.data_ptr(), count, _native.datatype(src.dtype), *extra))
+        with self.stage_times.stage("relay between groups"):
+            self._column.run(Plan([call], lambda: [], [src, dst]))
+        if dst is not result:
+            with self.stage_times.stage("staging copy"):
+                result.copy_(dst)
+
+    def _staged(self, t: torch.Tensor, copy: bool = True) -> torch.Tensor:
+        """`t` itself in host memory, else a host buffer like it (pinned for CUDA) for the engine,
+        holding a copy of `t` unless `copy` is false (a buffer the engine only writes)."""
         if t.device.type == "cpu":
             return t
         with self.stage_times.stage("staging copy"):
             staged = torch.empty(t.shape, dtype=t.dtype, pin_memory=t.device.type == "cuda")
-            staged.copy_(t)
+            if copy:
+                staged.copy_(t)
         return staged
 
     def _hierarchical_collectives(self) -> bool:
@@ -753,13 +768,7 @@ class ProcessGroupKaitian(_BASE):  # type: ignore[misc, valid-type]
         order = self._column_order()
 
         def relay() -> None:
-            src, dst = self._staged(inp.detach().reshape(-1).contiguous()), self._staged(column)
-            call = ("ktAllGather", (src.data_ptr(), dst.data_ptr(), n, _native.datatype(src.dtype)))
-            with stage("relay between groups"):
-                self._column.run(Plan([call], lambda: [], [src, dst]))
-            if dst is not column:
-                with stage("staging copy"):
-                    column.copy_(dst)
+            self._column_collective("ktAllGather", inp.detach().reshape(-1).contiguous(), column, n)
 
         def gather() -> None:
             if group_size == 1:
@@ -809,13 +818,7 @@ class ProcessGroupKaitian(_BASE):  # type: ignore[misc, valid-type]
                 self._intra.reduce_scatter(shard, ordered, step_op)
 
         def relay() -> None:
-            src, dst = self._staged(shard), self._staged(mine)
-            call = ("ktReduceScatter", (src.data_ptr(), dst.data_ptr(), n, _native.datatype(src.dtype), step_op))
-            with stage("relay between groups"):
-                self._column.run(Plan([call], lambda: [], [src, dst]))
-            if dst is not mine:
-                with stage("staging copy"):
-                    mine.copy_(dst)
+            self._column_collective("ktReduceScatter", shard, mine, n, step_op)
 
         def gather() -> None:
             with stage("copy back"):
