@@ -1,4 +1,5 @@
-"""Exact gradient averaging with unequal per-rank batches: a DDP communication hook.
+"""Exact gradient averaging with unequal per-rank batches: a DDP communication hook, and FSDP2's
+per-rank divide factors (install_fsdp_weighting).
 
 Each rank's loss is a mean over its own b_i samples, so its gradient g_i is a per-rank mean.
 DDP's default average (1/world) * sum(g_i) weights a sample on a small-batch rank more than one
@@ -142,8 +143,8 @@ def install_fsdp_weighting(
     Before every forward of `model` (the root of fully_shard), every FSDP module in it gets the
     gradient divide factor B / b_rank for the step's plan, so FSDP2 reduce-scatters with
     PREMUL_SUM(b_rank / B): sum(b_i * g_i) / B, the mean over all B samples, as full-batch
-    training. Each forward counts as one step of the plan, so call it once
-    per optimizer step (no gradient accumulation over several forwards).
+    training. Each forward counts as one step of the plan, so run one forward per optimizer step
+    (no gradient accumulation over several forwards).
 
     Needs a float32 or bfloat16 reduce dtype: with float16 FSDP2 sums and divides afterwards by
     the factor, which is one rank's, not a weight per rank.

@@ -184,11 +184,18 @@ UNEVEN = {2: [8, 4], 3: [8, 6, 4], 4: [7, 5, 4, 2]}
 
 def fsdp2_weighted(rank: int, size: int) -> tuple[list[torch.Tensor], list[str]]:
     """FSDP2 with uneven batch shares and kaitian.install_fsdp_weighting: each rank's gradient weighs
-    b_rank / B, so training matches full-batch training on all B samples. Also returns the stages the
+    b_rank / B, so training matches full-batch training on all B samples (float16 gradients are refused:
+    FSDP2 divides them after the sum). Also returns the stages the
     hybrid pipeline ran (kaitian.stage_times), which tell the hierarchical reduce-scatter apart."""
-    from torch.distributed.fsdp import fully_shard
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
     plan = UNEVEN[size]
+    half = fully_shard(tiny_model(), mp_policy=MixedPrecisionPolicy(param_dtype=torch.float16))
+    try:
+        kaitian.install_fsdp_weighting(half, plan)
+        raise AssertionError("float16 gradients were not refused")
+    except ValueError as error:
+        assert "use reduce_dtype float32 or bfloat16" in str(error)
     model = tiny_model()
     for layer in model:
         if isinstance(layer, nn.Linear):
