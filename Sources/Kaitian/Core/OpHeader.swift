@@ -88,6 +88,14 @@ struct OpHeader: Equatable, Sendable {
       sender: Int32(littleEndian: buffer.loadUnaligned(fromByteOffset: 36, as: Int32.self)))
   }
 
+  /// The error for bytes from `peer` where a tag belongs that do not decode as one.
+  static func notATag(from peer: Int) -> KaitianError {
+    KaitianError(
+      .mismatch,
+      "rank \(peer) sent bytes that are not a Kaitian message tag; its stream is out of step "
+        + "(a previous call differed in size between the two ranks) or corrupt")
+  }
+
   /// Names every field in which `received` (what rank `peer` sent) differs from this, the
   /// header this rank expected; nil when they agree.
   func mismatch(with received: OpHeader, peer: Int, localRank: Int) -> String? {

@@ -208,12 +208,7 @@ final class CallContext {
   }
 
   func mismatch(expected: OpHeader, received: OpHeader?, peer: Int) -> KaitianError {
-    guard let received else {
-      return KaitianError(
-        .mismatch,
-        "rank \(peer) sent bytes that are not a Kaitian message tag; its stream is out of step "
-          + "(a previous call differed in size between the two ranks) or corrupt")
-    }
+    guard let received else { return OpHeader.notATag(from: peer) }
     let fields = expected.mismatch(with: received, peer: peer, localRank: rank) ?? ""
     return KaitianError(
       .mismatch,

@@ -10,46 +10,44 @@
 ///
 /// Threading: the engine thread only.
 final class PeekedTags {
+  /// Per peer, a tag's worth of bytes, of which the first `filled[peer]` have been read.
   private var held: [[UInt8]]
+  private var filled: [Int]
 
   init(size: Int) {
-    held = Array(repeating: [], count: size)
+    held = Array(repeating: [UInt8](repeating: 0, count: OpHeader.byteCount), count: size)
+    filled = Array(repeating: 0, count: size)
   }
 
   /// Reads what has arrived of `link`'s next tag without giving it to any call; returns the
   /// tag once all of it is here (nil while it is not). Throws when the bytes are no tag at all.
   func peek(_ link: PeerLink) throws(KaitianError) -> OpHeader? {
     let peer = link.peer
-    var bytes = held[peer]
-    if bytes.count < OpHeader.byteCount {
-      let have = bytes.count
-      bytes.append(contentsOf: repeatElement(0, count: OpHeader.byteCount - have))
-      let outcome = bytes.withUnsafeMutableBytes { buffer in
+    let have = filled[peer]
+    if have < OpHeader.byteCount {
+      let outcome = held[peer].withUnsafeMutableBytes { buffer in
         Result { () throws(KaitianError) in
           try link.receiveSome(into: UnsafeMutableRawBufferPointer(rebasing: buffer[have...]))
         }
       }
-      let received = try outcome.get()
-      bytes.removeLast(OpHeader.byteCount - have - received)
-      held[peer] = bytes
-      guard bytes.count == OpHeader.byteCount else { return nil }
+      filled[peer] = have + (try outcome.get())
+      guard filled[peer] == OpHeader.byteCount else { return nil }
     }
-    guard let tag = bytes.withUnsafeBytes({ OpHeader.decode($0) }) else {
-      throw KaitianError(
-        .mismatch,
-        "rank \(peer) sent bytes that are not a Kaitian message tag; its stream is out of step "
-          + "(a previous call differed in size between the two ranks) or corrupt")
+    guard let tag = held[peer].withUnsafeBytes({ OpHeader.decode($0) }) else {
+      throw OpHeader.notATag(from: peer)
     }
     return tag
   }
 
   /// Moves the bytes held for `peer` to the front of `buffer`; returns how many there were.
   func take(from peer: Int, into buffer: UnsafeMutableRawBufferPointer) -> Int {
-    let bytes = held[peer]
-    guard !bytes.isEmpty else { return 0 }
-    precondition(buffer.count >= bytes.count, "a peeked tag is larger than a tag")
-    bytes.withUnsafeBytes { buffer.copyMemory(from: $0) }
-    held[peer] = []
-    return bytes.count
+    let count = filled[peer]
+    guard count > 0 else { return 0 }
+    precondition(buffer.count >= count, "a peeked tag is larger than a tag")
+    held[peer].withUnsafeBytes {
+      buffer.copyMemory(from: UnsafeRawBufferPointer(rebasing: $0[..<count]))
+    }
+    filled[peer] = 0
+    return count
   }
 }

@@ -1,5 +1,6 @@
 /// How far one transfer has come: its tag first (when this is the call's first message on the
-/// link; a receive starts with what an earlier any-source receive peeked of it), then its payload. Driven by `CallContext.run`, or with the transfers of other calls by
+/// link; a receive starts with what an earlier any-source receive peeked of it), then its
+/// payload. Driven by `CallContext.run`, or with the transfers of other calls by
 /// `CallContext.runTogether`; `context` is the call this transfer belongs to (its tag, kernel and
 /// element size).
 struct TransferProgress {
