@@ -28,15 +28,16 @@ class Plan:
     """Engine calls over host buffers plus the step that publishes their result.
 
     `keep` holds every tensor whose memory the engine borrows, so none is freed (or reused by
-    torch's caching allocator) before the engine is done with it. `sources` is filled in before
-    `finish` runs: per call, the rank a receive took its message from (-1 for other calls), which
-    a receive from any rank learns only when it completes.
+    torch's caching allocator) before the engine is done with it. A plan that asks for `sources`
+    (a list, for receives from any rank) gets it filled before `finish` runs: per call, the rank a
+    receive took its message from (-1 for other calls), which a receive from any rank learns only
+    when it completes. Other plans leave it None and cost no query.
     """
 
     calls: list[Call]
     finish: Callable[[], list[torch.Tensor]]
     keep: list[object] = field(default_factory=list)
-    sources: list[int] = field(default_factory=list)
+    sources: list[int] | None = None
 
 
 def host(t: torch.Tensor, keep: list[object]) -> torch.Tensor:
@@ -150,7 +151,8 @@ class Communicator:
         self._free_finished()
         state = {"left": len(plan.calls), "error": None}
         lock = threading.Lock()
-        plan.sources = [-1] * len(plan.calls)
+        if plan.sources is not None:
+            plan.sources[:] = [-1] * len(plan.calls)
 
         def settle() -> None:
             if state["error"] is not None:
@@ -172,7 +174,8 @@ class Communicator:
                 with lock:
                     if result != _native.SUCCESS and state["error"] is None:
                         state["error"] = self._error(work, result)
-                    plan.sources[index] = self._source(work)
+                    if plan.sources is not None:
+                        plan.sources[index] = self._source(work)
                     state["left"] -= 1
                     last = state["left"] == 0
                 with self._finished_lock:
@@ -190,12 +193,14 @@ class Communicator:
         self._free_finished()
         works = [self._issue(call) for call in plan.calls]
         error: _native.KaitianError | None = None
-        plan.sources = []
+        if plan.sources is not None:
+            plan.sources.clear()
         for work in works:
             result = self._api.ktWorkWait(work, -1.0)
             if result != _native.SUCCESS and error is None:
                 error = self._error(work, result)
-            plan.sources.append(self._source(work))
+            if plan.sources is not None:
+                plan.sources.append(self._source(work))
             self._api.ktWorkFree(work)
         if error is not None:
             raise error

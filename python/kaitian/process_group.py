@@ -150,13 +150,22 @@ class _FutureWork(torch._C._distributed_c10d.Work):
             return self._handed_out
 
 
+def _torch_op(opts: object) -> object:
+    """The ReduceOp of an options object with reduceOp, or a bare ReduceOp; SUM when none is given."""
+    return getattr(opts, "reduceOp", opts) if opts is not None else dist.ReduceOp.SUM
+
+
+def _is_premul_sum(op: object) -> bool:
+    return getattr(op, "op", None) == dist.ReduceOp.PREMUL_SUM
+
+
 def _reduce_op(opts: object, tensors: list[torch.Tensor]) -> int:
-    """ktRedOp_t from an options object with reduceOp, or from a bare ReduceOp, for these tensors (bool).
+    """ktRedOp_t for the reduce op of `opts` over these tensors (bool included).
 
     PREMUL_SUM is SUM here: its callers scale their inputs first (see _premul_factor)."""
-    if _premul_factor(opts, "", tensors) is not None:
+    op = _torch_op(opts)
+    if _is_premul_sum(op):
         return _native.SUM
-    op = getattr(opts, "reduceOp", opts) if opts is not None else dist.ReduceOp.SUM
     return _native.reduce_op_for(op, (t.dtype for t in tensors))
 
 
@@ -168,12 +177,12 @@ def _premul_factor(opts: object, call: str, tensors: list[torch.Tensor]) -> floa
     which is how uneven batch shares are weighted (kaitian.install_fsdp_weighting). The engine has
     no such op: the collective scales (a copy of) its input and sums. Floating dtypes only, as NCCL.
     """
-    op = getattr(opts, "reduceOp", opts) if opts is not None else None
-    if getattr(op, "op", None) != dist.ReduceOp.PREMUL_SUM:
+    op = _torch_op(opts)
+    if not _is_premul_sum(op):
         return None
-    if call and not all(t.is_floating_point() for t in tensors):
+    if not all(t.is_floating_point() for t in tensors):
         raise ValueError(f"kaitian: {call}: reduce op PREMUL_SUM is defined for floating-point tensors only")
-    return op.factor  # type: ignore[union-attr]
+    return op.factor  # type: ignore[attr-defined]
 
 
 def _size_array(values: list[int], keep: list[object]) -> ctypes.Array:
@@ -1140,15 +1149,7 @@ class ProcessGroupKaitian(_BASE):  # type: ignore[misc, valid-type]
             keep: list[object] = []
             pairs = [(t, host_empty(t, keep)) for t in tensors]
             calls = [("ktRecvAny", (b.data_ptr(), b.numel(), _native.datatype(b.dtype), tag)) for _, b in pairs]
-            copy_back = copied_back(pairs, tensors)
-            plan = Plan(calls, lambda: [], keep)
-
-            def finish() -> list[torch.Tensor]:
-                received.extend(plan.sources)
-                return copy_back()
-
-            plan.finish = finish
-            return plan
+            return Plan(calls, copied_back(pairs, tensors), keep, sources=received)
 
         return self._engine("recv from any rank", build, source=lambda: received[0])
 
