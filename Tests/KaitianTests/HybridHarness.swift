@@ -35,8 +35,10 @@ enum HybridHarness {
 
   /// Creates the hybrid communicators in parallel, runs `body` on each rank's thread, and
   /// returns the errors each rank threw (nil where it succeeded).
+  /// `chunkBytes` is small by default so that allreduces of a few thousand elements cross the
+  /// pipeline in several chunks, and with a padded tail.
   static func run(
-    _ layout: Layout, timeoutSeconds: Double = 20,
+    _ layout: Layout, timeoutSeconds: Double = 20, chunkBytes: Int = 4096,
     makeGroup:
       @escaping @Sendable (GroupMembership) throws(KaitianError) -> any GroupCollectives =
       HybridCommunicator.engineGroup,
@@ -50,7 +52,7 @@ enum HybridHarness {
         let options = CommunicatorOptions(
           hostIdentity: layout.hosts[rank], timeoutSeconds: timeoutSeconds,
           advertisedHost: "127.0.0.1", storePrefix: prefix, ringThresholdBytes: 1024,
-          sharedMemoryRingBytes: 64 * 1024)
+          sharedMemoryRingBytes: 64 * 1024, hybridChunkBytes: chunkBytes)
         do {
           let hybrid = try HybridCommunicator(
             store: store, rank: rank, size: layout.size,

@@ -54,19 +54,19 @@ import Testing
   }
 
   /// Every rank's communicator has the same groups, and the factory is asked for each rank's
-  /// own group under its own prefix.
+  /// own group twice (the reduce stage's and the gather stage's instance), under its own
+  /// prefixes.
   @Test func everyRankJoinsItsOwnGroup() {
     let layout = Layout.unequal2x3
-    let memberships = Mutex<[Int: (group: Int, local: Int, prefix: String)]>([:])
+    let memberships = Mutex<[Int: [(group: Int, local: Int, prefix: String)]]>([:])
     let topologies = Mutex<[Int: Topology]>([:])
     let recordingEngineGroup:
       @Sendable (GroupMembership) throws(KaitianError) -> any GroupCollectives = { membership in
         let made = try HybridCommunicator.engineGroup(membership)
         let global = membership.group.ranks[membership.localRank]
         memberships.withLock {
-          $0[global] = (
-            membership.group.index, membership.localRank, membership.options.storePrefix
-          )
+          $0[global, default: []].append(
+            (membership.group.index, membership.localRank, membership.options.storePrefix))
         }
         return made
       }
@@ -83,19 +83,22 @@ import Testing
     }
     let made = memberships.withLock { $0 }
     #expect(made.count == layout.size, "every group has two ranks or more")
-    for (rank, membership) in made {
+    for (rank, joined) in made {
       let topology = Topology(rank: rank, identities: layout.identities)
-      #expect(membership.group == topology.group.index)
-      #expect(membership.local == topology.localRank)
-      #expect(membership.prefix.hasSuffix("/intra/\(topology.group.index)"))
+      let group = topology.group.index
+      #expect(joined.map(\.group) == [group, group])
+      #expect(joined.map(\.local) == [topology.localRank, topology.localRank])
+      #expect(joined.count == 2 && joined[0].prefix.hasSuffix("/intra/\(group)"))
+      #expect(joined.count == 2 && joined[1].prefix.hasSuffix("/intra/\(group)/gather"))
     }
   }
 
   // MARK: Collectives against the reference
 
+  /// 40-byte chunks: every count above a few elements crosses the pipeline in many chunks.
   @Test(arguments: Layout.all)
   func allReduceEveryDtypeAndOp(layout: Layout) {
-    let errors = HybridHarness.run(layout) { hybrid in
+    let errors = HybridHarness.run(layout, chunkBytes: 40) { hybrid in
       for dataType in DataType.allCases {
         for op in ReduceOp.allCases {
           for count in Self.counts {

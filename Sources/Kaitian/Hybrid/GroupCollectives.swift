@@ -3,45 +3,32 @@ import KaitianStore
 /// The vendor layer: the collectives a device library offers among the ranks of one group.
 ///
 /// A hybrid allreduce needs exactly these four inside a group (reduce-scatter, allgather for
-/// equal group sizes; allreduce, broadcast for unequal ones), which every vendor library has,
-/// so that is all a library must provide. Pointers are the library's own memory (device memory
-/// for a GPU library); each call starts the collective and returns a `Work` that completes
-/// when its result is in place. Ranks are local ranks within the group.
+/// equal group sizes; allreduce, broadcast for unequal ones and short tails), which every vendor
+/// library has, so that is all a library must provide. Every call is in place on a region of
+/// the caller's buffer (device memory for a GPU library, see `DeviceRegion`) and returns once
+/// the result is there. Ranks are local ranks within the group.
 ///
-/// The one conformance is Kaitian's engine itself (`Communicator`), the library of CPU groups
-/// and the only one that runs on this machine. NCCL (cuda, rocm), CNCL (mlu) and HCCL (npu)
-/// conformances would wrap `ncclAllReduce`/`cnclAllReduce`/`HcclAllReduce` and friends on a
-/// stream and complete the `Work` from a stream event; they are not written, because there is
-/// neither the hardware nor the headers here (the Python package has those paths, through
-/// torch). `Work` is created and completed inside this module, so such a conformance would live
-/// here too.
+/// Conformances: Kaitian's engine (`EngineGroup`, the library of CPU groups), and a C caller's
+/// functions (`ktHybridInitRank`), through which the Python package runs torch's ProcessGroup
+/// for gloo, NCCL, CNCL or HCCL. NCCL's own in-place forms match these calls one to one
+/// (ncclReduceScatter with recvbuff = sendbuff + rank * recvcount, ncclAllGather with sendbuff
+/// = recvbuff + rank * sendcount).
 public protocol GroupCollectives: AnyObject, Sendable {
   /// This rank's position in the group.
   var rank: Int { get }
   var size: Int { get }
 
-  func allReduce(
-    _ input: UnsafeRawPointer, into output: UnsafeMutableRawPointer, count: Int,
-    dataType: DataType, op: ReduceOp
-  ) throws(KaitianError) -> Work
+  func allReduce(_ region: DeviceRegion, dataType: DataType, op: ReduceOp) throws(KaitianError)
 
-  /// `input` holds size * count elements; local rank r receives block r of the reduction.
-  func reduceScatter(
-    _ input: UnsafeRawPointer, into output: UnsafeMutableRawPointer, count: Int,
-    dataType: DataType, op: ReduceOp
-  ) throws(KaitianError) -> Work
+  /// `region` holds `size` blocks of `region.count / size` elements; afterwards block `rank`
+  /// holds the reduction of every rank's block `rank` (other blocks are undefined).
+  func reduceScatter(_ region: DeviceRegion, dataType: DataType, op: ReduceOp)
+    throws(KaitianError)
 
-  /// Every rank contributes `count` elements; `output` holds size * count, in local rank order.
-  func allGather(
-    _ input: UnsafeRawPointer, into output: UnsafeMutableRawPointer, count: Int,
-    dataType: DataType
-  ) throws(KaitianError) -> Work
+  /// `region` holds `size` blocks; afterwards every block r holds rank r's block r.
+  func allGather(_ region: DeviceRegion, dataType: DataType) throws(KaitianError)
 
-  /// `input` is read on the root only and may be nil elsewhere.
-  func broadcast(
-    _ input: UnsafeRawPointer?, into output: UnsafeMutableRawPointer, count: Int,
-    dataType: DataType, root: Int
-  ) throws(KaitianError) -> Work
+  func broadcast(_ region: DeviceRegion, dataType: DataType, root: Int) throws(KaitianError)
 
   /// Fails pending and later calls on every rank of the group, so a failure elsewhere in the
   /// hybrid job reaches ranks blocked inside the group.
@@ -51,8 +38,71 @@ public protocol GroupCollectives: AnyObject, Sendable {
   func destroy()
 }
 
-/// The engine inside a group: shared memory between the group's ranks on one host.
-extension Communicator: GroupCollectives {}
+/// The engine inside a group: shared memory between the group's ranks on one host, on regions
+/// the memory maps to host addresses.
+public final class EngineGroup: GroupCollectives {
+  public let communicator: Communicator
+  private let memory: any HybridMemory
+
+  public init(_ communicator: Communicator, memory: any HybridMemory) {
+    self.communicator = communicator
+    self.memory = memory
+  }
+
+  public var rank: Int { communicator.rank }
+  public var size: Int { communicator.size }
+
+  public func allReduce(
+    _ region: DeviceRegion, dataType: DataType, op: ReduceOp
+  ) throws(KaitianError) {
+    try onHost(region, dataType) { (view) throws(KaitianError) in
+      try communicator.allReduce(
+        view, into: view, count: region.count, dataType: dataType, op: op)
+    }
+  }
+
+  public func reduceScatter(
+    _ region: DeviceRegion, dataType: DataType, op: ReduceOp
+  ) throws(KaitianError) {
+    let block = region.count / size
+    try onHost(region, dataType) { (view) throws(KaitianError) in
+      // In place: the ring reads block `rank` of the input last, in the step that writes it.
+      try communicator.reduceScatter(
+        view, into: view + rank * block * dataType.size, count: block, dataType: dataType,
+        op: op)
+    }
+  }
+
+  public func allGather(_ region: DeviceRegion, dataType: DataType) throws(KaitianError) {
+    let block = region.count / size
+    try onHost(region, dataType) { (view) throws(KaitianError) in
+      try communicator.allGather(
+        view + rank * block * dataType.size, into: view, count: block, dataType: dataType)
+    }
+  }
+
+  public func broadcast(
+    _ region: DeviceRegion, dataType: DataType, root: Int
+  ) throws(KaitianError) {
+    try onHost(region, dataType) { (view) throws(KaitianError) in
+      try communicator.broadcast(
+        view, into: view, count: region.count, dataType: dataType, root: root)
+    }
+  }
+
+  public func abort(reason: String) { communicator.abort(reason: reason) }
+
+  public func destroy() { communicator.destroy() }
+
+  private func onHost(
+    _ region: DeviceRegion, _ dataType: DataType,
+    _ issue: (UnsafeMutableRawPointer) throws(KaitianError) -> Work
+  ) throws(KaitianError) {
+    let view = try memory.hostView(region, dataType: dataType)
+    try issue(view).wait()
+    try memory.commit(view, to: region, dataType: dataType)
+  }
+}
 
 /// What a `HybridCommunicator.GroupFactory` needs to join this rank to its group's library.
 public struct GroupMembership: Sendable {
@@ -61,7 +111,14 @@ public struct GroupMembership: Sendable {
   public let localRank: Int
   public let store: any RendezvousStore
   public let token: JobToken
-  /// The hybrid communicator's options with `storePrefix` set to "<prefix>/intra/<group index>",
-  /// a namespace of its own for the library's rendezvous.
+  /// The hybrid communicator's options with `storePrefix` set to a namespace of the library's
+  /// own for its rendezvous: "<prefix>/intra/<group index>" for the reduce stage's instance,
+  /// ".../gather" for the gather stage's.
   public let options: CommunicatorOptions
+  /// The address this rank reached the store from, for an engine group's advertised host.
+  public let advertisedHostHint: String?
+  /// How regions of the caller's buffers reach host memory (for a library that works there).
+  public let memory: any HybridMemory
+  /// Which instance: 0 for the reduce stage's, 1 for the gather stage's.
+  public let instance: Int
 }

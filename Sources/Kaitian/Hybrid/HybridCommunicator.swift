@@ -6,17 +6,19 @@ import Synchronization
 /// host memory through Kaitian's engine. The design is python/kaitian's, shared with the
 /// PyTorch backend; docs/HYBRID.md explains it.
 ///
-/// Every call returns a `Work` at once and runs later on the communicator's own thread, in
-/// issue order, as the steps of one call span several communicators (the group's library, the
-/// shard column, all ranks) and must not interleave with the next call's. Buffers are host
-/// memory and are borrowed until the work completes; a device tensor would be staged to host
-/// by the vendor layer, which this Swift API does not have. Threading: as `Communicator`.
+/// Every call returns a `Work` at once and runs later on the communicator's three stage
+/// threads (`HybridPipeline`), in issue order: an allreduce chunk by chunk through reduce,
+/// relay and gather, so the stages of successive chunks and calls overlap; every other call at
+/// the gather stage, after the calls before it. Buffers are host memory and are borrowed until
+/// the work completes; a device tensor would be staged to host by the vendor layer, which this
+/// Swift API does not have. Threading: as `Communicator`.
 ///
 /// A failed call fails the communicator on this rank and aborts every communicator it is built
 /// on, so ranks blocked inside a group or a column hear of it at once rather than at their
 /// deadline; later calls fail with "the communicator already failed".
 public final class HybridCommunicator: Sendable {
-  /// Makes the intra-group library for this rank's group. Called once, on every rank of every
+  /// Makes the intra-group library for this rank's group. Called twice (the reduce stage's and
+  /// the gather stage's instance, `GroupMembership.instance` 0 and 1), on every rank of every
   /// group with more than one rank, in the same order on every rank.
   public typealias GroupFactory = (GroupMembership) throws(KaitianError) -> any GroupCollectives
 
@@ -25,18 +27,22 @@ public final class HybridCommunicator: Sendable {
   public let topology: Topology
   private let layers: HybridLayers
   private let health: CommunicatorHealth
-  private let engine: Engine
+  private let pipeline: HybridPipeline
+  private let chunkBytes: Int
+  private let memory: any HybridMemory
   private let sequence = Mutex<UInt64>(0)
   private let destroyed = Atomic<Bool>(false)
 
   /// Exchanges identities through `store`, then joins, in this order on every rank so no two
-  /// ranks wait on each other's joins: all ranks ("<prefix>/world"), this rank's group
-  /// ("<prefix>/intra/<g>", through `makeGroup`), and its shard column ("<prefix>/column/<j>":
+  /// ranks wait on each other's joins: all ranks ("<prefix>/world"), this rank's group twice
+  /// ("<prefix>/intra/<g>" and ".../gather", through `makeGroup`), and its shard column ("<prefix>/column/<j>":
   /// local rank j of every group), where prefix is `options.storePrefix`. Blocks until every
-  /// rank has joined or `options.timeoutSeconds` passes.
+  /// rank has joined or `options.timeoutSeconds` passes. `memory` says what the buffers of
+  /// calls are: host addresses by default, or the application's device buffers.
   public init(
     store: any RendezvousStore, rank: Int, size: Int, identity: RankIdentity, token: JobToken,
-    options: CommunicatorOptions = CommunicatorOptions(),
+    options: CommunicatorOptions = CommunicatorOptions(), memory: any HybridMemory = HostMemory(),
+    advertisedHostHint: String? = nil,
     makeGroup: GroupFactory = HybridCommunicator.engineGroup
   ) throws(KaitianError) {
     guard size >= 1, rank >= 0, rank < size else {
@@ -55,41 +61,58 @@ public final class HybridCommunicator: Sendable {
       return scoped
     }
     let world = try Communicator(
-      store: store, rank: rank, size: size, token: token, options: scoped("world"))
+      store: store, rank: rank, size: size, token: token, options: scoped("world"),
+      advertisedHostHint: advertisedHostHint)
     var intra: (any GroupCollectives)?
+    var intraGather: (any GroupCollectives)?
     var column: Communicator?
+    func joinGroup(_ name: String, instance: Int) throws(KaitianError) -> any GroupCollectives {
+      let membership = GroupMembership(
+        group: group, localRank: local, store: store, token: token, options: scoped(name),
+        advertisedHostHint: advertisedHostHint, memory: memory, instance: instance)
+      let made = try makeGroup(membership)
+      guard made.rank == local, made.size == group.size else {
+        made.destroy()
+        throw KaitianError(
+          .invalidArgument, rank: rank, call: "hybrid communicator set-up",
+          "the group factory made rank \(made.rank) of \(made.size) for local rank \(local) "
+            + "of group \(group.index) (\(group.size) ranks)")
+      }
+      return made
+    }
     do throws(KaitianError) {
       if group.size > 1 {
-        let membership = GroupMembership(
-          group: group, localRank: local, store: store, token: token,
-          options: scoped("intra/\(group.index)"))
-        let made = try makeGroup(membership)
-        intra = made
-        guard made.rank == local, made.size == group.size else {
-          throw KaitianError(
-            .invalidArgument, rank: rank, call: "hybrid communicator set-up",
-            "the group factory made rank \(made.rank) of \(made.size) for local rank \(local) "
-              + "of group \(group.index) (\(group.size) ranks)")
-        }
+        intra = try joinGroup("intra/\(group.index)", instance: 0)
+        intraGather = try joinGroup("intra/\(group.index)/gather", instance: 1)
       }
       if topology.groups.count > 1 && local < topology.columns {
         column = try Communicator(
           store: store, rank: group.index, size: topology.groups.count, token: token,
-          options: scoped("column/\(local)"))
+          options: scoped("column/\(local)"), advertisedHostHint: advertisedHostHint)
       }
     } catch {
       column?.destroy()
+      intraGather?.destroy()
       intra?.destroy()
       world.destroy()
       throw error
     }
-    let layers = HybridLayers(topology: topology, world: world, intra: intra, column: column)
+    let layers = HybridLayers(
+      topology: topology, world: world, intra: intra, intraGather: intraGather, column: column,
+      memory: memory)
     let health = CommunicatorHealth()
-    engine = try Engine(rank: rank, health: health) { error in
-      guard health.fail(error) else { return }
-      Log.warn("hybrid", error.description)
-      layers.abort(reason: error.description)
+    do throws(KaitianError) {
+      pipeline = try HybridPipeline(rank: rank, health: health) { error in
+        guard health.fail(error) else { return }
+        Log.warn("hybrid", error.description)
+        layers.abort(reason: error.description)
+      }
+    } catch {
+      layers.destroy()
+      throw error
     }
+    chunkBytes = options.hybridChunkBytes
+    self.memory = memory
     self.rank = rank
     self.size = size
     self.topology = topology
@@ -108,15 +131,18 @@ public final class HybridCommunicator: Sendable {
   public static func engineGroup(
     _ membership: GroupMembership
   ) throws(KaitianError) -> any GroupCollectives {
-    try Communicator(
-      store: membership.store, rank: membership.localRank, size: membership.group.size,
-      token: membership.token, options: membership.options)
+    EngineGroup(
+      try Communicator(
+        store: membership.store, rank: membership.localRank, size: membership.group.size,
+        token: membership.token, options: membership.options,
+        advertisedHostHint: membership.advertisedHostHint),
+      memory: membership.memory)
   }
 
   /// Finishes the calls already issued, then leaves every communicator it is built on.
   public func destroy() {
     guard !destroyed.exchange(true, ordering: .acquiringAndReleasing) else { return }
-    engine.stop()
+    pipeline.stop()
     layers.destroy()
   }
 
@@ -131,19 +157,45 @@ public final class HybridCommunicator: Sendable {
 
   // MARK: Collectives
 
-  /// Hierarchical: inside groups with their own libraries, across groups by every local rank
-  /// in parallel (see `HybridLayers.allReduce`). `avg` divides once by the world size, so
-  /// every rank weighs the same whatever the size of its group. Results are bitwise identical
-  /// on every rank. In place when `input` and `output` are the same memory.
+  /// Hierarchical, in place on `region` of the caller's buffers (host memory or the
+  /// application's device buffers, as `memory` says): inside groups with their own libraries,
+  /// across groups by every local rank in parallel, pipelined chunk by chunk (see
+  /// `HybridLayers.allReduceTasks`). `avg` divides once by the world size, so every rank weighs
+  /// the same whatever the size of its group. Results are bitwise identical on every rank.
+  public func allReduce(
+    _ region: DeviceRegion, dataType: DataType, op: ReduceOp
+  ) throws(KaitianError) -> Work {
+    try check("allreduce", count: region.count)
+    return submit(
+      "allreduce", "\(dataType) x \(region.count), \(op)",
+      tasks: layers.allReduceTasks(region, dataType: dataType, op: op, chunkBytes: chunkBytes))
+  }
+
+  /// The same on host memory; in place when `input` and `output` are the same memory. Needs a
+  /// communicator whose `memory` is `HostMemory`.
   public func allReduce(
     _ input: UnsafeRawPointer, into output: UnsafeMutableRawPointer, count: Int,
     dataType: DataType, op: ReduceOp
   ) throws(KaitianError) -> Work {
     try check("allreduce", count: count)
-    let layers = layers
-    return submit("allreduce", "\(dataType) x \(count), \(op)") { () throws(KaitianError) in
-      try layers.allReduce(input, into: output, count: count, dataType: dataType, op: op)
+    guard memory is HostMemory else {
+      throw KaitianError(
+        .invalidUsage, rank: rank, call: "hybrid allreduce",
+        "this communicator's buffers are device regions: pass a DeviceRegion")
     }
+    let region = HostMemory.region(output, count: count)
+    let width = dataType.size
+    let prepare: ((DeviceRegion) -> Void)? =
+      input == UnsafeRawPointer(output)
+      ? nil
+      : { chunk in
+        (output + chunk.offset * width).copyMemory(
+          from: input + chunk.offset * width, byteCount: chunk.count * width)
+      }
+    return submit(
+      "allreduce", "\(dataType) x \(count), \(op)",
+      tasks: layers.allReduceTasks(
+        region, dataType: dataType, op: op, chunkBytes: chunkBytes, prepare: prepare))
   }
 
   /// The root's `input` (a global rank's; read there only, may be nil elsewhere) reaches every
@@ -201,32 +253,25 @@ public final class HybridCommunicator: Sendable {
     _ issue: @escaping (Communicator) throws(KaitianError) -> Work
   ) -> Work {
     let world = layers.world
-    return submit(kind, detail) { () throws(KaitianError) in
+    let run = HybridPipeline.Steps(gather: { () throws(KaitianError) in
       try HybridLayers.complete(HybridLayers.allRanks) { () throws(KaitianError) in
-        try issue(world)
+        try issue(world).wait()
       }
-    }
+    })
+    return submit(kind, detail, tasks: [run])
   }
 
-  /// Queues `body` on the hybrid thread as "hybrid <kind> #<n> (<detail>)"; its errors are
+  /// Queues `tasks` on the pipeline as "hybrid <kind> #<n> (<detail>)"; their errors are
   /// attributed to this rank and that name.
   private func submit(
-    _ kind: String, _ detail: String?, _ body: @escaping () throws(KaitianError) -> Void
+    _ kind: String, _ detail: String?, tasks: [HybridPipeline.Steps]
   ) -> Work {
     let number = sequence.withLock { value -> UInt64 in
       value += 1
       return value
     }
-    let name = "hybrid \(kind) #\(number)" + (detail.map { " (\($0))" } ?? "")
-    let work = Work(name: name)
-    engine.submit(
-      QueuedCall(work: work) { [rank] () throws(KaitianError) in
-        do throws(KaitianError) {
-          try body()
-        } catch {
-          throw error.attributed(rank: rank, call: name)
-        }
-      })
+    let work = Work(name: "hybrid \(kind) #\(number)" + (detail.map { " (\($0))" } ?? ""))
+    pipeline.submit(work: work, tasks: tasks)
     return work
   }
 

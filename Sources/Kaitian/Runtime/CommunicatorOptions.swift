@@ -46,6 +46,10 @@ public struct CommunicatorOptions: Sendable {
   /// costs bandwidth (measured in docs/BENCHMARKS-INTEGRITY.md). Every rank must set it alike;
   /// shared memory needs none.
   public var frameIntegrity: Bool
+  /// Bytes per chunk of a hybrid allreduce's three-stage pipeline (`HybridPipeline`): smaller
+  /// chunks overlap the stages sooner, larger ones pay each library's per-call cost less often.
+  /// KAITIAN_HYBRID_CHUNK_BYTES, the Python backend's variable too.
+  public var hybridChunkBytes: Int
 
   public init(
     hostIdentity: String = CommunicatorOptions.defaultHostIdentity(),
@@ -53,7 +57,7 @@ public struct CommunicatorOptions: Sendable {
     heartbeatTimeoutSeconds: Double = 15, advertisedHost: String? = nil,
     storePrefix: String = "kaitian", spinMicroseconds: Int = 50,
     ringThresholdBytes: Int = 64 * 1024, sharedMemoryRingBytes: Int = 1 << 20,
-    frameIntegrity: Bool = false
+    frameIntegrity: Bool = false, hybridChunkBytes: Int = 4 << 20
   ) {
     self.hostIdentity = hostIdentity
     self.transport = transport
@@ -65,6 +69,7 @@ public struct CommunicatorOptions: Sendable {
     self.ringThresholdBytes = ringThresholdBytes
     self.sharedMemoryRingBytes = sharedMemoryRingBytes
     self.frameIntegrity = frameIntegrity
+    self.hybridChunkBytes = hybridChunkBytes
   }
 
   /// Defaults overridden by the KAITIAN_* environment variables; a malformed value is an error
@@ -94,6 +99,10 @@ public struct CommunicatorOptions: Sendable {
     options.sharedMemoryRingBytes = Int(
       try number("KAITIAN_SHM_RING_BYTES", default: Double(options.sharedMemoryRingBytes)) {
         $0 >= 4096 && Int($0) % 8 == 0
+      })
+    options.hybridChunkBytes = Int(
+      try number("KAITIAN_HYBRID_CHUNK_BYTES", default: Double(options.hybridChunkBytes)) {
+        $0 >= 1 && $0 == $0.rounded()
       })
     if let value = EnvironmentVariable.value("KAITIAN_INTEGRITY") {
       switch value.lowercased() {

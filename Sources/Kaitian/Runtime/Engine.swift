@@ -29,14 +29,14 @@ final class Engine: @unchecked Sendable {
   /// `onFailure` runs on the engine thread with a call's error before the call completes, so
   /// peers hear about it (the communicator aborts) as early as possible.
   init(
-    rank: Int, health: CommunicatorHealth,
+    rank: Int, health: CommunicatorHealth, threadName: String = "kaitian engine",
     onFailure: @escaping @Sendable (KaitianError) -> Void
   ) throws(KaitianError) {
     self.rank = rank
     self.health = health
     self.onFailure = onFailure
     do {
-      thread = try OSThread.spawn(name: "kaitian engine") { [self] in loop() }
+      thread = try OSThread.spawn(name: threadName) { [self] in loop() }
     } catch {
       throw .system("cannot start the engine thread: \(error)")
     }
