@@ -221,6 +221,119 @@ const char *ktWorkGetError(ktWork_t work);
 /* Releases the handle; the call itself still runs to completion. */
 ktResult_t ktWorkFree(ktWork_t work);
 
+/* ---- Hybrid communicators: device groups with their own libraries ---- */
+/* Ranks of one device kind on one host form a group that runs its vendor's library (NCCL,
+ * CNCL, HCCL, or torch's ProcessGroup for them); the groups meet through Kaitian's engine in
+ * host memory. Kaitian runs the hierarchical algorithm on three threads of its own (reduce in
+ * the group, relay between groups, gather in the group) and calls the application's library
+ * through the functions below. docs/HYBRID.md describes the algorithm. */
+typedef struct ktHybrid *ktHybrid_t;
+
+/* count elements from element offset of the application's buffer `buffer`: a host address when
+ * the hybrid has no memory functions, else the application's own id (a device tensor's). */
+typedef struct {
+  uint64_t buffer;
+  size_t offset;
+  size_t count;
+} ktRegion_t;
+
+/* One instance of a group's library. Every function works in place on a region, blocks until
+ * the result is there, and returns 0, or nonzero after writing a NUL-terminated message of at
+ * most errorCapacity bytes to error. reduceScatter: the region holds groupSize blocks; block
+ * localRank must end reduced over the group (others undefined). allGather: block r of local
+ * rank r ends in every rank's block r. Each instance is called from one Kaitian thread at a
+ * time. abort (may be NULL) should release ranks blocked in the library; destroy (may be NULL)
+ * is called once, from ktHybridDestroy or a failed ktHybridInitRank. */
+typedef struct {
+  void *userData;
+  int (*allReduce)(void *userData, ktRegion_t region, ktDataType_t datatype, ktRedOp_t op,
+                   char *error, size_t errorCapacity);
+  int (*reduceScatter)(void *userData, ktRegion_t region, ktDataType_t datatype, ktRedOp_t op,
+                       char *error, size_t errorCapacity);
+  int (*allGather)(void *userData, ktRegion_t region, ktDataType_t datatype, char *error,
+                   size_t errorCapacity);
+  int (*broadcast)(void *userData, ktRegion_t region, ktDataType_t datatype, int root,
+                   char *error, size_t errorCapacity);
+  void (*abort)(void *userData, const char *reason);
+  void (*destroy)(void *userData);
+} ktGroupLibrary_t;
+
+/* The group a rank joins: its index among the groups (ordered by lowest global rank), the
+ * global ranks in it (in local rank order), and the store prefix of this instance's rendezvous.
+ * instance is 0 for the reduce stage's library and 1 for the gather stage's. */
+typedef struct {
+  int groupIndex;
+  int groupCount;
+  int localRank;
+  int groupSize;
+  const int *globalRanks;
+  const char *deviceKind;
+  const char *hostId;
+  const char *storePrefix;
+  int instance;
+} ktGroupInfo_t;
+
+typedef struct {
+  size_t size; /* sizeof(ktHybridCallbacks_t) */
+  void *userData;
+  /* Called twice (instance 0, then 1) on every rank of a group of two or more ranks, in the
+   * same order on every rank. Fills *library and returns 0; returns 1 to run Kaitian's engine
+   * inside the group (host buffers only); else nonzero with a message. */
+  int (*joinGroup)(void *userData, const ktGroupInfo_t *info, ktGroupLibrary_t *library,
+                   char *error, size_t errorCapacity);
+  /* Both NULL: buffers are host addresses. Else hostView sets *view to host memory holding the
+   * region (a staging copy for device memory), valid until commit, which must copy the view's
+   * contents back into the region. May be called from several Kaitian threads at once for
+   * different regions. */
+  int (*hostView)(void *userData, ktRegion_t region, ktDataType_t datatype, void **view,
+                  char *error, size_t errorCapacity);
+  int (*commit)(void *userData, ktRegion_t region, ktDataType_t datatype, void *view,
+                char *error, size_t errorCapacity);
+} ktHybridCallbacks_t;
+
+/* Exchanges device kinds and host ids through the store, joins the all-ranks communicator,
+ * this rank's group (through joinGroup) and its shard column, in one order on every rank.
+ * deviceKind names the rank's device kind ("cuda", "mlu", "cpu"); config as ktCommInitRank. */
+ktResult_t ktHybridInitRank(ktHybrid_t *hybrid, ktStore_t store, int nranks, int rank,
+                            const char *deviceKind, const ktConfig_t *config,
+                            const ktHybridCallbacks_t *callbacks);
+/* Finishes issued calls, then leaves every communicator and destroys the group libraries. */
+ktResult_t ktHybridDestroy(ktHybrid_t hybrid);
+/* Fails pending and later calls on every rank. */
+ktResult_t ktHybridAbort(ktHybrid_t hybrid, const char *reason);
+ktResult_t ktHybridGetAsyncError(ktHybrid_t hybrid, ktResult_t *asyncError);
+/* The first failure's message, "" if none. Valid until ktHybridDestroy. */
+const char *ktHybridGetLastError(ktHybrid_t hybrid);
+/* groupOfRank[r] and localRankOfRank[r] for every global rank r (arrays of nranks). */
+ktResult_t ktHybridTopology(ktHybrid_t hybrid, int *groupOfRank, int *localRankOfRank);
+/* The communicators the hybrid is built on, owned by it (never destroy them): all ranks, and
+ * this rank's shard column (*comm NULL when it has none). */
+ktResult_t ktHybridWorld(ktHybrid_t hybrid, ktComm_t *comm);
+ktResult_t ktHybridColumn(ktHybrid_t hybrid, ktComm_t *comm);
+/* Seconds spent so far relaying between groups (column collectives and their staging). */
+ktResult_t ktHybridRelaySeconds(ktHybrid_t hybrid, double *seconds);
+
+/* Hierarchical allreduce in place on region, pipelined in chunks of KAITIAN_HYBRID_CHUNK_BYTES.
+ * AVG divides once by the world size. Bitwise identical on every rank. */
+ktResult_t ktHybridAllReduce(ktRegion_t region, ktDataType_t datatype, ktRedOp_t op,
+                             ktHybrid_t hybrid, ktWork_t *work);
+
+/* The application's own steps, run as one call in the hybrid's order: reduce on the reduce
+ * stage's thread, relay on the relay stage's, gather on the gather stage's (NULL: nothing at
+ * that stage). Each returns 0, or nonzero with a message; a failure fails the hybrid. release
+ * (may be NULL) is called once after the last step ran or was skipped. With direct = 1 the call
+ * must be only a quick gather step that issues work completing on its own (an engine call on
+ * ktHybridWorld): it runs on this thread when no call is inside the stages, else is queued. */
+typedef struct {
+  void *userData;
+  int (*reduce)(void *userData, char *error, size_t errorCapacity);
+  int (*relay)(void *userData, char *error, size_t errorCapacity);
+  int (*gather)(void *userData, char *error, size_t errorCapacity);
+  void (*release)(void *userData);
+} ktHybridSteps_t;
+ktResult_t ktHybridSubmit(const ktHybridSteps_t *steps, const char *name, int direct,
+                          ktHybrid_t hybrid, ktWork_t *work);
+
 /* ---- Load-adaptive planning ---- */
 typedef enum {
   ktPlanFixedGlobal = 0, /* split a fixed global batch in proportion to speed (default) */

@@ -85,6 +85,46 @@ def _on_complete(user_data: int | None, result: int) -> None:
 _ON_COMPLETE = _native.WorkCallbackFn(_on_complete)
 
 
+def work_error(api: ctypes.CDLL, work: int, result: int) -> _native.KaitianError:
+    """The exception for a finished work's result, with the engine's message."""
+    raw = api.ktWorkGetError(work)
+    return _native.error_for(result, raw.decode(errors="replace") if raw else "")
+
+
+class WorkCompletions:
+    """Work handles whose completion runs Python, freed later by the issuing thread.
+
+    Why later: the completion callback runs on an engine thread, inside the work's completion,
+    and must not call back into the library; the next issue (or `free_finished`) frees them.
+    """
+
+    def __init__(self, api: ctypes.CDLL) -> None:
+        self._api = api
+        self._finished: list[int] = []
+        self._lock = threading.Lock()
+
+    def when_done(self, work: int, done: Callable[[int], None]) -> None:
+        """Calls done(result) once `work` ends (at once if it has), then frees it later."""
+        key = next(_keys)
+
+        def complete(result: int) -> None:
+            try:
+                done(result)
+            finally:
+                with self._lock:
+                    self._finished.append(work)
+
+        with _pending_lock:
+            _pending[key] = complete
+        _native.check(self._api.ktWorkSetCallback(work, _ON_COMPLETE, key))
+
+    def free_finished(self) -> None:
+        with self._lock:
+            finished, self._finished = self._finished, []
+        for work in finished:
+            self._api.ktWorkFree(work)
+
+
 class Communicator:
     """One ktComm_t. Calls are issued in program order from whichever thread runs the collective."""
 
@@ -116,8 +156,20 @@ class Communicator:
         handle = ctypes.c_void_p()
         _native.check(self._api.ktCommInitRank(ctypes.byref(handle), store_handle, nranks, rank, ctypes.byref(config)))
         self.handle: int | None = handle.value
-        self._finished: list[int] = []  # work handles whose callbacks ran, freed by the next issuer
-        self._finished_lock = threading.Lock()
+        self._owned = True
+        self._works = WorkCompletions(self._api)
+
+    @classmethod
+    def borrowed(cls, handle: int | None, nranks: int, rank: int, timeout_seconds: float) -> Communicator:
+        """A communicator another object owns (a hybrid communicator's): `destroy` only lets go of it."""
+        comm = cls.__new__(cls)
+        comm.rank, comm.nranks, comm.timeout_seconds = rank, nranks, timeout_seconds
+        comm._api = _native.lib()
+        comm._strings = []
+        comm.handle = handle
+        comm._owned = False
+        comm._works = WorkCompletions(comm._api)
+        return comm
 
     def _issue(self, call: Call) -> int:
         if self.handle is None:
@@ -127,20 +179,10 @@ class Communicator:
         _native.check(getattr(self._api, name)(*args, self.handle, ctypes.byref(work)), self.handle)
         return work.value
 
-    def _free_finished(self) -> None:
-        with self._finished_lock:
-            finished, self._finished = self._finished, []
-        for work in finished:
-            self._api.ktWorkFree(work)
-
     def _source(self, work: int) -> int:
         source = ctypes.c_int(-1)
         _native.check(self._api.ktWorkGetSource(work, ctypes.byref(source)))
         return source.value
-
-    def _error(self, work: int, result: int) -> _native.KaitianError:
-        raw = self._api.ktWorkGetError(work)
-        return _native.error_for(result, raw.decode(errors="replace") if raw else "")
 
     def submit(self, plan: Plan, future: torch.futures.Future) -> None:
         """Issues the plan's calls and completes `future` from the engine thread when all end.
@@ -148,7 +190,7 @@ class Communicator:
         Work handles are freed later by the issuing thread, not inside the callback, because the
         callback runs on the engine thread and must not call back into the communicator.
         """
-        self._free_finished()
+        self._works.free_finished()
         state = {"left": len(plan.calls), "error": None}
         lock = threading.Lock()
         if plan.sources is not None:
@@ -168,29 +210,24 @@ class Communicator:
             return
         for index, call in enumerate(plan.calls):
             work = self._issue(call)
-            key = next(_keys)
 
             def done(result: int, work: int = work, index: int = index) -> None:
                 with lock:
                     if result != _native.SUCCESS and state["error"] is None:
-                        state["error"] = self._error(work, result)
+                        state["error"] = work_error(self._api, work, result)
                     if plan.sources is not None:
                         plan.sources[index] = self._source(work)
                     state["left"] -= 1
                     last = state["left"] == 0
-                with self._finished_lock:
-                    self._finished.append(work)
                 if last:
                     plan.keep.clear()
                     settle()
 
-            with _pending_lock:
-                _pending[key] = done
-            _native.check(self._api.ktWorkSetCallback(work, _ON_COMPLETE, key))
+            self._works.when_done(work, done)
 
     def run(self, plan: Plan) -> list[torch.Tensor]:
         """Issues the plan's calls, waits for all of them and returns the finished value."""
-        self._free_finished()
+        self._works.free_finished()
         works = [self._issue(call) for call in plan.calls]
         error: _native.KaitianError | None = None
         if plan.sources is not None:
@@ -198,7 +235,7 @@ class Communicator:
         for work in works:
             result = self._api.ktWorkWait(work, -1.0)
             if result != _native.SUCCESS and error is None:
-                error = self._error(work, result)
+                error = work_error(self._api, work, result)
             if plan.sources is not None:
                 plan.sources.append(self._source(work))
             self._api.ktWorkFree(work)
@@ -212,8 +249,11 @@ class Communicator:
             self._api.ktCommAbort(self.handle, reason.encode())
 
     def destroy(self) -> None:
-        """Finishes issued calls, tells the peers this rank leaves, and frees the communicator."""
+        """Finishes issued calls, tells the peers this rank leaves, and frees the communicator.
+
+        A borrowed communicator is only let go of: its owner destroys it."""
         if self.handle is not None:
             handle, self.handle = self.handle, None
-            self._api.ktCommDestroy(handle)
-            self._free_finished()
+            if self._owned:
+                self._api.ktCommDestroy(handle)
+            self._works.free_finished()

@@ -152,6 +152,104 @@ class P2POp(ctypes.Structure):
     ]
 
 
+class Region(ctypes.Structure):
+    """ktRegion_t: count elements from element offset of a buffer (an address, or an id of ours)."""
+
+    _fields_ = [("buffer", ctypes.c_uint64), ("offset", ctypes.c_size_t), ("count", ctypes.c_size_t)]
+
+
+# ktGroupLibrary_t's functions: (userData, region, datatype[, op | root], error, errorCapacity).
+GroupReduceFn = ctypes.CFUNCTYPE(
+    ctypes.c_int, ctypes.c_void_p, Region, ctypes.c_int, ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t
+)
+GroupAllGatherFn = ctypes.CFUNCTYPE(
+    ctypes.c_int, ctypes.c_void_p, Region, ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t
+)
+GroupBroadcastFn = GroupReduceFn  # (..., datatype, root, ...): the same C signature
+GroupAbortFn = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_char_p)
+GroupDestroyFn = ctypes.CFUNCTYPE(None, ctypes.c_void_p)
+
+
+class GroupLibrary(ctypes.Structure):
+    """ktGroupLibrary_t: one instance of a group's library, as callbacks."""
+
+    _fields_ = [
+        ("userData", ctypes.c_void_p),
+        ("allReduce", GroupReduceFn),
+        ("reduceScatter", GroupReduceFn),
+        ("allGather", GroupAllGatherFn),
+        ("broadcast", GroupBroadcastFn),
+        ("abort", GroupAbortFn),
+        ("destroy", GroupDestroyFn),
+    ]
+
+
+class GroupInfo(ctypes.Structure):
+    """ktGroupInfo_t: the group a rank joins."""
+
+    _fields_ = [
+        ("groupIndex", ctypes.c_int),
+        ("groupCount", ctypes.c_int),
+        ("localRank", ctypes.c_int),
+        ("groupSize", ctypes.c_int),
+        ("globalRanks", ctypes.POINTER(ctypes.c_int)),
+        ("deviceKind", ctypes.c_char_p),
+        ("hostId", ctypes.c_char_p),
+        ("storePrefix", ctypes.c_char_p),
+        ("instance", ctypes.c_int),
+    ]
+
+
+JoinGroupFn = ctypes.CFUNCTYPE(
+    ctypes.c_int,
+    ctypes.c_void_p,
+    ctypes.POINTER(GroupInfo),
+    ctypes.POINTER(GroupLibrary),
+    ctypes.c_void_p,
+    ctypes.c_size_t,
+)
+HostViewFn = ctypes.CFUNCTYPE(
+    ctypes.c_int,
+    ctypes.c_void_p,
+    Region,
+    ctypes.c_int,
+    ctypes.POINTER(ctypes.c_void_p),
+    ctypes.c_void_p,
+    ctypes.c_size_t,
+)
+CommitFn = ctypes.CFUNCTYPE(
+    ctypes.c_int, ctypes.c_void_p, Region, ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t
+)
+
+
+class HybridCallbacks(ctypes.Structure):
+    """ktHybridCallbacks_t."""
+
+    _fields_ = [
+        ("size", ctypes.c_size_t),
+        ("userData", ctypes.c_void_p),
+        ("joinGroup", JoinGroupFn),
+        ("hostView", HostViewFn),
+        ("commit", CommitFn),
+    ]
+
+
+StepFn = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t)
+ReleaseFn = ctypes.CFUNCTYPE(None, ctypes.c_void_p)
+
+
+class HybridSteps(ctypes.Structure):
+    """ktHybridSteps_t: the application's steps of one hybrid call."""
+
+    _fields_ = [
+        ("userData", ctypes.c_void_p),
+        ("reduce", StepFn),
+        ("relay", StepFn),
+        ("gather", StepFn),
+        ("release", ReleaseFn),
+    ]
+
+
 _p = ctypes.c_void_p
 _pp = ctypes.POINTER(ctypes.c_void_p)
 _size = ctypes.c_size_t
@@ -201,6 +299,20 @@ _SIGNATURES: dict[str, tuple[object, list[object]]] = {
     "ktWorkGetSource": (_int, [_p, ctypes.POINTER(_int)]),
     "ktWorkGetError": (_str, [_p]),
     "ktWorkFree": (_int, [_p]),
+    "ktHybridInitRank": (
+        _int,
+        [_pp, _p, _int, _int, _str, ctypes.POINTER(Config), ctypes.POINTER(HybridCallbacks)],
+    ),
+    "ktHybridDestroy": (_int, [_p]),
+    "ktHybridAbort": (_int, [_p, _str]),
+    "ktHybridGetAsyncError": (_int, [_p, ctypes.POINTER(_int)]),
+    "ktHybridGetLastError": (_str, [_p]),
+    "ktHybridTopology": (_int, [_p, ctypes.POINTER(_int), ctypes.POINTER(_int)]),
+    "ktHybridWorld": (_int, [_p, _pp]),
+    "ktHybridColumn": (_int, [_p, _pp]),
+    "ktHybridRelaySeconds": (_int, [_p, ctypes.POINTER(ctypes.c_double)]),
+    "ktHybridAllReduce": (_int, [Region, _int, _int, _p, _pp]),
+    "ktHybridSubmit": (_int, [ctypes.POINTER(HybridSteps), _str, _int, _p, _pp]),
 }
 
 

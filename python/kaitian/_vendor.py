@@ -145,6 +145,11 @@ def _current_device(kind: str) -> torch.device:
     return torch.device(kind, module.current_device())
 
 
+def backend_device(backend: str) -> torch.device:
+    """Where a group library's tensors live: the CPU for the engine and gloo, else the vendor's device."""
+    return _current_device(_BACKEND_DEVICE.get(backend, "cpu"))
+
+
 def create_torch_intra_group(
     backend: str, store: dist.Store, rank: int, size: int, timeout: timedelta, global_ranks: list[int]
 ) -> TorchIntraGroup:
@@ -155,7 +160,7 @@ def create_torch_intra_group(
     """
     if backend == "gloo":
         return GlooIntraGroup(dist.ProcessGroupGloo(store, rank, size, timeout), torch.device("cpu"))
-    device = _current_device(_BACKEND_DEVICE.get(backend, "cpu"))
+    device = backend_device(backend)
     if backend == "nccl":
         # Not run on hardware.
         options = dist.ProcessGroupNCCL.Options()

@@ -6,21 +6,21 @@ Flat: every rank is in one group served by the engine (the default for CPU ranks
 Each collective becomes engine calls issued from the calling thread; the future completes from the
 engine thread, so DDP's allreduce of one bucket overlaps the backward pass of the next.
 
-Hybrid: several groups, or a group served by a vendor library. Collectives run in issue order on
-one worker thread per process group, so that a collective's steps (vendor library inside the
-group, engine between groups) never interleave with the next collective's. Allreduce is
-hierarchical (see `_allreduce_hybrid`); every other collective is staged through host memory and
-run by the engine over all ranks, which is exact for every op and dtype and keeps the vendor
-libraries to the four collectives every one of them has.
+Hybrid: several groups, or a group served by a vendor library. The engine's hybrid communicator
+(`_hybrid.HybridEngine`, ktHybrid_t) runs every collective in issue order on its three stage
+threads, so that a collective's steps (vendor library inside the group, engine between groups)
+never interleave with the next collective's. Allreduce is hierarchical and runs in the engine,
+which calls the group's library through callbacks; the hierarchical reduce-scatter and allgather
+(equal group sizes) are Python steps on those threads; every other collective is staged through
+host memory and run by the engine over all ranks, which is exact for every op and dtype and keeps
+the vendor libraries to the four collectives every one of them has.
 """
 
 from __future__ import annotations
 
-import atexit
 import ctypes
 import itertools
 import os
-import queue
 import threading
 import time
 from collections.abc import Callable
@@ -35,9 +35,10 @@ from . import _native
 from ._checks import CallChecks
 from ._completion import completion_thread
 from ._engine import Communicator, Plan, copied_back, host, host_empty
+from ._hybrid import HybridEngine, Task, settle_failure
 from ._store import EngineRendezvous, job_token
-from ._vendor import EngineIntraGroup, IntraGroup, create_torch_intra_group
-from .profile import StageTimes, name_os_thread
+from ._vendor import EngineIntraGroup, IntraGroup, backend_device, create_torch_intra_group
+from .profile import StageTimes
 from .topology import ENGINE, Topology, local_host_id
 
 BACKEND_NAME = "kaitian"
@@ -191,14 +192,6 @@ def _size_array(values: list[int], keep: list[object]) -> ctypes.Array:
     return array
 
 
-def _settle(fut: Future, error: Exception) -> None:
-    """Fails `fut` unless it completed meanwhile (a torch Future completes once)."""
-    try:
-        fut.set_exception(error)
-    except RuntimeError:
-        pass
-
-
 @dataclass
 class _Transfer:
     """A send or receive collected between start_coalescing and end_coalescing."""
@@ -207,200 +200,6 @@ class _Transfer:
     tensor: torch.Tensor
     peer: int
     tag: int
-
-
-@dataclass
-class _Task:
-    """One piece of a hybrid collective: up to one step per pipeline stage, in stage order.
-
-    A hierarchical allreduce becomes one task per chunk (in-group reduce-scatter, relay between
-    groups, in-group allgather); its last task completes the collective's future. Other
-    collectives are one task whose `complete` issues them at the last stage, so every
-    collective still starts in issue order and after the ones before it.
-    """
-
-    steps: tuple[Callable[[], None] | None, ...]
-    complete: Job | None = None
-    future: Future | None = None
-
-
-class _Pipeline:
-    """Threads that run a process group's hybrid collectives, one thread per stage, and a watch on the job.
-
-    Why stages on their own threads: a hierarchical allreduce is three steps on three different
-    communicators (the in-group library, the relay between groups, the in-group library again on
-    a second communicator). On one thread, chunk k+1's reduce-scatter would wait for chunk k's
-    relay and allgather; here it runs while chunk k is relayed and chunk k-1 gathered, and a
-    bucket's chunks flow while DDP's next bucket is still being computed. Each stage takes tasks
-    in issue order, and each communicator is used by one stage only, so every rank issues every
-    communicator's calls in the same order.
-
-    Why the watch: a rank blocked in a vendor library's collective (gloo's cannot be aborted)
-    would wait for that library's own timeout and then report a broken connection, not which rank
-    was lost; a column communicator's errors use its own rank numbers, not the global ones. The
-    all-ranks engine communicator notices a dead or failed peer within milliseconds, whatever this
-    rank is doing, and names it by global rank. So `health` (that communicator's state) is polled;
-    once it reports an error, every pending and later collective fails with it at once, and
-    `on_failure` aborts the group's engine communicators so the stage threads are released as soon
-    as they can be (a call inside gloo still ends only at gloo's timeout, which is the group's
-    timeout). A step that fails fails the whole group the same way, because a half-done
-    hierarchical collective leaves the ranks out of step.
-
-    After a failure a stage thread may still be inside gloo, released by gloo's timeout (the
-    group's) or as soon as the gloo peers exit. Closing the group, and the interpreter's exit, wait
-    for it that long at most: a daemon thread that comes back from C++ while Python finalizes is
-    killed by the interpreter inside torch's C++ frames, and the process aborts ("terminate called
-    without an active exception") instead of exiting.
-    """
-
-    STAGES = 3
-    POLL_SECONDS = 0.02
-    WATCH_SECONDS = 0.1
-    """How often the watch polls the job's health: a lost peer is reported at most this much later,
-    and each poll costs Python time (at 0.02 s the watch took 1.2 s of CPU in a 110 s job, 4% of a
-    rank at a quarter of a core)."""
-
-    def __init__(
-        self,
-        name: str,
-        health: Callable[[], Exception | None],
-        on_failure: Callable[[Exception], None],
-        timeout_seconds: float,
-    ) -> None:
-        self._health = health
-        self._on_failure = on_failure
-        self._timeout_seconds = timeout_seconds
-        self._grace_seconds = min(1.0, timeout_seconds)
-        self._lock = threading.RLock()  # re-entered when a directly issued job completes at once
-        self._pending: set[Future] = set()
-        self._failure: Exception | None = None
-        self._stop = threading.Event()
-        self._queues: list[queue.SimpleQueue[_Task | None]] = [queue.SimpleQueue() for _ in range(self.STAGES)]
-        self._threads = [
-            threading.Thread(target=self._loop, args=(stage,), name=f"{name}-stage{stage}", daemon=True)
-            for stage in range(self.STAGES)
-        ]
-        self._watch = threading.Thread(target=self._watch_health, name=f"{name}-watch", daemon=True)
-        for thread in self._threads:
-            thread.start()
-        self._watch.start()
-
-    def enqueue(self, tasks: list[_Task]) -> Future:
-        """Queues a collective's tasks; the future completes when the last one's `complete` does."""
-        fut = Future()
-        with self._lock:
-            failure = self._failure
-            if failure is None:
-                self._pending.add(fut)
-        if failure is not None:
-            fut.set_exception(failure)
-            return fut
-        fut.add_done_callback(self._discard)
-        for task in tasks:
-            task.future = fut
-            self._queues[0].put(task)
-        return fut
-
-    def submit(self, job: Job) -> Future:
-        """A collective that is one call, issued by `job(fut)`: at once when idle, else at the last stage.
-
-        Idle means no collective of this group is in flight, so every stage is done with its
-        communicators and issuing here keeps the order. Why not always queue: the task would
-        cross three stage threads, and on a busy host each hand-off waits for a core (DDP's
-        broadcast of BatchNorm buffers before every forward took 15 ms instead of 2 that way).
-        """
-        with self._lock:
-            idle = self._failure is None and not self._pending
-            if idle:
-                fut = Future()
-                self._pending.add(fut)
-                fut.add_done_callback(self._discard)
-                try:
-                    job(fut)
-                except Exception as error:
-                    failure: Exception | None = error
-                else:
-                    failure = None
-        if not idle:
-            return self.enqueue([_Task((None,) * self.STAGES, complete=job)])
-        if failure is not None:
-            self._fail(self._explain(failure))
-        return fut
-
-    def _discard(self, fut: Future) -> None:
-        with self._lock:
-            self._pending.discard(fut)
-
-    def _loop(self, stage: int) -> None:
-        name_os_thread(f"kt-hybrid{stage}")
-        last = stage == self.STAGES - 1
-        while (task := self._queues[stage].get()) is not None:
-            if task.future is not None and task.future.done():  # failed with the group already
-                continue
-            try:
-                step = task.steps[stage]
-                if step is not None:
-                    step()
-                if last and task.complete is not None:
-                    task.complete(task.future)
-            except Exception as error:  # every failure belongs to the collective's future
-                if self._failure is None:  # else the group failed already; its communicators may be gone
-                    self._fail(self._explain(error))
-                continue
-            if not last:
-                self._queues[stage + 1].put(task)
-        if not last:
-            self._queues[stage + 1].put(None)
-
-    def _explain(self, error: Exception) -> Exception:
-        """The all-ranks communicator's error when it reports one soon, for it names the lost rank."""
-        deadline = time.monotonic() + self._grace_seconds
-        while (cause := self._health()) is None and time.monotonic() < deadline:
-            time.sleep(self.POLL_SECONDS)
-        if cause is None:
-            return error
-        cause.__cause__ = error
-        return cause
-
-    def _watch_health(self) -> None:
-        name_os_thread("kt-health")
-        while not self._stop.wait(self.WATCH_SECONDS):
-            if (error := self._health()) is not None:
-                self._fail(error)
-                return
-
-    def _fail(self, error: Exception) -> None:
-        with self._lock:
-            if self._failure is not None:
-                return
-            self._failure = error
-            pending, self._pending = self._pending, set()
-        for fut in pending:
-            _settle(fut, error)
-        self._on_failure(error)
-        for thread in self._threads:
-            atexit.register(thread.join, self._timeout_seconds)
-
-    def close(self) -> None:
-        """Stops the watch, then lets issued collectives finish (at most the timeout after a failure)."""
-        self._stop.set()
-        self._watch.join()
-        self._queues[0].put(None)
-        for thread in self._threads:
-            thread.join(timeout=self._timeout_seconds if self._failure is not None else None)
-
-
-CHUNK_VARIABLE = "KAITIAN_HYBRID_CHUNK_BYTES"
-
-
-def hybrid_chunk_bytes() -> int:
-    """Bytes per chunk of a hybrid allreduce's pipeline: KAITIAN_HYBRID_CHUNK_BYTES, else 4 MiB."""
-    text = os.environ.get(CHUNK_VARIABLE, "").strip()
-    if not text:
-        return 4 << 20
-    if not text.isdigit() or int(text) < 1:
-        raise ValueError(f"kaitian: {CHUNK_VARIABLE}={text!r} must be a whole number of bytes of at least 1")
-    return int(text)
 
 
 def _this_init(store: dist.Store, size: int) -> dist.Store:
@@ -481,8 +280,7 @@ class ProcessGroupKaitian(_BASE):  # type: ignore[misc, valid-type]
         self._size = size
         self._calls = itertools.count(1)
         self._checks = CallChecks(rank, size)
-        self.stage_times = StageTimes()  # the hybrid allreduce's stages, for kaitian.stage_times()
-        self._chunk_bytes = hybrid_chunk_bytes()
+        self.stage_times = StageTimes()  # the hybrid collectives' stages, for kaitian.stage_times()
         store = _this_init(store, size)
         self._store: dist.Store | None = store  # for monitored_barrier, which must not depend on the engine
         self._monitored_barriers = itertools.count(1)
@@ -502,24 +300,27 @@ class ProcessGroupKaitian(_BASE):  # type: ignore[misc, valid-type]
         joined = 0
         try:
             self.topology = Topology.exchange(rendezvous.values, rank, size, timeout)
-            self._world = communicator(size, rank, "kaitian/world")
             self._intra: IntraGroup | None = None
             self._intra_gather: IntraGroup | None = None
             self._column: Communicator | None = None
-            self._worker: _Pipeline | None = None
-            if not self.topology.is_flat:
-                self._set_up_hybrid(store, communicator)
+            self._worker: HybridEngine | None = None
+            if self.topology.is_flat:
+                self._world = communicator(size, rank, "kaitian/world")
+            else:
+                self._set_up_hybrid(store, rendezvous, token, host_id)
             joined = size
         finally:
             rendezvous.close(joined)
 
-    def _set_up_hybrid(self, store: dist.Store, communicator: Callable[[int, int, str], Communicator]) -> None:
+    def _set_up_hybrid(self, store: dist.Store, rendezvous: EngineRendezvous, token: str, host_id: str) -> None:
+        """The engine's hybrid communicator, lent this rank's group library (torch's or the engine)."""
         topo = self.topology
         group, local = topo.group, topo.local_rank
 
-        def intra_group(prefix: str) -> IntraGroup:
+        def intra_group(prefix: str, instance: int) -> IntraGroup:
             if group.backend == ENGINE:
-                return EngineIntraGroup(communicator(group.size, local, prefix))
+                comm = Communicator(rendezvous.handle, group.size, local, prefix, token, host_id, self._timeout_seconds)
+                return EngineIntraGroup(comm)
             return create_torch_intra_group(
                 group.backend,
                 dist.PrefixStore(prefix + "/", store),
@@ -529,34 +330,36 @@ class ProcessGroupKaitian(_BASE):  # type: ignore[misc, valid-type]
                 list(group.ranks),
             )
 
-        if group.size > 1:
-            # Two in-group communicators: the first pipeline stage reduces on one while the last
-            # gathers on the other, each in issue order (see _Pipeline).
-            self._intra = intra_group(f"kaitian/intra/{group.index}")
-            self._intra_gather = intra_group(f"kaitian/intra-gather/{group.index}")
-        if len(topo.groups) > 1 and local < topo.columns:
-            self._column = communicator(len(topo.groups), group.index, f"kaitian/column/{local}")
-        self._worker = _Pipeline(
-            f"kaitian-pg{self._rank}", self._world_error, self._abort_engine, self._timeout_seconds
+        device = backend_device(group.backend)
+        worker = HybridEngine(
+            rendezvous.handle,
+            self._size,
+            self._rank,
+            group.kind,
+            (token, rendezvous.namespace + "kaitian/hybrid", host_id, self._timeout_seconds),
+            intra_group,
+            device,
+            self.stage_times,
         )
+        self._worker = worker
+        if len(worker.groups) == 2:  # the reduce stage's instance, then the gather stage's
+            self._intra, self._intra_gather = worker.groups
+        self._world = worker.world
+        self._column = worker.column
+        engine_view = worker.topology(self._size)
+        mine = [(g.index, g.ranks.index(r)) for r in range(self._size) for g in topo.groups if r in g.ranks]
+        if engine_view != mine:
+            raise RuntimeError(
+                f"kaitian: rank {self._rank}: the engine grouped the ranks as {engine_view} (group, local rank), "
+                f"the Python package as {mine}; both must read the same KAITIAN_DEVICE_KIND and KAITIAN_HOST_ID"
+            )
 
-    def _world_error(self) -> _native.KaitianError | None:
-        """The all-ranks communicator's first fatal error (a lost or aborted peer), if any."""
-        handle = self._world.handle
-        if handle is None:
-            return None
-        api = _native.lib()
-        code = ctypes.c_int(_native.SUCCESS)
-        api.ktCommGetAsyncError(handle, ctypes.byref(code))
-        if code.value == _native.SUCCESS:
-            return None
-        raw = api.ktCommGetLastError(handle)
-        return _native.error_for(code.value, raw.decode(errors="replace") if raw else "")
-
-    def _abort_engine(self, error: Exception) -> None:
-        """Fails this group's engine communicators on every rank with `error`'s message."""
-        for comm in self._communicators():
-            comm.abort(str(error))
+    def take_stage_times(self) -> dict[str, float]:
+        """The hybrid collectives' seconds per stage since the last take (the relay between groups from the engine)."""
+        taken = self.stage_times.take()
+        if self._worker is not None and (relay := self._worker.take_relay_seconds()) > 0:
+            taken["relay between groups"] = taken.get("relay between groups", 0.0) + relay
+        return taken
 
     # ---- identity ----
 
@@ -569,7 +372,7 @@ class ProcessGroupKaitian(_BASE):  # type: ignore[misc, valid-type]
     @property
     def intra_device(self) -> torch.device:
         """Where this rank's intra-group collectives run (cpu for the engine and gloo)."""
-        return self._intra.device if self._intra is not None else torch.device("cpu")
+        return self._worker.device if self._worker is not None else torch.device("cpu")
 
     # ---- dispatch ----
 
@@ -609,105 +412,35 @@ class ProcessGroupKaitian(_BASE):  # type: ignore[misc, valid-type]
             for t in tensors:  # in place: the result overwrites the input anyway
                 t.mul_(factor)
         if self._worker is not None:
-            tasks = [task for t in tensors for task in self._allreduce_tasks(t, op)]
-            if not tasks:
-                tasks = [_Task((None,) * _Pipeline.STAGES)]
-            tasks[-1].complete = lambda fut: fut.set_result(tensors)
-            return _work_from_future(self._worker.enqueue(tasks), self._call("allreduce"))
+            return _work_from_future(self._allreduce_hierarchical(tensors, op), self._call("allreduce"))
         return self._in_place("allreduce", tensors, "ktAllReduce", op)
 
     def allreduce_coalesced(self, tensors: list[torch.Tensor], opts: object = None) -> dist.Work:
         return self.allreduce(tensors, opts)
 
-    def _allreduce_tasks(self, t: torch.Tensor, op: int) -> list[_Task]:
-        """Hierarchical allreduce of one tensor, as pipeline tasks of one chunk each.
+    def _allreduce_hierarchical(self, tensors: list[torch.Tensor], op: int) -> Future:
+        """The engine's hierarchical allreduce of each tensor (ktHybridAllReduce, docs/HYBRID.md).
 
-        Equal group sizes L: each group reduce-scatters the chunk (padded to a multiple of L) into
-        L shards with its own library; local rank j allreduces shard j (through host memory,
-        pinned for CUDA) with local rank j of every other group on column communicator j, all L
-        columns in parallel; the group allgathers the shards.
-
-        Unequal sizes (shards of different groups would not line up): S = the smallest group's
-        size. Each group allreduces the chunk with its own library; the chunk is cut into S
-        shards and local ranks 0..S-1 of every group allreduce shard j across groups, in
-        parallel; then each group broadcasts shard j from local rank j. With S = 1 this is the
-        per-group-leader scheme; with more, the first S ranks of each group share the host work.
-
-        The three steps of a chunk run on the pipeline's three stages, so chunk k+1 is reduced
-        while chunk k crosses between groups and chunk k-1 is gathered. AVG is a SUM everywhere
-        and one division by the world size at the end (never by the number of groups), so groups
-        of different sizes weigh each rank equally. Every element's final value is computed once,
-        by one column allreduce, and copied everywhere, so all ranks end bitwise identical.
+        A tensor the group's library cannot work on in place (elsewhere than its device, or not
+        contiguous) goes through a contiguous copy there and back. The future is the last
+        tensor's: the engine completes calls in order, and a failed one fails every later one.
         """
         device = self.intra_device
-        direct = t.device == device and t.is_contiguous()
-        flat = t.view(-1) if direct else t.detach().reshape(-1).to(device, copy=True)
-        step = max(1, self._chunk_bytes // max(t.element_size(), 1))
-        tasks = [self._chunk_task(flat[a : a + step], op) for a in range(0, flat.numel(), step)]
-        if not direct and tasks:
-            gather = tasks[-1].steps[-1]
+        fut: Future | None = None
+        for t in tensors:
+            direct = t.device == device and t.is_contiguous()
+            flat = t.view(-1) if direct else t.detach().reshape(-1).to(device, copy=True)
 
-            def gather_and_copy_back() -> None:
-                if gather is not None:
-                    gather()
-                with self.stage_times.stage("copy back"):
-                    t.copy_(flat.view_as(t))
+            def finish(t: torch.Tensor = t, flat: torch.Tensor = flat, direct: bool = direct) -> list[torch.Tensor]:
+                if not direct:
+                    with self.stage_times.stage("copy back"):
+                        t.copy_(flat.view_as(t))
+                return tensors
 
-            tasks[-1].steps = (*tasks[-1].steps[:-1], gather_and_copy_back)
-        return tasks
-
-    def _chunk_task(self, part: torch.Tensor, op: int) -> _Task:
-        """The three steps of one contiguous chunk's hierarchical allreduce (see _allreduce_tasks)."""
-        topo = self.topology
-        group_size, groups, local = topo.group.size, len(topo.groups), topo.local_rank
-        step_op = _native.SUM if op == _native.AVG else op
-        stage = self.stage_times.stage
-        n = part.numel()
-        shards = group_size if topo.equal_sizes else topo.columns
-        width = -(-n // shards)
-        padded = width * shards != n
-        buf = torch.empty(width * shards, dtype=part.dtype, device=part.device) if padded else part
-        scatter = groups > 1 and topo.equal_sizes and group_size > 1
-        shard = (
-            torch.empty(width, dtype=part.dtype, device=part.device)
-            if scatter
-            else buf[local * width : (local + 1) * width]
-        )
-
-        def reduce() -> None:
-            if padded:
-                with stage("pad copy"):
-                    buf[:n].copy_(part)
-                    buf[n:].zero_()
-            if group_size == 1:
-                return
-            if scatter:
-                with stage("in-group reduce-scatter"):
-                    self._intra.reduce_scatter(shard, buf, step_op)
-            else:
-                with stage("in-group allreduce"):
-                    self._intra.allreduce(buf, step_op)
-
-        def relay() -> None:
-            if groups > 1 and local < shards:
-                self._column_allreduce(shard, step_op)
-
-        def gather() -> None:
-            if groups > 1 and group_size > 1:
-                if topo.equal_sizes:
-                    with stage("in-group allgather"):
-                        self._intra_gather.allgather(buf, shard)
-                else:
-                    with stage("in-group broadcast"):
-                        for j in range(shards):
-                            self._intra_gather.broadcast(buf[j * width : (j + 1) * width], j)
-            if padded:
-                with stage("copy back"):
-                    part.copy_(buf[:n])
-            if op == _native.AVG:
-                self._divide_by_world(part)
-
-        return _Task((reduce, relay, gather))
+            fut = self._worker.allreduce(flat, op, finish)
+        if fut is None:  # nothing to reduce, but the call still completes in order
+            fut = self._worker.enqueue([Task((None, None, None), complete=lambda f: f.set_result(tensors))])
+        return fut
 
     def _divide_by_world(self, t: torch.Tensor) -> None:
         """AVG's one division by the world size, after a SUM (truncating for integers, as the engine)."""
@@ -715,17 +448,6 @@ class ProcessGroupKaitian(_BASE):  # type: ignore[misc, valid-type]
             t.div_(self._size)
         else:
             t.div_(self._size, rounding_mode="trunc")
-
-    def _column_allreduce(self, shard: torch.Tensor, op: int) -> None:
-        """Allreduces a contiguous shard between groups through host memory."""
-        staged = self._staged(shard)
-        ptr = staged.data_ptr()
-        call = ("ktAllReduce", (ptr, ptr, staged.numel(), _native.datatype(staged.dtype), op))
-        with self.stage_times.stage("relay between groups"):
-            self._column.run(Plan([call], lambda: [], [staged]))
-        if staged is not shard:
-            with self.stage_times.stage("staging copy"):
-                shard.copy_(staged)
 
     def _column_collective(
         self, function: str, source: torch.Tensor, result: torch.Tensor, count: int, *extra: object
@@ -760,7 +482,7 @@ class ProcessGroupKaitian(_BASE):  # type: ignore[misc, valid-type]
         topo = self.topology
         return [grp.ranks[j] for j in range(topo.group.size) for grp in topo.groups]
 
-    def _allgather_task(self, out: torch.Tensor, inp: torch.Tensor) -> _Task:
+    def _allgather_task(self, out: torch.Tensor, inp: torch.Tensor) -> Task:
         """Hierarchical allgather of one tensor (groups of equal size L, G groups), as one pipeline task.
 
         The reverse of _reduce_scatter_task: (2) column j allgathers its G ranks' inputs between
@@ -793,9 +515,9 @@ class ProcessGroupKaitian(_BASE):  # type: ignore[misc, valid-type]
                 if target is not out:
                     out.copy_(target)
 
-        return _Task((None, relay, gather))
+        return Task((None, relay, gather))
 
-    def _reduce_scatter_task(self, out: torch.Tensor, inp: torch.Tensor, op: int) -> _Task:
+    def _reduce_scatter_task(self, out: torch.Tensor, inp: torch.Tensor, op: int) -> Task:
         """Hierarchical reduce-scatter of one tensor (groups of equal size L, G groups), as one pipeline task.
 
         Global rank (group g, local rank j) gets block r of the reduction. (1) The input's blocks
@@ -835,7 +557,7 @@ class ProcessGroupKaitian(_BASE):  # type: ignore[misc, valid-type]
             if op == _native.AVG:
                 self._divide_by_world(out)
 
-        return _Task((reduce, relay, gather))
+        return Task((reduce, relay, gather))
 
     def broadcast(self, tensors: list[torch.Tensor], opts: object = None) -> dist.Work:
         root = opts.rootRank if opts is not None else 0
@@ -1205,7 +927,7 @@ class ProcessGroupKaitian(_BASE):  # type: ignore[misc, valid-type]
             try:
                 fut.value()
             except Exception as error:  # noqa: BLE001 - the batch's error is each op's
-                _settle(done, error)
+                settle_failure(done, error)
             else:
                 done.set_result([])
 
@@ -1314,11 +1036,18 @@ class ProcessGroupKaitian(_BASE):  # type: ignore[misc, valid-type]
 
     def abort(self) -> None:
         """Fails every pending and later collective of this group, on every rank."""
+        reason = f"rank {self._rank} aborted the process group"
+        if self._worker is not None:
+            self._worker.abort(reason)
+            return
         for comm in self._communicators():
-            comm.abort(f"rank {self._rank} aborted the process group")
+            comm.abort(reason)
 
     def shutdown(self) -> None:
-        """Finishes issued collectives and leaves the communicators (destroy_process_group)."""
+        """Finishes issued collectives and leaves the communicators (destroy_process_group).
+
+        A hybrid group's engine leaves its own communicators; the engine groups this package
+        lent it are left here, after it."""
         if self._worker is not None:
             self._worker.close()
             self._worker = None

@@ -53,7 +53,7 @@ def stage_times(group: dist.ProcessGroup | None = None) -> dict[str, float]:
     from .process_group import kaitian_backend  # process_group imports this module
 
     backend = kaitian_backend(group)
-    return backend.stage_times.take() if backend is not None else {}
+    return backend.take_stage_times() if backend is not None else {}
 
 
 def name_os_thread(name: str) -> None:

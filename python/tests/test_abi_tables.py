@@ -50,11 +50,13 @@ def compatible(c_type: str, declared: object) -> bool:
         if c_type == "char *":
             return declared is ctypes.c_char_p
         return declared is ctypes.c_void_p or (isinstance(declared, type) and issubclass(declared, POINTER))
-    handles = {"ktComm_t", "ktStore_t", "ktStoreServer_t", "ktWork_t", "ktRebalancer_t"}
+    handles = {"ktComm_t", "ktStore_t", "ktStoreServer_t", "ktWork_t", "ktRebalancer_t", "ktHybrid_t"}
     if c_type in handles:
         return declared is ctypes.c_void_p
     if c_type == "ktWorkCallback_t":
         return declared is _native.WorkCallbackFn
+    if c_type == "ktRegion_t":
+        return declared is _native.Region
     scalars = {
         "int": ctypes.c_int,
         "size_t": ctypes.c_size_t,

@@ -106,19 +106,6 @@ def test_topology_groups_are_deterministic() -> None:
     assert not Topology.build(1, [("cpu", "h")] * 3, intra_backends("cpu=gloo")).is_flat
 
 
-def test_hybrid_chunk_size_comes_from_its_variable(monkeypatch: pytest.MonkeyPatch) -> None:
-    from kaitian.process_group import CHUNK_VARIABLE, hybrid_chunk_bytes
-
-    monkeypatch.delenv(CHUNK_VARIABLE, raising=False)
-    assert hybrid_chunk_bytes() == 4 << 20
-    monkeypatch.setenv(CHUNK_VARIABLE, "40")
-    assert hybrid_chunk_bytes() == 40
-    for bad in ("0", "-4", "4M", "1.5"):
-        monkeypatch.setenv(CHUNK_VARIABLE, bad)
-        with pytest.raises(ValueError, match=CHUNK_VARIABLE):
-            hybrid_chunk_bytes()
-
-
 def test_process_age_and_thread_cpu_come_from_proc() -> None:
     age = kaitian.process_age_seconds()
     assert 0 < age < 24 * 3600

@@ -107,6 +107,8 @@ public final class EngineGroup: GroupCollectives {
 /// What a `HybridCommunicator.GroupFactory` needs to join this rank to its group's library.
 public struct GroupMembership: Sendable {
   public let group: Topology.Group
+  /// How many groups the job has.
+  public let groupCount: Int
   /// This rank's position in `group`.
   public let localRank: Int
   public let store: any RendezvousStore

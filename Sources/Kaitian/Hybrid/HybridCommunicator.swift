@@ -1,3 +1,4 @@
+import Glibc
 import KaitianStore
 import Synchronization
 
@@ -28,6 +29,7 @@ public final class HybridCommunicator: Sendable {
   private let layers: HybridLayers
   private let health: CommunicatorHealth
   private let pipeline: HybridPipeline
+  private let watch: HealthWatch
   private let chunkBytes: Int
   private let memory: any HybridMemory
   private let sequence = Mutex<UInt64>(0)
@@ -68,7 +70,7 @@ public final class HybridCommunicator: Sendable {
     var column: Communicator?
     func joinGroup(_ name: String, instance: Int) throws(KaitianError) -> any GroupCollectives {
       let membership = GroupMembership(
-        group: group, localRank: local, store: store, token: token, options: scoped(name),
+        group: group, groupCount: topology.groups.count, localRank: local, store: store, token: token, options: scoped(name),
         advertisedHostHint: advertisedHostHint, memory: memory, instance: instance)
       let made = try makeGroup(membership)
       guard made.rank == local, made.size == group.size else {
@@ -101,13 +103,24 @@ public final class HybridCommunicator: Sendable {
       topology: topology, world: world, intra: intra, intraGather: intraGather, column: column,
       memory: memory)
     let health = CommunicatorHealth()
+    let grace = Duration.milliseconds(Int64(min(1, options.timeoutSeconds) * 1000))
     do throws(KaitianError) {
-      pipeline = try HybridPipeline(rank: rank, health: health) { error in
-        guard health.fail(error) else { return }
+      pipeline = try HybridPipeline(
+        rank: rank, health: health,
+        explain: { error in HybridCommunicator.explain(error, world: world, grace: grace) }
+      ) { error in
         Log.warn("hybrid", error.description)
         layers.abort(reason: error.description)
       }
     } catch {
+      layers.destroy()
+      throw error
+    }
+    let pipeline = pipeline
+    do throws(KaitianError) {
+      watch = try HealthWatch(world: world) { error in pipeline.failAll(error) }
+    } catch {
+      pipeline.stop()
       layers.destroy()
       throw error
     }
@@ -142,14 +155,42 @@ public final class HybridCommunicator: Sendable {
   /// Finishes the calls already issued, then leaves every communicator it is built on.
   public func destroy() {
     guard !destroyed.exchange(true, ordering: .acquiringAndReleasing) else { return }
+    watch.stop()
     pipeline.stop()
     layers.destroy()
   }
 
   /// Fails this communicator on every rank: pending and later calls fail with `reason`.
   public func abort(reason: String) {
-    let error = KaitianError(.invalidUsage, rank: rank, "aborted by the application: \(reason)")
-    if health.fail(error) { layers.abort(reason: error.description) }
+    pipeline.failAll(
+      KaitianError(.invalidUsage, rank: rank, "aborted by the application: \(reason)"))
+  }
+
+  /// The communicator over every rank, which the hybrid calls other than allreduce use. The
+  /// hybrid communicator owns it: it is destroyed with it.
+  public var world: Communicator { layers.world }
+
+  /// This rank's shard column (local rank j of every group), if it has one; owned as `world`.
+  public var column: Communicator? { layers.column }
+
+  /// Seconds spent so far in the relay between groups (column collectives and their staging).
+  public var relaySeconds: Double { layers.clock.relaySeconds }
+
+  /// A library's error only says a connection broke when a peer was lost; the all-ranks
+  /// communicator soon names the lost rank, so a failed step waits up to `grace` for it.
+  private static func explain(
+    _ error: KaitianError, world: Communicator, grace: Duration
+  ) -> KaitianError {
+    let deadline = Deadline.after(grace)
+    while Deadline.now < deadline {
+      if let lost = world.failure {
+        return KaitianError(
+          lost.code, rank: error.rank, call: error.call,
+          "\(lost) (this rank's step failed with: \(error.cause))")
+      }
+      usleep(20_000)
+    }
+    return error
   }
 
   /// The first fatal error, if the communicator has failed.
@@ -244,6 +285,26 @@ public final class HybridCommunicator: Sendable {
     overAllRanks("barrier", nil) { world in world.barrier() }
   }
 
+  /// Queues the application's own steps as one call in this communicator's order: `reduce`
+  /// on the reduce stage, `relay` on the relay stage, `gather` on the gather stage, each after
+  /// the earlier calls' steps of that stage. For collectives the application composes from the
+  /// layers (`world`, `column`, its own group library) that must keep order with allreduces.
+  public func submit(
+    _ kind: String, reduce: (() throws(KaitianError) -> Void)?,
+    relay: (() throws(KaitianError) -> Void)?, gather: (() throws(KaitianError) -> Void)?
+  ) -> Work {
+    submit(kind, nil, tasks: [HybridPipeline.Steps(reduce: reduce, relay: relay, gather: gather)])
+  }
+
+  /// One quick step that issues work which completes on its own (an engine call on `world`):
+  /// run on the caller's thread when no call is inside the stages, else queued at the gather
+  /// stage (see `HybridPipeline.submitDirect`).
+  public func submitDirect(_ kind: String, step: @escaping () throws(KaitianError) -> Void) -> Work {
+    let work = Work(name: "hybrid \(kind) #\(nextNumber())")
+    pipeline.submitDirect(work: work, step: step)
+    return work
+  }
+
   // MARK: Submitting calls
 
   /// A collective that needs no group library: the engine runs it over all ranks, on host
@@ -266,13 +327,16 @@ public final class HybridCommunicator: Sendable {
   private func submit(
     _ kind: String, _ detail: String?, tasks: [HybridPipeline.Steps]
   ) -> Work {
-    let number = sequence.withLock { value -> UInt64 in
+    let work = Work(name: "hybrid \(kind) #\(nextNumber())" + (detail.map { " (\($0))" } ?? ""))
+    pipeline.submit(work: work, tasks: tasks)
+    return work
+  }
+
+  private func nextNumber() -> UInt64 {
+    sequence.withLock { value in
       value += 1
       return value
     }
-    let work = Work(name: "hybrid \(kind) #\(number)" + (detail.map { " (\($0))" } ?? ""))
-    pipeline.submit(work: work, tasks: tasks)
-    return work
   }
 
   /// Checked when the call is issued, so a bad argument throws at once and does not fail the
@@ -286,6 +350,45 @@ public final class HybridCommunicator: Sendable {
       throw KaitianError(
         .invalidArgument, rank: rank, call: call,
         "root \(root) is not a rank of this communicator (size \(size))")
+    }
+  }
+}
+
+/// A thread that fails the hybrid communicator as soon as its all-ranks communicator reports a
+/// lost or failed peer (within `period`), whatever the stage threads are doing: one of them
+/// may be blocked inside a library that learns of the loss only at its own timeout.
+private final class HealthWatch: Sendable {
+  static let period = Duration.milliseconds(100)
+  private let stopping = ConditionLock(false)
+  private let thread: Mutex<OSThread?>
+
+  init(
+    world: Communicator, onFailure: @escaping @Sendable (KaitianError) -> Void
+  ) throws(KaitianError) {
+    let stopping = stopping
+    do {
+      thread = Mutex(
+        try OSThread.spawn(name: "kt-health") {
+          while true {
+            let stop = stopping.wait(until: .after(Self.period)) { $0 ? true : nil } ?? false
+            if stop { return }
+            if let failure = world.failure {
+              onFailure(failure)
+              return
+            }
+          }
+        })
+    } catch {
+      throw .system("cannot start the hybrid health watch thread: \(error)")
+    }
+  }
+
+  func stop() {
+    stopping.withLock { $0 = true }
+    stopping.broadcast()
+    thread.withLock { thread in
+      thread?.join()
+      thread = nil
     }
   }
 }

@@ -1,3 +1,5 @@
+import Synchronization
+
 /// The communicators one rank of a hybrid job runs on, and the hierarchical allreduce over
 /// them. Queued calls capture this value rather than the `HybridCommunicator`, so a pending
 /// call never keeps the communicator alive.
@@ -16,6 +18,7 @@ struct HybridLayers: Sendable {
   let column: Communicator?
   /// How the relay reaches regions of the caller's buffers in host memory.
   let memory: any HybridMemory
+  let clock = RelayClock()
 
   static let allRanks = "over all ranks"
 
@@ -184,6 +187,8 @@ struct HybridLayers: Sendable {
     _ shard: DeviceRegion, dataType: DataType, op: ReduceOp
   ) throws(KaitianError) {
     guard let column else { return }
+    let started = ContinuousClock.now
+    defer { clock.add(ContinuousClock.now - started) }
     try Self.complete("allreduce \(acrossGroups)") { () throws(KaitianError) in
       let view = try memory.hostView(shard, dataType: dataType)
       try column.allReduce(
@@ -221,4 +226,16 @@ struct HybridLayers: Sendable {
 extension ReduceOp {
   /// The op of each step of a hierarchical reduction: AVG sums, and divides once at the end.
   fileprivate var step: ReduceOp { self == .avg ? .sum : self }
+}
+
+/// Time spent relaying between groups, for the application's per-stage breakdown.
+final class RelayClock: Sendable {
+  private let nanoseconds = Atomic<Int64>(0)
+
+  func add(_ duration: Duration) {
+    let (seconds, attoseconds) = duration.components
+    nanoseconds.add(seconds * 1_000_000_000 + attoseconds / 1_000_000_000, ordering: .relaxed)
+  }
+
+  var relaySeconds: Double { Double(nanoseconds.load(ordering: .relaxed)) / 1e9 }
 }

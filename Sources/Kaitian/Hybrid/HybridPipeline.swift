@@ -9,19 +9,22 @@ import Synchronization
 /// groups, chunk k+1 is already being reduced and chunk k-1 gathered, and a call's chunks flow
 /// while the caller (DDP's backward pass) computes the next one. Each stage takes tasks in
 /// issue order and each communicator is used by one stage only, so every rank issues every
-/// communicator's calls in the same order. python/kaitian's `_Pipeline` is the same design.
+/// communicator's calls in the same order.
 ///
-/// A failed step fails the whole communicator (`fail`), because a half-done hierarchical call
-/// leaves the ranks out of step: the rest of that call's steps and every later call are not
-/// run, and complete with the first failure.
+/// A failed step fails the whole communicator (`failAll`), because a half-done hierarchical
+/// call leaves the ranks out of step: every pending call completes at once with the failure
+/// (a stage thread may still be blocked inside a library that cannot be aborted, until that
+/// library's own timeout), and nothing queued or later runs.
 final class HybridPipeline: Sendable {
+  typealias Step = () throws(KaitianError) -> Void
+
   /// One step per stage; nil where the task has nothing to do at that stage.
   struct Steps {
-    var reduce: (() throws(KaitianError) -> Void)?
-    var relay: (() throws(KaitianError) -> Void)?
-    var gather: (() throws(KaitianError) -> Void)?
+    var reduce: Step?
+    var relay: Step?
+    var gather: Step?
 
-    var all: [(() throws(KaitianError) -> Void)?] { [reduce, relay, gather] }
+    var all: [Step?] { [reduce, relay, gather] }
   }
 
   /// A call's first error, shared by its tasks: later tasks of a failed call are skipped.
@@ -29,16 +32,27 @@ final class HybridPipeline: Sendable {
     let error = Mutex<KaitianError?>(nil)
   }
 
+  /// Calls submitted and not yet completed, and tasks inside the stages.
+  private struct InFlight {
+    var calls: [ObjectIdentifier: Work] = [:]
+    var tasks = 0
+  }
+
   private let stages: [Engine]
   private let rank: Int
   private let health: CommunicatorHealth
-  private let fail: @Sendable (KaitianError) -> Void
+  private let inFlight = Mutex(InFlight())
+  private let explain: @Sendable (KaitianError) -> KaitianError
+  private let onFailure: @Sendable (KaitianError) -> Void
 
-  /// `fail` records the communicator's first failure in `health` and aborts its layers; it
-  /// runs on the stage thread whose step failed.
+  /// `explain` turns a failed step's error into the communicator's failure (a lost peer's
+  /// error names the rank, where a library's own says only that a connection broke).
+  /// `onFailure` runs once, with the communicator's first failure, after `health` records it
+  /// and every pending call has completed with it (it aborts the communicator's layers).
   init(
     rank: Int, health: CommunicatorHealth,
-    fail: @escaping @Sendable (KaitianError) -> Void
+    explain: @escaping @Sendable (KaitianError) -> KaitianError = { $0 },
+    onFailure: @escaping @Sendable (KaitianError) -> Void
   ) throws(KaitianError) {
     var stages: [Engine] = []
     do throws(KaitianError) {
@@ -57,17 +71,62 @@ final class HybridPipeline: Sendable {
     self.stages = stages
     self.rank = rank
     self.health = health
-    self.fail = fail
+    self.explain = explain
+    self.onFailure = onFailure
   }
 
   /// Queues a call's tasks, in order; `work` completes after the last task's gather step, with
   /// the call's first error. A call without tasks still completes in order.
   func submit(work: Work, tasks: [Steps]) {
-    let outcome = Outcome()
     let tasks = tasks.isEmpty ? [Steps()] : tasks
+    guard register(work, tasks: tasks.count) else { return }
+    let outcome = Outcome()
     for (index, task) in tasks.enumerated() {
-      forward(task.all, stage: 0, outcome: outcome, call: work, completes: index == tasks.count - 1)
+      forward(
+        task.all, stage: 0, outcome: outcome, call: work, completes: index == tasks.count - 1)
     }
+  }
+
+  /// A call that is one quick step (issuing an engine call that completes on its own):
+  /// run on this thread when no task is in the stages, else queued at the gather stage.
+  ///
+  /// Why: a task crosses three stage threads, and on a busy host each hand-off waits for a
+  /// core (the Python pipeline measured DDP's broadcast of BatchNorm buffers before every
+  /// forward at 15 ms queued against 2 ms direct). Issuing while no task is in the stages keeps
+  /// the order, as every communicator's earlier calls have been issued. `work` completes once
+  /// the step returns.
+  func submitDirect(work: Work, step: @escaping Step) {
+    let ran = inFlight.withLock { state -> KaitianError?? in
+      guard state.tasks == 0, health.failure == nil else { return .none }
+      do throws(KaitianError) {
+        try step()
+        return .some(nil)
+      } catch {
+        return .some(explain(error.attributed(rank: rank, call: work.name)))
+      }
+    }
+    switch ran {
+    case .none: submit(work: work, tasks: [Steps(gather: step)])
+    case .some(.none): work.complete(nil)
+    case .some(.some(let error)):
+      work.complete(error)
+      failAll(error)
+    }
+  }
+
+  /// Fails the communicator with `error` unless it failed already: pending calls complete with
+  /// it now, queued steps will not run.
+  func failAll(_ error: KaitianError) {
+    guard health.fail(error) else { return }
+    let pending = inFlight.withLock { state in
+      defer { state.calls = [:] }
+      return Array(state.calls.values)
+    }
+    for work in pending {
+      work.complete(
+        KaitianError(error.code, rank: rank, call: work.name, failedBecause(error, work)))
+    }
+    onFailure(error)
   }
 
   /// Runs what is queued, then ends the threads.
@@ -75,9 +134,28 @@ final class HybridPipeline: Sendable {
     for engine in stages { engine.stop() }
   }
 
+  /// Counts a call in; false (and the call completed) when the communicator failed already.
+  private func register(_ work: Work, tasks: Int) -> Bool {
+    let failure = inFlight.withLock { state -> KaitianError? in
+      if let failure = health.failure { return failure }
+      state.calls[ObjectIdentifier(work)] = work
+      state.tasks += tasks
+      return nil
+    }
+    guard let failure else { return true }
+    work.complete(
+      KaitianError(
+        failure.code, rank: rank, call: work.name,
+        "not run: the communicator already failed: \(failure)"))
+    return false
+  }
+
+  private func failedBecause(_ error: KaitianError, _ work: Work) -> String {
+    error.call == work.name ? error.cause : "not run: the communicator failed: \(error)"
+  }
+
   private func forward(
-    _ steps: [(() throws(KaitianError) -> Void)?], stage: Int, outcome: Outcome, call: Work,
-    completes: Bool
+    _ steps: [Step?], stage: Int, outcome: Outcome, call: Work, completes: Bool
   ) {
     let last = stage == stages.count - 1
     // Only the call's last task completes its work, at the last stage; other stage calls carry
@@ -85,27 +163,27 @@ final class HybridPipeline: Sendable {
     let stageWork = last && completes ? call : Work(name: call.name)
     stages[stage].submit(
       QueuedCall(work: stageWork) { [self] () throws(KaitianError) in
-        defer {
-          if !last {
-            forward(steps, stage: stage + 1, outcome: outcome, call: call, completes: completes)
-          }
+        run(steps[stage], outcome: outcome, call: call)
+        guard last else {
+          forward(steps, stage: stage + 1, outcome: outcome, call: call, completes: completes)
+          return
         }
-        run(steps[stage], outcome: outcome, callName: call.name)
-        if last && completes, let error = outcome.error.withLock({ $0 }) { throw error }
+        inFlight.withLock { state in
+          state.tasks -= 1
+          if completes { state.calls[ObjectIdentifier(call)] = nil }
+        }
+        if completes, let error = outcome.error.withLock({ $0 }) { throw error }
       })
   }
 
   /// Runs one step unless the call or the communicator failed already; a failing step records
   /// its error for the call and fails the communicator.
-  private func run(
-    _ step: (() throws(KaitianError) -> Void)?, outcome: Outcome, callName: String
-  ) {
+  private func run(_ step: Step?, outcome: Outcome, call: Work) {
     guard outcome.error.withLock({ $0 }) == nil else { return }
     if let failure = health.failure {
       outcome.error.withLock {
         $0 = KaitianError(
-          failure.code, rank: rank, call: callName,
-          "not run: the communicator already failed: \(failure)")
+          failure.code, rank: rank, call: call.name, failedBecause(failure, call))
       }
       return
     }
@@ -113,9 +191,9 @@ final class HybridPipeline: Sendable {
     do throws(KaitianError) {
       try step()
     } catch {
-      let attributed = error.attributed(rank: rank, call: callName)
-      outcome.error.withLock { $0 = attributed }
-      fail(attributed)
+      let explained = explain(error.attributed(rank: rank, call: call.name))
+      outcome.error.withLock { $0 = explained }
+      failAll(explained)
     }
   }
 }

@@ -75,36 +75,46 @@ public struct CommunicatorOptions: Sendable {
   /// Defaults overridden by the KAITIAN_* environment variables; a malformed value is an error
   /// that names the variable.
   public static func fromEnvironment() throws(KaitianError) -> CommunicatorOptions {
+    try from { EnvironmentVariable.value($0) }
+  }
+
+  /// Defaults overridden by the variables `value(name)` gives (the environment's, or a test's).
+  static func from(
+    _ value: (String) -> String?
+  ) throws(KaitianError) -> CommunicatorOptions {
     var options = CommunicatorOptions()
-    if let value = EnvironmentVariable.value("KAITIAN_HOST_ID") { options.hostIdentity = value }
-    if let value = EnvironmentVariable.value("KAITIAN_TRANSPORT") {
+    func number(
+      _ name: String, _ fallback: Double, valid: (Double) -> Bool
+    ) throws(KaitianError) -> Double {
+      try Self.number(name, value(name), default: fallback, valid: valid)
+    }
+    if let value = value("KAITIAN_HOST_ID") { options.hostIdentity = value }
+    if let value = value("KAITIAN_TRANSPORT") {
       guard let transport = Transport(rawValue: value.lowercased()) else {
         throw .invalidArgument("KAITIAN_TRANSPORT=\(value) is not one of auto, tcp, shm")
       }
       options.transport = transport
     }
-    options.timeoutSeconds = try number("KAITIAN_TIMEOUT", default: options.timeoutSeconds) {
-      $0 > 0
-    }
+    options.timeoutSeconds = try number("KAITIAN_TIMEOUT", options.timeoutSeconds) { $0 > 0 }
     options.heartbeatTimeoutSeconds = try number(
-      "KAITIAN_HEARTBEAT_TIMEOUT", default: options.heartbeatTimeoutSeconds
+      "KAITIAN_HEARTBEAT_TIMEOUT", options.heartbeatTimeoutSeconds
     ) { $0 == 0 || $0 >= 0.1 }
-    options.advertisedHost = EnvironmentVariable.value("KAITIAN_SOCKET_ADDR")
+    options.advertisedHost = value("KAITIAN_SOCKET_ADDR")
     options.spinMicroseconds = Int(
-      try number("KAITIAN_SPIN_US", default: Double(options.spinMicroseconds)) { $0 >= 0 })
+      try number("KAITIAN_SPIN_US", Double(options.spinMicroseconds)) { $0 >= 0 })
     options.ringThresholdBytes = Int(
-      try number("KAITIAN_RING_THRESHOLD", default: Double(options.ringThresholdBytes)) {
+      try number("KAITIAN_RING_THRESHOLD", Double(options.ringThresholdBytes)) {
         $0 >= 0
       })
     options.sharedMemoryRingBytes = Int(
-      try number("KAITIAN_SHM_RING_BYTES", default: Double(options.sharedMemoryRingBytes)) {
+      try number("KAITIAN_SHM_RING_BYTES", Double(options.sharedMemoryRingBytes)) {
         $0 >= 4096 && Int($0) % 8 == 0
       })
     options.hybridChunkBytes = Int(
-      try number("KAITIAN_HYBRID_CHUNK_BYTES", default: Double(options.hybridChunkBytes)) {
+      try number("KAITIAN_HYBRID_CHUNK_BYTES", Double(options.hybridChunkBytes)) {
         $0 >= 1 && $0 == $0.rounded()
       })
-    if let value = EnvironmentVariable.value("KAITIAN_INTEGRITY") {
+    if let value = value("KAITIAN_INTEGRITY") {
       switch value.lowercased() {
       case "1", "on", "true", "yes": options.frameIntegrity = true
       case "0", "off", "false", "no": options.frameIntegrity = false
@@ -121,9 +131,9 @@ public struct CommunicatorOptions: Sendable {
   }
 
   private static func number(
-    _ name: String, default value: Double, valid: (Double) -> Bool
+    _ name: String, _ text: String?, default value: Double, valid: (Double) -> Bool
   ) throws(KaitianError) -> Double {
-    guard let text = EnvironmentVariable.value(name) else { return value }
+    guard let text else { return value }
     guard let parsed = Double(text), valid(parsed) else {
       throw .invalidArgument("\(name)=\(text) is not a valid value")
     }

@@ -67,13 +67,17 @@ public final class Work: @unchecked Sendable {
     if case .some(let failure) = outcome { callback(failure) }
   }
 
+  /// Only the first completion counts: a hybrid call failed early by its communicator is
+  /// completed again, later, by the stage that reaches it.
   func complete(_ failure: KaitianError?) {
-    let pending = state.withLock { state in
+    let pending = state.withLock { state -> [@Sendable (KaitianError?) -> Void]? in
+      guard !state.finished else { return nil }
       state.finished = true
       state.error = failure
       defer { state.callbacks = [] }
       return state.callbacks
     }
+    guard let pending else { return }
     state.broadcast()
     for callback in pending { callback(failure) }
   }

@@ -1,0 +1,508 @@
+"""The hybrid communicator (ktHybrid_t): the engine runs the hierarchical algorithm, Python lends it a library.
+
+The engine owns the algorithm and its three stage threads (reduce in the group, relay between
+groups, gather in the group; docs/HYBRID.md). What it cannot do itself is run a vendor's library
+on device memory, so this module hands it the rank's group library (`IntraGroup`: torch's
+ProcessGroup for gloo, NCCL, CNCL, HCCL, or the engine) as C callbacks, and names tensors by
+buffer: host addresses for CPU tensors (the engine then reaches them without calling back), else
+ids with staging callbacks (`hostView`/`commit`) that copy a region through host memory for the
+relay.
+
+Collectives the engine does not run itself (the hierarchical reduce-scatter and allgather, and
+every call over all ranks) are submitted as Python steps with `ktHybridSubmit`, so they keep
+their order with the allreduces on the same stage threads.
+"""
+
+from __future__ import annotations
+
+import atexit
+import ctypes
+import itertools
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+from torch.futures import Future
+
+from . import _native
+from ._engine import Communicator, WorkCompletions, work_error
+from ._vendor import EngineIntraGroup
+
+if TYPE_CHECKING:
+    from ._vendor import IntraGroup
+    from .profile import StageTimes
+
+Job = Callable[[Future], None]
+Step = Callable[[], None]
+
+# Callbacks reach Python objects through integer keys: ctypes needs its function objects alive
+# for as long as C may call them, so there is one of each for the process, routed by key.
+_objects: dict[int, object] = {}
+_objects_lock = threading.Lock()
+_keys = itertools.count(1)
+
+
+def _register(value: object) -> int:
+    key = next(_keys)
+    with _objects_lock:
+        _objects[key] = value
+    return key
+
+
+def _lookup(key: int | None) -> object:
+    with _objects_lock:
+        return _objects[key or 0]
+
+
+def _forget(key: int | None) -> object | None:
+    with _objects_lock:
+        return _objects.pop(key or 0, None)
+
+
+def _report(error: BaseException, message: int | None, capacity: int) -> int:
+    """Writes `error` into the engine's message buffer; returns the failure status."""
+    if message and capacity > 0:
+        text = f"{type(error).__name__}: {error}".encode(errors="replace")[: capacity - 1]
+        ctypes.memmove(message, text + b"\0", len(text) + 1)
+    return 1
+
+
+@dataclass
+class Task:
+    """One call of the application's steps: (reduce, relay, gather), each run on that stage's
+    thread in the hybrid's order (None: nothing there); `complete` runs after the gather step."""
+
+    steps: tuple[Step | None, Step | None, Step | None]
+    complete: Job | None = None
+
+
+class _Binding:
+    """One instance of the group library, as the engine's callbacks see it."""
+
+    def __init__(self, hybrid: HybridEngine, group: IntraGroup, rank: int, size: int) -> None:
+        self.hybrid = hybrid
+        self.group = group
+        self.rank = rank
+        self.size = size
+
+
+def _binding_call(key: int | None, message: int | None, capacity: int, run: Callable[[_Binding], None]) -> int:
+    try:
+        run(_lookup(key))  # type: ignore[arg-type]
+    except BaseException as error:  # noqa: BLE001 - every failure goes back to the engine as a message
+        return _report(error, message, capacity)
+    return 0
+
+
+def _all_reduce(key: int | None, region: _native.Region, datatype: int, op: int, message: int | None, cap: int) -> int:
+    def run(b: _Binding) -> None:
+        with b.hybrid.stage_times.stage("in-group allreduce"):
+            b.group.allreduce(b.hybrid.tensor(region, datatype), op)
+
+    return _binding_call(key, message, cap, run)
+
+
+def _reduce_scatter(
+    key: int | None, region: _native.Region, datatype: int, op: int, message: int | None, cap: int
+) -> int:
+    def run(b: _Binding) -> None:
+        t = b.hybrid.tensor(region, datatype)
+        width = t.numel() // b.size
+        with b.hybrid.stage_times.stage("in-group reduce-scatter"):
+            b.group.reduce_scatter(t[b.rank * width : (b.rank + 1) * width], t, op)
+
+    return _binding_call(key, message, cap, run)
+
+
+def _all_gather(key: int | None, region: _native.Region, datatype: int, message: int | None, cap: int) -> int:
+    def run(b: _Binding) -> None:
+        t = b.hybrid.tensor(region, datatype)
+        width = t.numel() // b.size
+        with b.hybrid.stage_times.stage("in-group allgather"):
+            b.group.allgather(t, t[b.rank * width : (b.rank + 1) * width])
+
+    return _binding_call(key, message, cap, run)
+
+
+def _broadcast(key: int | None, region: _native.Region, datatype: int, root: int, message: int | None, cap: int) -> int:
+    def run(b: _Binding) -> None:
+        with b.hybrid.stage_times.stage("in-group broadcast"):
+            b.group.broadcast(b.hybrid.tensor(region, datatype), root)
+
+    return _binding_call(key, message, cap, run)
+
+
+def _abort_binding(key: int | None, reason: bytes | None) -> None:
+    """Releases ranks blocked in the group's library: the engine's can be aborted; torch's cannot
+    (a rank blocked in gloo waits for gloo's own timeout, the group's)."""
+    binding = _lookup(key)
+    if isinstance(binding, _Binding) and isinstance(binding.group, EngineIntraGroup):
+        binding.group.comm.abort((reason or b"").decode(errors="replace"))
+
+
+def _destroy_binding(key: int | None) -> None:
+    _forget(key)
+
+
+def _join_group(
+    key: int | None,
+    info: ctypes._Pointer,  # type: ignore[type-arg]
+    library: ctypes._Pointer,  # type: ignore[type-arg]
+    message: int | None,
+    cap: int,
+) -> int:
+    try:
+        hybrid: HybridEngine = _lookup(key)  # type: ignore[assignment]
+        fields = info.contents
+        group = hybrid.join(fields.storePrefix.decode(), int(fields.instance))
+        binding = _register(_Binding(hybrid, group, int(fields.localRank), int(fields.groupSize)))
+        out = library.contents
+        out.userData = binding
+        out.allReduce = _ALL_REDUCE
+        out.reduceScatter = _REDUCE_SCATTER
+        out.allGather = _ALL_GATHER
+        out.broadcast = _BROADCAST
+        out.abort = _ABORT_BINDING
+        out.destroy = _DESTROY_BINDING
+    except BaseException as error:  # noqa: BLE001
+        return _report(error, message, cap)
+    return 0
+
+
+def _host_view(
+    key: int | None, region: _native.Region, datatype: int, view: ctypes._Pointer, message: int | None, cap: int
+) -> int:  # type: ignore[type-arg]
+    try:
+        hybrid: HybridEngine = _lookup(key)  # type: ignore[assignment]
+        view[0] = hybrid.stage_in(region, datatype)
+    except BaseException as error:  # noqa: BLE001
+        return _report(error, message, cap)
+    return 0
+
+
+def _commit(
+    key: int | None, region: _native.Region, datatype: int, view: int | None, message: int | None, cap: int
+) -> int:
+    try:
+        hybrid: HybridEngine = _lookup(key)  # type: ignore[assignment]
+        hybrid.stage_out(region, datatype, view or 0)
+    except BaseException as error:  # noqa: BLE001
+        return _report(error, message, cap)
+    return 0
+
+
+def _step(index: int) -> Callable[[int | None, int | None, int], int]:
+    def run(key: int | None, message: int | None, cap: int) -> int:
+        try:
+            steps: tuple[Step | None, ...] = _lookup(key)  # type: ignore[assignment]
+            step = steps[index]
+            if step is not None:
+                step()
+        except BaseException as error:  # noqa: BLE001
+            return _report(error, message, cap)
+        return 0
+
+    return run
+
+
+_ALL_REDUCE = _native.GroupReduceFn(_all_reduce)
+_REDUCE_SCATTER = _native.GroupReduceFn(_reduce_scatter)
+_ALL_GATHER = _native.GroupAllGatherFn(_all_gather)
+_BROADCAST = _native.GroupBroadcastFn(_broadcast)
+_ABORT_BINDING = _native.GroupAbortFn(_abort_binding)
+_DESTROY_BINDING = _native.GroupDestroyFn(_destroy_binding)
+_JOIN_GROUP = _native.JoinGroupFn(_join_group)
+_HOST_VIEW = _native.HostViewFn(_host_view)
+_COMMIT = _native.CommitFn(_commit)
+_STEPS = [_native.StepFn(_step(index)) for index in range(3)]
+_RELEASE_STEPS = _native.ReleaseFn(_destroy_binding)
+
+
+class HybridEngine:
+    """One ktHybrid_t, with the torch futures of its calls.
+
+    `make_group(prefix, instance)` creates one instance of this rank's group library when the
+    engine asks (twice, on every rank of a group of two or more). `device` is where that library
+    works: buffers on the CPU are passed as addresses; any other device's go by id and are staged
+    through host memory (pinned for CUDA) for the relay. `staged=True` stages CPU buffers too, so
+    tests run that path here.
+    """
+
+    def __init__(
+        self,
+        store_handle: int,
+        nranks: int,
+        rank: int,
+        device_kind: str,
+        config: tuple[str, str, str, float],
+        make_group: Callable[[str, int], IntraGroup],
+        device: torch.device,
+        stage_times: StageTimes,
+        staged: bool = False,
+    ) -> None:
+        token, prefix, host_id, timeout_seconds = config
+        self.rank = rank
+        self.stage_times = stage_times
+        self.device = device
+        self.groups: list[IntraGroup] = []  # instance 0 (reduce stage), then 1 (gather stage)
+        self._make_group = make_group
+        self._staged = staged or device.type != "cpu"
+        self._buffers: dict[int, list[object]] = {}  # buffer -> [flat tensor, uses]
+        self._buffer_ids = itertools.count(1)
+        self._views: dict[int, torch.Tensor] = {}  # staging copies by address, until commit
+        self._lock = threading.Lock()
+        self._api = _native.lib()
+        self._works = WorkCompletions(self._api)
+        self._key = _register(self)
+        self._strings = [s.encode() for s in (token, prefix, host_id, device_kind)]
+        config_struct = _native.Config(
+            ctypes.sizeof(_native.Config),
+            _native.VERSION_CODE,
+            self._strings[0],
+            self._strings[1],
+            self._strings[2],
+            None,
+            _native.TRANSPORT_DEFAULT,
+            timeout_seconds,
+        )
+        callbacks = _native.HybridCallbacks(
+            ctypes.sizeof(_native.HybridCallbacks),
+            self._key,
+            _JOIN_GROUP,
+            _HOST_VIEW if self._staged else _native.HostViewFn(),
+            _COMMIT if self._staged else _native.CommitFn(),
+        )
+        handle = ctypes.c_void_p()
+        try:
+            _native.check(
+                self._api.ktHybridInitRank(
+                    ctypes.byref(handle),
+                    store_handle,
+                    nranks,
+                    rank,
+                    self._strings[3],
+                    ctypes.byref(config_struct),
+                    ctypes.byref(callbacks),
+                )
+            )
+        except BaseException:
+            _forget(self._key)
+            raise
+        self.handle: int | None = handle.value
+        self.world = Communicator.borrowed(self._borrowed("ktHybridWorld"), nranks, rank, timeout_seconds)
+        column = self._borrowed("ktHybridColumn")
+        self.column = Communicator.borrowed(column, 0, 0, timeout_seconds) if column else None
+        self._relay_seconds_taken = 0.0
+        atexit.register(self.close)  # stage threads must not call back into a finalizing interpreter
+
+    def _borrowed(self, function: str) -> int | None:
+        comm = ctypes.c_void_p()
+        _native.check(getattr(self._api, function)(self.handle, ctypes.byref(comm)))
+        return comm.value
+
+    def topology(self, nranks: int) -> list[tuple[int, int]]:
+        """(group index, local rank) of every global rank, as the engine grouped them."""
+        groups, locals_ = (ctypes.c_int * nranks)(), (ctypes.c_int * nranks)()
+        _native.check(self._api.ktHybridTopology(self.handle, groups, locals_))
+        return list(zip(groups, locals_, strict=True))
+
+    # ---- the engine's callbacks ----
+
+    def join(self, prefix: str, instance: int) -> IntraGroup:
+        group = self._make_group(prefix, instance)
+        self.groups.append(group)
+        return group
+
+    def tensor(self, region: _native.Region, datatype: int) -> torch.Tensor:
+        """The elements of `region` in a buffer this rank passed to `allreduce`."""
+        with self._lock:
+            entry = self._buffers.get(int(region.buffer))
+        if entry is None:
+            raise ValueError(f"kaitian: the engine named buffer {region.buffer}, which no pending allreduce passed")
+        flat: torch.Tensor = entry[0]  # type: ignore[assignment]
+        if _native.datatype(flat.dtype) != datatype or region.offset + region.count > flat.numel():
+            raise ValueError(
+                f"kaitian: the engine asked for {region.count} elements at {region.offset} of dtype {datatype} "
+                f"in a {flat.dtype} buffer of {flat.numel()}"
+            )
+        return flat[region.offset : region.offset + region.count]
+
+    def stage_in(self, region: _native.Region, datatype: int) -> int:
+        """Host memory holding `region` (pinned for CUDA), until `stage_out`."""
+        source = self.tensor(region, datatype)
+        with self.stage_times.stage("staging copy"):
+            view = torch.empty(source.shape, dtype=source.dtype, pin_memory=source.device.type == "cuda")
+            view.copy_(source)
+        address = view.data_ptr() if view.numel() else 0
+        if address:
+            with self._lock:
+                self._views[address] = view
+        return address
+
+    def stage_out(self, region: _native.Region, datatype: int, address: int) -> None:
+        with self._lock:
+            view = self._views.pop(address, None)
+        if view is None:
+            if region.count:
+                raise ValueError(f"kaitian: the engine committed memory at {address:#x} that hostView did not give")
+            return
+        with self.stage_times.stage("staging copy"):
+            self.tensor(region, datatype).copy_(view)
+
+    # ---- calls ----
+
+    def allreduce(self, flat: torch.Tensor, op: int, finish: Callable[[], list[torch.Tensor]]) -> Future:
+        """Hierarchical allreduce of a contiguous tensor on `device`, in place; the future gets `finish()`."""
+        if self.handle is None:
+            raise _native.KaitianInvalidUsageError(
+                "kaitian: the hybrid communicator was destroyed", _native.INVALID_USAGE
+            )
+        with self._lock:
+            buffer = flat.data_ptr() if not self._staged else next(self._buffer_ids)
+            if not self._staged and buffer == 0:  # an empty tensor has no address; any unused id will do
+                buffer = 1
+            entry = self._buffers.setdefault(buffer, [flat, 0])
+            entry[1] = int(entry[1]) + 1  # type: ignore[call-overload]
+        self._works.free_finished()
+        region = _native.Region(buffer, 0, flat.numel())
+        work = ctypes.c_void_p()
+        fut = Future()
+
+        def release() -> None:
+            with self._lock:
+                entry[1] = int(entry[1]) - 1  # type: ignore[call-overload]
+                if entry[1] == 0 and self._buffers.get(buffer) is entry:
+                    del self._buffers[buffer]
+
+        try:
+            _native.check(
+                self._api.ktHybridAllReduce(region, _native.datatype(flat.dtype), op, self.handle, ctypes.byref(work)),
+                None,
+            )
+        except BaseException:
+            release()
+            raise
+
+        def done(result: int) -> None:
+            release()
+            if result != _native.SUCCESS:
+                fut.set_exception(work_error(self._api, work_value, result))
+                return
+            try:
+                fut.set_result(finish())
+            except Exception as failure:  # the copy back failed; the caller must see it from wait()
+                fut.set_exception(failure)
+
+        work_value = work.value
+        self._works.when_done(work_value, done)
+        return fut
+
+    def enqueue(self, tasks: list[Task]) -> Future:
+        """The tasks as calls in the hybrid's order; the future completes when the last task's
+        `complete` (run at the gather stage after its steps) does, or with the first failure."""
+        fut = Future()
+        tasks = tasks or [Task((None, None, None))]
+        for index, task in enumerate(tasks):
+            reduce, relay, gather = task.steps
+            if task.complete is not None:
+                gather = self._completing(gather, task.complete, fut)
+            last = index == len(tasks) - 1
+            self._submit(
+                (reduce, relay, gather), "python steps", direct=False, fut=fut, settle=last and task.complete is None
+            )
+        return fut
+
+    def submit(self, job: Job) -> Future:
+        """A call that is one quick job issuing engine work that completes `fut` itself: run on this
+        thread when no call is inside the stages, else queued at the gather stage."""
+        fut = Future()
+        self._submit((None, None, lambda: job(fut)), "engine call", direct=True, fut=fut, settle=False)
+        return fut
+
+    @staticmethod
+    def _completing(gather: Step | None, complete: Job, fut: Future) -> Step:
+        def run() -> None:
+            if gather is not None:
+                gather()
+            complete(fut)
+
+        return run
+
+    def _submit(
+        self, steps: tuple[Step | None, Step | None, Step | None], name: str, direct: bool, fut: Future, settle: bool
+    ) -> None:
+        if self.handle is None:
+            raise _native.KaitianInvalidUsageError(
+                "kaitian: the hybrid communicator was destroyed", _native.INVALID_USAGE
+            )
+        self._works.free_finished()
+        key = _register(steps)
+        functions = [_STEPS[index] if step is not None else _native.StepFn() for index, step in enumerate(steps)]
+        struct = _native.HybridSteps(key, *functions, _RELEASE_STEPS)
+        work = ctypes.c_void_p()
+        try:
+            _native.check(
+                self._api.ktHybridSubmit(
+                    ctypes.byref(struct), name.encode(), int(direct), self.handle, ctypes.byref(work)
+                )
+            )
+        except BaseException:
+            _forget(key)
+            raise
+
+        work_value = work.value
+
+        def done(result: int) -> None:
+            if result != _native.SUCCESS:
+                settle_failure(fut, work_error(self._api, work_value, result))
+            elif settle:
+                fut.set_result([])
+
+        self._works.when_done(work_value, done)
+
+    # ---- state ----
+
+    def error(self) -> _native.KaitianError | None:
+        """The hybrid communicator's first failure, if any."""
+        if self.handle is None:
+            return None
+        code = ctypes.c_int(_native.SUCCESS)
+        self._api.ktHybridGetAsyncError(self.handle, ctypes.byref(code))
+        if code.value == _native.SUCCESS:
+            return None
+        raw = self._api.ktHybridGetLastError(self.handle)
+        return _native.error_for(code.value, raw.decode(errors="replace") if raw else "")
+
+    def take_relay_seconds(self) -> float:
+        """Seconds relayed between groups since the last take."""
+        if self.handle is None:
+            return 0.0
+        seconds = ctypes.c_double()
+        _native.check(self._api.ktHybridRelaySeconds(self.handle, ctypes.byref(seconds)))
+        taken, self._relay_seconds_taken = seconds.value - self._relay_seconds_taken, seconds.value
+        return taken
+
+    def abort(self, reason: str) -> None:
+        if self.handle is not None:
+            self._api.ktHybridAbort(self.handle, reason.encode())
+
+    def close(self) -> None:
+        """Finishes issued calls, then leaves every communicator (ktHybridDestroy)."""
+        handle, self.handle = self.handle, None
+        if handle is None:
+            return
+        atexit.unregister(self.close)
+        self._api.ktHybridDestroy(handle)
+        self._works.free_finished()
+        _forget(self._key)
+        self.groups = []
+
+
+def settle_failure(fut: Future, error: Exception) -> None:
+    """Fails `fut` unless it completed meanwhile (a torch Future completes once)."""
+    try:
+        fut.set_exception(error)
+    except RuntimeError:
+        pass
