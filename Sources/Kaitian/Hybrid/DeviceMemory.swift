@@ -44,6 +44,28 @@ public protocol HybridMemory: Sendable {
   ) throws(KaitianError)
 }
 
+extension HybridMemory {
+  /// Runs `body` on the region's elements in host memory, then commits what it wrote. An empty
+  /// region asks the application for nothing (it may have no memory to show): `body` gets a
+  /// pointer it must not touch, as the engine's collectives of 0 elements do not.
+  func withHostView(
+    _ region: DeviceRegion, dataType: DataType,
+    _ body: (UnsafeMutableRawPointer) throws(KaitianError) -> Void
+  ) throws(KaitianError) {
+    guard region.count > 0 else {
+      try body(emptyView)
+      return
+    }
+    let view = try hostView(region, dataType: dataType)
+    try body(view)
+    try commit(view, to: region, dataType: dataType)
+  }
+}
+
+/// Stands in for the memory of an empty region; nothing is read or written through it.
+nonisolated(unsafe) private let emptyView = UnsafeMutableRawPointer.allocate(
+  byteCount: 16, alignment: 16)
+
 /// Buffers that are host addresses: the Swift API's, and a C caller's that passes none of its
 /// own memory functions.
 public struct HostMemory: HybridMemory {

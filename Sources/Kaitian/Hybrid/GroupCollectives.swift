@@ -98,9 +98,9 @@ public final class EngineGroup: GroupCollectives {
     _ region: DeviceRegion, _ dataType: DataType,
     _ issue: (UnsafeMutableRawPointer) throws(KaitianError) -> Work
   ) throws(KaitianError) {
-    let view = try memory.hostView(region, dataType: dataType)
-    try issue(view).wait()
-    try memory.commit(view, to: region, dataType: dataType)
+    try memory.withHostView(region, dataType: dataType) { (view) throws(KaitianError) in
+      try issue(view).wait()
+    }
   }
 }
 

@@ -70,7 +70,8 @@ public final class HybridCommunicator: Sendable {
     var column: Communicator?
     func joinGroup(_ name: String, instance: Int) throws(KaitianError) -> any GroupCollectives {
       let membership = GroupMembership(
-        group: group, groupCount: topology.groups.count, localRank: local, store: store, token: token, options: scoped(name),
+        group: group, groupCount: topology.groups.count, localRank: local, store: store,
+        token: token, options: scoped(name),
         advertisedHostHint: advertisedHostHint, memory: memory, instance: instance)
       let made = try makeGroup(membership)
       guard made.rank == local, made.size == group.size else {
@@ -299,7 +300,8 @@ public final class HybridCommunicator: Sendable {
   /// One quick step that issues work which completes on its own (an engine call on `world`):
   /// run on the caller's thread when no call is inside the stages, else queued at the gather
   /// stage (see `HybridPipeline.submitDirect`).
-  public func submitDirect(_ kind: String, step: @escaping () throws(KaitianError) -> Void) -> Work {
+  public func submitDirect(_ kind: String, step: @escaping () throws(KaitianError) -> Void) -> Work
+  {
     let work = Work(name: "hybrid \(kind) #\(nextNumber())")
     pipeline.submitDirect(work: work, step: step)
     return work

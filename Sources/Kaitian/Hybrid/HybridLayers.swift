@@ -114,9 +114,9 @@ struct HybridLayers: Sendable {
       },
       gather: { () throws(KaitianError) in
         guard op == .avg, chunk.count > 0 else { return }
-        let view = try memory.hostView(chunk, dataType: dataType)
-        finish(view, count: chunk.count, dataType: dataType, op: op)
-        try memory.commit(view, to: chunk, dataType: dataType)
+        try memory.withHostView(chunk, dataType: dataType) { view in
+          finish(view, count: chunk.count, dataType: dataType, op: op)
+        }
       })
   }
 
@@ -190,12 +190,12 @@ struct HybridLayers: Sendable {
     let started = ContinuousClock.now
     defer { clock.add(ContinuousClock.now - started) }
     try Self.complete("allreduce \(acrossGroups)") { () throws(KaitianError) in
-      let view = try memory.hostView(shard, dataType: dataType)
-      try column.allReduce(
-        view, into: view, count: shard.count, dataType: dataType, op: op.step
-      ).wait()
-      finish(view, count: shard.count, dataType: dataType, op: op)
-      try memory.commit(view, to: shard, dataType: dataType)
+      try memory.withHostView(shard, dataType: dataType) { (view) throws(KaitianError) in
+        try column.allReduce(
+          view, into: view, count: shard.count, dataType: dataType, op: op.step
+        ).wait()
+        finish(view, count: shard.count, dataType: dataType, op: op)
+      }
     }
   }
 
