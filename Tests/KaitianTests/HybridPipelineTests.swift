@@ -71,6 +71,16 @@ import Testing
       }.wait()
       #expect(ranOnCaller.withLock { $0 } == true, "rank \(hybrid.rank)")
 
+      // A direct step whose issue completes at once may issue the next call from its
+      // completion, on the same thread: that must not deadlock.
+      let nested = Mutex<[Work]>([])
+      try hybrid.submitDirect("issuing more") {
+        let direct = hybrid.submitDirect("nested direct") {}
+        let queued = hybrid.submit("nested steps", reduce: nil, relay: nil, gather: {})
+        nested.withLock { $0 = [direct, queued] }
+      }.wait()
+      for work in nested.withLock({ $0 }) { try work.wait() }
+
       let release = ConditionLock(false)
       let order = Mutex<[String]>([])
       let blocked = hybrid.submit(

@@ -4,7 +4,9 @@
  * Usage: abi_smoke NRANKS. Forks NRANKS rank processes first (no Kaitian threads exist yet, so
  * fork is safe), then starts the store server in the parent and hands its port to the ranks
  * through pipes. Each rank connects, joins a communicator, checks allreduce, broadcast,
- * allgather and barrier results and the error paths, and exits non-zero on any wrong value.
+ * allgather and barrier results and the error paths, then joins a hybrid communicator (two
+ * device kinds, the engine inside each group) and checks its allreduce and the application's
+ * own steps, and exits non-zero on any wrong value.
  */
 #define _POSIX_C_SOURCE 200809L
 #include <kaitian.h>
@@ -85,6 +87,92 @@ static void checkErrorPaths(ktComm_t comm) {
   CHECK(ktGetErrorString((ktResult_t)1000) != NULL, "ktGetErrorString(1000) is NULL");
 }
 
+/* joinGroup: use Kaitian's engine inside the group (host buffers); records what was asked. */
+static int joinWithEngine(void *userData, const ktGroupInfo_t *info, ktGroupLibrary_t *library,
+                          char *error, size_t errorCapacity) {
+  (void)library;
+  int *joins = userData;
+  if (info->globalRanks[info->localRank] != gRank) {
+    snprintf(error, errorCapacity, "local rank %d of group %d is rank %d, not %d", info->localRank,
+             info->groupIndex, info->globalRanks[info->localRank], gRank);
+    return -1;
+  }
+  joins[info->instance]++;
+  return 1;
+}
+
+/* A step of the application's own: counts itself in the order the stages run it. */
+typedef struct {
+  int order[3];
+  int next;
+} StepLog;
+
+static int logStep(StepLog *log, int stage, char *error, size_t errorCapacity) {
+  if (log->next > 2) {
+    snprintf(error, errorCapacity, "stage %d ran after all three", stage);
+    return -1;
+  }
+  log->order[log->next++] = stage;
+  return 0;
+}
+static int reduceStep(void *log, char *error, size_t cap) { return logStep(log, 0, error, cap); }
+static int relayStep(void *log, char *error, size_t cap) { return logStep(log, 1, error, cap); }
+static int gatherStep(void *log, char *error, size_t cap) { return logStep(log, 2, error, cap); }
+static void releaseSteps(void *log) { ((StepLog *)log)->next += 10; }
+
+/* Ranks alternate between two device kinds, so with 2 ranks or more there are two groups. */
+static void checkHybrid(ktStore_t store, int rank, int nranks, const ktConfig_t *config) {
+  int joins[2] = {0, 0};
+  ktHybridCallbacks_t callbacks = {sizeof(ktHybridCallbacks_t), joins, joinWithEngine, NULL, NULL};
+  ktConfig_t hybridConfig = *config;
+  hybridConfig.storePrefix = "abi-hybrid";
+  ktHybrid_t hybrid = NULL;
+  KT_OK(ktHybridInitRank(&hybrid, store, nranks, rank, rank % 2 ? "mlu" : "cuda", &hybridConfig,
+                         &callbacks));
+  int groupSize = rank % 2 ? nranks / 2 : (nranks + 1) / 2;
+  CHECK(joins[0] == (groupSize > 1) && joins[1] == (groupSize > 1),
+        "joinGroup calls %d %d for a group of %d", joins[0], joins[1], groupSize);
+  int groupOf[64], localOf[64];
+  KT_OK(ktHybridTopology(hybrid, groupOf, localOf));
+  CHECK(groupOf[rank] == rank % 2 && localOf[rank] == rank / 2, "rank %d: group %d local %d",
+        rank, groupOf[rank], localOf[rank]);
+
+  enum { kCount = 1001 };
+  int32_t values[kCount];
+  for (int i = 0; i < kCount; i++) values[i] = rank + i;
+  ktRegion_t region = {(uint64_t)(uintptr_t)values, 0, kCount};
+  ktWork_t work = NULL;
+  KT_OK(ktHybridAllReduce(region, ktInt32, ktSum, hybrid, &work));
+  StepLog log = {{-1, -1, -1}, 0};
+  ktHybridSteps_t steps = {&log, reduceStep, relayStep, gatherStep, releaseSteps};
+  ktWork_t stepsWork = NULL;
+  KT_OK(ktHybridSubmit(&steps, "abi steps", 0, hybrid, &stepsWork));
+  finish(work, "hybrid allreduce");
+  finish(stepsWork, "hybrid steps");
+  for (int i = 0; i < kCount; i++) {
+    int32_t expected = nranks * (nranks - 1) / 2 + nranks * i;
+    CHECK(values[i] == expected, "hybrid allreduce[%d] = %d, expected %d", i, values[i], expected);
+  }
+  CHECK(log.order[0] == 0 && log.order[1] == 1 && log.order[2] == 2,
+        "steps ran in stage order %d %d %d", log.order[0], log.order[1], log.order[2]);
+
+  ktComm_t world = NULL;
+  KT_OK(ktHybridWorld(hybrid, &world));
+  int worldSize = 0;
+  KT_OK(ktCommCount(world, &worldSize));
+  CHECK(worldSize == nranks, "the hybrid's world has %d ranks, not %d", worldSize, nranks);
+  double relay = -1;
+  KT_OK(ktHybridRelaySeconds(hybrid, &relay));
+  CHECK(relay >= 0, "relay seconds %f", relay);
+  CHECK(ktHybridAllReduce(region, ktInt32, (ktRedOp_t)9, hybrid, &work) == ktInvalidArgument,
+        "op 9 is not ktInvalidArgument");
+  ktResult_t asyncError = ktInternalError;
+  KT_OK(ktHybridGetAsyncError(hybrid, &asyncError));
+  CHECK(asyncError == ktSuccess, "hybrid async error: %s", ktHybridGetLastError(hybrid));
+  KT_OK(ktHybridDestroy(hybrid));
+  CHECK(log.next == 13, "the steps' release ran %d times", (log.next - 3) / 10);
+}
+
 static int runRank(int rank, int nranks, int portPipe) {
   gRank = rank;
   alarm(60); /* a hang is a failure, not a stuck CI job */
@@ -107,7 +195,8 @@ static int runRank(int rank, int nranks, int portPipe) {
         "config.size 8 is not ktInvalidArgument");
   CHECK(comm == NULL, "*comm is not NULL after a failed init");
   KT_OK(ktCommInitRank(&comm, store, nranks, rank, &config));
-  KT_OK(ktStoreFree(store)); /* the communicator needs the store only to join */
+  checkHybrid(store, rank, nranks, &config);
+  KT_OK(ktStoreFree(store)); /* communicators need the store only to join */
 
   int count = 0, me = -1;
   KT_OK(ktCommCount(comm, &count));

@@ -224,7 +224,8 @@ class HybridEngine:
     """One ktHybrid_t, with the torch futures of its calls.
 
     `make_group(prefix, instance)` creates one instance of this rank's group library when the
-    engine asks (twice, on every rank of a group of two or more). `device` is where that library
+    engine asks (twice, on every rank of a group of two or more); `close` leaves the engine's
+    groups among them after the engine is done with them. `device` is where that library
     works: buffers on the CPU are passed as addresses; any other device's go by id and are staged
     through host memory (pinned for CUDA) for the relay. `staged=True` stages CPU buffers too, so
     tests run that path here.
@@ -288,6 +289,7 @@ class HybridEngine:
                 )
             )
         except BaseException:
+            self._destroy_groups()
             _forget(self._key)
             raise
         self.handle: int | None = handle.value
@@ -399,7 +401,7 @@ class HybridEngine:
         self._works.when_done(work_value, done)
         return fut
 
-    def enqueue(self, tasks: list[Task]) -> Future:
+    def enqueue(self, tasks: list[Task], name: str) -> Future:
         """The tasks as calls in the hybrid's order; the future completes when the last task's
         `complete` (run at the gather stage after its steps) does, or with the first failure."""
         fut = Future()
@@ -409,16 +411,14 @@ class HybridEngine:
             if task.complete is not None:
                 gather = self._completing(gather, task.complete, fut)
             last = index == len(tasks) - 1
-            self._submit(
-                (reduce, relay, gather), "python steps", direct=False, fut=fut, settle=last and task.complete is None
-            )
+            self._submit((reduce, relay, gather), name, direct=False, fut=fut, settle=last and task.complete is None)
         return fut
 
-    def submit(self, job: Job) -> Future:
+    def submit(self, job: Job, name: str) -> Future:
         """A call that is one quick job issuing engine work that completes `fut` itself: run on this
         thread when no call is inside the stages, else queued at the gather stage."""
         fut = Future()
-        self._submit((None, None, lambda: job(fut)), "engine call", direct=True, fut=fut, settle=False)
+        self._submit((None, None, lambda: job(fut)), name, direct=True, fut=fut, settle=False)
         return fut
 
     @staticmethod
@@ -496,7 +496,14 @@ class HybridEngine:
         atexit.unregister(self.close)
         self._api.ktHybridDestroy(handle)
         self._works.free_finished()
+        self._destroy_groups()
         _forget(self._key)
+
+    def _destroy_groups(self) -> None:
+        """Leaves the engine groups this rank lent the engine (torch's go with their store)."""
+        for group in self.groups:
+            if isinstance(group, EngineIntraGroup):
+                group.comm.destroy()
         self.groups = []
 
 

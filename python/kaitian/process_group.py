@@ -349,6 +349,7 @@ class ProcessGroupKaitian(_BASE):  # type: ignore[misc, valid-type]
         engine_view = worker.topology(self._size)
         mine = [(g.index, g.ranks.index(r)) for r in range(self._size) for g in topo.groups if r in g.ranks]
         if engine_view != mine:
+            worker.close()
             raise RuntimeError(
                 f"kaitian: rank {self._rank}: the engine grouped the ranks as {engine_view} (group, local rank), "
                 f"the Python package as {mine}; both must read the same KAITIAN_DEVICE_KIND and KAITIAN_HOST_ID"
@@ -387,7 +388,8 @@ class ProcessGroupKaitian(_BASE):  # type: ignore[misc, valid-type]
             fut = Future()
             self._world.submit(build(), fut)
             return _work_from_future(fut, call, source)
-        return _work_from_future(self._worker.submit(lambda fut: self._world.submit(build(), fut)), call, source)
+        issue = lambda fut: self._world.submit(build(), fut)  # noqa: E731
+        return _work_from_future(self._worker.submit(issue, name), call, source)
 
     def _in_place(self, name: str, tensors: list[torch.Tensor], function: str, *extra: object) -> dist.Work:
         """One in-place engine call per tensor (staged through host memory), e.g. ktAllReduce."""
@@ -439,7 +441,7 @@ class ProcessGroupKaitian(_BASE):  # type: ignore[misc, valid-type]
 
             fut = self._worker.allreduce(flat, op, finish)
         if fut is None:  # nothing to reduce, but the call still completes in order
-            fut = self._worker.enqueue([Task((None, None, None), complete=lambda f: f.set_result(tensors))])
+            fut = self._worker.enqueue([Task((None, None, None), lambda f: f.set_result(tensors))], "allreduce")
         return fut
 
     def _divide_by_world(self, t: torch.Tensor) -> None:
@@ -610,7 +612,8 @@ class ProcessGroupKaitian(_BASE):  # type: ignore[misc, valid-type]
         if self._hierarchical_collectives() and outputs:
             tasks = [self._allgather_task(out, inp) for out, inp in zip(outputs, inputs, strict=True)]
             tasks[-1].complete = lambda fut: fut.set_result(outputs)
-            return _work_from_future(self._worker.enqueue(tasks), self._call("allgather_into_tensor_coalesced"))
+            fut = self._worker.enqueue(tasks, "allgather_into_tensor")
+            return _work_from_future(fut, self._call("allgather_into_tensor_coalesced"))
 
         def build() -> Plan:
             keep: list[object] = []
@@ -672,7 +675,8 @@ class ProcessGroupKaitian(_BASE):  # type: ignore[misc, valid-type]
         if self._hierarchical_collectives() and outputs:
             tasks = [self._reduce_scatter_task(out, inp, op) for out, inp in zip(outputs, inputs, strict=True)]
             tasks[-1].complete = lambda fut: fut.set_result(outputs)
-            return _work_from_future(self._worker.enqueue(tasks), self._call("reduce_scatter_tensor_coalesced"))
+            fut = self._worker.enqueue(tasks, "reduce_scatter_tensor")
+            return _work_from_future(fut, self._call("reduce_scatter_tensor_coalesced"))
 
         def build() -> Plan:
             keep: list[object] = []
@@ -1030,29 +1034,22 @@ class ProcessGroupKaitian(_BASE):  # type: ignore[misc, valid-type]
 
     # ---- teardown ----
 
-    def _communicators(self) -> list[Communicator]:
-        intra = [g.comm for g in (self._intra, self._intra_gather) if isinstance(g, EngineIntraGroup)]
-        return [c for c in (self._column, *intra, self._world) if c is not None]
-
     def abort(self) -> None:
         """Fails every pending and later collective of this group, on every rank."""
         reason = f"rank {self._rank} aborted the process group"
         if self._worker is not None:
             self._worker.abort(reason)
-            return
-        for comm in self._communicators():
-            comm.abort(reason)
+        else:
+            self._world.abort(reason)
 
     def shutdown(self) -> None:
         """Finishes issued collectives and leaves the communicators (destroy_process_group).
 
-        A hybrid group's engine leaves its own communicators; the engine groups this package
-        lent it are left here, after it."""
+        A hybrid group's engine leaves its own communicators, then the groups this package lent it."""
         if self._worker is not None:
             self._worker.close()
             self._worker = None
-        for comm in self._communicators():
-            comm.destroy()
+        self._world.destroy()
         # Let go of the job's store now, with the vendor groups that hold it too, not when this
         # object is collected: on rank 0 it is torch's store server, and a later
         # init_process_group in this process serves a new one on the same port, which the other

@@ -1,3 +1,4 @@
+import Glibc
 import KaitianStore
 import Synchronization
 
@@ -42,6 +43,10 @@ final class HybridPipeline: Sendable {
   private let rank: Int
   private let health: CommunicatorHealth
   private let inFlight = Mutex(InFlight())
+  /// Held while a call is counted in or a direct call issues, so that a call counted in on
+  /// another thread waits for the direct call's issue. Reentrant: issuing may complete an engine
+  /// call at once, whose completion may issue the next call on this thread.
+  private let issuing = RecursiveLock()
   private let explain: @Sendable (KaitianError) -> KaitianError
   private let onFailure: @Sendable (KaitianError) -> Void
 
@@ -96,8 +101,8 @@ final class HybridPipeline: Sendable {
   /// the order, as every communicator's earlier calls have been issued. `work` completes once
   /// the step returns.
   func submitDirect(work: Work, step: @escaping Step) {
-    let ran = inFlight.withLock { state -> KaitianError?? in
-      guard state.tasks == 0, health.failure == nil else { return .none }
+    let ran = issuing.withLock { () -> KaitianError?? in
+      guard inFlight.withLock({ $0.tasks == 0 }), health.failure == nil else { return .none }
       do throws(KaitianError) {
         try step()
         return .some(nil)
@@ -136,11 +141,13 @@ final class HybridPipeline: Sendable {
 
   /// Counts a call in; false (and the call completed) when the communicator failed already.
   private func register(_ work: Work, tasks: Int) -> Bool {
-    let failure = inFlight.withLock { state -> KaitianError? in
-      if let failure = health.failure { return failure }
-      state.calls[ObjectIdentifier(work)] = work
-      state.tasks += tasks
-      return nil
+    let failure = issuing.withLock {
+      inFlight.withLock { state -> KaitianError? in
+        if let failure = health.failure { return failure }
+        state.calls[ObjectIdentifier(work)] = work
+        state.tasks += tasks
+        return nil
+      }
     }
     guard let failure else { return true }
     work.complete(
@@ -195,5 +202,31 @@ final class HybridPipeline: Sendable {
       outcome.error.withLock { $0 = explained }
       failAll(explained)
     }
+  }
+}
+
+/// A pthread mutex that the thread holding it may take again.
+private final class RecursiveLock: @unchecked Sendable {
+  private let mutex = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
+
+  init() {
+    var attributes = pthread_mutexattr_t()
+    pthread_mutexattr_init(&attributes)
+    pthread_mutexattr_settype(&attributes, Int32(PTHREAD_MUTEX_RECURSIVE))
+    pthread_mutex_init(mutex, &attributes)
+    pthread_mutexattr_destroy(&attributes)
+  }
+
+  deinit {
+    pthread_mutex_destroy(mutex)
+    mutex.deallocate()
+  }
+
+  func withLock<Result, Failure: Error>(
+    _ body: () throws(Failure) -> Result
+  ) throws(Failure) -> Result {
+    pthread_mutex_lock(mutex)
+    defer { pthread_mutex_unlock(mutex) }
+    return try body()
   }
 }

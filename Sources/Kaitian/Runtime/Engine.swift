@@ -15,7 +15,9 @@ struct QueuedCall {
 /// thread only.
 final class Engine: @unchecked Sendable {
   private struct Queue {
-    var calls: [QueuedCall] = []
+    /// Taken calls are cleared at once, so a call's closure (and what it holds: a hybrid
+    /// call's steps, the application's buffers) is released as soon as it has run.
+    var calls: [QueuedCall?] = []
     var head = 0
     var stopping = false
   }
@@ -89,12 +91,13 @@ final class Engine: @unchecked Sendable {
     queue.wait(until: .never) { queue -> QueuedCall?? in
       guard queue.head < queue.calls.count else { return queue.stopping ? .some(nil) : nil }
       let call = queue.calls[queue.head]
+      queue.calls[queue.head] = nil
       queue.head += 1
       if queue.head > 1024 && queue.head * 2 > queue.calls.count {
         queue.calls.removeFirst(queue.head)
         queue.head = 0
       }
-      return .some(call)
+      return call
     } ?? nil
   }
 }
