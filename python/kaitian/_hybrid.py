@@ -220,6 +220,37 @@ _STEPS = [_native.StepFn(_step(index)) for index in range(3)]
 _RELEASE_STEPS = _native.ReleaseFn(_destroy_binding)
 
 
+class StagingPool:
+    """Host buffers for the relay's staging copies, kept for reuse (pinned for CUDA).
+
+    Why: pinning host memory (cudaHostAlloc) costs far more than the copy it serves, and a
+    pinned buffer freed on every relay would be pinned again for the next chunk. Buffers are
+    kept per (dtype, element count), which repeat from step to step (DDP's buckets, the engine's
+    chunks); at most `idle_limit` idle ones per kind, so an odd size does not pile up.
+    """
+
+    def __init__(self, pinned: bool, idle_limit: int = 8) -> None:
+        self.pinned = pinned
+        self._idle_limit = idle_limit
+        self._idle: dict[tuple[torch.dtype, int], list[torch.Tensor]] = {}
+        self._lock = threading.Lock()
+
+    def take(self, dtype: torch.dtype, count: int) -> torch.Tensor:
+        """A host buffer of `count` elements (contents undefined), reused when one is idle."""
+        with self._lock:
+            idle = self._idle.get((dtype, count))
+            if idle:
+                return idle.pop()
+        return torch.empty(count, dtype=dtype, pin_memory=self.pinned)
+
+    def give(self, buffer: torch.Tensor) -> None:
+        """Returns a buffer from `take` for reuse."""
+        with self._lock:
+            idle = self._idle.setdefault((buffer.dtype, buffer.numel()), [])
+            if len(idle) < self._idle_limit:
+                idle.append(buffer)
+
+
 class HybridEngine:
     """One ktHybrid_t, with the torch futures of its calls.
 
@@ -253,6 +284,7 @@ class HybridEngine:
         self._buffers: dict[int, list[object]] = {}  # buffer -> [flat tensor, uses]
         self._buffer_ids = itertools.count(1)
         self._views: dict[int, torch.Tensor] = {}  # staging copies by address, until commit
+        self.staging = StagingPool(pinned=device.type == "cuda")  # host buffers for the relay, reused
         self._lock = threading.Lock()
         self._api = _native.lib()
         self._works = WorkCompletions(self._api)
@@ -332,10 +364,10 @@ class HybridEngine:
         return flat[region.offset : region.offset + region.count]
 
     def stage_in(self, region: _native.Region, datatype: int) -> int:
-        """Host memory holding `region` (pinned for CUDA), until `stage_out`."""
+        """Host memory holding `region` (pinned for CUDA, from the pool), until `stage_out`."""
         source = self.tensor(region, datatype)
         with self.stage_times.stage("staging copy"):
-            view = torch.empty(source.shape, dtype=source.dtype, pin_memory=source.device.type == "cuda")
+            view = self.staging.take(source.dtype, source.numel())
             view.copy_(source)
         address = view.data_ptr() if view.numel() else 0
         if address:
@@ -352,6 +384,7 @@ class HybridEngine:
             return
         with self.stage_times.stage("staging copy"):
             self.tensor(region, datatype).copy_(view)
+        self.staging.give(view)
 
     # ---- calls ----
 

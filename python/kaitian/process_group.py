@@ -463,14 +463,17 @@ class ProcessGroupKaitian(_BASE):  # type: ignore[misc, valid-type]
         if dst is not result:
             with self.stage_times.stage("staging copy"):
                 result.copy_(dst)
+        for staged, original in ((src, source), (dst, result)):
+            if staged is not original:
+                self._worker.staging.give(staged.view(-1))
 
     def _staged(self, t: torch.Tensor, copy: bool = True) -> torch.Tensor:
-        """`t` itself in host memory, else a host buffer like it (pinned for CUDA) for the engine,
-        holding a copy of `t` unless `copy` is false (a buffer the engine only writes)."""
+        """`t` itself in host memory, else a host buffer like it (pinned for CUDA, from the hybrid's
+        pool) for the engine, holding a copy of `t` unless `copy` is false (a buffer the engine only writes)."""
         if t.device.type == "cpu":
             return t
         with self.stage_times.stage("staging copy"):
-            staged = torch.empty(t.shape, dtype=t.dtype, pin_memory=t.device.type == "cuda")
+            staged = self._worker.staging.take(t.dtype, t.numel()).view(t.shape)
             if copy:
                 staged.copy_(t)
         return staged

@@ -14,7 +14,7 @@ import pytest
 import torch
 import torch.distributed as dist
 from kaitian import _native
-from kaitian._hybrid import HybridEngine
+from kaitian._hybrid import HybridEngine, StagingPool
 from kaitian._store import EngineRendezvous, job_token
 from kaitian._vendor import EngineIntraGroup, IntraGroup, create_torch_intra_group
 from kaitian.profile import StageTimes
@@ -123,3 +123,20 @@ def test_staged_allreduce_matches_the_reference_on_every_dtype_and_op(kinds: lis
     )
     for rank in range(1, size):
         assert torch.equal(results[rank], results[0]), f"rank {rank}'s bytes differ from rank 0's"
+
+
+def test_staging_buffers_are_reused_per_dtype_and_size() -> None:
+    pool = StagingPool(pinned=False, idle_limit=2)
+    first = pool.take(torch.float32, 10)
+    assert first.shape == (10,) and first.dtype == torch.float32
+    pool.give(first)
+    assert pool.take(torch.float32, 10).data_ptr() == first.data_ptr()
+    assert pool.take(torch.float32, 10).data_ptr() != first.data_ptr()  # none idle: a new one
+    other = pool.take(torch.bfloat16, 10)
+    pool.give(other)
+    assert pool.take(torch.float32, 10).data_ptr() != other.data_ptr()  # another kind is not reused
+    kept = [pool.take(torch.int8, 3) for _ in range(3)]
+    for buffer in kept:
+        pool.give(buffer)
+    again = {pool.take(torch.int8, 3).data_ptr() for _ in range(3)}
+    assert len(again & {b.data_ptr() for b in kept[:2]}) == 2  # at most idle_limit kept
