@@ -69,12 +69,22 @@ public func ktCommGetAsyncError(
 /// for ktGetLastError.
 @_cdecl("ktCommGetLastError")
 public func ktCommGetLastError(_ comm: ktComm_t?) -> UnsafePointer<CChar> {
-  var message = StaticCString.empty.pointer
-  _ = entryPoint("ktCommGetLastError") { arguments throws(KaitianError) in
+  failureMessage("ktCommGetLastError") { arguments throws(KaitianError) in
     let handle = CommHandle.from(try arguments.required(comm, "comm"))
-    if let failure = handle.communicator.failure {
-      message = handle.failureText.pointer { failure.description }
-    }
+    return (handle.communicator.failure, handle.failureText)
+  }
+}
+
+/// The C string of a handle's first failure, "" when it has none or `lookup` throws (the
+/// error then goes to ktGetLastError): the body of the *GetLastError functions.
+func failureMessage(
+  _ function: String,
+  _ lookup: (inout Arguments) throws(KaitianError) -> (KaitianError?, CachedCString)
+) -> UnsafePointer<CChar> {
+  var message = StaticCString.empty.pointer
+  _ = entryPoint(function) { arguments throws(KaitianError) in
+    let (failure, text) = try lookup(&arguments)
+    if let failure { message = text.pointer { failure.description } }
   }
   return message
 }

@@ -9,13 +9,16 @@ func callApplication(
   _ function: (UnsafeMutablePointer<CChar>, Int) -> Int32
 ) throws(KaitianError) {
   let capacity = 1024
-  let message = UnsafeMutablePointer<CChar>.allocate(capacity: capacity)
-  defer { message.deallocate() }
-  message.initialize(repeating: 0, count: capacity)
-  let status = function(message, capacity)
+  let (status, text) = withUnsafeTemporaryAllocation(of: CChar.self, capacity: capacity) {
+    buffer -> (Int32, String) in
+    let message = buffer.baseAddress!
+    message.initialize(repeating: 0, count: capacity)
+    let status = function(message, capacity)
+    guard status != 0 else { return (0, "") }
+    message[capacity - 1] = 0  // never trust the application to terminate it
+    return (status, String(cString: message))
+  }
   guard status != 0 else { return }
-  message[capacity - 1] = 0  // never trust the application to terminate it
-  let text = String(cString: message)
   throw KaitianError(
     .systemError,
     "\(what()) failed (status \(status)): \(text.isEmpty ? "no message given" : text)")

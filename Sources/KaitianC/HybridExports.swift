@@ -152,14 +152,10 @@ public func ktHybridGetAsyncError(
 /// A NULL hybrid returns "" and records the error for ktGetLastError.
 @_cdecl("ktHybridGetLastError")
 public func ktHybridGetLastError(_ hybrid: ktHybrid_t?) -> UnsafePointer<CChar> {
-  var message = StaticCString.empty.pointer
-  _ = entryPoint("ktHybridGetLastError") { arguments throws(KaitianError) in
+  failureMessage("ktHybridGetLastError") { arguments throws(KaitianError) in
     let handle = HybridHandle.from(try arguments.required(hybrid, "hybrid"))
-    if let failure = handle.hybrid.failure {
-      message = handle.failureText.pointer { failure.description }
-    }
+    return (handle.hybrid.failure, handle.failureText)
   }
-  return message
 }
 
 @_cdecl("ktHybridTopology")

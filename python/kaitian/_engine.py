@@ -143,16 +143,7 @@ class Communicator:
         self.timeout_seconds = timeout_seconds
         self._api = _native.lib()
         self._strings = [s.encode() for s in (token, prefix, host_id)]
-        config = _native.Config(
-            ctypes.sizeof(_native.Config),
-            _native.VERSION_CODE,
-            self._strings[0],
-            self._strings[1],
-            self._strings[2],
-            None,
-            _native.TRANSPORT_DEFAULT,
-            timeout_seconds,
-        )
+        config = _native.config(*self._strings, timeout_seconds)
         handle = ctypes.c_void_p()
         _native.check(self._api.ktCommInitRank(ctypes.byref(handle), store_handle, nranks, rank, ctypes.byref(config)))
         self.handle: int | None = handle.value
@@ -160,11 +151,15 @@ class Communicator:
         self._works = WorkCompletions(self._api)
 
     @classmethod
-    def borrowed(cls, handle: int | None, nranks: int, rank: int, timeout_seconds: float) -> Communicator:
-        """A communicator another object owns (a hybrid communicator's): `destroy` only lets go of it."""
+    def borrowed(cls, handle: int, timeout_seconds: float) -> Communicator:
+        """A communicator another object owns (a hybrid communicator's): `destroy` only lets go of it.
+        Its rank and size are the engine's."""
         comm = cls.__new__(cls)
-        comm.rank, comm.nranks, comm.timeout_seconds = rank, nranks, timeout_seconds
         comm._api = _native.lib()
+        size, rank = ctypes.c_int(), ctypes.c_int()
+        _native.check(comm._api.ktCommCount(handle, ctypes.byref(size)))
+        _native.check(comm._api.ktCommUserRank(handle, ctypes.byref(rank)))
+        comm.rank, comm.nranks, comm.timeout_seconds = rank.value, size.value, timeout_seconds
         comm._strings = []
         comm.handle = handle
         comm._owned = False

@@ -290,16 +290,7 @@ class HybridEngine:
         self._works = WorkCompletions(self._api)
         self._key = _register(self)
         self._strings = [s.encode() for s in (token, prefix, host_id, device_kind)]
-        config_struct = _native.Config(
-            ctypes.sizeof(_native.Config),
-            _native.VERSION_CODE,
-            self._strings[0],
-            self._strings[1],
-            self._strings[2],
-            None,
-            _native.TRANSPORT_DEFAULT,
-            timeout_seconds,
-        )
+        config_struct = _native.config(*self._strings[:3], timeout_seconds)
         callbacks = _native.HybridCallbacks(
             ctypes.sizeof(_native.HybridCallbacks),
             self._key,
@@ -325,9 +316,11 @@ class HybridEngine:
             _forget(self._key)
             raise
         self.handle: int | None = handle.value
-        self.world = Communicator.borrowed(self._borrowed("ktHybridWorld"), nranks, rank, timeout_seconds)
-        column = self._borrowed("ktHybridColumn")
-        self.column = Communicator.borrowed(column, 0, 0, timeout_seconds) if column else None
+        world, column = self._borrowed("ktHybridWorld"), self._borrowed("ktHybridColumn")
+        if world is None:  # the header promises every hybrid its all-ranks communicator
+            raise _native.KaitianInternalError("kaitian: ktHybridWorld gave no communicator", _native.INTERNAL_ERROR)
+        self.world = Communicator.borrowed(world, timeout_seconds)
+        self.column = Communicator.borrowed(column, timeout_seconds) if column else None
         self._relay_seconds_taken = 0.0
         atexit.register(self.close)  # stage threads must not call back into a finalizing interpreter
 
@@ -496,17 +489,6 @@ class HybridEngine:
         self._works.when_done(work_value, done)
 
     # ---- state ----
-
-    def error(self) -> _native.KaitianError | None:
-        """The hybrid communicator's first failure, if any."""
-        if self.handle is None:
-            return None
-        code = ctypes.c_int(_native.SUCCESS)
-        self._api.ktHybridGetAsyncError(self.handle, ctypes.byref(code))
-        if code.value == _native.SUCCESS:
-            return None
-        raw = self._api.ktHybridGetLastError(self.handle)
-        return _native.error_for(code.value, raw.decode(errors="replace") if raw else "")
 
     def take_relay_seconds(self) -> float:
         """Seconds relayed between groups since the last take."""

@@ -105,6 +105,13 @@ class Config(ctypes.Structure):
     ]
 
 
+def config(token: bytes, prefix: bytes, host_id: bytes, timeout_seconds: float) -> Config:
+    """A ktConfig_t with these fields, the transport from the environment and no socket address.
+
+    The caller keeps the bytes alive until the engine has read them (the init call returns)."""
+    return Config(ctypes.sizeof(Config), VERSION_CODE, token, prefix, host_id, None, TRANSPORT_DEFAULT, timeout_seconds)
+
+
 StoreSetFn = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_char_p, ctypes.c_void_p, ctypes.c_size_t)
 StoreGetFn = ctypes.CFUNCTYPE(
     ctypes.c_int,
