@@ -21,16 +21,15 @@ from ._native import (
     KaitianSystemError,
     KaitianTimeoutError,
 )
+from ._planning import Rebalancer, plan_batches
 from .emulation import EmulatedDevice, emulate_device, emulated_speed
 from .planner import (
     MeasuredPlan,
-    Rebalancer,
     StepCost,
     gather_speeds,
     measure_cost,
     measure_plan,
     measure_speed,
-    plan_batches,
 )
 from .process_group import BACKEND_NAME, ProcessGroupKaitian, create_process_group, kaitian_backend, recv_from_any
 from .profile import StageTimes, process_age_seconds, stage_times, thread_cpu_seconds

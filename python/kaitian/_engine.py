@@ -1,9 +1,9 @@
 """An engine communicator and the plumbing from its work handles to torch futures.
 
-A torch collective becomes a Plan: host buffers (the user's tensors when they already are
+A torch collective becomes EngineCalls: host buffers (the user's tensors when they already are
 contiguous CPU tensors, temporaries otherwise), the engine calls over them, and a finish step that
 copies temporaries back and names the future's value. The engine runs the calls on its own
-thread; the last completion callback finishes the plan and completes the future, so the Python
+thread; the last completion callback finishes them and completes the future, so the Python
 caller returns at once and DDP overlaps communication with backward.
 """
 
@@ -19,19 +19,101 @@ import torch
 
 from . import _native
 
-Call = tuple[str, tuple[object, ...]]
-"""An engine function name and its arguments before the trailing (comm, &work)."""
+
+@dataclass(frozen=True)
+class Call:
+    """One engine call: its C function and the arguments before the trailing (comm, &work).
+
+    Built only by the functions below, so the C ABI's names stay in this module. Buffers are host
+    tensors the engine reads or writes in place (the caller keeps them alive); counts and the
+    datatype come from the tensors, as in the C signatures.
+    """
+
+    function: str
+    args: tuple[object, ...]
+
+
+def _address(t: torch.Tensor | None) -> int:
+    return 0 if t is None else t.data_ptr()
+
+
+def all_reduce(src: torch.Tensor, dst: torch.Tensor, op: int) -> Call:
+    return Call("ktAllReduce", (src.data_ptr(), dst.data_ptr(), dst.numel(), _native.datatype(dst.dtype), op))
+
+
+def reduce(src: torch.Tensor, dst: torch.Tensor, op: int, root: int) -> Call:
+    return Call("ktReduce", (src.data_ptr(), dst.data_ptr(), dst.numel(), _native.datatype(dst.dtype), op, root))
+
+
+def broadcast(src: torch.Tensor, dst: torch.Tensor, root: int) -> Call:
+    return Call("ktBroadcast", (src.data_ptr(), dst.data_ptr(), dst.numel(), _native.datatype(dst.dtype), root))
+
+
+def reduce_scatter(src: torch.Tensor, dst: torch.Tensor, op: int) -> Call:
+    """`dst.numel()` elements per rank, from `src` of that times the ranks."""
+    return Call("ktReduceScatter", (src.data_ptr(), dst.data_ptr(), dst.numel(), _native.datatype(dst.dtype), op))
+
+
+def all_gather(src: torch.Tensor, dst: torch.Tensor) -> Call:
+    """`src.numel()` elements per rank, into `dst` of that times the ranks."""
+    return Call("ktAllGather", (src.data_ptr(), dst.data_ptr(), src.numel(), _native.datatype(src.dtype)))
+
+
+def all_gather_v(src: torch.Tensor, dst: torch.Tensor, counts: ctypes.Array) -> Call:
+    """Rank r's `counts[r]` elements, in rank order, into `dst`."""
+    return Call("ktAllGatherV", (src.data_ptr(), dst.data_ptr(), counts, _native.datatype(src.dtype)))
+
+
+def gather(src: torch.Tensor, dst: torch.Tensor | None, root: int) -> Call:
+    """`dst` only on the root (None elsewhere)."""
+    return Call("ktGather", (src.data_ptr(), _address(dst), src.numel(), _native.datatype(src.dtype), root))
+
+
+def scatter(src: torch.Tensor | None, dst: torch.Tensor, root: int) -> Call:
+    """`src` only on the root (None elsewhere)."""
+    return Call("ktScatter", (_address(src), dst.data_ptr(), dst.numel(), _native.datatype(dst.dtype), root))
+
+
+def all_to_all(src: torch.Tensor, dst: torch.Tensor, count: int) -> Call:
+    """`count` elements to and from every rank."""
+    return Call("ktAllToAll", (src.data_ptr(), dst.data_ptr(), count, _native.datatype(src.dtype)))
+
+
+def all_to_all_v(src: torch.Tensor, send_counts: ctypes.Array, dst: torch.Tensor, recv_counts: ctypes.Array) -> Call:
+    return Call("ktAllToAllV", (src.data_ptr(), send_counts, dst.data_ptr(), recv_counts, _native.datatype(src.dtype)))
+
+
+def barrier() -> Call:
+    return Call("ktBarrier", ())
+
+
+def send(buf: torch.Tensor, peer: int, tag: int) -> Call:
+    return Call("ktSend", (buf.data_ptr(), buf.numel(), _native.datatype(buf.dtype), peer, tag))
+
+
+def recv(buf: torch.Tensor, peer: int, tag: int) -> Call:
+    return Call("ktRecv", (buf.data_ptr(), buf.numel(), _native.datatype(buf.dtype), peer, tag))
+
+
+def recv_any(buf: torch.Tensor, tag: int) -> Call:
+    """A receive from whichever rank sends first; the work names the source."""
+    return Call("ktRecvAny", (buf.data_ptr(), buf.numel(), _native.datatype(buf.dtype), tag))
+
+
+def send_recv_batch(ops: ctypes.Array, count: int) -> Call:
+    """`count` point-to-point transfers (`_native.P2POp`s) that progress together, as NCCL's grouped send/recv."""
+    return Call("ktSendRecvBatch", (ops, count))
 
 
 @dataclass
-class Plan:
+class EngineCalls:
     """Engine calls over host buffers plus the step that publishes their result.
 
     `keep` holds every tensor whose memory the engine borrows, so none is freed (or reused by
-    torch's caching allocator) before the engine is done with it. A plan that asks for `sources`
-    (a list, for receives from any rank) gets it filled before `finish` runs: per call, the rank a
+    torch's caching allocator) before the engine is done with it. Calls that ask for `sources`
+    (a list, for receives from any rank) get it filled before `finish` runs: per call, the rank a
     receive took its message from (-1 for other calls), which a receive from any rank learns only
-    when it completes. Other plans leave it None and cost no query.
+    when it completes. Others leave it None and cost no query.
     """
 
     calls: list[Call]
@@ -69,7 +151,7 @@ def copied_back(
 
 
 # Completion callbacks: one CFUNCTYPE for the life of the process (ctypes must keep it alive),
-# routed by an integer key to the pending plan.
+# routed by an integer key to the pending calls.
 _pending: dict[int, Callable[[int], None]] = {}
 _pending_lock = threading.Lock()
 _keys = itertools.count(1)
@@ -169,9 +251,8 @@ class Communicator:
     def _issue(self, call: Call) -> int:
         if self.handle is None:
             raise _native.KaitianInvalidUsageError("kaitian: the communicator was destroyed", _native.INVALID_USAGE)
-        name, args = call
         work = ctypes.c_void_p()
-        _native.check(getattr(self._api, name)(*args, self.handle, ctypes.byref(work)), self.handle)
+        _native.check(getattr(self._api, call.function)(*call.args, self.handle, ctypes.byref(work)), self.handle)
         return work.value
 
     def _source(self, work: int) -> int:
@@ -179,64 +260,64 @@ class Communicator:
         _native.check(self._api.ktWorkGetSource(work, ctypes.byref(source)))
         return source.value
 
-    def submit(self, plan: Plan, future: torch.futures.Future) -> None:
-        """Issues the plan's calls and completes `future` from the engine thread when all end.
+    def submit(self, batch: EngineCalls, future: torch.futures.Future) -> None:
+        """Issues the calls and completes `future` from the engine thread when all end.
 
         Work handles are freed later by the issuing thread, not inside the callback, because the
         callback runs on the engine thread and must not call back into the communicator.
         """
         self._works.free_finished()
-        state = {"left": len(plan.calls), "error": None}
+        state = {"left": len(batch.calls), "error": None}
         lock = threading.Lock()
-        if plan.sources is not None:
-            plan.sources[:] = [-1] * len(plan.calls)
+        if batch.sources is not None:
+            batch.sources[:] = [-1] * len(batch.calls)
 
         def settle() -> None:
             if state["error"] is not None:
                 future.set_exception(state["error"])
                 return
             try:
-                future.set_result(plan.finish())
+                future.set_result(batch.finish())
             except Exception as error:  # the copy back failed; the caller must see it from wait()
                 future.set_exception(error)
 
-        if not plan.calls:
+        if not batch.calls:
             settle()
             return
-        for index, call in enumerate(plan.calls):
+        for index, call in enumerate(batch.calls):
             work = self._issue(call)
 
             def done(result: int, work: int = work, index: int = index) -> None:
                 with lock:
                     if result != _native.SUCCESS and state["error"] is None:
                         state["error"] = work_error(self._api, work, result)
-                    if plan.sources is not None:
-                        plan.sources[index] = self._source(work)
+                    if batch.sources is not None:
+                        batch.sources[index] = self._source(work)
                     state["left"] -= 1
                     last = state["left"] == 0
                 if last:
-                    plan.keep.clear()
+                    batch.keep.clear()
                     settle()
 
             self._works.when_done(work, done)
 
-    def run(self, plan: Plan) -> list[torch.Tensor]:
-        """Issues the plan's calls, waits for all of them and returns the finished value."""
+    def run(self, batch: EngineCalls) -> list[torch.Tensor]:
+        """Issues the calls, waits for all of them and returns the finished value."""
         self._works.free_finished()
-        works = [self._issue(call) for call in plan.calls]
+        works = [self._issue(call) for call in batch.calls]
         error: _native.KaitianError | None = None
-        if plan.sources is not None:
-            plan.sources.clear()
+        if batch.sources is not None:
+            batch.sources.clear()
         for work in works:
             result = self._api.ktWorkWait(work, -1.0)
             if result != _native.SUCCESS and error is None:
                 error = work_error(self._api, work, result)
-            if plan.sources is not None:
-                plan.sources.append(self._source(work))
+            if batch.sources is not None:
+                batch.sources.append(self._source(work))
             self._api.ktWorkFree(work)
         if error is not None:
             raise error
-        return plan.finish()
+        return batch.finish()
 
     def abort(self, reason: str) -> None:
         """Fails pending and later calls on every rank with `reason`."""

@@ -17,8 +17,8 @@ import torch
 import torch.distributed as dist
 from torch.distributed import distributed_c10d as c10d
 
-from . import _native
-from ._engine import Communicator, Plan
+from . import _engine, _native
+from ._engine import Communicator
 
 # Modules that register a vendor's torch backend when imported (out-of-tree PyTorch plugins).
 _PLUGIN_MODULES = {"cncl": "torch_mlu", "hccl": "torch_npu"}
@@ -45,24 +45,20 @@ class EngineIntraGroup:
     def __init__(self, comm: Communicator) -> None:
         self.comm = comm
 
-    def _run(self, name: str, *args: object, keep: list[object]) -> None:
-        self.comm.run(Plan([(name, args)], lambda: [], keep))
+    def _run(self, call: _engine.Call, *keep: torch.Tensor) -> None:
+        self.comm.run(_engine.EngineCalls([call], lambda: [], list(keep)))
 
     def allreduce(self, t: torch.Tensor, op: int) -> None:
-        dt = _native.datatype(t.dtype)
-        self._run("ktAllReduce", t.data_ptr(), t.data_ptr(), t.numel(), dt, op, keep=[t])
+        self._run(_engine.all_reduce(t, t, op), t)
 
     def reduce_scatter(self, out: torch.Tensor, inp: torch.Tensor, op: int) -> None:
-        dt = _native.datatype(out.dtype)
-        self._run("ktReduceScatter", inp.data_ptr(), out.data_ptr(), out.numel(), dt, op, keep=[out, inp])
+        self._run(_engine.reduce_scatter(inp, out, op), out, inp)
 
     def allgather(self, out: torch.Tensor, inp: torch.Tensor) -> None:
-        dt = _native.datatype(inp.dtype)
-        self._run("ktAllGather", inp.data_ptr(), out.data_ptr(), inp.numel(), dt, keep=[out, inp])
+        self._run(_engine.all_gather(inp, out), out, inp)
 
     def broadcast(self, t: torch.Tensor, root: int) -> None:
-        dt = _native.datatype(t.dtype)
-        self._run("ktBroadcast", t.data_ptr(), t.data_ptr(), t.numel(), dt, root, keep=[t])
+        self._run(_engine.broadcast(t, t, root), t)
 
 
 class TorchIntraGroup:

@@ -7,7 +7,7 @@ Each collective becomes engine calls issued from the calling thread; the future 
 engine thread, so DDP's allreduce of one bucket overlaps the backward pass of the next.
 
 Hybrid: several groups, or a group served by a vendor library. The engine's hybrid communicator
-(`_hybrid.HybridEngine`, ktHybrid_t) runs every collective in issue order on its three stage
+(`_hybrid.HybridEngine`) runs every collective in issue order on its three stage
 threads, so that a collective's steps (vendor library inside the group, engine between groups)
 never interleave with the next collective's. Allreduce is hierarchical and runs in the engine,
 which calls the group's library through callbacks; the hierarchical reduce-scatter and allgather
@@ -31,10 +31,10 @@ import torch
 import torch.distributed as dist
 from torch.torch_version import TorchVersion
 
-from . import _native
+from . import _engine, _native
 from ._checks import CallChecks
 from ._completion import completion_thread
-from ._engine import Communicator, Plan, copied_back, host, host_empty
+from ._engine import Communicator, EngineCalls, copied_back, host, host_empty
 from ._hybrid import HybridEngine, Task, settle_failure
 from ._store import EngineRendezvous, job_token
 from ._vendor import EngineIntraGroup, IntraGroup, backend_device, create_torch_intra_group
@@ -161,7 +161,7 @@ def _is_premul_sum(op: object) -> bool:
 
 
 def _reduce_op(opts: object, tensors: list[torch.Tensor]) -> int:
-    """ktRedOp_t for the reduce op of `opts` over these tensors (bool included).
+    """The engine's reduce op for the reduce op of `opts` over these tensors (bool included).
 
     PREMUL_SUM is SUM here: its callers scale their inputs first (see _premul_factor)."""
     op = _torch_op(opts)
@@ -381,7 +381,9 @@ class ProcessGroupKaitian(_BASE):  # type: ignore[misc, valid-type]
         """How errors name a call: this rank, the collective and its number in this group."""
         return f"rank {self._rank}: {name} #{next(self._calls)}"
 
-    def _engine(self, name: str, build: Callable[[], Plan], source: Callable[[], int] | None = None) -> _FutureWork:
+    def _engine(
+        self, name: str, build: Callable[[], EngineCalls], source: Callable[[], int] | None = None
+    ) -> _FutureWork:
         """Runs a plan on the all-ranks communicator: directly when flat, in order when hybrid."""
         call = self._call(name)
         if self._worker is None:
@@ -391,16 +393,15 @@ class ProcessGroupKaitian(_BASE):  # type: ignore[misc, valid-type]
         issue = lambda fut: self._world.submit(build(), fut)  # noqa: E731
         return _work_from_future(self._worker.submit(issue, name), call, source)
 
-    def _in_place(self, name: str, tensors: list[torch.Tensor], function: str, *extra: object) -> dist.Work:
-        """One in-place engine call per tensor (staged through host memory), e.g. ktAllReduce."""
+    def _in_place(
+        self, name: str, tensors: list[torch.Tensor], call: Callable[[torch.Tensor], _engine.Call]
+    ) -> dist.Work:
+        """One in-place engine call per tensor (staged through host memory): `call(buffer)`."""
 
-        def build() -> Plan:
+        def build() -> EngineCalls:
             keep: list[object] = []
             pairs = [(t, host(t, keep)) for t in tensors]
-            calls = [
-                (function, (b.data_ptr(), b.data_ptr(), b.numel(), _native.datatype(b.dtype), *extra)) for _, b in pairs
-            ]
-            return Plan(calls, copied_back(pairs, tensors), keep)
+            return EngineCalls([call(b) for _, b in pairs], copied_back(pairs, tensors), keep)
 
         return self._engine(name, build)
 
@@ -415,13 +416,13 @@ class ProcessGroupKaitian(_BASE):  # type: ignore[misc, valid-type]
                 t.mul_(factor)
         if self._worker is not None:
             return _work_from_future(self._allreduce_hierarchical(tensors, op), self._call("allreduce"))
-        return self._in_place("allreduce", tensors, "ktAllReduce", op)
+        return self._in_place("allreduce", tensors, lambda b: _engine.all_reduce(b, b, op))
 
     def allreduce_coalesced(self, tensors: list[torch.Tensor], opts: object = None) -> dist.Work:
         return self.allreduce(tensors, opts)
 
     def _allreduce_hierarchical(self, tensors: list[torch.Tensor], op: int) -> Future:
-        """The engine's hierarchical allreduce of each tensor (ktHybridAllReduce, docs/HYBRID.md).
+        """The engine's hierarchical allreduce of each tensor (docs/HYBRID.md).
 
         A tensor the group's library cannot work on in place (elsewhere than its device, or not
         contiguous) goes through a contiguous copy there and back. The future is the last
@@ -452,14 +453,16 @@ class ProcessGroupKaitian(_BASE):  # type: ignore[misc, valid-type]
             t.div_(self._size, rounding_mode="trunc")
 
     def _column_collective(
-        self, function: str, source: torch.Tensor, result: torch.Tensor, count: int, *extra: object
+        self,
+        call: Callable[[torch.Tensor, torch.Tensor], _engine.Call],
+        source: torch.Tensor,
+        result: torch.Tensor,
     ) -> None:
-        """An engine call (ktAllGather, ktReduceScatter) of `count` elements per rank on this rank's
-        shard column, between the groups through host memory, from `source` into `result`."""
+        """An engine allgather or reduce-scatter, `call(src, dst)`, on this rank's shard column,
+        between the groups through host memory, from `source` into `result`."""
         src, dst = self._staged(source), self._staged(result, copy=False)
-        call = (function, (src.data_ptr(), dst.data_ptr(), count, _native.datatype(src.dtype), *extra))
         with self.stage_times.stage("relay between groups"):
-            self._column.run(Plan([call], lambda: [], [src, dst]))
+            self._column.run(EngineCalls([call(src, dst)], lambda: [], [src, dst]))
         if dst is not result:
             with self.stage_times.stage("staging copy"):
                 result.copy_(dst)
@@ -504,7 +507,7 @@ class ProcessGroupKaitian(_BASE):  # type: ignore[misc, valid-type]
         order = self._column_order()
 
         def relay() -> None:
-            self._column_collective("ktAllGather", inp.detach().reshape(-1).contiguous(), column, n)
+            self._column_collective(_engine.all_gather, inp.detach().reshape(-1).contiguous(), column)
 
         def gather() -> None:
             if group_size == 1:
@@ -554,7 +557,7 @@ class ProcessGroupKaitian(_BASE):  # type: ignore[misc, valid-type]
                 self._intra.reduce_scatter(shard, ordered, step_op)
 
         def relay() -> None:
-            self._column_collective("ktReduceScatter", shard, mine, n, step_op)
+            self._column_collective(lambda src, dst: _engine.reduce_scatter(src, dst, step_op), shard, mine)
 
         def gather() -> None:
             with stage("copy back"):
@@ -567,7 +570,7 @@ class ProcessGroupKaitian(_BASE):  # type: ignore[misc, valid-type]
     def broadcast(self, tensors: list[torch.Tensor], opts: object = None) -> dist.Work:
         root = opts.rootRank if opts is not None else 0
         self._checks.rank_in_group("broadcast", "root", root)
-        return self._in_place("broadcast", tensors, "ktBroadcast", root)
+        return self._in_place("broadcast", tensors, lambda b: _engine.broadcast(b, b, root))
 
     def allgather(
         self, output_tensors: list[list[torch.Tensor]], input_tensors: list[torch.Tensor], opts: object = None
@@ -577,7 +580,7 @@ class ProcessGroupKaitian(_BASE):  # type: ignore[misc, valid-type]
             self._checks.same_dtype("allgather", inp, outputs)
             self._checks.elements("allgather", f"output {self._rank} (this rank's)", outputs[self._rank], inp.numel())
 
-        def build() -> Plan:
+        def build() -> EngineCalls:
             keep: list[object] = []
             calls, finishers = [], []
             for outputs, inp in zip(output_tensors, input_tensors, strict=True):
@@ -585,12 +588,10 @@ class ProcessGroupKaitian(_BASE):  # type: ignore[misc, valid-type]
                 counts = [o.numel() for o in outputs]
                 flat = torch.empty(sum(counts), dtype=inp.dtype)
                 keep.append(flat)
-                dt = _native.datatype(inp.dtype)
                 if len(set(counts)) == 1:
-                    calls.append(("ktAllGather", (src.data_ptr(), flat.data_ptr(), src.numel(), dt)))
+                    calls.append(_engine.all_gather(src, flat))
                 else:
-                    sizes = _size_array(counts, keep)
-                    calls.append(("ktAllGatherV", (src.data_ptr(), flat.data_ptr(), sizes, dt)))
+                    calls.append(_engine.all_gather_v(src, flat, _size_array(counts, keep)))
                 finishers.append((outputs, flat, counts))
 
             def finish() -> list[torch.Tensor]:
@@ -599,7 +600,7 @@ class ProcessGroupKaitian(_BASE):  # type: ignore[misc, valid-type]
                         out.copy_(part.view_as(out))
                 return [o for outputs in output_tensors for o in outputs]
 
-            return Plan(calls, finish, keep)
+            return EngineCalls(calls, finish, keep)
 
         return self._engine("allgather", build)
 
@@ -618,16 +619,14 @@ class ProcessGroupKaitian(_BASE):  # type: ignore[misc, valid-type]
             fut = self._worker.enqueue(tasks, "allgather_into_tensor")
             return _work_from_future(fut, self._call("allgather_into_tensor_coalesced"))
 
-        def build() -> Plan:
+        def build() -> EngineCalls:
             keep: list[object] = []
             pairs, calls = [], []
             for out, inp in zip(outputs, inputs, strict=True):
                 src, dst = host(inp, keep), host_empty(out, keep)
                 pairs.append((out, dst))
-                calls.append(
-                    ("ktAllGather", (src.data_ptr(), dst.data_ptr(), src.numel(), _native.datatype(src.dtype)))
-                )
-            return Plan(calls, copied_back(pairs, outputs), keep)
+                calls.append(_engine.all_gather(src, dst))
+            return EngineCalls(calls, copied_back(pairs, outputs), keep)
 
         return self._engine("allgather_into_tensor_coalesced", build)
 
@@ -641,7 +640,7 @@ class ProcessGroupKaitian(_BASE):  # type: ignore[misc, valid-type]
             self._checks.same_dtype("reduce_scatter", out, inputs)
             self._checks.elements("reduce_scatter", "the output", out, inputs[self._rank].numel())
 
-        def build() -> Plan:
+        def build() -> EngineCalls:
             keep: list[object] = []
             calls, finishers = [], []
             for out, inputs in zip(output_tensors, input_tensors, strict=True):
@@ -650,16 +649,15 @@ class ProcessGroupKaitian(_BASE):  # type: ignore[misc, valid-type]
                 if factor is not None:
                     flat.mul_(factor)
                 keep.append(flat)
-                dt = _native.datatype(flat.dtype)
                 if len(set(counts)) == 1:
                     dst = host_empty(out, keep)
-                    calls.append(("ktReduceScatter", (flat.data_ptr(), dst.data_ptr(), out.numel(), dt, op)))
+                    calls.append(_engine.reduce_scatter(flat, dst, op))
                     finishers.append((out, dst))
                 else:
                     # No reduce-scatter-v in the engine: reduce everything, keep this rank's block.
-                    calls.append(("ktAllReduce", (flat.data_ptr(), flat.data_ptr(), flat.numel(), dt, op)))
+                    calls.append(_engine.all_reduce(flat, flat, op))
                     finishers.append((out, flat.split(counts)[self._rank].view(out.shape)))
-            return Plan(calls, copied_back(finishers, output_tensors), keep)
+            return EngineCalls(calls, copied_back(finishers, output_tensors), keep)
 
         return self._engine("reduce_scatter", build)
 
@@ -681,15 +679,14 @@ class ProcessGroupKaitian(_BASE):  # type: ignore[misc, valid-type]
             fut = self._worker.enqueue(tasks, "reduce_scatter_tensor")
             return _work_from_future(fut, self._call("reduce_scatter_tensor_coalesced"))
 
-        def build() -> Plan:
+        def build() -> EngineCalls:
             keep: list[object] = []
             pairs, calls = [], []
             for out, inp in zip(outputs, inputs, strict=True):
                 src, dst = host(inp, keep), host_empty(out, keep)
                 pairs.append((out, dst))
-                dt = _native.datatype(src.dtype)
-                calls.append(("ktReduceScatter", (src.data_ptr(), dst.data_ptr(), dst.numel(), dt, op)))
-            return Plan(calls, copied_back(pairs, outputs), keep)
+                calls.append(_engine.reduce_scatter(src, dst, op))
+            return EngineCalls(calls, copied_back(pairs, outputs), keep)
 
         return self._engine("reduce_scatter_tensor_coalesced", build)
 
@@ -699,7 +696,7 @@ class ProcessGroupKaitian(_BASE):  # type: ignore[misc, valid-type]
         op = _reduce_op(opts, tensors)
         root = opts.rootRank if opts is not None else 0
         self._checks.rank_in_group("reduce", "root", root)
-        return self._in_place("reduce", tensors, "ktReduce", op, root)
+        return self._in_place("reduce", tensors, lambda b: _engine.reduce(b, b, op, root))
 
     def gather(
         self, output_tensors: list[list[torch.Tensor]], input_tensors: list[torch.Tensor], opts: object = None
@@ -709,13 +706,12 @@ class ProcessGroupKaitian(_BASE):  # type: ignore[misc, valid-type]
         if self._rank == root:
             self._checks.one_block_per_rank("gather", "output", output_tensors[0], input_tensors[0])
 
-        def build() -> Plan:
+        def build() -> EngineCalls:
             keep: list[object] = []
             src = host(input_tensors[0], keep)
             flat = torch.empty(src.numel() * self._size, dtype=src.dtype) if self._rank == root else None
             keep.append(flat)
-            recv = flat.data_ptr() if flat is not None else None
-            call = ("ktGather", (src.data_ptr(), recv, src.numel(), _native.datatype(src.dtype), root))
+            call = _engine.gather(src, flat, root)
 
             def finish() -> list[torch.Tensor]:
                 if flat is None:
@@ -725,7 +721,7 @@ class ProcessGroupKaitian(_BASE):  # type: ignore[misc, valid-type]
                     out.copy_(part.view_as(out))
                 return outputs
 
-            return Plan([call], finish, keep)
+            return EngineCalls([call], finish, keep)
 
         return self._engine("gather", build)
 
@@ -737,7 +733,7 @@ class ProcessGroupKaitian(_BASE):  # type: ignore[misc, valid-type]
         if self._rank == root:
             self._checks.one_block_per_rank("scatter", "input", input_tensors[0], output_tensors[0])
 
-        def build() -> Plan:
+        def build() -> EngineCalls:
             keep: list[object] = []
             out = output_tensors[0]
             dst = host_empty(out, keep)
@@ -745,9 +741,8 @@ class ProcessGroupKaitian(_BASE):  # type: ignore[misc, valid-type]
             if self._rank == root:
                 flat = torch.cat([x.detach().reshape(-1).cpu() for x in input_tensors[0]])
                 keep.append(flat)
-            send = flat.data_ptr() if flat is not None else None
-            call = ("ktScatter", (send, dst.data_ptr(), dst.numel(), _native.datatype(dst.dtype), root))
-            return Plan([call], copied_back([(out, dst)], output_tensors), keep)
+            call = _engine.scatter(flat, dst, root)
+            return EngineCalls([call], copied_back([(out, dst)], output_tensors), keep)
 
         return self._engine("scatter", build)
 
@@ -765,20 +760,16 @@ class ProcessGroupKaitian(_BASE):  # type: ignore[misc, valid-type]
         if not input_split_sizes and not output_split_sizes:
             self._checks.elements("alltoall_base", "the output", output, input.numel())
 
-        def build() -> Plan:
+        def build() -> EngineCalls:
             keep: list[object] = []
             src, dst = host(input, keep), host_empty(output, keep)
-            dt = _native.datatype(src.dtype)
             if not output_split_sizes and not input_split_sizes:
-                call = ("ktAllToAll", (src.data_ptr(), dst.data_ptr(), src.numel() // self._size, dt))
+                call = _engine.all_to_all(src, dst, src.numel() // self._size)
             else:
                 send = self._split_counts(input, input_split_sizes)
                 recv = self._split_counts(output, output_split_sizes)
-                call = (
-                    "ktAllToAllV",
-                    (src.data_ptr(), _size_array(send, keep), dst.data_ptr(), _size_array(recv, keep), dt),
-                )
-            return Plan([call], copied_back([(output, dst)], [output]), keep)
+                call = _engine.all_to_all_v(src, _size_array(send, keep), dst, _size_array(recv, keep))
+            return EngineCalls([call], copied_back([(output, dst)], [output]), keep)
 
         return self._engine("alltoall_base", build)
 
@@ -795,41 +786,37 @@ class ProcessGroupKaitian(_BASE):  # type: ignore[misc, valid-type]
         self._checks.one_per_rank("alltoall", "the output list", output_tensors)
         self._checks.same_dtype("alltoall", input_tensors[0], [*input_tensors, *output_tensors])
 
-        def build() -> Plan:
+        def build() -> EngineCalls:
             keep: list[object] = []
             send = [x.numel() for x in input_tensors]
             recv = [x.numel() for x in output_tensors]
             src = torch.cat([x.detach().reshape(-1).cpu() for x in input_tensors])
             dst = torch.empty(sum(recv), dtype=src.dtype)
             keep += [src, dst]
-            dt = _native.datatype(src.dtype)
-            call = (
-                "ktAllToAllV",
-                (src.data_ptr(), _size_array(send, keep), dst.data_ptr(), _size_array(recv, keep), dt),
-            )
+            call = _engine.all_to_all_v(src, _size_array(send, keep), dst, _size_array(recv, keep))
 
             def finish() -> list[torch.Tensor]:
                 for out, part in zip(output_tensors, dst.split(recv), strict=True):
                     out.copy_(part.view_as(out))
                 return output_tensors
 
-            return Plan([call], finish, keep)
+            return EngineCalls([call], finish, keep)
 
         return self._engine("alltoall", build)
 
     def barrier(self, opts: object = None) -> dist.Work:
-        return self._engine("barrier", lambda: Plan([("ktBarrier", ())], lambda: []))
+        return self._engine("barrier", lambda: EngineCalls([_engine.barrier()], lambda: []))
 
     def send(self, tensors: list[torch.Tensor], dstRank: int, tag: int = 0) -> dist.Work:
         self._checks.rank_in_group("send", "destination", dstRank)
         if self._coalesced is not None:
             return self._coalesce("send", True, tensors, dstRank, tag)
 
-        def build() -> Plan:
+        def build() -> EngineCalls:
             keep: list[object] = []
             bufs = [host(t, keep) for t in tensors]
-            calls = [("ktSend", (b.data_ptr(), b.numel(), _native.datatype(b.dtype), dstRank, tag)) for b in bufs]
-            return Plan(calls, lambda: tensors, keep)
+            calls = [_engine.send(b, dstRank, tag) for b in bufs]
+            return EngineCalls(calls, lambda: tensors, keep)
 
         return self._engine("send", build)
 
@@ -838,11 +825,11 @@ class ProcessGroupKaitian(_BASE):  # type: ignore[misc, valid-type]
         if self._coalesced is not None:
             return self._coalesce("recv", False, tensors, srcRank, tag)
 
-        def build() -> Plan:
+        def build() -> EngineCalls:
             keep: list[object] = []
             pairs = [(t, host_empty(t, keep)) for t in tensors]
-            calls = [("ktRecv", (b.data_ptr(), b.numel(), _native.datatype(b.dtype), srcRank, tag)) for _, b in pairs]
-            return Plan(calls, copied_back(pairs, tensors), keep)
+            calls = [_engine.recv(b, srcRank, tag) for _, b in pairs]
+            return EngineCalls(calls, copied_back(pairs, tensors), keep)
 
         return self._engine("recv", build)
 
@@ -874,11 +861,11 @@ class ProcessGroupKaitian(_BASE):  # type: ignore[misc, valid-type]
             raise ValueError(f"kaitian: recv from any rank takes exactly one tensor, not {len(tensors)}")
         received: list[int] = []
 
-        def build() -> Plan:
+        def build() -> EngineCalls:
             keep: list[object] = []
             pairs = [(t, host_empty(t, keep)) for t in tensors]
-            calls = [("ktRecvAny", (b.data_ptr(), b.numel(), _native.datatype(b.dtype), tag)) for _, b in pairs]
-            return Plan(calls, copied_back(pairs, tensors), keep, sources=received)
+            calls = [_engine.recv_any(b, tag) for _, b in pairs]
+            return EngineCalls(calls, copied_back(pairs, tensors), keep, sources=received)
 
         return self._engine("recv from any rank", build, source=lambda: received[0])
 
@@ -902,7 +889,7 @@ class ProcessGroupKaitian(_BASE):  # type: ignore[misc, valid-type]
         return _work_from_future(self._coalesced_done, self._call(call))
 
     def end_coalescing(self) -> dist.Work:
-        """Issues the collected sends and receives as one engine batch (ktSendRecvBatch).
+        """Issues the collected sends and receives as one engine batch.
 
         Why one batch: each rank's engine runs its calls one at a time, so a ring in which every
         rank sends before it receives would stall once a message outgrows the link's buffer; in a
@@ -913,7 +900,7 @@ class ProcessGroupKaitian(_BASE):  # type: ignore[misc, valid-type]
             raise RuntimeError(f"kaitian: rank {self._rank}: end_coalescing without start_coalescing")
         self._coalesced = None
 
-        def build() -> Plan:
+        def build() -> EngineCalls:
             keep: list[object] = []
             ops = (_native.P2POp * max(len(transfers), 1))()
             keep.append(ops)
@@ -926,7 +913,8 @@ class ProcessGroupKaitian(_BASE):  # type: ignore[misc, valid-type]
                     int(x.sending), buf.data_ptr(), buf.numel(), _native.datatype(buf.dtype), x.peer, x.tag
                 )
             tensors = [x.tensor for x in transfers]
-            return Plan([("ktSendRecvBatch", (ops, len(transfers)))], copied_back(received, tensors), keep)
+            calls = [_engine.send_recv_batch(ops, len(transfers))]
+            return EngineCalls(calls, copied_back(received, tensors), keep)
 
         work = self._engine("send/recv batch", build)
 
@@ -962,14 +950,14 @@ class ProcessGroupKaitian(_BASE):  # type: ignore[misc, valid-type]
         if inputs:
             self._checks.same_dtype("allgather_coalesced", inputs[0], inputs)
 
-        def build() -> Plan:
+        def build() -> EngineCalls:
             keep: list[object] = []
             if not inputs:
-                return Plan([("ktBarrier", ())], lambda: [], keep)
+                return EngineCalls([_engine.barrier()], lambda: [], keep)
             src = torch.cat([t.detach().reshape(-1).cpu() for t in inputs])
             dst = torch.empty(src.numel() * self._size, dtype=src.dtype)
             keep += [src, dst]
-            call = ("ktAllGather", (src.data_ptr(), dst.data_ptr(), src.numel(), _native.datatype(src.dtype)))
+            call = _engine.all_gather(src, dst)
 
             def finish() -> list[torch.Tensor]:
                 for outputs, block in zip(output_lists, dst.chunk(self._size), strict=True):
@@ -977,7 +965,7 @@ class ProcessGroupKaitian(_BASE):  # type: ignore[misc, valid-type]
                         out.copy_(part.view_as(out))
                 return [t for outputs in output_lists for t in outputs]
 
-            return Plan([call], finish, keep)
+            return EngineCalls([call], finish, keep)
 
         return self._engine("allgather_coalesced", build)
 

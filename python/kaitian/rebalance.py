@@ -2,7 +2,7 @@
 
 Every rank times its own compute per step (see `OnlineBalancer.step`); every `interval` steps
 all ranks allgather (compute seconds, samples) of the window and feed them, in rank order, to
-identical ktRebalancers. The rebalancer is deterministic, so every rank gets the same proposal;
+identical Rebalancers. The rebalancer is deterministic, so every rank gets the same proposal;
 rank 0's is broadcast and compared anyway, so a divergence fails loudly instead of hanging a
 later collective. A changed plan is scheduled in the AdaptiveSampler at the same iteration on
 every rank, logged, kept in `history`, and written as JSON to the job's torch store
@@ -24,7 +24,8 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 from ._native import KaitianMismatchError
-from .planner import Rebalancer, StepCost, gather_floats
+from ._planning import Rebalancer
+from .planner import StepCost, gather_floats
 from .sampler import AdaptiveSampler
 from .telemetry import JobTelemetry, job_telemetry
 from .weighting import install_weighting

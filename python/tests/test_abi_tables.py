@@ -146,3 +146,52 @@ def test_result_codes_agree() -> None:
         "internalerror": _native.INTERNAL_ERROR,
     }
     assert {k: header[k] for k in python} == python
+
+
+BINDING_MODULES = {"_native.py", "_engine.py", "_hybrid.py", "_store.py", "_planning.py"}
+"""The package's binding layer: the only modules that name the C ABI's functions and types."""
+
+
+def test_the_c_abi_is_named_only_in_the_binding_layer() -> None:
+    """Other modules call the binding's typed functions, so a change to the ABI touches these five."""
+    package = ROOT / "python" / "kaitian"
+    outside = {
+        f"{path.name}:{number}: {line.strip()}"
+        for path in sorted(package.glob("*.py"))
+        if path.name not in BINDING_MODULES
+        for number, line in enumerate(path.read_text().splitlines(), 1)
+        if re.search(r"\bkt[A-Z]\w*", line)
+    }
+    assert not outside, "C ABI names outside the binding layer:\n" + "\n".join(sorted(outside))
+    assert {p.name for p in package.glob("_*.py")} >= BINDING_MODULES
+
+
+def test_every_engine_call_builder_names_a_declared_function() -> None:
+    """The typed call builders of kaitian._engine name functions the header declares, with their
+    arguments before the trailing (comm, &work)."""
+    from kaitian import _engine
+
+    t = torch.zeros(4)
+    counts = (ctypes.c_size_t * 2)(2, 2)
+    calls = [
+        _engine.all_reduce(t, t, _native.SUM),
+        _engine.reduce(t, t, _native.SUM, 0),
+        _engine.broadcast(t, t, 0),
+        _engine.reduce_scatter(t, t[:2], _native.SUM),
+        _engine.all_gather(t[:2], t),
+        _engine.all_gather_v(t[:2], t, counts),
+        _engine.gather(t[:2], None, 0),
+        _engine.scatter(None, t[:2], 0),
+        _engine.all_to_all(t, t, 2),
+        _engine.all_to_all_v(t, counts, t, counts),
+        _engine.barrier(),
+        _engine.send(t, 1, 0),
+        _engine.recv(t, 1, 0),
+        _engine.recv_any(t, 0),
+        _engine.send_recv_batch((_native.P2POp * 1)(), 1),
+    ]
+    declared = prototypes()
+    for call in calls:
+        params = declared[call.function]
+        assert params[-2:] == ["ktComm_t", "ktWork_t *"], call.function
+        assert len(call.args) == len(params) - 2, call.function
