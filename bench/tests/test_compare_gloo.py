@@ -10,12 +10,11 @@ from typing import Any
 
 import pytest
 
-BENCH_DIR = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(BENCH_DIR))
+import benchlib
+import compare_gloo
+import torch_collective
 
-import benchlib  # noqa: E402
-import compare_gloo  # noqa: E402
-import torch_collective  # noqa: E402
+BENCH_DIR = Path(__file__).resolve().parent.parent
 
 JSON_KEYS = {
     "collective",

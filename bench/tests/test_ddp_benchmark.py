@@ -8,12 +8,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import ddp_benchmark
 import pytest
 
 BENCH_DIR = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(BENCH_DIR))
-
-import ddp_benchmark  # noqa: E402
 
 
 def test_parse_models_keeps_order_and_drops_duplicates() -> None:

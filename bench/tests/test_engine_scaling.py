@@ -2,13 +2,7 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-BENCH_DIR = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(BENCH_DIR))
-
-import engine_scaling  # noqa: E402
+import engine_scaling
 
 
 def document() -> dict[str, object]:

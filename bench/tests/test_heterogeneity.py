@@ -8,11 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import heterogeneity
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import heterogeneity  # noqa: E402 (after the path insert)
 
 
 def test_quota_file_v1_and_v2() -> None:

@@ -8,10 +8,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-BENCH_DIR = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(BENCH_DIR))
+import integrity_cost
 
-import integrity_cost  # noqa: E402
+BENCH_DIR = Path(__file__).resolve().parent.parent
 
 # Prints allreduce records up to --max-bytes; with KAITIAN_INTEGRITY=1 every time is 3x.
 FAKE_KAITIAN = """

@@ -11,17 +11,12 @@ import multiprocessing
 import os
 import queue
 import socket
-import sys
 import traceback
 from collections.abc import Callable
 from datetime import timedelta
-from pathlib import Path
 
 import torch
 from workloads import SCENARIOS
-
-PYTHON_DIR = str(Path(__file__).resolve().parents[1])
-TESTS_DIR = str(Path(__file__).resolve().parent)
 
 
 def free_port() -> int:
@@ -39,9 +34,6 @@ def _rank_main(
     args: tuple[object, ...],
     results: object,
 ) -> None:
-    for path in (PYTHON_DIR, TESTS_DIR):
-        if path not in sys.path:
-            sys.path.insert(0, path)
     os.environ.update(
         {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": str(rank), "WORLD_SIZE": str(size), **env}
     )

@@ -8,15 +8,10 @@ must only slow the job down: every allreduce result stays exact.
 from __future__ import annotations
 
 import os
-import sys
-from pathlib import Path
 
+import netfaults
 import pytest
 from kaitian import _native
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench" / "reliability"))
-
-import netfaults  # noqa: E402
 
 pytestmark = [
     pytest.mark.skipif(

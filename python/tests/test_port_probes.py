@@ -2,15 +2,9 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
+import kill_random
+import probe
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench" / "reliability"))
-
-import kill_random  # noqa: E402
-import probe  # noqa: E402
 
 
 def test_every_probe_is_refused_while_the_job_keeps_working() -> None:

@@ -7,14 +7,8 @@ uninterrupted run.
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
+import kill_random
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench" / "reliability"))
-
-import kill_random  # noqa: E402
 
 
 def _launcher_or_skip() -> None:

@@ -5,15 +5,9 @@ The long version (thousands of calls) is bench/reliability/soak.py; both share i
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
+import soak
 from kaitian import _native
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench" / "reliability"))
-
-import soak  # noqa: E402
 
 pytestmark = pytest.mark.skipif(
     not any(p.is_file() for p in _native.library_candidates()), reason="libKaitianC.so is not built"
