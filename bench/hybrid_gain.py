@@ -371,7 +371,10 @@ def reproduce_flags(args: argparse.Namespace) -> list[str]:
     if not args.side_by_side:
         flags.append("--no-side-by-side")
     report = args.markdown if args.markdown is not None else Path("docs/HYBRID-GAIN.md")
-    return [*flags, "--markdown", str(report)]
+    flags += ["--markdown", str(report)]
+    if getattr(args, "json_out", None) is not None:
+        flags += ["--json-out", str(args.json_out)]
+    return flags
 
 
 def commit() -> str:
@@ -441,13 +444,11 @@ def markdown(
         "Throughput in samples/s of the training loop (start-up excluded). Fast ranks' compute is "
         "the time from a step's start to its last gradient, per sample; exposed communication is "
         "the rest of the step (the exchange after the last gradient, and waiting for the slowest "
-        f"rank). Test accuracy (median): {accuracy}."
-        + (
-            " Near chance: this short run has not trained the model yet; the accuracies say nothing "
-            "about one configuration learning worse (more --epochs for that)."
-            if max(statistics.median(v) for rep in reports for v in rep["accuracy"].values() if v) < 0.3
-            else ""
-        ),
+        f"rank). Test accuracy (median): {accuracy}. A short run's accuracy depends on the seed and "
+        "on how the global batch is split over ranks (each rank's BatchNorm normalises its own "
+        "slice) more than on anything the engine does: `bench/split_accuracy.py` measures that "
+        "spread without any communication. The hybrid path's math is checked by the tests instead "
+        "(gradients bitwise equal on every rank and equal to full-batch training).",
         "",
         "## Where a hybrid step's time goes",
         "",
@@ -515,6 +516,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--timeout", type=float, default=1800.0, help="seconds per job")
     parser.add_argument("--markdown", type=Path, help="write the report here")
     parser.add_argument("--json", action="store_true", help="print the raw results as JSON")
+    parser.add_argument("--json-out", type=Path, help="also write the raw results as JSON here (for --from-json)")
     parser.add_argument("--from-json", type=Path, help="render the report from a --json output instead of running")
     args = parser.parse_args(argv)
     args.modes = [m.strip() for m in args.modes.split(",") if m.strip()]
@@ -528,7 +530,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.from_json is not None:
         saved = json.loads(args.from_json.read_text())
         for key, value in saved["args"].items():
-            if key not in ("markdown", "json", "from_json"):
+            if key not in ("markdown", "json", "from_json", "json_out"):
                 setattr(args, key, value)
         raw = saved["raw"]
         provenance = f"measured {saved['measured']} at commit {saved['commit']}, rendered from saved results"
@@ -540,10 +542,14 @@ def main(argv: list[str] | None = None) -> None:
     print(text)
     if args.markdown is not None:
         args.markdown.write_text(text)
-    if args.json:
-        saved_args = {k: v for k, v in vars(args).items() if k not in ("markdown", "from_json")}
+    if (args.json or args.json_out is not None) and args.from_json is None:
+        saved_args = {k: v for k, v in vars(args).items() if k not in ("markdown", "from_json", "json_out")}
         measured = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-        print(json.dumps({"args": saved_args, "commit": commit(), "measured": measured, "raw": raw}, indent=1))
+        saved = json.dumps({"args": saved_args, "commit": commit(), "measured": measured, "raw": raw}, indent=1)
+        if args.json:
+            print(saved)
+        if args.json_out is not None:
+            args.json_out.write_text(saved + "\n")
 
 
 def measure(args: argparse.Namespace) -> dict[str, list[dict[str, Any]]]:

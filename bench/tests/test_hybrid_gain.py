@@ -153,3 +153,18 @@ def test_ceilings_come_from_the_hybrid_jobs_measured_costs() -> None:
     assert "| quota | 1.27 (1.25-1.28) | 0.806 (0.8-0.812) |" in lines
     assert gain.ceiling_lines([gain.mode_report("quota", [one_round(90.0)])]) == [], "older runs had none"
     assert gain.parse_args(["--adaptive", "online"]).adaptive == "online"
+
+
+def test_saved_results_render_the_same_report(tmp_path: Path, monkeypatch: Any, capsys: Any) -> None:
+    """--json-out keeps what --from-json needs: the report renders again without running anything."""
+    monkeypatch.setattr(gain, "measure", lambda args: {"quota": [one_round(90.0), one_round(95.0)]})
+    saved, first, again = tmp_path / "gain.json", tmp_path / "first.md", tmp_path / "again.md"
+    gain.main(["--modes", "quota", "--rounds", "2", "--json-out", str(saved), "--markdown", str(first)])
+    monkeypatch.setattr(gain, "measure", lambda args: (_ for _ in ()).throw(AssertionError("measured again")))
+    gain.main(["--from-json", str(saved), "--markdown", str(again)])
+    capsys.readouterr()
+    # The figures: after the provenance line, up to the command line (which names the output files).
+    body = lambda path: path.read_text().split("\n", 3)[3].split("## Reproduce")[0]  # noqa: E731
+    assert "rendered from saved results" in again.read_text()
+    assert body(again) == body(first)
+    assert "--json-out" in first.read_text()
