@@ -60,7 +60,7 @@ struct DeviceBenchmark {
 
   /// The seconds per sample in kaitian.device_bench's JSON line; nil for anything else.
   static func secondsPerSample(in text: String) -> Double? {
-    (try? MonitorJSONParser.parse(text))?["seconds_per_sample"]?.doubleValue
+    (try? JSON.parse(text))?["seconds_per_sample"]?.doubleValue
   }
 
   /// The scores document kept for later jobs: {"host", "measured", "workload", "devices": [...]}.

@@ -165,7 +165,7 @@ final class MonitorConnection {
       throw MonitorError(
         "\(directory) has no \(JobRecord.jobFile): is it the log directory of a kaitian run job?")
     }
-    let job = try MonitorJSONParser.parse(try TextFile.read(jobFile))
+    let job = try JSON.parse(try TextFile.read(jobFile))
     guard let address = job["store"]?.stringValue else {
       throw MonitorError(
         "\(jobFile) names no store (expected {\"job_id\", \"store\", \"started\"})")

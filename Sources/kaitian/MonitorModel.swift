@@ -5,12 +5,12 @@
 /// A value that cannot be decoded is skipped and named in `problems`, so one bad writer does
 /// not hide the rest of the job.
 struct MonitorSnapshot {
-  struct RankInfo {
+  struct RankInfo: Decodable {
     var rank: Int
     var kind: String
   }
 
-  struct Job {
+  struct Job: Decodable {
     var jobID: String
     var worldSize: Int
     var started: Double
@@ -19,9 +19,15 @@ struct MonitorSnapshot {
     var failure: String?
     var ranks: [RankInfo]
     var isRunning: Bool { state == "running" }
+
+    enum CodingKeys: String, CodingKey {
+      case jobID = "job_id"
+      case worldSize = "world_size"
+      case started, state, ended, failure, ranks
+    }
   }
 
-  struct Sample {
+  struct Sample: Decodable {
     var rank: Int
     var kind: String
     var host: String
@@ -34,6 +40,31 @@ struct MonitorSnapshot {
     var commSeconds: Double
     var samplesPerSecond: Double
     var time: Double
+
+    enum CodingKeys: String, CodingKey {
+      case rank, kind, host, pid, step, epoch, batch, time
+      case stepSeconds = "step_seconds"
+      case computeSeconds = "compute_seconds"
+      case commSeconds = "comm_seconds"
+      case samplesPerSecond = "samples_per_second"
+    }
+
+    /// Host, pid and epoch are optional (older workers did not write them).
+    init(from decoder: any Decoder) throws {
+      let fields = try decoder.container(keyedBy: CodingKeys.self)
+      rank = try fields.decode(Int.self, forKey: .rank)
+      kind = try fields.decode(String.self, forKey: .kind)
+      host = try fields.decodeIfPresent(String.self, forKey: .host) ?? "?"
+      pid = try fields.decodeIfPresent(Int.self, forKey: .pid) ?? 0
+      step = try fields.decode(Int.self, forKey: .step)
+      epoch = try fields.decodeIfPresent(Int.self, forKey: .epoch) ?? 0
+      batch = try fields.decode(Int.self, forKey: .batch)
+      stepSeconds = try fields.decode(Double.self, forKey: .stepSeconds)
+      computeSeconds = try fields.decode(Double.self, forKey: .computeSeconds)
+      commSeconds = try fields.decode(Double.self, forKey: .commSeconds)
+      samplesPerSecond = try fields.decode(Double.self, forKey: .samplesPerSecond)
+      time = try fields.decode(Double.self, forKey: .time)
+    }
   }
 
   /// One point of a rank's series (a publish window's means): what the plots draw.
@@ -43,7 +74,39 @@ struct MonitorSnapshot {
     var stepSeconds: Double
   }
 
-  struct PlanChange {
+  /// One chunk of a rank's series as a worker writes it: named columns, then rows of numbers
+  /// (null where a value was not finite).
+  struct SeriesChunk: Decodable {
+    var chunk: Int
+    var fields: [String]
+    var points: [[Double?]]
+
+    func decodedPoints() throws(DecodeError) -> [Point] {
+      func column(_ name: String) throws(DecodeError) -> Int {
+        guard let index = fields.firstIndex(of: name) else {
+          throw DecodeError("the series has no field '\(name)'")
+        }
+        return index
+      }
+      let time = try column("time")
+      let batch = try column("batch")
+      let stepSeconds = try column("step_seconds")
+      var result: [Point] = []
+      for row in points {
+        guard row.count == fields.count else {
+          throw DecodeError("a point has \(row.count) values for \(fields.count) fields")
+        }
+        let values = row.map { $0 ?? .nan }
+        result.append(
+          Point(
+            time: values[time], batch: Int(exactly: values[batch].rounded()) ?? 0,
+            stepSeconds: values[stepSeconds]))
+      }
+      return result
+    }
+  }
+
+  struct PlanChange: Decodable {
     var step: Int
     var epoch: Int
     var iteration: Int
@@ -51,17 +114,28 @@ struct MonitorSnapshot {
     var new: [Int]
     var secondsPerSample: [Double]
     var time: Double
+
+    enum CodingKeys: String, CodingKey {
+      case step, epoch, iteration, old, new, time
+      case secondsPerSample = "seconds_per_sample"
+    }
   }
 
   /// What the job gained over its fastest group alone, as the training script measured it
   /// (`monitor/gain`, written once at the end): throughputs in samples per second.
-  struct Gain {
+  struct Gain: Decodable {
     var fastestGroup: String
     var fastestGroupAlone: Double
     var ideal: Double
     var achieved: Double
     var overFastestGroup: Double { fastestGroupAlone > 0 ? achieved / fastestGroupAlone : .nan }
     var ofIdeal: Double { ideal > 0 ? achieved / ideal : .nan }
+
+    enum CodingKeys: String, CodingKey {
+      case fastestGroup = "fastest_group"
+      case fastestGroupAlone = "fastest_group_alone"
+      case ideal, achieved
+    }
   }
 
   static let prefix = "monitor/"
@@ -84,24 +158,21 @@ struct MonitorSnapshot {
     for (key, value) in values.sorted(by: { $0.key < $1.key }) {
       do {
         if key == Self.jobKey {
-          job = try Self.job(value)
+          job = try value.decoded(as: Job.self)
         } else if key == Self.planKey {
-          planChanges = try Self.planChanges(value)
+          planChanges = try value.decoded(as: [PlanChange].self)
         } else if key == Self.gainKey {
-          gain = Gain(
-            fastestGroup: try Self.string(value, "fastest_group"),
-            fastestGroupAlone: try Self.double(value, "fastest_group_alone"),
-            ideal: try Self.double(value, "ideal"), achieved: try Self.double(value, "achieved"))
+          gain = try value.decoded(as: Gain.self)
         } else if key.hasPrefix(Self.rankPrefix) {
-          let sample = try Self.sample(value)
+          let sample = try value.decoded(as: Sample.self)
           samples[sample.rank] = sample
         } else if key.hasPrefix(Self.seriesPrefix) {
           let parts = key.dropFirst(Self.seriesPrefix.count).split(separator: "/")
           guard parts.count == 2, let rank = Int(parts[0]) else {
             throw DecodeError("expected monitor/series/<rank>/<slot>")
           }
-          let chunk = try Self.chunk(value)
-          chunks[rank, default: []].append(chunk)
+          let chunk = try value.decoded(as: SeriesChunk.self)
+          chunks[rank, default: []].append((chunk.chunk, try chunk.decodedPoints()))
         }
       } catch {
         problems.append("\(key): \(error)")
@@ -131,134 +202,5 @@ struct MonitorSnapshot {
   struct DecodeError: Error, CustomStringConvertible {
     let description: String
     init(_ description: String) { self.description = description }
-  }
-
-  private static func int(_ value: JSON, _ name: String) throws(DecodeError) -> Int {
-    guard let result = value[name]?.intValue else { throw mistyped(name) }
-    return result
-  }
-
-  private static func double(_ value: JSON, _ name: String) throws(DecodeError) -> Double {
-    guard let result = value[name]?.doubleValue else { throw mistyped(name) }
-    return result
-  }
-
-  private static func string(_ value: JSON, _ name: String) throws(DecodeError) -> String {
-    guard let result = value[name]?.stringValue else { throw mistyped(name) }
-    return result
-  }
-
-  private static func array(_ value: JSON, _ name: String) throws(DecodeError) -> [JSON] {
-    guard let result = value[name]?.arrayValue else { throw mistyped(name) }
-    return result
-  }
-
-  private static func mistyped(_ name: String) -> DecodeError {
-    DecodeError("missing or mistyped field '\(name)'")
-  }
-
-  private static func job(_ value: JSON) throws(DecodeError) -> Job {
-    var ranks: [RankInfo] = []
-    for entry in try array(value, "ranks") {
-      ranks.append(
-        RankInfo(
-          rank: try int(entry, "rank"), kind: try string(entry, "kind"))
-      )
-    }
-    return Job(
-      jobID: try string(value, "job_id"),
-      worldSize: try int(value, "world_size"),
-      started: try double(value, "started"),
-      state: try string(value, "state"),
-      ended: value["ended"]?.doubleValue, failure: value["failure"]?.stringValue, ranks: ranks)
-  }
-
-  private static func sample(_ value: JSON) throws(DecodeError) -> Sample {
-    Sample(
-      rank: try int(value, "rank"), kind: try string(value, "kind"),
-      host: value["host"]?.stringValue ?? "?", pid: value["pid"]?.intValue ?? 0,
-      step: try int(value, "step"), epoch: value["epoch"]?.intValue ?? 0,
-      batch: try int(value, "batch"),
-      stepSeconds: try double(value, "step_seconds"),
-      computeSeconds: try double(value, "compute_seconds"),
-      commSeconds: try double(value, "comm_seconds"),
-      samplesPerSecond: try double(value, "samples_per_second"),
-      time: try double(value, "time"))
-  }
-
-  private static func chunk(_ value: JSON) throws(DecodeError) -> (index: Int, points: [Point]) {
-    let fields = try array(value, "fields").map { $0.stringValue ?? "" }
-    func column(_ name: String) throws(DecodeError) -> Int {
-      guard let index = fields.firstIndex(of: name) else {
-        throw DecodeError("the series has no field '\(name)'")
-      }
-      return index
-    }
-    let time = try column("time")
-    let batch = try column("batch")
-    let stepSeconds = try column("step_seconds")
-    var points: [Point] = []
-    for row in try array(value, "points") {
-      let numbers = (row.arrayValue ?? []).map(\.doubleValue)
-      guard numbers.count == fields.count else {
-        throw DecodeError("a point has \(numbers.count) values for \(fields.count) fields")
-      }
-      let values = numbers.map { $0 ?? .nan }
-      points.append(
-        Point(
-          time: values[time], batch: Int(exactly: values[batch].rounded()) ?? 0,
-          stepSeconds: values[stepSeconds]))
-    }
-    return (try int(value, "chunk"), points)
-  }
-
-  private static func planChanges(_ value: JSON) throws(DecodeError) -> [PlanChange] {
-    guard let entries = value.arrayValue else {
-      throw DecodeError("expected a list of plan changes")
-    }
-    var changes: [PlanChange] = []
-    for entry in entries {
-      func ints(_ name: String) throws(DecodeError) -> [Int] {
-        try array(entry, name).map { $0.intValue ?? 0 }
-      }
-      changes.append(
-        PlanChange(
-          step: try int(entry, "step"), epoch: try int(entry, "epoch"),
-          iteration: try int(entry, "iteration"), old: try ints("old"),
-          new: try ints("new"),
-          secondsPerSample: try array(entry, "seconds_per_sample").map {
-            $0.doubleValue ?? 0
-          },
-          time: try double(entry, "time")))
-    }
-    return changes
-  }
-}
-
-extension JSON {
-  /// The member `name` of an object; nil for other values or a missing member.
-  subscript(_ name: String) -> JSON? {
-    guard case .object(let members) = self else { return nil }
-    return members.first { $0.0 == name }?.1
-  }
-
-  var doubleValue: Double? {
-    if case .number(let value) = self { return value }
-    return nil
-  }
-
-  var intValue: Int? {
-    guard let value = doubleValue, value == value.rounded(), abs(value) < 1e15 else { return nil }
-    return Int(value)
-  }
-
-  var stringValue: String? {
-    if case .string(let value) = self { return value }
-    return nil
-  }
-
-  var arrayValue: [JSON]? {
-    if case .array(let values) = self { return values }
-    return nil
   }
 }

@@ -23,7 +23,7 @@ enum MonitorSource {
     where series || !key.hasPrefix(MonitorSnapshot.seriesPrefix) {
       guard let bytes = try store.tryGet(key: key) else { continue }  // deleted meanwhile
       do {
-        values[key] = try MonitorJSONParser.parse(bytes)
+        values[key] = try JSON.parse(bytes)
       } catch {
         problems.append("\(key): \(error)")
       }
@@ -43,7 +43,7 @@ enum MonitorSource {
   static func readSnapshot(path: String) throws(MonitorError) -> [String: JSON] {
     let document: JSON
     do {
-      document = try MonitorJSONParser.parse(try TextFile.read(path))
+      document = try JSON.parse(try TextFile.read(path))
     } catch let error as MonitorError {
       throw error
     } catch {

@@ -51,9 +51,14 @@ struct DeviceBenchmarkTests {
     let child = try ChildProcess(
       "kaitian", ["devices", "--bench", "--python", python, "--scores-file", scores, "--json"])
     #expect(child.wait(seconds: 60) == 0, "\(child.errors)")
-    #expect(child.output.contains(#""device": "cpu", "seconds_per_sample": 0.002"#))
-    #expect(child.output.contains(#""samples_per_second": 500, "score": 1"#))
-    #expect(ChildProcess.read(scores).contains(#""score": 1"#))
+    let device = try JSON.parse(child.output)["devices"]?.arrayValue?.first
+    #expect(
+      device?["device"]?.stringValue == "cpu" && device?["seconds_per_sample"]?.doubleValue == 0.002
+    )
+    #expect(device?["samples_per_second"]?.doubleValue == 500 && device?["score"]?.doubleValue == 1)
+    #expect(
+      try JSON.parse(ChildProcess.read(scores))["devices"]?.arrayValue?.first?["score"]?.doubleValue
+        == 1)
     #expect(child.errors.contains("benchmarking cpu (1/1"))
   }
 

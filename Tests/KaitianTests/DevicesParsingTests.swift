@@ -121,7 +121,7 @@ struct DevicesParsingTests {
       ])
   }
 
-  @Test func absentToolsAreReportedNotFound() {
+  @Test func absentToolsAreReportedNotFound() throws {
     let cpu = Device(
       kind: "cpu", index: 0, name: "Test CPU", memoryBytes: 1 << 30, cores: 4, numaNodes: 1)
     let probes = [
@@ -134,8 +134,15 @@ struct DevicesParsingTests {
     #expect(table.contains("nvidia-smi not found"))
     #expect(table.contains("MLU370-X8  24.0 GiB"))
     #expect(table.contains("4 logical cores, 1 NUMA node"))
-    let json = DevicesCommand.json(cpu: cpu, probes: probes)
-    #expect(json.contains(#"{"tool": "nvidia-smi", "kind": "cuda", "status": "absent"}"#))
-    #expect(json.contains(#""accelerators": [{"kind": "mlu", "index": 0, "name": "MLU370-X8""#))
+    let json = try JSON.parse(DevicesCommand.json(cpu: cpu, probes: probes))
+    #expect(
+      json["tools"]?.arrayValue?.first
+        == .object([
+          ("kind", .string("cuda")), ("status", .string("absent")), ("tool", .string("nvidia-smi")),
+        ]))
+    let accelerator = json["accelerators"]?.arrayValue?.first
+    #expect(
+      accelerator?["kind"]?.stringValue == "mlu" && accelerator?["name"]?.stringValue == "MLU370-X8"
+    )
   }
 }

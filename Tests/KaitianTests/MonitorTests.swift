@@ -62,24 +62,57 @@ enum MonitorFixture {
   }
 }
 
-@Suite("kaitian monitor: JSON parser")
-struct MonitorJSONParserTests {
+@Suite("kaitian monitor: JSON values (Foundation's decoder and encoder)")
+struct JSONValueTests {
   @Test func parsesValuesStringsAndNesting() throws {
-    let value = try MonitorJSONParser.parse(
+    let value = try JSON.parse(
       #" {"a": [1, -2.5e3, true, false, null], "s": "x\"\\\/\n\u00e9\ud83d\ude00", "o": {}} "#)
     #expect(value["a"]?.arrayValue?.count == 5)
     #expect(value["a"]?.arrayValue?[1].doubleValue == -2500)
     #expect(value["s"]?.stringValue == "x\"\\/\né😀")
     #expect(value["o"] != nil && value["missing"] == nil)
-    #expect(try MonitorJSONParser.parse("[]").arrayValue?.isEmpty == true)
+    #expect(try JSON.parse("[]").arrayValue?.isEmpty == true)
   }
 
   @Test(arguments: [
-    "", "{", "[1,]", "{\"a\" 1}", "tru", "\"open", "1 2", "{\"a\": nan}", "\"\\q\"", "[\"\u{01}\"]",
-    String(repeating: "[", count: 100) + String(repeating: "]", count: 100),
+    "", "{", "{\"a\" 1}", "tru", "\"open", "1 2", "{\"a\": nan}", "\"\\q\"", "[\"\u{01}\"]",
+    String(repeating: "[", count: 100_000) + String(repeating: "]", count: 100_000),
+    "\u{FF}\u{FE}",
   ])
   func rejectsMalformedInput(text: String) {
-    #expect(throws: MonitorJSONParser.Failure.self) { try MonitorJSONParser.parse(text) }
+    #expect(throws: JSON.Malformed.self) { try JSON.parse(text) }
+  }
+
+  @Test func rendersSortedCompactTextThatReadsBackEqual() throws {
+    let value = JSON.object([
+      ("z", .array([.number(3), .number(-2.5), .bool(true), .null])), ("a", .string("q\"\n/")),
+      ("inf", .number(.infinity)),
+    ])
+    #expect(value.rendered == #"{"a":"q\"\n/","inf":null,"z":[3,-2.5,true,null]}"#)
+    #expect(
+      try JSON.parse(value.rendered)
+        == .object([
+          ("a", .string("q\"\n/")), ("inf", .null),
+          ("z", .array([.number(3), .number(-2.5), .bool(true), .null])),
+        ]))
+  }
+
+  @Test func decodesTypedValuesAndNamesTheBadField() throws {
+    struct Point: Decodable, Equatable {
+      var x: Int
+      var label: String
+    }
+    #expect(
+      try JSON.parse(#"{"x": 4, "label": "p"}"#).decoded(as: Point.self) == Point(x: 4, label: "p"))
+    #expect(throws: JSON.Malformed.self) {
+      try JSON.parse(#"{"x": 4.5, "label": "p"}"#).decoded(as: Point.self)
+    }
+    do {
+      _ = try JSON.parse(#"{"x": 4}"#).decoded(as: Point.self)
+      Issue.record("a missing field decoded")
+    } catch {
+      #expect(error.description == "missing field 'label'")
+    }
   }
 }
 
@@ -106,7 +139,7 @@ struct MonitorModelTests {
     malformed["monitor/rank/3"] = .object([("rank", .string("three"))])
     let snapshot = MonitorSnapshot(values: malformed)
     #expect(snapshot.samples.count == 2)
-    #expect(snapshot.problems == ["monitor/rank/3: missing or mistyped field 'rank'"])
+    #expect(snapshot.problems == ["monitor/rank/3: mistyped field 'rank'"])
   }
 
   @Test func textViewShowsEveryRankItsShareAndThePlanChanges() throws {
@@ -137,16 +170,17 @@ struct MonitorModelTests {
     let view = MonitorView(
       snapshot: try MonitorFixture.snapshot(), origin: .live(store: "s:1"),
       now: MonitorFixture.started + 21)
-    let document = try MonitorJSONParser.parse(view.json.rendered)
+    let document = try JSON.parse(view.json.rendered)
     guard case .object(let members) = document else {
       Issue.record("not an object")
       return
     }
     #expect(
-      members.map(\.0) == [
-        "source", "store", "job", "total_samples_per_second", "global_batch", "ranks",
-        "plan_changes", "gain", "problems",
-      ])
+      members.map(\.0)
+        == [
+          "source", "store", "job", "total_samples_per_second", "global_batch", "ranks",
+          "plan_changes", "gain", "problems",
+        ].sorted())
     let gainIsNull = if case .null? = document["gain"] { true } else { false }
     #expect(gainIsNull, "without a monitor/gain key, gain is null")
     #expect(document["job"]?["state"]?.stringValue == "running")
@@ -157,10 +191,11 @@ struct MonitorModelTests {
       return
     }
     #expect(
-      rank.map(\.0) == [
-        "rank", "kind", "host", "pid", "step", "epoch", "batch", "share", "step_seconds",
-        "compute_seconds", "comm_seconds", "comm_fraction", "samples_per_second", "age_seconds",
-      ])
+      rank.map(\.0)
+        == [
+          "rank", "kind", "host", "pid", "step", "epoch", "batch", "share", "step_seconds",
+          "compute_seconds", "comm_seconds", "comm_fraction", "samples_per_second", "age_seconds",
+        ].sorted())
     #expect(ranks[1]["share"]?.doubleValue == 0.25 && ranks[1]["kind"]?.stringValue == "cpu-slow")
     #expect(document["plan_changes"]?.arrayValue?.first?["new"]?.arrayValue?.count == 2)
   }
@@ -179,7 +214,7 @@ struct MonitorModelTests {
       + "against 100.0 and 150.0, by the compute speeds measured before training)"
     let view = MonitorView(snapshot: snapshot, origin: .live(store: "s:1"), now: 0)
     #expect(view.text.contains("\n" + line + "\n"))
-    let document = try MonitorJSONParser.parse(view.json.rendered)
+    let document = try JSON.parse(view.json.rendered)
     #expect(document["gain"]?["over_fastest_group"]?.doubleValue == 1.3)
     #expect(document["gain"]?["fastest_group"]?.stringValue == "cpu")
     #expect(PlotSVG.render(try MonitorPlot.draw(snapshot)).contains("1.30x the fastest group"))
@@ -359,7 +394,7 @@ struct MonitorLiveTests {
     #expect(run.wait(seconds: 30) == 1)
     let once = try ChildProcess("kaitian", ["monitor", logs, "--once", "--json"])
     #expect(once.wait(seconds: 20) == 0, "\(once.errors)")
-    let job = try MonitorJSONParser.parse(once.output)["job"]
+    let job = try JSON.parse(once.output)["job"]
     #expect(job?["state"]?.stringValue == "failed")
     #expect(job?["failure"]?.stringValue?.contains("rank 0 cpu exited with status 3") == true)
     #expect(job?["ended"]?.doubleValue != nil)
@@ -408,7 +443,7 @@ struct MonitorLiveTests {
 
     let once = try ChildProcess("kaitian", ["monitor", logs, "--once", "--json"])
     #expect(once.wait(seconds: 20) == 0, "\(once.errors)")
-    let document = try MonitorJSONParser.parse(once.output)
+    let document = try JSON.parse(once.output)
     #expect(document["source"]?.stringValue == "snapshot")
     #expect(document["job"]?["state"]?.stringValue == "succeeded")
     #expect(document["job"]?["job_id"]?.stringValue == "e2e")
