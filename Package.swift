@@ -50,11 +50,23 @@ let package = Package(
       dependencies: ["KaitianRedis", "KaitianStore", "Kaitian", "KaitianCLI"]),
     // Starting and supervising local ranks: `kaitian bench` and `kaitian run`.
     .target(name: "KaitianLaunch"),
+    // Any JSON value through Foundation's Codable, for the tool's documents (not in
+    // libKaitianC.so, which stays free of Foundation).
+    .target(name: "KaitianJSON"),
+    // What `kaitian monitor` shows: a job's monitor keys decoded, as text, JSON or a plot.
+    .target(name: "KaitianMonitor", dependencies: ["KaitianStore", "KaitianJSON"]),
+    // What `kaitian devices` finds: vendor tools' probes, the accelerator check, the benchmark.
+    .target(
+      name: "KaitianDevices", dependencies: ["KaitianJSON", "KaitianLaunch", "KaitianStore"]),
+    // The `kaitian` command: one folder per subcommand, over the libraries above.
     .executableTarget(
       name: "KaitianCLI",
       dependencies: [
         "Kaitian",
+        "KaitianDevices",
+        "KaitianJSON",
         "KaitianLaunch",
+        "KaitianMonitor",
         "KaitianRedis",
         "KaitianVerification",
         .product(name: "ArgumentParser", package: "swift-argument-parser"),
@@ -72,7 +84,8 @@ let package = Package(
       name: "KaitianTests",
       dependencies: [
         "Kaitian", "KaitianStore", "KaitianVerification", "KaitianLaunch", "CKaitianShim",
-        "KaitianCLI", "KaitianTestWorker", "KaitianFuzz", "KaitianTestSupport",
+        "KaitianCLI", "KaitianDevices", "KaitianJSON", "KaitianMonitor", "KaitianTestWorker",
+        "KaitianFuzz", "KaitianTestSupport",
       ]),
     // The fuzz target for the network decoders (scripts/fuzz.sh); a corpus replayer otherwise.
     .executableTarget(

@@ -1,5 +1,6 @@
 import CKaitianShim
 import Glibc
+import KaitianJSON
 import KaitianStore
 import Testing
 
@@ -17,7 +18,9 @@ import Testing
     #expect(child.wait(seconds: 60) == 0, "\(child.errors)")
     let lines = child.output.split(separator: "\n").filter { $0.hasPrefix("{") }
     #expect(lines.count == 8, "8 B to 1 KiB: \(child.output)")
-    #expect(lines.allSatisfy { $0.contains("\"wrong\": 0") && $0.contains("\"ranks\": 3") })
+    let records = try lines.map { try JSON.parse(String($0)) }
+    #expect(records.allSatisfy { $0["wrong"] == .number(0) && $0["ranks"] == .number(3) })
+    #expect(records.allSatisfy { $0["inplace_wrong"] == .number(0) })
   }
 
   @Test func anUnknownBindingIsRefused() throws {

@@ -1,7 +1,10 @@
 import Glibc
+import KaitianStore
 import Testing
 
 @testable import KaitianCLI
+@testable import KaitianDevices
+@testable import KaitianJSON
 
 /// `kaitian devices --bench`: scores from the workload's figures, the saved document, and the
 /// command end to end with a stand-in interpreter (the real one is tested by pytest:
@@ -26,13 +29,6 @@ struct DeviceBenchmarkTests {
     #expect(
       DeviceBenchmark.secondsPerSample(in: #""seconds_per_sample": "no""#) == nil
     )
-  }
-
-  @Test func formatsFixedDecimals() {
-    #expect(DeviceBenchmark.fixed(930.17, digits: 1) == "930.2")
-    #expect(DeviceBenchmark.fixed(1.0751, digits: 3) == "1.075")
-    #expect(DeviceBenchmark.fixed(0.25, digits: 3) == "0.250")
-    #expect(DeviceBenchmark.fixed(12.6, digits: 0) == "13")
   }
 
   /// A stand-in for `python -m kaitian.device_bench`: answers like the real one, or fails.

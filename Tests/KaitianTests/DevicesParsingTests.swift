@@ -1,6 +1,8 @@
 import Testing
 
 @testable import KaitianCLI
+@testable import KaitianDevices
+@testable import KaitianJSON
 
 /// Each parser against sample output written from the tool's documented format; none of these
 /// tools runs on the machines the tests run on.

@@ -1,5 +1,6 @@
 import ArgumentParser
 import Glibc
+import KaitianStore
 import Testing
 
 @testable import KaitianCLI

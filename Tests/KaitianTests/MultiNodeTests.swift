@@ -1,9 +1,11 @@
 import ArgumentParser
+import Foundation
 import Glibc
 import KaitianLaunch
 import Testing
 
 @testable import KaitianCLI
+@testable import KaitianDevices
 
 @Suite("kaitian run: several nodes and Slurm, as values")
 struct NodePlacementTests {
@@ -75,7 +77,8 @@ struct NodePlacementTests {
       ToolProbe(tool: "cnmon", kind: "mlu", status: .notFound, devices: []),
     ]
     let check = { (groups: [GroupSpec]) in
-      DeviceCheck.problem(groups: groups, probes: probes, label: { "group \($0)" })
+      DeviceCheck.problem(
+        groups: groups.map(\.deviceRequest), probes: probes, label: { "group \($0)" })
     }
     #expect(check([try GroupSpec(kind: "cuda", count: 1, hostCPUs: 2)]) == nil)
     #expect(check([try GroupSpec(kind: "cpu", count: 64, hostCPUs: 2)]) == nil)
@@ -211,7 +214,9 @@ struct MultiNodeJobTests {
     // SIGKILL leaves no chance to publish anything; its worker is orphaned and ended here.
     one.signal(SIGKILL)
     _ = one.wait(seconds: 5)
-    let orphan = one.output.split(separator: " ").last.flatMap { Int32($0.trimmingSpaces()) }
+    let orphan = one.output.split(separator: " ").last.flatMap {
+      Int32($0.trimmingCharacters(in: .whitespaces))
+    }
     defer { if let orphan { kill(orphan, SIGKILL) } }
     #expect(zero.wait(seconds: 50) == 1)
     #expect(

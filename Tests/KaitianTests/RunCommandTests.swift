@@ -3,6 +3,8 @@ import Glibc
 import Testing
 
 @testable import KaitianCLI
+@testable import KaitianDevices
+@testable import KaitianJSON
 
 @Suite("kaitian run: arguments")
 struct RunArgumentTests {

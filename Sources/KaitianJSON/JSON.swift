@@ -6,7 +6,7 @@ import Foundation
 /// the tool passes through without knowing its shape (the store's `monitor/` values in a
 /// snapshot) and for the `--json` documents it assembles. Output has its object keys sorted, so
 /// the same document always renders the same text.
-enum JSON: Equatable, Sendable {
+package enum JSON: Equatable, Sendable {
   case null
   case bool(Bool)
   case number(Double)
@@ -14,7 +14,7 @@ enum JSON: Equatable, Sendable {
   case array([JSON])
   case object([(String, JSON)])
 
-  static func == (lhs: JSON, rhs: JSON) -> Bool {
+  package static func == (lhs: JSON, rhs: JSON) -> Bool {
     switch (lhs, rhs) {
     case (.null, .null): true
     case (.bool(let a), .bool(let b)): a == b
@@ -27,12 +27,12 @@ enum JSON: Equatable, Sendable {
   }
 
   /// A value that is not valid JSON (or nests deeper than JSONDecoder allows).
-  struct Malformed: Error, CustomStringConvertible {
-    let description: String
+  package struct Malformed: Error, CustomStringConvertible {
+    package let description: String
   }
 
   /// The value of one JSON text.
-  static func parse(_ bytes: [UInt8]) throws(Malformed) -> JSON {
+  package static func parse(_ bytes: [UInt8]) throws(Malformed) -> JSON {
     do {
       return try JSONDecoder().decode(JSON.self, from: Data(bytes))
     } catch {
@@ -40,11 +40,13 @@ enum JSON: Equatable, Sendable {
     }
   }
 
-  static func parse(_ text: String) throws(Malformed) -> JSON { try parse(Array(text.utf8)) }
+  package static func parse(_ text: String) throws(Malformed) -> JSON {
+    try parse(Array(text.utf8))
+  }
 
   /// The value as a `T`. Why through the encoder: the value is already parsed, and JSONDecoder
   /// reads only bytes.
-  func decoded<T: Decodable>(as type: T.Type) throws(Malformed) -> T {
+  package func decoded<T: Decodable>(as type: T.Type) throws(Malformed) -> T {
     do {
       return try JSONDecoder().decode(T.self, from: try JSONEncoder().encode(self))
     } catch {
@@ -53,7 +55,7 @@ enum JSON: Equatable, Sendable {
   }
 
   /// Compact text with sorted keys; a non-finite number is written as null, as JSON has none.
-  var rendered: String {
+  package var rendered: String {
     let encoder = JSONEncoder()
     encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
     // Every case encodes (non-finite numbers become null), so encoding cannot fail.
@@ -91,7 +93,7 @@ extension JSON: Codable {
     init?(intValue: Int) { nil }
   }
 
-  init(from decoder: any Decoder) throws {
+  package init(from decoder: any Decoder) throws {
     if var items = try? decoder.unkeyedContainer() {
       var values: [JSON] = []
       while !items.isAtEnd { values.append(try items.decode(JSON.self)) }
@@ -115,7 +117,7 @@ extension JSON: Codable {
     }
   }
 
-  func encode(to encoder: any Encoder) throws {
+  package func encode(to encoder: any Encoder) throws {
     switch self {
     case .object(let members):
       var container = encoder.container(keyedBy: Key.self)
@@ -141,27 +143,27 @@ extension JSON: Codable {
 
 extension JSON {
   /// The member `name` of an object; nil for other values or a missing member.
-  subscript(_ name: String) -> JSON? {
+  package subscript(_ name: String) -> JSON? {
     guard case .object(let members) = self else { return nil }
     return members.first { $0.0 == name }?.1
   }
 
-  var doubleValue: Double? {
+  package var doubleValue: Double? {
     if case .number(let value) = self { return value }
     return nil
   }
 
-  var intValue: Int? {
+  package var intValue: Int? {
     guard let value = doubleValue, value == value.rounded(), abs(value) < 1e15 else { return nil }
     return Int(value)
   }
 
-  var stringValue: String? {
+  package var stringValue: String? {
     if case .string(let value) = self { return value }
     return nil
   }
 
-  var arrayValue: [JSON]? {
+  package var arrayValue: [JSON]? {
     if case .array(let values) = self { return values }
     return nil
   }

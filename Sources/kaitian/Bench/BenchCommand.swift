@@ -1,6 +1,7 @@
 import ArgumentParser
 import Glibc
 import Kaitian
+import KaitianJSON
 import KaitianLaunch
 import KaitianStore
 

@@ -1,5 +1,7 @@
 import ArgumentParser
 import Glibc
+import KaitianJSON
+import KaitianMonitor
 import KaitianRedis
 import KaitianStore
 

@@ -1,4 +1,6 @@
 import ArgumentParser
+import Foundation
+import KaitianLaunch
 
 /// Which node of how many this launcher is, where node 0 is, and the job's id: from the flags,
 /// else from Slurm's variables when `srun` started this launcher, else a job on one host.
@@ -80,6 +82,6 @@ struct NodePlacement: Equatable {
       case .success(let text) = ToolOutput.run(
         scontrol, arguments: ["show", "hostnames", nodeList], timeoutSeconds: 10)
     else { return nil }
-    return text.split(separator: "\n").first.map { $0.trimmingSpaces() }
+    return text.split(separator: "\n").first.map { $0.trimmingCharacters(in: .whitespaces) }
   }
 }

@@ -1,5 +1,9 @@
 import ArgumentParser
+import Foundation
 import Glibc
+import KaitianDevices
+import KaitianJSON
+import KaitianStore
 
 /// `kaitian devices`: what this host can run ranks on, in the kinds `kaitian run` takes.
 struct DevicesCommand: ParsableCommand {
@@ -104,10 +108,7 @@ struct DevicesCommand: ParsableCommand {
         }
       }
     }
-    let widths = rows[0].indices.map { column in rows.map { $0[column].count }.max() ?? 0 }
-    return rows.map { row in
-      zip(row, widths).map { $0.padding(to: $1) }.joined(separator: "  ").trimmingSpaces()
-    }.joined(separator: "\n")
+    return AlignedColumns.render(rows)
   }
 
   /// {"cpu": {...}, "accelerators": [...], "tools": [{"tool", "kind", "status"}]}; status is

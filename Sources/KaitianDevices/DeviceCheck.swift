@@ -4,14 +4,28 @@
 /// CPU groups (kind cpu and labels such as cpu-slow) are not limited: their workers share the
 /// cores like any processes. Accelerator kinds are checked against what `kaitian devices`
 /// finds; a kind it cannot list (xpu) is refused too, since nothing says the devices exist.
-enum DeviceCheck {
+package enum DeviceCheck {
   /// The kinds that need a device; everything else runs on CPUs.
-  static let acceleratorKinds: Set<String> = ["cuda", "mlu", "rocm", "npu", "xpu"]
+  package static let acceleratorKinds: Set<String> = ["cuda", "mlu", "rocm", "npu", "xpu"]
+
+  /// What one group of a job asks for: `count` workers of `kind`, on the devices listed, or on
+  /// any `count` devices when `devices` is nil.
+  package struct Request {
+    package var kind: String
+    package var count: Int
+    package var devices: [Int]?
+
+    package init(kind: String, count: Int, devices: [Int]?) {
+      self.kind = kind
+      self.count = count
+      self.devices = devices
+    }
+  }
 
   /// nil when every group fits; else a message naming the group and what was found.
   /// `label(i)` names group i the way the user gave it (`--group cuda:2`, `[[group]] 1`).
-  static func problem(
-    groups: [GroupSpec], probes: [ToolProbe], label: (Int) -> String
+  package static func problem(
+    groups: [Request], probes: [ToolProbe], label: (Int) -> String
   ) -> String? {
     let hint = "; pass --no-device-check to launch anyway"
     for (index, group) in groups.enumerated() where acceleratorKinds.contains(group.kind) {
@@ -20,7 +34,7 @@ enum DeviceCheck {
           "\(label(index)): kaitian devices cannot list \(group.kind) devices, so their "
           + "presence is not checked\(hint)"
       }
-      let found = Set(probe.devices.map(\.index))
+      let found = Set(probe.devices.map { $0.index })
       switch probe.status {
       case .notFound:
         return "\(label(index)): no \(group.kind) devices here (\(probe.tool) not found)\(hint)"

@@ -1,4 +1,6 @@
+import Foundation
 import Glibc
+import KaitianJSON
 
 /// Formats `kaitian bench` results: an nccl-tests-style table for people, or one JSON object
 /// per size for machines.
@@ -45,27 +47,10 @@ final class BenchReport {
     if let inp { busBandwidths.append(inp.busbw) }
     wrongTotal += outOfPlace.wrong + (inPlace?.wrong ?? 0)
     if options.json {
-      var fields: [(String, String)] = [
-        ("collective", quoted(options.collective.rawValue)), ("size_bytes", "\(bytes)"),
-        ("count", "\(count)"), ("dtype", quoted(options.dtype)), ("op", quoted(opText)),
-        ("root", rootText), ("ranks", "\(options.ranks)"),
-        ("transport", quoted(options.transport.rawValue)),
-        ("time_us", number(outOfPlace.microseconds)), ("algbw_gbps", number(out.algbw)),
-        ("busbw_gbps", number(out.busbw)), ("wrong", wrong(outOfPlace)),
-      ]
-      if let inPlace, let inp {
-        fields += [
-          ("inplace_time_us", number(inPlace.microseconds)),
-          ("inplace_algbw_gbps", number(inp.algbw)), ("inplace_busbw_gbps", number(inp.busbw)),
-          ("inplace_wrong", wrong(inPlace)),
-        ]
-      } else {
-        fields += [
-          ("inplace_time_us", "null"), ("inplace_algbw_gbps", "null"),
-          ("inplace_busbw_gbps", "null"), ("inplace_wrong", "null"),
-        ]
-      }
-      emit("{" + fields.map { "\"\($0.0)\": \($0.1)" }.joined(separator: ", ") + "}")
+      emit(
+        jsonRecord(
+          bytes: bytes, count: count, outOfPlace: (outOfPlace, out),
+          inPlace: inPlace.map { ($0, bandwidths($0)) }))
       return
     }
     var line =
@@ -83,6 +68,33 @@ final class BenchReport {
     emit(line)
   }
 
+  /// One size's JSON object; the in-place fields are null when it was not measured, and the
+  /// "wrong" counts null without --check.
+  private func jsonRecord(
+    bytes: Int, count: Int, outOfPlace: (BenchWorker.Timing, (algbw: Double, busbw: Double)),
+    inPlace: (BenchWorker.Timing, (algbw: Double, busbw: Double))?
+  ) -> String {
+    func measured(_ prefix: String, _ result: (BenchWorker.Timing, (algbw: Double, busbw: Double))?)
+      -> [(String, JSON)]
+    {
+      let errors = result.flatMap { options.check ? JSON.number(Double($0.0.wrong)) : nil } ?? .null
+      return [
+        (prefix + "time_us", result.map { .number($0.0.microseconds) } ?? .null),
+        (prefix + "algbw_gbps", result.map { .number($0.1.algbw) } ?? .null),
+        (prefix + "busbw_gbps", result.map { .number($0.1.busbw) } ?? .null),
+        (prefix + "wrong", errors),
+      ]
+    }
+    let root = options.collective.usesRoot ? options.root : -1
+    let fields: [(String, JSON)] = [
+      ("collective", .string(options.collective.rawValue)), ("size_bytes", .number(Double(bytes))),
+      ("count", .number(Double(count))), ("dtype", .string(options.dtype)), ("op", .string(opText)),
+      ("root", .number(Double(root))), ("ranks", .number(Double(options.ranks))),
+      ("transport", .string(options.transport.rawValue)),
+    ]
+    return JSON.object(fields + measured("", outOfPlace) + measured("inplace_", inPlace)).rendered
+  }
+
   func printFooter() {
     guard !options.json else { return }
     let average =
@@ -94,7 +106,7 @@ final class BenchReport {
   }
 
   private func wrong(_ timing: BenchWorker.Timing) -> String {
-    options.check ? "\(timing.wrong)" : (options.json ? "null" : "N/A")
+    options.check ? "\(timing.wrong)" : "N/A"
   }
 
   private func columns(_ a: String, _ b: String, _ c: String, _ d: String) -> String {
@@ -106,19 +118,8 @@ final class BenchReport {
   }
 
   private func fixed(_ value: Double, _ decimals: Int) -> String {
-    var scale = 1.0
-    for _ in 0..<decimals { scale *= 10 }
-    let rounded = (value * scale).rounded() / scale
-    var text = "\(rounded)"
-    if let dot = text.firstIndex(of: ".") {
-      let have = text.distance(from: dot, to: text.endIndex) - 1
-      text += String(repeating: "0", count: max(0, decimals - have))
-    }
-    return text
+    String(format: "%.*f", Int32(decimals), value)
   }
-
-  private func number(_ value: Double) -> String { value.isFinite ? "\(value)" : "null" }
-  private func quoted(_ text: String) -> String { "\"\(text)\"" }
 
   private func emit(_ line: String) {
     print(line)

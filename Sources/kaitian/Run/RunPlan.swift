@@ -1,5 +1,8 @@
 import ArgumentParser
+import Foundation
 import Glibc
+import KaitianDevices
+import KaitianJSON
 
 /// One group of workers: COUNT workers of one device kind with the same limits, devices,
 /// launch prefix and environment. Made from a `--group` flag or a job file's `[[group]]`.
@@ -22,6 +25,9 @@ struct GroupSpec: Equatable {
   var command: [String]?
   /// Variables for this group's workers, over the job's (job files only).
   var environment: [String: String] = [:]
+
+  /// What the group asks of this host's devices, for the check before launch.
+  var deviceRequest: DeviceCheck.Request { .init(kind: kind, count: count, devices: devices) }
 
   /// What is wrong with a group, and which of its settings (`cpu`, `devices`...) is at fault,
   /// so that a flag and a job file can each say where it was given.
@@ -389,7 +395,7 @@ struct RunPlan {
         ("a"..."z").contains($0) || ("A"..."Z").contains($0) || ("0"..."9").contains($0)
           || "-_./=:,+@%".unicodeScalars.contains($0)
       }
-    return plain ? word : "'" + word.replacingAll("'", with: "'\\''") + "'"
+    return plain ? word : "'" + word.replacingOccurrences(of: "'", with: "'\\''") + "'"
   }
 }
 
@@ -409,15 +415,4 @@ struct NodeLayout: Equatable {
   /// store from, which the other hosts can usually reach too (the engine would otherwise
   /// advertise 127.0.0.1). nil leaves it to the environment.
   var socketAddress: String?
-}
-
-extension String {
-  /// Foundation's replacingOccurrences, which this Foundation-free tool does not have.
-  func replacingAll(_ target: Character, with replacement: String) -> String {
-    var result = ""
-    for character in self {
-      if character == target { result += replacement } else { result.append(character) }
-    }
-    return result
-  }
 }

@@ -1,20 +1,21 @@
 import Glibc
+import KaitianJSON
 import KaitianStore
 
 /// An error of `kaitian monitor` or of the job record, saying what to check.
-struct MonitorError: Error, CustomStringConvertible {
-  let description: String
-  init(_ description: String) { self.description = description }
+package struct MonitorError: Error, CustomStringConvertible {
+  package let description: String
+  package init(_ description: String) { self.description = description }
 }
 
 /// Reads a job's `monitor/` keys from its live store or from the snapshot `kaitian run` saves.
-enum MonitorSource {
+package enum MonitorSource {
   /// Name of the snapshot file in the log directory, written when the job ends.
-  static let snapshotFile = "monitor.json"
+  package static let snapshotFile = "monitor.json"
 
   /// The `monitor/` values of `store` (series chunks only if `series`). A value that is not
   /// JSON is reported in `problems` instead of failing the whole read.
-  static func read(store: any KeyValueStore, series: Bool) throws(StoreError) -> (
+  package static func read(store: any KeyValueStore, series: Bool) throws(StoreError) -> (
     values: [String: JSON], problems: [String]
   ) {
     var values: [String: JSON] = [:]
@@ -32,7 +33,8 @@ enum MonitorSource {
   }
 
   /// The snapshot document: `{"job_id": ..., "saved": UNIX_SECONDS, "keys": {KEY: VALUE}}`.
-  static func snapshotDocument(jobID: String, values: [String: JSON], saved: Double) -> JSON {
+  package static func snapshotDocument(jobID: String, values: [String: JSON], saved: Double) -> JSON
+  {
     .object([
       ("job_id", .string(jobID)), ("saved", .number(saved)),
       ("keys", .object(values.sorted { $0.key < $1.key }.map { ($0.key, $0.value) })),
@@ -40,7 +42,7 @@ enum MonitorSource {
   }
 
   /// The values of a snapshot file written by `kaitian run`.
-  static func readSnapshot(path: String) throws(MonitorError) -> [String: JSON] {
+  package static func readSnapshot(path: String) throws(MonitorError) -> [String: JSON] {
     let document: JSON
     do {
       document = try JSON.parse(try TextFile.read(path))
@@ -57,8 +59,8 @@ enum MonitorSource {
 }
 
 /// Seconds since the Unix epoch, the clock the workers' `time` fields use.
-enum WallClock {
-  static func now() -> Double {
+package enum WallClock {
+  package static func now() -> Double {
     var time = timespec()
     clock_gettime(CLOCK_REALTIME, &time)
     return Double(time.tv_sec) + Double(time.tv_nsec) / 1e9

@@ -1,4 +1,7 @@
+import Foundation
 import Glibc
+import KaitianJSON
+import KaitianLaunch
 
 /// `kaitian devices --bench`: times the built-in workload (python -m kaitian.device_bench) on
 /// every device of this host, one device at a time, and turns the times into the paper's
@@ -6,21 +9,27 @@ import Glibc
 ///
 /// Why through Python: the scores should rank devices as training with torch will, on the
 /// vendor's own torch kernels; a Swift kernel would measure something no job runs.
-struct DeviceBenchmark {
+package struct DeviceBenchmark {
   /// One device's figure, or why there is none.
-  struct Measurement: Equatable {
-    var device: String
-    var secondsPerSample: Double?
-    var problem: String?
-    var score: Double?
+  package struct Measurement: Equatable {
+    package var device: String
+    package var secondsPerSample: Double?
+    package var problem: String?
+    package var score: Double?
   }
 
-  var python: String
-  var seconds: Double
-  var timeoutSeconds: Double
+  package var python: String
+  package var seconds: Double
+  package var timeoutSeconds: Double
+
+  package init(python: String, seconds: Double, timeoutSeconds: Double) {
+    self.python = python
+    self.seconds = seconds
+    self.timeoutSeconds = timeoutSeconds
+  }
 
   /// Measures `devices` ("cpu", "cuda:0", ...) in order; `progress` gets a line per device.
-  func measure(_ devices: [String], progress: (String) -> Void) -> [Measurement] {
+  package func measure(_ devices: [String], progress: (String) -> Void) -> [Measurement] {
     var results: [Measurement] = []
     for (number, device) in devices.enumerated() {
       progress(
@@ -49,7 +58,7 @@ struct DeviceBenchmark {
   }
 
   /// Fills in score = t_min / t for every measured device.
-  static func scored(_ results: [Measurement]) -> [Measurement] {
+  package static func scored(_ results: [Measurement]) -> [Measurement] {
     guard let fastest = results.compactMap(\.secondsPerSample).min() else { return results }
     return results.map { result in
       var scored = result
@@ -59,12 +68,12 @@ struct DeviceBenchmark {
   }
 
   /// The seconds per sample in kaitian.device_bench's JSON line; nil for anything else.
-  static func secondsPerSample(in text: String) -> Double? {
+  package static func secondsPerSample(in text: String) -> Double? {
     (try? JSON.parse(text))?["seconds_per_sample"]?.doubleValue
   }
 
   /// The scores document kept for later jobs: {"host", "measured", "workload", "devices": [...]}.
-  static func document(_ results: [Measurement], host: String, measured: Int) -> JSON {
+  package static func document(_ results: [Measurement], host: String, measured: Int) -> JSON {
     .object([
       ("host", .string(host)), ("measured_unix", .number(Double(measured))),
       ("workload", .string("kaitian.device_bench (small CNN, 3x32x32, batch 32)")),
@@ -72,7 +81,7 @@ struct DeviceBenchmark {
     ])
   }
 
-  static func json(_ result: Measurement) -> JSON {
+  package static func json(_ result: Measurement) -> JSON {
     var members: [(String, JSON)] = [("device", .string(result.device))]
     if let seconds = result.secondsPerSample {
       members += [
@@ -85,7 +94,7 @@ struct DeviceBenchmark {
     return .object(members)
   }
 
-  static func table(_ results: [Measurement]) -> String {
+  package static func table(_ results: [Measurement]) -> String {
     var rows = [["DEVICE", "SAMPLES/S", "MS/SAMPLE", "SCORE"]]
     for result in results {
       guard let seconds = result.secondsPerSample, let score = result.score else {
@@ -93,29 +102,15 @@ struct DeviceBenchmark {
         continue
       }
       rows.append([
-        result.device, fixed(1 / seconds, digits: 1), fixed(1e3 * seconds, digits: 3),
-        fixed(score, digits: 3),
+        result.device, String(format: "%.1f", 1 / seconds), String(format: "%.3f", 1e3 * seconds),
+        String(format: "%.3f", score),
       ])
     }
-    let widths = rows[0].indices.map { column in rows.map { $0[column].count }.max() ?? 0 }
-    return rows.map { row in
-      zip(row, widths).map { $0.padding(to: $1) }.joined(separator: "  ").trimmingSpaces()
-    }.joined(separator: "\n")
-  }
-
-  /// `value` with `digits` decimals, without Foundation's formatters.
-  static func fixed(_ value: Double, digits: Int) -> String {
-    var scale = 1.0
-    for _ in 0..<digits { scale *= 10 }
-    let scaled = Int((value * scale).rounded())
-    let whole = scaled / Int(scale)
-    let fraction = String(scaled % Int(scale))
-    return digits == 0
-      ? "\(whole)" : "\(whole)." + String(repeating: "0", count: digits - fraction.count) + fraction
+    return AlignedColumns.render(rows)
   }
 
   /// Where scores are kept unless --scores-file says otherwise.
-  static func defaultScoresFile() -> String {
+  package static func defaultScoresFile() -> String {
     if let cache = getenv("XDG_CACHE_HOME").map({ String(cString: $0) }), !cache.isEmpty {
       return "\(cache)/kaitian/device-scores.json"
     }
@@ -124,7 +119,7 @@ struct DeviceBenchmark {
   }
 
   /// The interpreter to run the benchmark with: KAITIAN_PYTHON, a ./.venv, else python3.
-  static func defaultPython() -> String {
+  package static func defaultPython() -> String {
     if let chosen = getenv("KAITIAN_PYTHON").map({ String(cString: $0) }), !chosen.isEmpty {
       return chosen
     }

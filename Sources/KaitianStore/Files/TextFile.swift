@@ -1,8 +1,8 @@
 import Glibc
 
 /// Whole-file reads and writes with errors that name the file.
-enum TextFile {
-  static func read(_ path: String, limit: Int = 256 << 20) throws(FileError) -> [UInt8] {
+public enum TextFile {
+  public static func read(_ path: String, limit: Int = 256 << 20) throws(FileError) -> [UInt8] {
     let descriptor = open(path, O_RDONLY | O_CLOEXEC)
     guard descriptor >= 0 else {
       throw FileError("cannot read \(path): \(String(cString: strerror(errno)))")
@@ -29,7 +29,8 @@ enum TextFile {
   /// survive a crash that follows the rename). The temporary file has a random name and is
   /// created new (O_EXCL, O_NOFOLLOW): in a directory others can write, a name they can predict
   /// could be a link they placed, and the write would land in its target.
-  static func write(_ path: String, _ bytes: [UInt8], mode: mode_t = 0o644) throws(FileError) {
+  public static func write(_ path: String, _ bytes: [UInt8], mode: mode_t = 0o644) throws(FileError)
+  {
     let temporary = "\(path).\(String(UInt64.random(in: .min ... .max), radix: 16)).partial"
     let descriptor = open(temporary, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, mode)
     guard descriptor >= 0 else {
@@ -56,16 +57,16 @@ enum TextFile {
     }
   }
 
-  static func exists(_ path: String) -> Bool { access(path, F_OK) == 0 }
+  public static func exists(_ path: String) -> Bool { access(path, F_OK) == 0 }
 
-  static func isDirectory(_ path: String) -> Bool {
+  public static func isDirectory(_ path: String) -> Bool {
     var status = stat()
     return stat(path, &status) == 0 && (status.st_mode & S_IFMT) == S_IFDIR
   }
 }
 
 /// A file that could not be read or written, named in the message.
-struct FileError: Error, CustomStringConvertible {
-  let description: String
-  init(_ description: String) { self.description = description }
+public struct FileError: Error, CustomStringConvertible {
+  public let description: String
+  public init(_ description: String) { self.description = description }
 }

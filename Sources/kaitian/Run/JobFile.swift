@@ -1,4 +1,6 @@
+import Foundation
 import Glibc
+import KaitianStore
 import TOMLKit
 
 /// A `kaitian run --job-file`: the job's groups, command and environment in TOML, so that a
@@ -312,7 +314,7 @@ struct KeyLocator {
     for (number, raw) in text.split(separator: "\n", omittingEmptySubsequences: false)
       .enumerated()
     {
-      let line = raw.trimmingSpaces()
+      let line = raw.trimmingCharacters(in: .whitespaces)
       let lineNumber = number + 1
       if line.hasPrefix("[[") {
         let name = Self.headerName(line.dropFirst(2))
@@ -353,7 +355,8 @@ struct KeyLocator {
 
   /// "group]] # x" -> "group".
   private static func headerName(_ rest: Substring) -> String {
-    String(rest.prefix { $0 != "]" }).trimmingSpaces().replacingAll("\"", with: "")
+    String(rest.prefix { $0 != "]" }).trimmingCharacters(in: .whitespaces).replacingOccurrences(
+      of: "\"", with: "")
   }
 
   /// The first key of `key = value`, `"key" = value` or `key.sub = value`.

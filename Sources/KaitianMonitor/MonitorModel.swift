@@ -1,47 +1,49 @@
+import KaitianJSON
+
 /// What `kaitian monitor` knows about a job, decoded from its `monitor/` keys (docs/CLI.md):
 /// the job record `kaitian run` writes, each worker's latest sample and time series (written
 /// by python/kaitian/telemetry.py), and the plan changes.
 ///
 /// A value that cannot be decoded is skipped and named in `problems`, so one bad writer does
 /// not hide the rest of the job.
-struct MonitorSnapshot {
-  struct RankInfo: Decodable {
-    var rank: Int
-    var kind: String
+package struct MonitorSnapshot {
+  package struct RankInfo: Decodable {
+    package var rank: Int
+    package var kind: String
   }
 
-  struct Job: Decodable {
-    var jobID: String
-    var worldSize: Int
-    var started: Double
-    var state: String
-    var ended: Double?
-    var failure: String?
-    var ranks: [RankInfo]
-    var isRunning: Bool { state == "running" }
+  package struct Job: Decodable {
+    package var jobID: String
+    package var worldSize: Int
+    package var started: Double
+    package var state: String
+    package var ended: Double?
+    package var failure: String?
+    package var ranks: [RankInfo]
+    package var isRunning: Bool { state == "running" }
 
-    enum CodingKeys: String, CodingKey {
+    package enum CodingKeys: String, CodingKey {
       case jobID = "job_id"
       case worldSize = "world_size"
       case started, state, ended, failure, ranks
     }
   }
 
-  struct Sample: Decodable {
-    var rank: Int
-    var kind: String
-    var host: String
-    var pid: Int
-    var step: Int
-    var epoch: Int
-    var batch: Int
-    var stepSeconds: Double
-    var computeSeconds: Double
-    var commSeconds: Double
-    var samplesPerSecond: Double
-    var time: Double
+  package struct Sample: Decodable {
+    package var rank: Int
+    package var kind: String
+    package var host: String
+    package var pid: Int
+    package var step: Int
+    package var epoch: Int
+    package var batch: Int
+    package var stepSeconds: Double
+    package var computeSeconds: Double
+    package var commSeconds: Double
+    package var samplesPerSecond: Double
+    package var time: Double
 
-    enum CodingKeys: String, CodingKey {
+    package enum CodingKeys: String, CodingKey {
       case rank, kind, host, pid, step, epoch, batch, time
       case stepSeconds = "step_seconds"
       case computeSeconds = "compute_seconds"
@@ -50,7 +52,7 @@ struct MonitorSnapshot {
     }
 
     /// Host, pid and epoch are optional (older workers did not write them).
-    init(from decoder: any Decoder) throws {
+    package init(from decoder: any Decoder) throws {
       let fields = try decoder.container(keyedBy: CodingKeys.self)
       rank = try fields.decode(Int.self, forKey: .rank)
       kind = try fields.decode(String.self, forKey: .kind)
@@ -68,20 +70,20 @@ struct MonitorSnapshot {
   }
 
   /// One point of a rank's series (a publish window's means): what the plots draw.
-  struct Point {
-    var time: Double
-    var batch: Int
-    var stepSeconds: Double
+  package struct Point {
+    package var time: Double
+    package var batch: Int
+    package var stepSeconds: Double
   }
 
   /// One chunk of a rank's series as a worker writes it: named columns, then rows of numbers
   /// (null where a value was not finite).
-  struct SeriesChunk: Decodable {
-    var chunk: Int
-    var fields: [String]
-    var points: [[Double?]]
+  package struct SeriesChunk: Decodable {
+    package var chunk: Int
+    package var fields: [String]
+    package var points: [[Double?]]
 
-    func decodedPoints() throws(DecodeError) -> [Point] {
+    package func decodedPoints() throws(DecodeError) -> [Point] {
       func column(_ name: String) throws(DecodeError) -> Int {
         guard let index = fields.firstIndex(of: name) else {
           throw DecodeError("the series has no field '\(name)'")
@@ -106,16 +108,16 @@ struct MonitorSnapshot {
     }
   }
 
-  struct PlanChange: Decodable {
-    var step: Int
-    var epoch: Int
-    var iteration: Int
-    var old: [Int]
-    var new: [Int]
-    var secondsPerSample: [Double]
-    var time: Double
+  package struct PlanChange: Decodable {
+    package var step: Int
+    package var epoch: Int
+    package var iteration: Int
+    package var old: [Int]
+    package var new: [Int]
+    package var secondsPerSample: [Double]
+    package var time: Double
 
-    enum CodingKeys: String, CodingKey {
+    package enum CodingKeys: String, CodingKey {
       case step, epoch, iteration, old, new, time
       case secondsPerSample = "seconds_per_sample"
     }
@@ -123,37 +125,39 @@ struct MonitorSnapshot {
 
   /// What the job gained over its fastest group alone, as the training script measured it
   /// (`monitor/gain`, written once at the end): throughputs in samples per second.
-  struct Gain: Decodable {
-    var fastestGroup: String
-    var fastestGroupAlone: Double
-    var ideal: Double
-    var achieved: Double
-    var overFastestGroup: Double { fastestGroupAlone > 0 ? achieved / fastestGroupAlone : .nan }
-    var ofIdeal: Double { ideal > 0 ? achieved / ideal : .nan }
+  package struct Gain: Decodable {
+    package var fastestGroup: String
+    package var fastestGroupAlone: Double
+    package var ideal: Double
+    package var achieved: Double
+    package var overFastestGroup: Double {
+      fastestGroupAlone > 0 ? achieved / fastestGroupAlone : .nan
+    }
+    package var ofIdeal: Double { ideal > 0 ? achieved / ideal : .nan }
 
-    enum CodingKeys: String, CodingKey {
+    package enum CodingKeys: String, CodingKey {
       case fastestGroup = "fastest_group"
       case fastestGroupAlone = "fastest_group_alone"
       case ideal, achieved
     }
   }
 
-  static let prefix = "monitor/"
-  static let gainKey = "monitor/gain"
-  static let jobKey = "monitor/job"
-  static let planKey = "monitor/plan"
-  static let rankPrefix = "monitor/rank/"
-  static let seriesPrefix = "monitor/series/"
+  package static let prefix = "monitor/"
+  package static let gainKey = "monitor/gain"
+  package static let jobKey = "monitor/job"
+  package static let planKey = "monitor/plan"
+  package static let rankPrefix = "monitor/rank/"
+  package static let seriesPrefix = "monitor/series/"
 
-  var job: Job?
-  var samples: [Int: Sample] = [:]
-  var series: [Int: [Point]] = [:]
-  var planChanges: [PlanChange] = []
-  var gain: Gain?
-  var problems: [String] = []
+  package var job: Job?
+  package var samples: [Int: Sample] = [:]
+  package var series: [Int: [Point]] = [:]
+  package var planChanges: [PlanChange] = []
+  package var gain: Gain?
+  package var problems: [String] = []
 
   /// Decodes every `monitor/` key of `values`; other keys are ignored.
-  init(values: [String: JSON]) {
+  package init(values: [String: JSON]) {
     var chunks: [Int: [(index: Int, points: [Point])]] = [:]
     for (key, value) in values.sorted(by: { $0.key < $1.key }) {
       do {
@@ -184,23 +188,25 @@ struct MonitorSnapshot {
   }
 
   /// Every rank the job record names, plus any that published without one.
-  var ranks: [Int] {
+  package var ranks: [Int] {
     Set((job?.ranks.map(\.rank) ?? []) + Array(samples.keys) + Array(series.keys)).sorted()
   }
 
-  func kind(of rank: Int) -> String {
+  package func kind(of rank: Int) -> String {
     job?.ranks.first { $0.rank == rank }?.kind ?? samples[rank]?.kind ?? "?"
   }
 
   /// The batch of every rank with a sample, summed: the global batch of the latest plan.
-  var globalBatch: Int { samples.values.reduce(0) { $0 + $1.batch } }
+  package var globalBatch: Int { samples.values.reduce(0) { $0 + $1.batch } }
 
-  var totalSamplesPerSecond: Double { samples.values.reduce(0) { $0 + $1.samplesPerSecond } }
+  package var totalSamplesPerSecond: Double {
+    samples.values.reduce(0) { $0 + $1.samplesPerSecond }
+  }
 
   // MARK: Decoding
 
-  struct DecodeError: Error, CustomStringConvertible {
-    let description: String
-    init(_ description: String) { self.description = description }
+  package struct DecodeError: Error, CustomStringConvertible {
+    package let description: String
+    package init(_ description: String) { self.description = description }
   }
 }

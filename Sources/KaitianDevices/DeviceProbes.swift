@@ -1,39 +1,41 @@
+import Foundation
 import Glibc
 import KaitianLaunch
+import KaitianStore
 
 /// One accelerator (or the host's CPUs) as `kaitian devices` lists it.
-struct Device: Equatable {
+package struct Device: Equatable {
   /// The device kind `kaitian run --group` takes: cpu, cuda, mlu, rocm, npu.
-  var kind: String
-  var index: Int
-  var name: String
-  var memoryBytes: UInt64?
+  package var kind: String
+  package var index: Int
+  package var name: String
+  package var memoryBytes: UInt64?
   /// CPU only: logical cores and NUMA nodes.
-  var cores: Int?
-  var numaNodes: Int?
+  package var cores: Int?
+  package var numaNodes: Int?
 }
 
 /// A vendor's management tool and what running it found.
-struct ToolProbe {
-  enum Status: Equatable {
+package struct ToolProbe {
+  package enum Status: Equatable {
     case found
     case notFound
     case failed(String)
   }
 
-  var tool: String
-  var kind: String
-  var status: Status
-  var devices: [Device]
+  package var tool: String
+  package var kind: String
+  package var status: Status
+  package var devices: [Device]
 }
 
 /// Parsers for the host's descriptions of its devices, one per source, each written against
 /// the source's documented output (see the samples in DevicesParsingTests). They never throw:
 /// lines they do not recognise are skipped, so a tool's new column costs a field, not the
 /// listing.
-enum DeviceParsers {
+package enum DeviceParsers {
   /// /proc/cpuinfo and /proc/meminfo; `numaNodes` counted from /sys/devices/system/node.
-  static func cpu(cpuinfo: String, meminfo: String, numaNodes: Int) -> Device {
+  package static func cpu(cpuinfo: String, meminfo: String, numaNodes: Int) -> Device {
     var model = "unknown CPU"
     var processors = 0
     for line in cpuinfo.split(separator: "\n") {
@@ -58,9 +60,9 @@ enum DeviceParsers {
 
   /// `nvidia-smi --query-gpu=index,name,memory.total --format=csv,noheader`:
   /// "0, NVIDIA A100-SXM4-40GB, 40960 MiB" per GPU.
-  static func nvidiaSMI(_ text: String) -> [Device] {
+  package static func nvidiaSMI(_ text: String) -> [Device] {
     text.split(separator: "\n").compactMap { line in
-      let fields = line.split(separator: ",").map { $0.trimmingSpaces() }
+      let fields = line.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }
       guard fields.count >= 3, let index = Int(fields[0]) else { return nil }
       return Device(
         kind: "cuda", index: index, name: fields[1..<(fields.count - 1)].joined(separator: ","),
@@ -70,7 +72,7 @@ enum DeviceParsers {
 
   /// `cnmon`'s table: a card row "| 0     /   MLU370-X8    v1.1.4 | 0000:4F:00.0 | ..."
   /// followed by a row whose middle cell is "used MiB/ total MiB".
-  static func cnmon(_ text: String) -> [Device] {
+  package static func cnmon(_ text: String) -> [Device] {
     let lines = text.split(separator: "\n").map(String.init)
     var devices: [Device] = []
     for (number, line) in lines.enumerated() {
@@ -92,7 +94,7 @@ enum DeviceParsers {
 
   /// `rocm-smi --showproductname --showmeminfo vram`: "GPU[0]\t\t: Card series: \t\tName" and
   /// "GPU[0]\t\t: VRAM Total Memory (B): 17163091968" lines.
-  static func rocmSMI(_ text: String) -> [Device] {
+  package static func rocmSMI(_ text: String) -> [Device] {
     var names: [Int: String] = [:]
     var models: [Int: String] = [:]
     var memories: [Int: UInt64] = [:]
@@ -120,7 +122,7 @@ enum DeviceParsers {
   /// `npu-smi info`: per NPU a row "| 0     910B  | OK  | power temp hugepages |" and a chip
   /// row "| 0  | 0000:C1:00.0 | aicore  used / total  used / total |" (memory, then HBM in MB);
   /// the larger total is the device's memory. The process table below is ignored.
-  static func npuSMI(_ text: String) -> [Device] {
+  package static func npuSMI(_ text: String) -> [Device] {
     let lines = text.split(separator: "\n").map(String.init)
     var devices: [Device] = []
     for (number, line) in lines.enumerated() {
@@ -143,16 +145,19 @@ enum DeviceParsers {
   }
 
   private static func keyValue(_ line: Substring, separator: Character) -> (String, String) {
-    guard let at = line.firstIndex(of: separator) else { return (line.trimmingSpaces(), "") }
+    guard let at = line.firstIndex(of: separator) else {
+      return (line.trimmingCharacters(in: .whitespaces), "")
+    }
     return (
-      line[..<at].trimmingSpaces(), line[line.index(after: at)...].trimmingSpaces()
+      line[..<at].trimmingCharacters(in: .whitespaces),
+      line[line.index(after: at)...].trimmingCharacters(in: .whitespaces)
     )
   }
 
   /// The cells of a "| a | b |" table row, trimmed; empty for rule lines.
   private static func tableCells(_ line: String) -> [String] {
     guard line.hasPrefix("|") else { return [] }
-    return line.split(separator: "|").map { $0.trimmingSpaces() }
+    return line.split(separator: "|").map { $0.trimmingCharacters(in: .whitespaces) }
   }
 
   /// "40960 MiB" -> 40960.
@@ -172,8 +177,8 @@ enum DeviceParsers {
 }
 
 /// Reads the host: /proc, /sys, and each vendor tool found on PATH, run with a timeout.
-enum DeviceProbe {
-  static let tools:
+package enum DeviceProbe {
+  package static let tools:
     [(tool: String, kind: String, arguments: [String], parse: @Sendable (String) -> [Device])] = [
       (
         "nvidia-smi", "cuda", ["--query-gpu=index,name,memory.total", "--format=csv,noheader"],
@@ -185,19 +190,19 @@ enum DeviceProbe {
     ]
 
   /// This host's name, as the scores file records it.
-  static func hostName() -> String {
+  package static func hostName() -> String {
     var buffer = [CChar](repeating: 0, count: 256)
     guard gethostname(&buffer, buffer.count - 1) == 0 else { return "unknown" }
     return String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
   }
 
-  static func cpu() -> Device {
+  package static func cpu() -> Device {
     DeviceParsers.cpu(
       cpuinfo: readFile("/proc/cpuinfo"), meminfo: readFile("/proc/meminfo"),
       numaNodes: countNUMANodes())
   }
 
-  static func probeTools(timeoutSeconds: Double) -> [ToolProbe] {
+  package static func probeTools(timeoutSeconds: Double) -> [ToolProbe] {
     tools.map { entry in
       guard let path = ExecutableSearch.find(entry.tool) else {
         return ToolProbe(tool: entry.tool, kind: entry.kind, status: .notFound, devices: [])
@@ -227,85 +232,8 @@ enum DeviceProbe {
     return count
   }
 
-  static func readFile(_ path: String) -> String {
-    guard let file = fopen(path, "r") else { return "" }
-    defer { fclose(file) }
-    var result: [UInt8] = []
-    var buffer = [UInt8](repeating: 0, count: 65_536)
-    while true {
-      let count = fread(&buffer, 1, buffer.count, file)
-      if count <= 0 { break }
-      result += buffer[0..<count]
-    }
-    return String(decoding: result, as: UTF8.self)
-  }
-}
-
-/// A tool's standard output, or why there is none: a tool that hangs (a driver in a bad state
-/// makes nvidia-smi block) is killed after the timeout instead of hanging `kaitian devices`.
-enum ToolOutput {
-  struct Problem: Error, CustomStringConvertible {
-    let description: String
-  }
-
-  static func run(_ path: String, arguments: [String], timeoutSeconds: Double) -> Result<
-    String, Problem
-  > {
-    var ends: [Int32] = [-1, -1]
-    guard pipe(&ends) == 0 else { return .failure(Problem(description: "cannot create a pipe")) }
-    var actions = posix_spawn_file_actions_t()
-    posix_spawn_file_actions_init(&actions)
-    defer { posix_spawn_file_actions_destroy(&actions) }
-    posix_spawn_file_actions_adddup2(&actions, ends[1], 1)
-    posix_spawn_file_actions_addopen(&actions, 2, "/dev/null", O_WRONLY, 0)
-    posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
-    posix_spawn_file_actions_addclose(&actions, ends[0])
-    let argv = ([path] + arguments).map { strdup($0) } + [nil]
-    defer { argv.forEach { free($0) } }
-    var pid: pid_t = 0
-    let spawned = posix_spawn(&pid, path, &actions, nil, argv, environ)
-    close(ends[1])
-    defer { close(ends[0]) }
-    guard spawned == 0 else {
-      return .failure(Problem(description: "cannot start: \(String(cString: strerror(spawned)))"))
-    }
-    var output: [UInt8] = []
-    var buffer = [UInt8](repeating: 0, count: 65_536)
-    let deadline = LocalProcessGroup.now() + timeoutSeconds
-    var timedOut = false
-    while true {
-      let left = deadline - LocalProcessGroup.now()
-      guard left > 0 else {
-        timedOut = true
-        break
-      }
-      var fd = pollfd(fd: ends[0], events: Int16(POLLIN), revents: 0)
-      guard poll(&fd, 1, Int32(left * 1000) + 1) > 0 else { continue }
-      let count = read(ends[0], &buffer, buffer.count)
-      if count < 0 && errno == EINTR { continue }
-      guard count > 0 else { break }
-      output += buffer[0..<count]
-    }
-    if timedOut { kill(pid, SIGKILL) }
-    var status: Int32 = 0
-    while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
-    if timedOut {
-      return .failure(Problem(description: "no answer within \(Int(timeoutSeconds)) s"))
-    }
-    guard status == 0 else {
-      let signal = status & 0x7f
-      return .failure(
-        Problem(
-          description: signal == 0
-            ? "exited with status \((status >> 8) & 0xff)" : "killed by signal \(signal)"))
-    }
-    return .success(String(decoding: output, as: UTF8.self))
-  }
-}
-
-extension StringProtocol {
-  func trimmingSpaces() -> String {
-    let isSpace: (Character) -> Bool = { $0 == " " || $0 == "\t" || $0 == "\r" }
-    return String(self.drop(while: isSpace).reversed().drop(while: isSpace).reversed())
+  /// A file's text, or "" when it cannot be read (a /proc file this kernel does not have).
+  package static func readFile(_ path: String) -> String {
+    (try? TextFile.read(path)).map { String(decoding: $0, as: UTF8.self) } ?? ""
   }
 }

@@ -1,11 +1,13 @@
 /// Writes 8-bit palette PNG images without a compression library: the image data goes into
 /// zlib "stored" (uncompressed) blocks, which every PNG decoder reads. Files are larger than
 /// compressed ones (one byte per pixel), which is fine for a plot of about 0.7 MB.
-enum PNGEncoder {
-  static let signature: [UInt8] = [0x89, 0x50, 0x4E, 0x47, 0x0D, 0x0A, 0x1A, 0x0A]
+package enum PNGEncoder {
+  package static let signature: [UInt8] = [0x89, 0x50, 0x4E, 0x47, 0x0D, 0x0A, 0x1A, 0x0A]
 
   /// `pixels` holds width * height palette indices, row by row; at most 256 colors.
-  static func encode(width: Int, height: Int, palette: [PlotColor], pixels: [UInt8]) -> [UInt8] {
+  package static func encode(width: Int, height: Int, palette: [PlotColor], pixels: [UInt8])
+    -> [UInt8]
+  {
     precondition(pixels.count == width * height, "one palette index per pixel")
     precondition(!palette.isEmpty && palette.count <= 256, "1 to 256 palette colors")
     var header: [UInt8] = []
@@ -28,7 +30,7 @@ enum PNGEncoder {
   }
 
   /// A zlib stream (RFC 1950) of stored deflate blocks (RFC 1951, BTYPE 00) of up to 65535 bytes.
-  static func zlibStored(_ data: [UInt8]) -> [UInt8] {
+  package static func zlibStored(_ data: [UInt8]) -> [UInt8] {
     var stream: [UInt8] = [0x78, 0x01]
     var offset = 0
     repeat {
@@ -60,13 +62,13 @@ enum PNGEncoder {
   }
 
   /// CRC-32 (ISO 3309, the one PNG and zlib use).
-  static func crc32(_ data: [UInt8]) -> UInt32 {
+  package static func crc32(_ data: [UInt8]) -> UInt32 {
     var crc: UInt32 = 0xFFFF_FFFF
     for byte in data { crc = crcTable[Int((crc ^ UInt32(byte)) & 0xFF)] ^ (crc >> 8) }
     return crc ^ 0xFFFF_FFFF
   }
 
-  static func adler32(_ data: [UInt8]) -> UInt32 {
+  package static func adler32(_ data: [UInt8]) -> UInt32 {
     var a: UInt32 = 1
     var b: UInt32 = 0
     // 5552 bytes is the most that can be summed before the 32-bit sums may overflow.

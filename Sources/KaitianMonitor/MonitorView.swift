@@ -1,36 +1,38 @@
+import KaitianJSON
+
 /// One screen of `kaitian monitor`: the job line, a table row per rank, and the last plan
 /// changes; or the same as one JSON document (`--once --json`, schema in docs/CLI.md).
-struct MonitorView {
+package struct MonitorView {
   /// Where the data came from, shown in the header so a saved snapshot is never mistaken for a
   /// live job.
-  enum Origin {
+  package enum Origin {
     case live(store: String)
     case snapshot(path: String, reason: String)
   }
 
-  let snapshot: MonitorSnapshot
-  let origin: Origin
+  package let snapshot: MonitorSnapshot
+  package let origin: Origin
   /// The wall clock the ages are measured against; a finished job's end.
-  let now: Double
-  var planChangesShown = 5
+  package let now: Double
+  package var planChangesShown = 5
 
-  init(snapshot: MonitorSnapshot, origin: Origin, now: Double) {
+  package init(snapshot: MonitorSnapshot, origin: Origin, now: Double) {
     self.snapshot = snapshot
     self.origin = origin
     // A finished job's samples are as old as the job is; age against the end says more.
     self.now = snapshot.job.flatMap { $0.isRunning ? nil : $0.ended } ?? now
   }
 
-  struct Row {
-    var rank: Int
-    var kind: String
-    var sample: MonitorSnapshot.Sample?
-    var share: Double?
-    var commFraction: Double?
-    var age: Double?
+  package struct Row {
+    package var rank: Int
+    package var kind: String
+    package var sample: MonitorSnapshot.Sample?
+    package var share: Double?
+    package var commFraction: Double?
+    package var age: Double?
   }
 
-  var rows: [Row] {
+  package var rows: [Row] {
     let global = snapshot.globalBatch
     return snapshot.ranks.map { rank in
       let sample = snapshot.samples[rank]
@@ -46,7 +48,7 @@ struct MonitorView {
 
   // MARK: Text
 
-  var text: String {
+  package var text: String {
     var lines: [String] = [header]
     switch origin {
     case .live(let store): lines.append("store \(store) (live)")
@@ -92,7 +94,7 @@ struct MonitorView {
   }
 
   /// The job's gain in words; the plot's subtitle too.
-  static func gainLine(_ gain: MonitorSnapshot.Gain) -> String {
+  package static func gainLine(_ gain: MonitorSnapshot.Gain) -> String {
     "gain: \(fixed(gain.overFastestGroup, 2))x the fastest group (\(gain.fastestGroup)) alone, "
       + "\(fixed(100 * gain.ofIdeal, 0))% of all groups together (\(fixed(gain.achieved, 1)) "
       + "samples/s against \(fixed(gain.fastestGroupAlone, 1)) and \(fixed(gain.ideal, 1)), "
@@ -111,7 +113,7 @@ struct MonitorView {
 
   // MARK: JSON
 
-  var json: JSON {
+  package var json: JSON {
     let job: JSON =
       snapshot.job.map { job in
         .object([
@@ -176,33 +178,26 @@ struct MonitorView {
 
   // MARK: Formatting
 
-  static func fixed(_ value: Double, _ decimals: Int) -> String {
-    guard value.isFinite else { return "-" }
-    var scale = 1.0
-    for _ in 0..<decimals { scale *= 10 }
-    let scaled = Int64((abs(value) * scale).rounded())
-    let whole = scaled / Int64(scale)
-    let fraction = String(scaled % Int64(scale))
-    let sign = value < 0 && scaled != 0 ? "-" : ""
-    guard decimals > 0 else { return "\(sign)\(whole)" }
-    return "\(sign)\(whole)." + String(repeating: "0", count: decimals - fraction.count) + fraction
+  /// `value` with `decimals` decimals; "-" when it is not a number (no sample yet).
+  package static func fixed(_ value: Double, _ decimals: Int) -> String {
+    value.isFinite ? String(format: "%.*f", Int32(decimals), value) : "-"
   }
 
-  static func percent(_ fraction: Double) -> String { fixed(fraction * 100, 1) + "%" }
+  package static func percent(_ fraction: Double) -> String { fixed(fraction * 100, 1) + "%" }
 
-  static func duration(_ seconds: Double) -> String {
+  package static func duration(_ seconds: Double) -> String {
     if seconds < 60 { return fixed(seconds, 1) + " s" }
     let whole = Int(seconds)
     if whole < 3600 { return "\(whole / 60) min \(whole % 60) s" }
     return "\(whole / 3600) h \(whole % 3600 / 60) min"
   }
 
-  static func list(_ values: [Int]) -> String {
+  package static func list(_ values: [Int]) -> String {
     "[" + values.map(String.init).joined(separator: ", ") + "]"
   }
 
   /// Columns padded to their widest cell, two spaces apart.
-  static func aligned(_ rows: [[String]], rightAligned: Set<Int>) -> [String] {
+  package static func aligned(_ rows: [[String]], rightAligned: Set<Int>) -> [String] {
     let widths = (0..<(rows.first?.count ?? 0)).map { column in
       rows.map { $0[column].count }.max() ?? 0
     }

@@ -1,5 +1,8 @@
 import ArgumentParser
+import Foundation
 import Glibc
+import KaitianDevices
+import KaitianJSON
 import KaitianLaunch
 import KaitianStore
 
@@ -297,7 +300,7 @@ struct RunCommand: ParsableCommand {
     let needsDevices = job.groups.contains { DeviceCheck.acceleratorKinds.contains($0.kind) }
     if !noDeviceCheck, needsDevices,
       let problem = DeviceCheck.problem(
-        groups: job.groups, probes: DeviceProbe.probeTools(timeoutSeconds: 10),
+        groups: job.groups.map(\.deviceRequest), probes: DeviceProbe.probeTools(timeoutSeconds: 10),
         label: { job.labels[$0] })
     {
       throw LaunchError(problem)
@@ -517,7 +520,7 @@ struct RunCommand: ParsableCommand {
   }
 
   private static func randomJobID() -> String {
-    String(UInt32.random(in: 0...UInt32.max), radix: 16).leftPadded(to: 8)
+    String(format: "%08x", UInt32.random(in: 0...UInt32.max))
   }
 }
 
@@ -530,7 +533,7 @@ private enum Progress {
 
   static func seconds(_ value: Double) -> String {
     let hundredths = Int((value * 100).rounded())
-    return "\(hundredths / 100).\(String(hundredths % 100).leftPadded(to: 2)) s"
+    return String(format: "%d.%02d s", hundredths / 100, hundredths % 100)
   }
 
   static func summary(plan: RunPlan, outcome: LocalProcessGroup.Outcome, seconds total: Double) {
@@ -538,28 +541,16 @@ private enum Progress {
     let width = plan.ranks.map(\.label.count).max() ?? 0
     let exitWidth = outcome.endings.map { $0?.exit.description.count ?? 0 }.max() ?? 0
     for (rank, ending) in zip(plan.ranks, outcome.endings) {
-      let label = rank.label.padding(to: width)
+      let label = rank.label.padding(toLength: width, withPad: " ", startingAt: 0)
       guard let ending else {
         lines.append("  \(label)  not started")
         continue
       }
       lines.append(
-        "  \(label)  \(ending.exit.description.padding(to: exitWidth))  \(seconds(ending.seconds))"
+        "  \(label)  \(ending.exit.description.padding(toLength: exitWidth, withPad: " ", startingAt: 0))  \(seconds(ending.seconds))"
           + "  cpu \(seconds(ending.cpuSeconds))")
     }
     say(lines.joined(separator: "\n"))
-  }
-}
-
-/// Finds programs the way execvp does, to report a missing one before starting anything.
-enum ExecutableSearch {
-  static func find(_ name: String) -> String? {
-    guard !name.contains("/") else { return access(name, X_OK) == 0 ? name : nil }
-    let path = getenv("PATH").map { String(cString: $0) } ?? "/usr/bin:/bin"
-    for directory in path.split(separator: ":") where access("\(directory)/\(name)", X_OK) == 0 {
-      return "\(directory)/\(name)"
-    }
-    return nil
   }
 }
 
@@ -615,15 +606,5 @@ enum FreePort {
       throw LaunchError("cannot pick a free port: \(String(cString: strerror(errno)))")
     }
     return UInt16(bigEndian: address.sin_port)
-  }
-}
-
-extension String {
-  func leftPadded(to width: Int) -> String {
-    String(repeating: "0", count: max(0, width - count)) + self
-  }
-
-  func padding(to width: Int) -> String {
-    self + String(repeating: " ", count: max(0, width - count))
   }
 }

@@ -1,6 +1,6 @@
 /// A `PlotDrawing` as an SVG document, written by hand (one element per shape).
-enum PlotSVG {
-  static func render(_ drawing: PlotDrawing) -> String {
+package enum PlotSVG {
+  package static func render(_ drawing: PlotDrawing) -> String {
     var lines = [
       #"<?xml version="1.0" encoding="UTF-8"?>"#,
       #"<svg xmlns="http://www.w3.org/2000/svg" width="\#(drawing.width)" height="\#(drawing.height)" "#

@@ -1,32 +1,32 @@
 /// Draws a `PlotDrawing` into palette pixels for PNGEncoder: rectangles, lines of a given
 /// width (dashed or not) and text in a 5x7 bitmap font scaled 2x. No anti-aliasing, so the
 /// image has as many colors as the drawing (a palette PNG).
-struct PlotRaster {
-  let width: Int
-  let height: Int
+package struct PlotRaster {
+  package let width: Int
+  package let height: Int
   private(set) var palette: [PlotColor] = []
   private(set) var pixels: [UInt8]
   private var paletteIndex: [PlotColor: UInt8] = [:]
   private static let fontScale = 2
 
-  init(width: Int, height: Int) {
+  package init(width: Int, height: Int) {
     self.width = width
     self.height = height
     pixels = [UInt8](repeating: 0, count: width * height)
     _ = index(of: .white)
   }
 
-  static func render(_ drawing: PlotDrawing) -> PlotRaster {
+  package static func render(_ drawing: PlotDrawing) -> PlotRaster {
     var raster = PlotRaster(width: drawing.width, height: drawing.height)
     for shape in drawing.shapes { raster.draw(shape) }
     return raster
   }
 
-  var png: [UInt8] {
+  package var png: [UInt8] {
     PNGEncoder.encode(width: width, height: height, palette: palette, pixels: pixels)
   }
 
-  mutating func draw(_ shape: PlotDrawing.Shape) {
+  package mutating func draw(_ shape: PlotDrawing.Shape) {
     switch shape {
     case .rect(let x, let y, let width, let height, let fill):
       fillRect(

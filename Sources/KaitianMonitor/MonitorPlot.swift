@@ -1,23 +1,23 @@
 import Glibc
 
 /// An RGB color of the plots.
-struct PlotColor: Hashable {
-  var red: UInt8
-  var green: UInt8
-  var blue: UInt8
+package struct PlotColor: Hashable {
+  package var red: UInt8
+  package var green: UInt8
+  package var blue: UInt8
 
-  var hex: String {
+  package var hex: String {
     let digits = Array("0123456789abcdef")
     return "#"
       + [red, green, blue].map { String([digits[Int($0 >> 4)], digits[Int($0 & 15)]]) }.joined()
   }
 
-  static let white = PlotColor(red: 255, green: 255, blue: 255)
-  static let black = PlotColor(red: 0, green: 0, blue: 0)
-  static let grid = PlotColor(red: 225, green: 225, blue: 225)
-  static let marker = PlotColor(red: 130, green: 130, blue: 130)
+  package static let white = PlotColor(red: 255, green: 255, blue: 255)
+  package static let black = PlotColor(red: 0, green: 0, blue: 0)
+  package static let grid = PlotColor(red: 225, green: 225, blue: 225)
+  package static let marker = PlotColor(red: 130, green: 130, blue: 130)
   /// One color per rank, cycling (matplotlib's tab10).
-  static let series: [PlotColor] = [
+  package static let series: [PlotColor] = [
     PlotColor(red: 31, green: 119, blue: 180), PlotColor(red: 255, green: 127, blue: 14),
     PlotColor(red: 44, green: 160, blue: 44), PlotColor(red: 214, green: 39, blue: 40),
     PlotColor(red: 148, green: 103, blue: 189), PlotColor(red: 140, green: 86, blue: 75),
@@ -28,41 +28,41 @@ struct PlotColor: Hashable {
 
 /// A picture as a list of shapes, drawn the same way as SVG (PlotSVG) and as pixels
 /// (PlotRaster). Coordinates are pixels from the top left; text `y` is the baseline.
-struct PlotDrawing {
-  enum Anchor { case start, middle, end }
+package struct PlotDrawing {
+  package enum Anchor { case start, middle, end }
 
-  enum Shape {
+  package enum Shape {
     case rect(x: Double, y: Double, width: Double, height: Double, fill: PlotColor)
     case line(points: [(x: Double, y: Double)], color: PlotColor, width: Double, dashed: Bool)
     case text(String, x: Double, y: Double, color: PlotColor, anchor: Anchor)
   }
 
   /// Text is drawn this many pixels high (the raster font's 7 rows at scale 2).
-  static let textHeight = 14.0
+  package static let textHeight = 14.0
 
-  var width: Int
-  var height: Int
-  var shapes: [Shape] = []
+  package var width: Int
+  package var height: Int
+  package var shapes: [Shape] = []
 }
 
 /// The picture of the paper's Figure 3 for one job: batch share per rank (step lines) over
 /// wall-clock time on top, step time per rank below, plan changes as dashed vertical lines.
-enum MonitorPlot {
-  struct Panel {
-    var title: String
-    var series: [(rank: Int, points: [(x: Double, y: Double)])]
-    var yRange: ClosedRange<Double>
+package enum MonitorPlot {
+  package struct Panel {
+    package var title: String
+    package var series: [(rank: Int, points: [(x: Double, y: Double)])]
+    package var yRange: ClosedRange<Double>
   }
 
-  static let width = 1040
-  static let height = 640
+  package static let width = 1040
+  package static let height = 640
   private static let left = 90.0
   private static let right = 800.0
   private static let panelTops = [70.0, 350.0]
   private static let panelHeight = 220.0
 
   /// The drawing, or an error when the job has no series to plot.
-  static func draw(_ snapshot: MonitorSnapshot) throws(MonitorError) -> PlotDrawing {
+  package static func draw(_ snapshot: MonitorSnapshot) throws(MonitorError) -> PlotDrawing {
     let ranks = snapshot.ranks.filter { !(snapshot.series[$0] ?? []).isEmpty }
     guard !ranks.isEmpty else {
       throw MonitorError(
@@ -111,7 +111,7 @@ enum MonitorPlot {
   /// Each rank's batch over the sum of every rank's latest batch, at every point of any rank
   /// from the time all ranks have published, as step lines (a share holds until the next
   /// point).
-  static func shareSeries(
+  package static func shareSeries(
     _ snapshot: MonitorSnapshot, ranks: [Int], origin: Double
   ) -> [(rank: Int, points: [(x: Double, y: Double)])] {
     let events = ranks.flatMap { rank in snapshot.series[rank]!.map { (rank, $0) } }
@@ -215,7 +215,7 @@ enum MonitorPlot {
   }
 
   /// About five round tick values across `range` (steps of 1, 2 or 5 times a power of ten).
-  static func ticks(_ range: ClosedRange<Double>) -> [(value: Double, label: String)] {
+  package static func ticks(_ range: ClosedRange<Double>) -> [(value: Double, label: String)] {
     let span = range.upperBound - range.lowerBound
     guard span > 0, span.isFinite else {
       return [(range.lowerBound, MonitorView.fixed(range.lowerBound, 0))]

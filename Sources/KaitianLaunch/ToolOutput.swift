@@ -1,0 +1,63 @@
+import Glibc
+
+/// A tool's standard output, or why there is none: a tool that hangs (a driver in a bad state
+/// makes nvidia-smi block) is killed after the timeout instead of hanging `kaitian devices`.
+public enum ToolOutput {
+  public struct Problem: Error, CustomStringConvertible {
+    public let description: String
+  }
+
+  public static func run(_ path: String, arguments: [String], timeoutSeconds: Double) -> Result<
+    String, Problem
+  > {
+    var ends: [Int32] = [-1, -1]
+    guard pipe(&ends) == 0 else { return .failure(Problem(description: "cannot create a pipe")) }
+    var actions = posix_spawn_file_actions_t()
+    posix_spawn_file_actions_init(&actions)
+    defer { posix_spawn_file_actions_destroy(&actions) }
+    posix_spawn_file_actions_adddup2(&actions, ends[1], 1)
+    posix_spawn_file_actions_addopen(&actions, 2, "/dev/null", O_WRONLY, 0)
+    posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
+    posix_spawn_file_actions_addclose(&actions, ends[0])
+    let argv = ([path] + arguments).map { strdup($0) } + [nil]
+    defer { argv.forEach { free($0) } }
+    var pid: pid_t = 0
+    let spawned = posix_spawn(&pid, path, &actions, nil, argv, environ)
+    close(ends[1])
+    defer { close(ends[0]) }
+    guard spawned == 0 else {
+      return .failure(Problem(description: "cannot start: \(String(cString: strerror(spawned)))"))
+    }
+    var output: [UInt8] = []
+    var buffer = [UInt8](repeating: 0, count: 65_536)
+    let deadline = LocalProcessGroup.now() + timeoutSeconds
+    var timedOut = false
+    while true {
+      let left = deadline - LocalProcessGroup.now()
+      guard left > 0 else {
+        timedOut = true
+        break
+      }
+      var fd = pollfd(fd: ends[0], events: Int16(POLLIN), revents: 0)
+      guard poll(&fd, 1, Int32(left * 1000) + 1) > 0 else { continue }
+      let count = read(ends[0], &buffer, buffer.count)
+      if count < 0 && errno == EINTR { continue }
+      guard count > 0 else { break }
+      output += buffer[0..<count]
+    }
+    if timedOut { kill(pid, SIGKILL) }
+    var status: Int32 = 0
+    while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
+    if timedOut {
+      return .failure(Problem(description: "no answer within \(Int(timeoutSeconds)) s"))
+    }
+    guard status == 0 else {
+      let signal = status & 0x7f
+      return .failure(
+        Problem(
+          description: signal == 0
+            ? "exited with status \((status >> 8) & 0xff)" : "killed by signal \(signal)"))
+    }
+    return .success(String(decoding: output, as: UTF8.self))
+  }
+}
