@@ -50,21 +50,21 @@ let package = Package(
       dependencies: ["KaitianRedis", "KaitianStore", "Kaitian", "KaitianCLI"]),
     // Starting and supervising local ranks: `kaitian bench` and `kaitian run`.
     .target(name: "KaitianLaunch"),
-    // Any JSON value through Foundation's Codable, for the tool's documents (not in
-    // libKaitianC.so, which stays free of Foundation).
-    .target(name: "KaitianJSON"),
+    // The tool's output formats: any JSON value through Foundation's Codable, and aligned text
+    // tables (not in libKaitianC.so, which stays free of Foundation).
+    .target(name: "KaitianOutput"),
     // What `kaitian monitor` shows: a job's monitor keys decoded, as text, JSON or a plot.
-    .target(name: "KaitianMonitor", dependencies: ["KaitianStore", "KaitianJSON"]),
+    .target(name: "KaitianMonitor", dependencies: ["KaitianStore", "KaitianOutput"]),
     // What `kaitian devices` finds: vendor tools' probes, the accelerator check, the benchmark.
     .target(
-      name: "KaitianDevices", dependencies: ["KaitianJSON", "KaitianLaunch", "KaitianStore"]),
+      name: "KaitianDevices", dependencies: ["KaitianOutput", "KaitianLaunch", "KaitianStore"]),
     // The `kaitian` command: one folder per subcommand, over the libraries above.
     .executableTarget(
       name: "KaitianCLI",
       dependencies: [
         "Kaitian",
         "KaitianDevices",
-        "KaitianJSON",
+        "KaitianOutput",
         "KaitianLaunch",
         "KaitianMonitor",
         "KaitianRedis",
@@ -84,7 +84,7 @@ let package = Package(
       name: "KaitianTests",
       dependencies: [
         "Kaitian", "KaitianStore", "KaitianVerification", "KaitianLaunch", "CKaitianShim",
-        "KaitianCLI", "KaitianDevices", "KaitianJSON", "KaitianMonitor", "KaitianTestWorker",
+        "KaitianCLI", "KaitianDevices", "KaitianOutput", "KaitianMonitor", "KaitianTestWorker",
         "KaitianFuzz", "KaitianTestSupport",
       ]),
     // The fuzz target for the network decoders (scripts/fuzz.sh); a corpus replayer otherwise.

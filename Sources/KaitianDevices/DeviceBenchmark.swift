@@ -1,7 +1,7 @@
 import Foundation
 import Glibc
-import KaitianJSON
 import KaitianLaunch
+import KaitianOutput
 
 /// `kaitian devices --bench`: times the built-in workload (python -m kaitian.device_bench) on
 /// every device of this host, one device at a time, and turns the times into the paper's

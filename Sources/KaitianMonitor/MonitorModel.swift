@@ -1,4 +1,4 @@
-import KaitianJSON
+import KaitianOutput
 
 /// What `kaitian monitor` knows about a job, decoded from its `monitor/` keys (docs/CLI.md):
 /// the job record `kaitian run` writes, each worker's latest sample and time series (written

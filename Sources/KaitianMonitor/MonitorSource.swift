@@ -1,5 +1,5 @@
 import Glibc
-import KaitianJSON
+import KaitianOutput
 import KaitianStore
 
 /// An error of `kaitian monitor` or of the job record, saying what to check.

@@ -1,4 +1,4 @@
-import KaitianJSON
+import KaitianOutput
 
 /// One screen of `kaitian monitor`: the job line, a table row per rank, and the last plan
 /// changes; or the same as one JSON document (`--once --json`, schema in docs/CLI.md).
@@ -69,7 +69,7 @@ package struct MonitorView {
         Self.duration(row.age ?? 0),
       ])
     }
-    lines += Self.aligned(table, rightAligned: [2, 3, 4, 5, 6, 7, 8])
+    lines += AlignedColumns.lines(table, rightAligned: [2, 3, 4, 5, 6, 7, 8])
     lines.append(
       "total \(Self.fixed(snapshot.totalSamplesPerSecond, 1)) samples/s, global batch "
         + "\(snapshot.globalBatch)")
@@ -194,26 +194,5 @@ package struct MonitorView {
 
   package static func list(_ values: [Int]) -> String {
     "[" + values.map(String.init).joined(separator: ", ") + "]"
-  }
-
-  /// Columns padded to their widest cell, two spaces apart.
-  package static func aligned(_ rows: [[String]], rightAligned: Set<Int>) -> [String] {
-    let widths = (0..<(rows.first?.count ?? 0)).map { column in
-      rows.map { $0[column].count }.max() ?? 0
-    }
-    return rows.map { row in
-      row.enumerated().map { column, cell in
-        let pad = String(repeating: " ", count: widths[column] - cell.count)
-        return rightAligned.contains(column) ? pad + cell : cell + pad
-      }.joined(separator: "  ").trailingSpacesRemoved
-    }
-  }
-}
-
-extension String {
-  fileprivate var trailingSpacesRemoved: String {
-    var result = self
-    while result.last == " " { result.removeLast() }
-    return result
   }
 }

@@ -1,6 +1,6 @@
 import CKaitianShim
 import Glibc
-import KaitianJSON
+import KaitianOutput
 import KaitianStore
 import Testing
 

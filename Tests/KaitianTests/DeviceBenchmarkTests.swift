@@ -4,7 +4,7 @@ import Testing
 
 @testable import KaitianCLI
 @testable import KaitianDevices
-@testable import KaitianJSON
+@testable import KaitianOutput
 
 /// `kaitian devices --bench`: scores from the workload's figures, the saved document, and the
 /// command end to end with a stand-in interpreter (the real one is tested by pytest:

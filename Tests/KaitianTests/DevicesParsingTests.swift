@@ -2,7 +2,7 @@ import Testing
 
 @testable import KaitianCLI
 @testable import KaitianDevices
-@testable import KaitianJSON
+@testable import KaitianOutput
 
 /// Each parser against sample output written from the tool's documented format; none of these
 /// tools runs on the machines the tests run on.

@@ -4,8 +4,8 @@ import KaitianStore
 import Testing
 
 @testable import KaitianCLI
-@testable import KaitianJSON
 @testable import KaitianMonitor
+@testable import KaitianOutput
 
 /// A job's `monitor/` keys as kaitian run and two workers write them: rank 1 is slower, and
 /// its series sits in two chunks stored in wrapped-around slots.

@@ -4,7 +4,7 @@ import Testing
 
 @testable import KaitianCLI
 @testable import KaitianDevices
-@testable import KaitianJSON
+@testable import KaitianOutput
 
 @Suite("kaitian run: arguments")
 struct RunArgumentTests {

@@ -1,8 +1,8 @@
 import ArgumentParser
 import Glibc
 import Kaitian
-import KaitianJSON
 import KaitianLaunch
+import KaitianOutput
 import KaitianStore
 
 /// `kaitian bench`: an nccl-tests-style benchmark that starts its own ranks as local processes.

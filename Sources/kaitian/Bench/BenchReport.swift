@@ -1,6 +1,6 @@
 import Foundation
 import Glibc
-import KaitianJSON
+import KaitianOutput
 
 /// Formats `kaitian bench` results: an nccl-tests-style table for people, or one JSON object
 /// per size for machines.

@@ -2,7 +2,7 @@ import ArgumentParser
 import Foundation
 import Glibc
 import KaitianDevices
-import KaitianJSON
+import KaitianOutput
 import KaitianStore
 
 /// `kaitian devices`: what this host can run ranks on, in the kinds `kaitian run` takes.

@@ -1,7 +1,7 @@
 import ArgumentParser
 import Glibc
-import KaitianJSON
 import KaitianMonitor
+import KaitianOutput
 import KaitianRedis
 import KaitianStore
 

@@ -1,7 +1,7 @@
 import Glibc
-import KaitianJSON
 import KaitianLaunch
 import KaitianMonitor
+import KaitianOutput
 import KaitianStore
 
 /// What `kaitian run` leaves for `kaitian monitor`: `job.json` ({job_id, store, started}) and

@@ -2,8 +2,8 @@ import ArgumentParser
 import Foundation
 import Glibc
 import KaitianDevices
-import KaitianJSON
 import KaitianLaunch
+import KaitianOutput
 import KaitianStore
 
 /// `kaitian run`: starts a job's workers on this host with their ranks, devices and limits,

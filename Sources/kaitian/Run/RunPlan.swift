@@ -2,7 +2,7 @@ import ArgumentParser
 import Foundation
 import Glibc
 import KaitianDevices
-import KaitianJSON
+import KaitianOutput
 
 /// One group of workers: COUNT workers of one device kind with the same limits, devices,
 /// launch prefix and environment. Made from a `--group` flag or a job file's `[[group]]`.
