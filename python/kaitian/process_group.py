@@ -384,7 +384,8 @@ class ProcessGroupKaitian(_BASE):  # type: ignore[misc, valid-type]
     def _engine(
         self, name: str, build: Callable[[], EngineCalls], source: Callable[[], int] | None = None
     ) -> _FutureWork:
-        """Runs a plan on the all-ranks communicator: directly when flat, in order when hybrid."""
+        """Runs the engine calls `build` makes on the all-ranks communicator: directly when flat, in order
+        when hybrid."""
         call = self._call(name)
         if self._worker is None:
             fut = Future()
