@@ -310,8 +310,21 @@ ktResult_t ktHybridTopology(ktHybrid_t hybrid, int *groupOfRank, int *localRankO
  * this rank's shard column (*comm NULL when it has none). */
 ktResult_t ktHybridWorld(ktHybrid_t hybrid, ktComm_t *comm);
 ktResult_t ktHybridColumn(ktHybrid_t hybrid, ktComm_t *comm);
-/* Seconds spent so far relaying between groups (column collectives and their staging). */
-ktResult_t ktHybridRelaySeconds(ktHybrid_t hybrid, double *seconds);
+/* When joinGroup returned 1 (Kaitian's engine inside the group): the engine communicator of the
+ * reduce stage's library (instance 0) or the gather stage's (1), owned by the hybrid (never
+ * destroy it); *comm NULL otherwise. Issue on it only from that stage's steps (ktHybridSubmit),
+ * so its calls keep one order on every rank. */
+ktResult_t ktHybridGroupComm(ktHybrid_t hybrid, int instance, ktComm_t *comm);
+/* The stages of a hybrid allreduce whose wall time ktHybridStageSeconds reports. */
+typedef enum {
+  ktHybridStageGroupReduceScatter = 0, /* inside the group, through its library */
+  ktHybridStageGroupAllReduce = 1,
+  ktHybridStageGroupAllGather = 2,
+  ktHybridStageGroupBroadcast = 3,
+  ktHybridStageRelay = 4 /* between groups: the column allreduce and its staging */
+} ktHybridStage_t;
+/* Seconds spent so far in one stage of hybrid allreduces, waiting for peers included. */
+ktResult_t ktHybridStageSeconds(ktHybrid_t hybrid, ktHybridStage_t stage, double *seconds);
 
 /* Hierarchical allreduce in place on region, pipelined in chunks of KAITIAN_HYBRID_CHUNK_BYTES.
  * AVG divides once by the world size. Bitwise identical on every rank. */

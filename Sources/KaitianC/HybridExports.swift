@@ -10,12 +10,15 @@ final class HybridHandle: OpaqueHandle {
   let hybrid: HybridCommunicator
   let world: CommHandle
   let column: CommHandle?
+  /// The engine's group communicators, when the engine is the group's library.
+  let group: [CommHandle]
   let failureText = CachedCString()
 
   init(_ hybrid: HybridCommunicator) {
     self.hybrid = hybrid
     world = CommHandle(hybrid.world)
     column = hybrid.column.map(CommHandle.init)
+    group = hybrid.groupCommunicators.map(CommHandle.init)
   }
 
   /// A handle the caller does not own: valid while this one is.
@@ -198,13 +201,31 @@ public func ktHybridColumn(
   }
 }
 
-@_cdecl("ktHybridRelaySeconds")
-public func ktHybridRelaySeconds(
-  _ hybrid: ktHybrid_t?, _ seconds: UnsafeMutablePointer<Double>?
+@_cdecl("ktHybridGroupComm")
+public func ktHybridGroupComm(
+  _ hybrid: ktHybrid_t?, _ instance: Int32, _ comm: UnsafeMutablePointer<ktComm_t?>?
 ) -> ktResult_t {
-  entryPoint("ktHybridRelaySeconds") { arguments throws(KaitianError) in
+  entryPoint("ktHybridGroupComm") { arguments throws(KaitianError) in
+    let out = try arguments.required(comm, "comm")
+    out.pointee = nil
+    guard instance == 0 || instance == 1 else {
+      throw arguments.invalid("instance is \(instance), not 0 (reduce stage) or 1 (gather stage)")
+    }
+    let group = HybridHandle.from(try arguments.required(hybrid, "hybrid")).group
+    if Int(instance) < group.count { out.pointee = HybridHandle.borrowed(group[Int(instance)]) }
+  }
+}
+
+@_cdecl("ktHybridStageSeconds")
+public func ktHybridStageSeconds(
+  _ hybrid: ktHybrid_t?, _ stage: ktHybridStage_t, _ seconds: UnsafeMutablePointer<Double>?
+) -> ktResult_t {
+  entryPoint("ktHybridStageSeconds") { arguments throws(KaitianError) in
     let communicator = try arguments.hybrid(hybrid)
-    try arguments.required(seconds, "seconds").pointee = communicator.relaySeconds
+    guard let stage = HybridStage(rawValue: Int(stage.rawValue)) else {
+      throw arguments.invalid("stage \(stage.rawValue) is not a ktHybridStage_t")
+    }
+    try arguments.required(seconds, "seconds").pointee = communicator.stageSeconds(stage)
   }
 }
 

@@ -161,9 +161,23 @@ static void checkHybrid(ktStore_t store, int rank, int nranks, const ktConfig_t 
   int worldSize = 0;
   KT_OK(ktCommCount(world, &worldSize));
   CHECK(worldSize == nranks, "the hybrid's world has %d ranks, not %d", worldSize, nranks);
-  double relay = -1;
-  KT_OK(ktHybridRelaySeconds(hybrid, &relay));
-  CHECK(relay >= 0, "relay seconds %f", relay);
+  for (int stage = ktHybridStageGroupReduceScatter; stage <= ktHybridStageRelay; stage++) {
+    double seconds = -1;
+    KT_OK(ktHybridStageSeconds(hybrid, (ktHybridStage_t)stage, &seconds));
+    CHECK(seconds >= 0, "stage %d seconds %f", stage, seconds);
+  }
+  double seconds = 0;
+  CHECK(ktHybridStageSeconds(hybrid, (ktHybridStage_t)5, &seconds) == ktInvalidArgument,
+        "stage 5 is not ktInvalidArgument");
+  for (int instance = 0; instance < 2; instance++) {
+    ktComm_t group = (ktComm_t)0x1;
+    KT_OK(ktHybridGroupComm(hybrid, instance, &group));
+    int size = 0;
+    if (groupSize > 1) KT_OK(ktCommCount(group, &size));
+    CHECK(groupSize > 1 ? size == groupSize : group == NULL,
+          "the engine's group communicator %d: %p of %d ranks, for a group of %d", instance,
+          (void *)group, size, groupSize);
+  }
   CHECK(ktHybridAllReduce(region, ktInt32, (ktRedOp_t)9, hybrid, &work) == ktInvalidArgument,
         "op 9 is not ktInvalidArgument");
   ktResult_t asyncError = ktInternalError;

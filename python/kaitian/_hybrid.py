@@ -21,7 +21,7 @@ import itertools
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 from torch.futures import Future
@@ -36,6 +36,22 @@ if TYPE_CHECKING:
 
 Job = Callable[[Future], None]
 Step = Callable[[], None]
+
+
+class EngineStage(NamedTuple):
+    number: int  # ktHybridStage_t
+    label: str  # its name in kaitian.stage_times()
+
+
+# The stages of a hybrid allreduce the engine times (ktHybridStageSeconds), the in-group ones
+# whichever library runs them.
+ENGINE_STAGES = {
+    "group_reduce_scatter": EngineStage(0, "in-group reduce-scatter"),
+    "group_all_reduce": EngineStage(1, "in-group allreduce"),
+    "group_all_gather": EngineStage(2, "in-group allgather"),
+    "group_broadcast": EngineStage(3, "in-group broadcast"),
+    "relay": EngineStage(4, "relay between groups"),
+}
 
 # Callbacks reach Python objects through integer keys: ctypes needs its function objects alive
 # for as long as C may call them, so there is one of each for the process, routed by key.
@@ -98,8 +114,7 @@ def _binding_call(key: int | None, message: int | None, capacity: int, run: Call
 
 def _all_reduce(key: int | None, region: _native.Region, datatype: int, op: int, message: int | None, cap: int) -> int:
     def run(b: _Binding) -> None:
-        with b.hybrid.stage_times.stage("in-group allreduce"):
-            b.group.allreduce(b.hybrid.tensor(region, datatype), op)
+        b.group.allreduce(b.hybrid.tensor(region, datatype), op)
 
     return _binding_call(key, message, cap, run)
 
@@ -110,8 +125,7 @@ def _reduce_scatter(
     def run(b: _Binding) -> None:
         t = b.hybrid.tensor(region, datatype)
         width = t.numel() // b.size
-        with b.hybrid.stage_times.stage("in-group reduce-scatter"):
-            b.group.reduce_scatter(t[b.rank * width : (b.rank + 1) * width], t, op)
+        b.group.reduce_scatter(t[b.rank * width : (b.rank + 1) * width], t, op)
 
     return _binding_call(key, message, cap, run)
 
@@ -120,26 +134,16 @@ def _all_gather(key: int | None, region: _native.Region, datatype: int, message:
     def run(b: _Binding) -> None:
         t = b.hybrid.tensor(region, datatype)
         width = t.numel() // b.size
-        with b.hybrid.stage_times.stage("in-group allgather"):
-            b.group.allgather(t, t[b.rank * width : (b.rank + 1) * width])
+        b.group.allgather(t, t[b.rank * width : (b.rank + 1) * width])
 
     return _binding_call(key, message, cap, run)
 
 
 def _broadcast(key: int | None, region: _native.Region, datatype: int, root: int, message: int | None, cap: int) -> int:
     def run(b: _Binding) -> None:
-        with b.hybrid.stage_times.stage("in-group broadcast"):
-            b.group.broadcast(b.hybrid.tensor(region, datatype), root)
+        b.group.broadcast(b.hybrid.tensor(region, datatype), root)
 
     return _binding_call(key, message, cap, run)
-
-
-def _abort_binding(key: int | None, reason: bytes | None) -> None:
-    """Releases ranks blocked in the group's library: the engine's can be aborted; torch's cannot
-    (a rank blocked in gloo waits for gloo's own timeout, the group's)."""
-    binding = _lookup(key)
-    if isinstance(binding, _Binding) and isinstance(binding.group, EngineIntraGroup):
-        binding.group.comm.abort((reason or b"").decode(errors="replace"))
 
 
 def _destroy_binding(key: int | None) -> None:
@@ -153,10 +157,16 @@ def _join_group(
     message: int | None,
     cap: int,
 ) -> int:
+    """Lends the engine this rank's group library, or returns 1 for the engine's own (no library
+    lent: the engine then runs the group's steps without calling into Python). A lent library
+    has no abort: torch's process groups cannot be aborted, so a rank blocked in one waits for
+    that library's own timeout (the group's)."""
     try:
         hybrid: HybridEngine = _lookup(key)  # type: ignore[assignment]
         fields = info.contents
         group = hybrid.join(fields.storePrefix.decode(), int(fields.instance))
+        if group is None:
+            return 1
         binding = _register(_Binding(hybrid, group, int(fields.localRank), int(fields.groupSize)))
         out = library.contents
         out.userData = binding
@@ -164,7 +174,6 @@ def _join_group(
         out.reduceScatter = _REDUCE_SCATTER
         out.allGather = _ALL_GATHER
         out.broadcast = _BROADCAST
-        out.abort = _ABORT_BINDING
         out.destroy = _DESTROY_BINDING
     except BaseException as error:  # noqa: BLE001
         return _report(error, message, cap)
@@ -211,7 +220,6 @@ _ALL_REDUCE = _native.GroupReduceFn(_all_reduce)
 _REDUCE_SCATTER = _native.GroupReduceFn(_reduce_scatter)
 _ALL_GATHER = _native.GroupAllGatherFn(_all_gather)
 _BROADCAST = _native.GroupBroadcastFn(_broadcast)
-_ABORT_BINDING = _native.GroupAbortFn(_abort_binding)
 _DESTROY_BINDING = _native.GroupDestroyFn(_destroy_binding)
 _JOIN_GROUP = _native.JoinGroupFn(_join_group)
 _HOST_VIEW = _native.HostViewFn(_host_view)
@@ -255,8 +263,10 @@ class HybridEngine:
     """One ktHybrid_t, with the torch futures of its calls.
 
     `make_group(prefix, instance)` creates one instance of this rank's group library when the
-    engine asks (twice, on every rank of a group of two or more); `close` leaves the engine's
-    groups among them after the engine is done with them. `device` is where that library
+    engine asks (twice, on every rank of a group of two or more), or returns None to have the
+    engine run its own inside the group. `groups` are then the libraries of the reduce stage and
+    the gather stage, for the application's own steps: the lent ones, or the engine's
+    communicators wrapped (owned by the hybrid). `device` is where that library
     works: buffers on the CPU are passed as addresses; any other device's go by id and are staged
     through host memory (pinned for CUDA) for the relay. `staged=True` stages CPU buffers too, so
     tests run that path here.
@@ -269,7 +279,7 @@ class HybridEngine:
         rank: int,
         device_kind: str,
         config: tuple[str, str, str, float],
-        make_group: Callable[[str, int], IntraGroup],
+        make_group: Callable[[str, int], IntraGroup | None],
         device: torch.device,
         stage_times: StageTimes,
         staged: bool = False,
@@ -321,8 +331,20 @@ class HybridEngine:
             raise _native.KaitianInternalError("kaitian: ktHybridWorld gave no communicator", _native.INTERNAL_ERROR)
         self.world = Communicator.borrowed(world, timeout_seconds)
         self.column = Communicator.borrowed(column, timeout_seconds) if column else None
-        self._relay_seconds_taken = 0.0
+        self._stage_seconds_taken: dict[str, float] = {}
+        if not self.groups:  # the engine inside the group (or a group of one rank): borrow its communicators
+            self.groups = [EngineIntraGroup(Communicator.borrowed(c, timeout_seconds)) for c in self._group_comms()]
         atexit.register(self.close)  # stage threads must not call back into a finalizing interpreter
+
+    def _group_comms(self) -> list[int]:
+        """The engine's communicators inside this rank's group (reduce stage's, gather stage's), if it runs them."""
+        found = []
+        for instance in (0, 1):
+            comm = ctypes.c_void_p()
+            _native.check(self._api.ktHybridGroupComm(self.handle, instance, ctypes.byref(comm)))
+            if comm.value:
+                found.append(comm.value)
+        return found
 
     def _borrowed(self, function: str) -> int | None:
         comm = ctypes.c_void_p()
@@ -337,9 +359,11 @@ class HybridEngine:
 
     # ---- the engine's callbacks ----
 
-    def join(self, prefix: str, instance: int) -> IntraGroup:
+    def join(self, prefix: str, instance: int) -> IntraGroup | None:
+        """The application's library for one instance of this rank's group; None: the engine's own."""
         group = self._make_group(prefix, instance)
-        self.groups.append(group)
+        if group is not None:
+            self.groups.append(group)
         return group
 
     def tensor(self, region: _native.Region, datatype: int) -> torch.Tensor:
@@ -490,13 +514,17 @@ class HybridEngine:
 
     # ---- state ----
 
-    def take_relay_seconds(self) -> float:
-        """Seconds relayed between groups since the last take."""
+    def take_stage_seconds(self) -> dict[str, float]:
+        """Seconds per stage of the engine's hybrid allreduces since the last take, by label."""
         if self.handle is None:
-            return 0.0
-        seconds = ctypes.c_double()
-        _native.check(self._api.ktHybridRelaySeconds(self.handle, ctypes.byref(seconds)))
-        taken, self._relay_seconds_taken = seconds.value - self._relay_seconds_taken, seconds.value
+            return {}
+        taken: dict[str, float] = {}
+        for stage in ENGINE_STAGES.values():
+            seconds = ctypes.c_double()
+            _native.check(self._api.ktHybridStageSeconds(self.handle, stage.number, ctypes.byref(seconds)))
+            if (delta := seconds.value - self._stage_seconds_taken.get(stage.label, 0.0)) > 0:
+                taken[stage.label] = delta
+            self._stage_seconds_taken[stage.label] = seconds.value
         return taken
 
     def abort(self, reason: str) -> None:
@@ -515,10 +543,7 @@ class HybridEngine:
         _forget(self._key)
 
     def _destroy_groups(self) -> None:
-        """Leaves the engine groups this rank lent the engine (torch's go with their store)."""
-        for group in self.groups:
-            if isinstance(group, EngineIntraGroup):
-                group.comm.destroy()
+        """Forgets the group libraries: the engine's went with the hybrid, torch's go with their store."""
         self.groups = []
 
 

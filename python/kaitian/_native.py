@@ -317,7 +317,8 @@ _SIGNATURES: dict[str, tuple[object, list[object]]] = {
     "ktHybridTopology": (_int, [_p, ctypes.POINTER(_int), ctypes.POINTER(_int)]),
     "ktHybridWorld": (_int, [_p, _pp]),
     "ktHybridColumn": (_int, [_p, _pp]),
-    "ktHybridRelaySeconds": (_int, [_p, ctypes.POINTER(ctypes.c_double)]),
+    "ktHybridGroupComm": (_int, [_p, _int, _pp]),
+    "ktHybridStageSeconds": (_int, [_p, _int, ctypes.POINTER(ctypes.c_double)]),
     "ktHybridAllReduce": (_int, [Region, _int, _int, _p, _pp]),
     "ktHybridSubmit": (_int, [ctypes.POINTER(HybridSteps), _str, _int, _p, _pp]),
 }

@@ -37,7 +37,7 @@ from ._completion import completion_thread
 from ._engine import Communicator, EngineCalls, copied_back, host, host_empty
 from ._hybrid import HybridEngine, Task, settle_failure
 from ._store import EngineRendezvous, job_token
-from ._vendor import EngineIntraGroup, IntraGroup, backend_device, create_torch_intra_group
+from ._vendor import IntraGroup, backend_device, create_torch_intra_group
 from .profile import StageTimes
 from .topology import ENGINE, Topology, local_host_id
 
@@ -317,10 +317,9 @@ class ProcessGroupKaitian(_BASE):  # type: ignore[misc, valid-type]
         topo = self.topology
         group, local = topo.group, topo.local_rank
 
-        def intra_group(prefix: str, instance: int) -> IntraGroup:
+        def intra_group(prefix: str, instance: int) -> IntraGroup | None:
             if group.backend == ENGINE:
-                comm = Communicator(rendezvous.handle, group.size, local, prefix, token, host_id, self._timeout_seconds)
-                return EngineIntraGroup(comm)
+                return None  # the engine runs its own inside the group, without calling back into Python
             return create_torch_intra_group(
                 group.backend,
                 dist.PrefixStore(prefix + "/", store),
@@ -356,10 +355,11 @@ class ProcessGroupKaitian(_BASE):  # type: ignore[misc, valid-type]
             )
 
     def take_stage_times(self) -> dict[str, float]:
-        """The hybrid collectives' seconds per stage since the last take (the relay between groups from the engine)."""
+        """The hybrid collectives' seconds per stage since the last take (the allreduce's stages from the engine)."""
         taken = self.stage_times.take()
-        if self._worker is not None and (relay := self._worker.take_relay_seconds()) > 0:
-            taken["relay between groups"] = taken.get("relay between groups", 0.0) + relay
+        if self._worker is not None:
+            for label, seconds in self._worker.take_stage_seconds().items():
+                taken[label] = taken.get(label, 0.0) + seconds
         return taken
 
     # ---- identity ----

@@ -2,7 +2,7 @@
 
 - The ctypes signatures of kaitian._native (engine and planner) against the header's prototypes:
   every function of the header is declared, with as many parameters, each of a matching type.
-- The numbering of result codes, data types and reduce ops in the header, the C shim's header
+- The numbering of result codes, data types, reduce ops and hybrid stages in the header, the C shim's header
   (Sources/CKaitianShim/include/kt_reduce.h), Swift's DataType.swift and kaitian._native.
 
 Parsing C with regular expressions is enough for this header, which keeps one declaration per
@@ -16,7 +16,7 @@ import re
 from pathlib import Path
 
 import torch
-from kaitian import _native
+from kaitian import _hybrid, _native
 
 ROOT = Path(__file__).resolve().parents[2]
 HEADER = (ROOT / "include" / "kaitian.h").read_text()
@@ -66,6 +66,7 @@ def compatible(c_type: str, declared: object) -> bool:
         "ktDataType_t": ctypes.c_int,
         "ktRedOp_t": ctypes.c_int,
         "ktPlanMode_t": ctypes.c_int,
+        "ktHybridStage_t": ctypes.c_int,
     }
     return scalars.get(c_type) is declared
 
@@ -101,8 +102,8 @@ def enum_values(text: str, prefix: str) -> dict[str, int]:
     return {m.group(1).lower(): int(m.group(2)) for m in re.finditer(rf"\b{prefix}(\w+)\s*=\s*(\d+)", text)}
 
 
-def swift_cases(enum: str) -> dict[str, int]:
-    body = re.search(rf"enum {enum}\b[^{{]*\{{(.*?)\n\}}", SWIFT, re.S)
+def swift_cases(enum: str, source: str = SWIFT) -> dict[str, int]:
+    body = re.search(rf"enum {enum}\b[^{{]*\{{(.*?)\n\}}", source, re.S)
     assert body is not None, enum
     return {m.group(1).lower(): int(m.group(2)) for m in re.finditer(r"case (\w+) = (\d+)", body.group(1))}
 
@@ -130,6 +131,14 @@ def test_reduce_op_numbering_agrees_everywhere() -> None:
     shim = enum_values(SHIM, "KT_REDOP_")
     assert {k: v for k, v in header.items() if k in shim} == shim and len(shim) >= 4
     assert dict(zip(ops, (_native.SUM, _native.PROD, _native.MAX, _native.MIN, _native.AVG), strict=True)) == header
+
+
+def test_hybrid_stage_numbering_agrees_everywhere() -> None:
+    header = enum_values(HEADER, "ktHybridStage")
+    swift = swift_cases("HybridStage", (ROOT / "Sources" / "Kaitian" / "Hybrid" / "HybridLayers.swift").read_text())
+    assert header == swift and len(header) == 5
+    python = {name.replace("_", ""): stage.number for name, stage in _hybrid.ENGINE_STAGES.items()}
+    assert python == header
 
 
 def test_result_codes_agree() -> None:

@@ -16,7 +16,7 @@ import torch.distributed as dist
 from kaitian import _native
 from kaitian._hybrid import HybridEngine, StagingPool
 from kaitian._store import EngineRendezvous, job_token
-from kaitian._vendor import EngineIntraGroup, IntraGroup, create_torch_intra_group
+from kaitian._vendor import IntraGroup, create_torch_intra_group
 from kaitian.profile import StageTimes
 from kaitian.topology import local_host_id
 from ranks import assert_all_ok, run_ranks
@@ -70,14 +70,12 @@ def staged_allreduce(rank: int, size: int, kinds: list[str], backends: dict[str,
     members = [r for r, kind in enumerate(kinds) if kind == kinds[rank]]
     local, host = members.index(rank), local_host_id()
 
-    def make_group(prefix: str, instance: int) -> IntraGroup:
+    def make_group(prefix: str, instance: int) -> IntraGroup | None:
         if backends[kinds[rank]] == "gloo":
             return create_torch_intra_group(
                 "gloo", dist.PrefixStore(prefix + "/", store), local, len(members), TIMEOUT, members
             )
-        from kaitian._engine import Communicator
-
-        return EngineIntraGroup(Communicator(rendezvous.handle, len(members), local, prefix, token, host, 60.0))
+        return None  # the engine's own group, on regions it stages through the callbacks
 
     engine = HybridEngine(
         rendezvous.handle,

@@ -12,6 +12,7 @@ import signal
 import time
 from datetime import timedelta
 
+import kaitian
 import torch
 import torch.distributed as dist
 from kaitian import kaitian_backend
@@ -309,7 +310,9 @@ def scenario_full(rank: int, size: int) -> dict[str, object]:
     backend = kaitian_backend()
     assert backend is not None
     groups = [(g.kind, g.backend, g.ranks) for g in backend.topology.groups]
-    return {"groups": groups, "checks": check_collectives(rank, size), "grads": train(rank, size, ddp=True)}
+    checks = check_collectives(rank, size)
+    kaitian.stage_times()  # DDP's stages only, below
+    return {"groups": groups, "checks": checks, "grads": train(rank, size, ddp=True), "stages": kaitian.stage_times()}
 
 
 def scenario_ddp(rank: int, size: int) -> dict[str, object]:

@@ -174,8 +174,17 @@ public final class HybridCommunicator: Sendable {
   /// This rank's shard column (local rank j of every group), if it has one; owned as `world`.
   public var column: Communicator? { layers.column }
 
-  /// Seconds spent so far in the relay between groups (column collectives and their staging).
-  public var relaySeconds: Double { layers.clock.relaySeconds }
+  /// Wall seconds spent so far in `stage` of hybrid allreduces, waiting for peers included.
+  public func stageSeconds(_ stage: HybridStage) -> Double { layers.clock.seconds(stage) }
+
+  /// The engine communicators inside this rank's group when the engine is the group's library
+  /// (`engineGroup`): the reduce stage's, then the gather stage's. Empty when the application
+  /// lent its own library or the group has one rank. Owned as `world`; the application issues
+  /// on each only the calls that must keep order with that stage's (its own hierarchical
+  /// collectives, as steps of `submit`).
+  public var groupCommunicators: [Communicator] {
+    [layers.intra, layers.intraGather].compactMap { ($0 as? EngineGroup)?.communicator }
+  }
 
   /// A library's error only says a connection broke when a peer was lost; the all-ranks
   /// communicator soon names the lost rank, so a failed step waits up to `grace` for it.

@@ -18,7 +18,7 @@ struct HybridLayers: Sendable {
   let column: Communicator?
   /// How the relay reaches regions of the caller's buffers in host memory.
   let memory: any HybridMemory
-  let clock = RelayClock()
+  let clock = StageClock()
 
   static let allRanks = "over all ranks"
 
@@ -107,8 +107,10 @@ struct HybridLayers: Sendable {
     HybridPipeline.Steps(
       reduce: { () throws(KaitianError) in
         if let intra {
-          try Self.complete("allreduce \(inGroup)") { () throws(KaitianError) in
-            try intra.allReduce(chunk, dataType: dataType, op: op.step)
+          try clock.timing(.groupAllReduce) { () throws(KaitianError) in
+            try Self.complete("allreduce \(inGroup)") { () throws(KaitianError) in
+              try intra.allReduce(chunk, dataType: dataType, op: op.step)
+            }
           }
         }
       },
@@ -134,16 +136,20 @@ struct HybridLayers: Sendable {
     let shard = chunk.slice(topology.localRank * width, width)
     return HybridPipeline.Steps(
       reduce: { () throws(KaitianError) in
-        try Self.complete("reduce-scatter \(inGroup)") { () throws(KaitianError) in
-          try intra.reduceScatter(chunk, dataType: dataType, op: op.step)
+        try clock.timing(.groupReduceScatter) { () throws(KaitianError) in
+          try Self.complete("reduce-scatter \(inGroup)") { () throws(KaitianError) in
+            try intra.reduceScatter(chunk, dataType: dataType, op: op.step)
+          }
         }
       },
       relay: { () throws(KaitianError) in
         try columnAllReduce(shard, dataType: dataType, op: op)
       },
       gather: { () throws(KaitianError) in
-        try Self.complete("allgather \(inGroup)") { () throws(KaitianError) in
-          try intraGather.allGather(chunk, dataType: dataType)
+        try clock.timing(.groupAllGather) { () throws(KaitianError) in
+          try Self.complete("allgather \(inGroup)") { () throws(KaitianError) in
+            try intraGather.allGather(chunk, dataType: dataType)
+          }
         }
       })
   }
@@ -163,8 +169,10 @@ struct HybridLayers: Sendable {
     return HybridPipeline.Steps(
       reduce: { () throws(KaitianError) in
         guard let intra else { return }
-        try Self.complete("allreduce \(inGroup)") { () throws(KaitianError) in
-          try intra.allReduce(chunk, dataType: dataType, op: op.step)
+        try clock.timing(.groupAllReduce) { () throws(KaitianError) in
+          try Self.complete("allreduce \(inGroup)") { () throws(KaitianError) in
+            try intra.allReduce(chunk, dataType: dataType, op: op.step)
+          }
         }
       },
       relay: { () throws(KaitianError) in
@@ -173,9 +181,11 @@ struct HybridLayers: Sendable {
       },
       gather: { () throws(KaitianError) in
         guard let intraGather else { return }
-        for j in 0..<shards {
-          try Self.complete("broadcast of shard \(j) \(inGroup)") { () throws(KaitianError) in
-            try intraGather.broadcast(shard(j), dataType: dataType, root: j)
+        try clock.timing(.groupBroadcast) { () throws(KaitianError) in
+          for j in 0..<shards {
+            try Self.complete("broadcast of shard \(j) \(inGroup)") { () throws(KaitianError) in
+              try intraGather.broadcast(shard(j), dataType: dataType, root: j)
+            }
           }
         }
       })
@@ -187,14 +197,14 @@ struct HybridLayers: Sendable {
     _ shard: DeviceRegion, dataType: DataType, op: ReduceOp
   ) throws(KaitianError) {
     guard let column else { return }
-    let started = ContinuousClock.now
-    defer { clock.add(ContinuousClock.now - started) }
-    try Self.complete("allreduce \(acrossGroups)") { () throws(KaitianError) in
-      try memory.withHostView(shard, dataType: dataType) { (view) throws(KaitianError) in
-        try column.allReduce(
-          view, into: view, count: shard.count, dataType: dataType, op: op.step
-        ).wait()
-        finish(view, count: shard.count, dataType: dataType, op: op)
+    try clock.timing(.relay) { () throws(KaitianError) in
+      try Self.complete("allreduce \(acrossGroups)") { () throws(KaitianError) in
+        try memory.withHostView(shard, dataType: dataType) { (view) throws(KaitianError) in
+          try column.allReduce(
+            view, into: view, count: shard.count, dataType: dataType, op: op.step
+          ).wait()
+          finish(view, count: shard.count, dataType: dataType, op: op)
+        }
       }
     }
   }
@@ -228,14 +238,37 @@ extension ReduceOp {
   fileprivate var step: ReduceOp { self == .avg ? .sum : self }
 }
 
-/// Time spent relaying between groups, for the application's per-stage breakdown.
-final class RelayClock: Sendable {
-  private let nanoseconds = Atomic<Int64>(0)
+/// The stages of a hybrid allreduce whose time the application's per-stage breakdown shows.
+/// Numbered as include/kaitian.h's ktHybridStage_t.
+public enum HybridStage: Int, CaseIterable, Sendable {
+  case groupReduceScatter = 0
+  case groupAllReduce = 1
+  case groupAllGather = 2
+  case groupBroadcast = 3
+  /// Between groups: the column allreduce, with its staging through host memory.
+  case relay = 4
+}
 
-  func add(_ duration: Duration) {
-    let (seconds, attoseconds) = duration.components
-    nanoseconds.add(seconds * 1_000_000_000 + attoseconds / 1_000_000_000, ordering: .relaxed)
+/// Wall time spent in each stage, waiting for peers included, summed from every stage thread.
+/// Timed here rather than by the group's library, so an engine group and a lent library are
+/// timed alike.
+final class StageClock: Sendable {
+  private let nanoseconds = Mutex([Int64](repeating: 0, count: HybridStage.allCases.count))
+
+  func timing(
+    _ stage: HybridStage, _ body: () throws(KaitianError) -> Void
+  ) throws(KaitianError) {
+    let started = ContinuousClock.now
+    defer {
+      let (seconds, attoseconds) = (ContinuousClock.now - started).components
+      nanoseconds.withLock {
+        $0[stage.rawValue] += seconds * 1_000_000_000 + attoseconds / 1_000_000_000
+      }
+    }
+    try body()
   }
 
-  var relaySeconds: Double { Double(nanoseconds.load(ordering: .relaxed)) / 1e9 }
+  func seconds(_ stage: HybridStage) -> Double {
+    Double(nanoseconds.withLock { $0[stage.rawValue] }) / 1e9
+  }
 }
