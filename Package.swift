@@ -47,9 +47,15 @@ let package = Package(
       ]),
     .testTarget(
       name: "KaitianRedisTests",
-      dependencies: ["KaitianRedis", "KaitianStore", "Kaitian", "KaitianCLI"]),
-    // Starting and supervising local ranks: `kaitian bench` and `kaitian run`.
-    .target(name: "KaitianLaunch"),
+      dependencies: ["KaitianRedis", "KaitianStore", "Kaitian", "KaitianCLI", "KaitianLaunch"]),
+    // Starting and supervising ranks, and what a `kaitian run` job is: its plan, job file, store,
+    // record for the monitor, and the launchers' rendezvous across nodes.
+    .target(
+      name: "KaitianLaunch",
+      dependencies: [
+        "KaitianMonitor", "KaitianOutput", "KaitianRedis", "KaitianStore",
+        .product(name: "TOMLKit", package: "TOMLKit"),
+      ]),
     // The tool's output formats: any JSON value through Foundation's Codable, and aligned text
     // tables (not in libKaitianC.so, which stays free of Foundation).
     .target(name: "KaitianOutput"),
@@ -70,7 +76,6 @@ let package = Package(
         "KaitianRedis",
         "KaitianVerification",
         .product(name: "ArgumentParser", package: "swift-argument-parser"),
-        .product(name: "TOMLKit", package: "TOMLKit"),
       ],
       path: "Sources/kaitian"
     ),

@@ -1,4 +1,5 @@
 import Glibc
+import KaitianStore
 
 /// CPU quotas for a job's workers as real cgroups, so that ranks of unequal speed can be made
 /// on one machine: a worker limited to 0.3 CPU runs about a third as fast as one with a full
@@ -124,16 +125,8 @@ public final class CPUQuotaCgroups {
   }
 
   static func readText(_ path: String) -> String? {
-    guard let file = fopen(path, "r") else { return nil }
-    defer { fclose(file) }
-    var result: [UInt8] = []
-    var buffer = [UInt8](repeating: 0, count: 4096)
-    while true {
-      let count = fread(&buffer, 1, buffer.count, file)
-      if count <= 0 { break }
-      result += buffer[0..<count]
-    }
-    return String(decoding: result, as: UTF8.self).trimmingTrailingNewlines()
+    guard let bytes = try? TextFile.read(path) else { return nil }
+    return String(decoding: bytes, as: UTF8.self).trimmingTrailingNewlines()
   }
 }
 

@@ -1,4 +1,5 @@
 import Glibc
+import KaitianStore
 
 /// Starts local processes and supervises them as one job: when one fails, the others are
 /// stopped (SIGTERM, then SIGKILL after a grace period), as torchrun does.
@@ -373,10 +374,7 @@ private struct Running {
   func reap(blocking: Bool) -> LocalProcessGroup.Ending? {
     var status: Int32 = 0
     var usage = rusage()
-    var result: pid_t
-    repeat {
-      result = wait4(pid, &status, blocking ? 0 : WNOHANG, &usage)
-    } while result < 0 && errno == EINTR
+    let (result, _) = retryingInterrupts { wait4(pid, &status, blocking ? 0 : WNOHANG, &usage) }
     guard result == pid else { return nil }
     // WIFEXITED / WEXITSTATUS / WTERMSIG are macros Swift cannot import.
     let signal = status & 0x7f
@@ -389,8 +387,8 @@ private struct Running {
 
   mutating func readAvailable(stream: Int) {
     var buffer = [UInt8](repeating: 0, count: 65_536)
-    let count = read(pipes[stream].fd, &buffer, buffer.count)
-    if count < 0 && (errno == EINTR || errno == EAGAIN) { return }
+    let (count, error) = retryingInterrupts { read(pipes[stream].fd, &buffer, buffer.count) }
+    if error == EAGAIN { return }
     guard count > 0 else {
       close(pipes[stream].fd)
       pipes[stream].fd = -1
@@ -427,18 +425,8 @@ private struct Running {
   /// record that matters.
   private func emit(_ line: [UInt8], stream: Int) {
     guard let output else { return }
-    writeAll(log, line)
-    writeAll(Int32(stream + 1), Array(output.prefix.utf8) + line)
-  }
-
-  private func writeAll(_ fd: Int32, _ bytes: [UInt8]) {
-    var offset = 0
-    while offset < bytes.count {
-      let written = bytes[offset...].withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
-      if written < 0 && errno == EINTR { continue }
-      guard written > 0 else { return }
-      offset += written
-    }
+    _ = line.withUnsafeBytes { writeFully(log, $0) }
+    _ = (Array(output.prefix.utf8) + line).withUnsafeBytes { writeFully(Int32(stream + 1), $0) }
   }
 
   mutating func closeWriteEnds() {
@@ -535,7 +523,8 @@ public func signalName(_ number: Int32) -> String {
 
 /// The path of the running executable, so a launcher can start copies of itself.
 public func currentExecutablePath() -> String {
-  var buffer = [CChar](repeating: 0, count: Int(PATH_MAX) + 1)
-  let length = readlink("/proc/self/exe", &buffer, buffer.count - 1)
-  return length > 0 ? String(cString: buffer) : CommandLine.arguments[0]
+  var buffer = [UInt8](repeating: 0, count: Int(PATH_MAX))
+  let length = readlink("/proc/self/exe", &buffer, buffer.count)
+  return length > 0
+    ? String(decoding: buffer[..<length], as: UTF8.self) : CommandLine.arguments[0]
 }

@@ -1,4 +1,5 @@
 import Glibc
+import KaitianStore
 
 /// A tool's standard output, or why there is none: a tool that hangs (a driver in a bad state
 /// makes nvidia-smi block) is killed after the timeout instead of hanging `kaitian devices`.
@@ -40,14 +41,13 @@ public enum ToolOutput {
       }
       var fd = pollfd(fd: ends[0], events: Int16(POLLIN), revents: 0)
       guard poll(&fd, 1, Int32(left * 1000) + 1) > 0 else { continue }
-      let count = read(ends[0], &buffer, buffer.count)
-      if count < 0 && errno == EINTR { continue }
+      let (count, _) = retryingInterrupts { read(ends[0], &buffer, buffer.count) }
       guard count > 0 else { break }
       output += buffer[0..<count]
     }
     if timedOut { kill(pid, SIGKILL) }
     var status: Int32 = 0
-    while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
+    _ = retryingInterrupts { waitpid(pid, &status, 0) }
     if timedOut {
       return .failure(Problem(description: "no answer within \(Int(timeoutSeconds)) s"))
     }

@@ -67,9 +67,9 @@ private func parse(_ text: String, limits: RESPLimits = .default) throws -> RESP
     }
   }
 
-  @Test func encodesCommandsAsArraysOfBulkStrings() throws {
+  @Test func encodesCommandsAsArraysOfBulkStrings() {
     var buffer = ByteBuffer()
-    try RESPEncoder().encode(data: RESPCommand("SET", "k", ""), out: &buffer)
+    RESPEncoder().encode(data: RESPCommand("SET", "k", ""), out: &buffer)
     #expect(
       buffer.readString(length: buffer.readableBytes) == "*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$0\r\n\r\n")
   }

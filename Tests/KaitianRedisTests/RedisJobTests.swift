@@ -7,6 +7,7 @@ import Synchronization
 import Testing
 
 @testable import KaitianCLI
+@testable import KaitianLaunch
 
 @Suite(
   "Redis as a job's store", .enabled(if: RedisServer.isInstalled, RedisServer.notInstalledReason),
@@ -113,18 +114,10 @@ struct RedisJobTests {
 
 /// A product built next to the test bundle.
 func builtProduct(_ name: String) -> String {
-  var buffer = [CChar](repeating: 0, count: 4096)
-  let length = readlink("/proc/self/exe", &buffer, buffer.count - 1)
-  var path = String(cString: buffer)
-  if length > 0, let slash = path.lastIndex(of: "/") { path = String(path[..<slash]) }
-  return path + "/" + name
+  let test = currentExecutablePath()
+  return String(test[..<(test.lastIndex(of: "/") ?? test.startIndex)]) + "/" + name
 }
 
 func readFile(_ path: String) -> String {
-  guard let file = fopen(path, "r") else { return "" }
-  defer { fclose(file) }
-  var text = ""
-  var line = [CChar](repeating: 0, count: 4096)
-  while fgets(&line, Int32(line.count), file) != nil { text += String(cString: line) }
-  return text
+  String(decoding: (try? TextFile.read(path)) ?? [], as: UTF8.self)
 }

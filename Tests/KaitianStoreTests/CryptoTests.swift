@@ -157,6 +157,16 @@ private func bytes(hex text: String) -> [UInt8] {
     _ = try JobToken(String(repeating: "x", count: JobToken.minimumBytes))
   }
 
+  @Test func aTokenFileIsReadTrimmedAndNamedInErrors() throws {
+    let path = "/tmp/kaitian-token-file-test-\(getpid())"
+    defer { unlink(path) }
+    try TextFile.write(path, Array("\n s3cret-0123456789abcdef \n".utf8), mode: 0o600)
+    let token = try JobToken.fromFile(path)
+    #expect(token.stringValue == "s3cret-0123456789abcdef" && token.origin == path)
+    let missing = #expect(throws: JobTokenError.self) { try JobToken.fromFile(path + ".none") }
+    #expect(missing?.code == .unreadable && missing?.description.contains(path + ".none") == true)
+  }
+
   @Test func tokenFilesOthersCanReadAreNamed() {
     #expect(SecretFile.exposureWarning(path: "/t", mode: 0o100600, what: "job token") == nil)
     #expect(SecretFile.exposureWarning(path: "/t", mode: 0o100400, what: "job token") == nil)

@@ -4,6 +4,7 @@ import KaitianStore
 import Testing
 
 @testable import KaitianCLI
+@testable import KaitianLaunch
 
 @Suite("kaitian run: job files")
 struct JobFileTests {

@@ -1,29 +1,29 @@
 import ArgumentParser
 import Foundation
 import Glibc
-import KaitianLaunch
 import Testing
 
 @testable import KaitianCLI
 @testable import KaitianDevices
+@testable import KaitianLaunch
 
 @Suite("kaitian run: several nodes and Slurm, as values")
 struct NodePlacementTests {
   private func resolve(
     _ nnodes: Int? = nil, rank: Int? = nil, master: String? = nil, jobID: String? = nil,
     environment: [String: String] = [:], slurmHost: String? = nil
-  ) throws(ValidationError) -> NodePlacement {
+  ) throws(UsageError) -> NodePlacement {
     try NodePlacement.resolve(
       nnodes: nnodes, nodeRank: rank, masterAddress: master, jobID: jobID,
       environment: environment, firstSlurmHost: { slurmHost })
   }
 
-  private func problem(_ body: () throws(ValidationError) -> NodePlacement) -> String {
+  private func problem(_ body: () throws(UsageError) -> NodePlacement) -> String {
     do {
       _ = try body()
       return "accepted"
     } catch {
-      return error.message
+      return error.description
     }
   }
 
@@ -36,15 +36,15 @@ struct NodePlacementTests {
     #expect(placement.nodeCount == 3 && placement.nodeRank == 2)
     #expect(placement.masterAddress == "10.0.0.1" && placement.jobID == "j")
     #expect(
-      problem { () throws(ValidationError) in try resolve(2, master: "h") }.contains(
+      problem { () throws(UsageError) in try resolve(2, master: "h") }.contains(
         "needs --node-rank"))
     #expect(
-      problem { () throws(ValidationError) in try resolve(2, rank: 2, master: "h") }.contains(
+      problem { () throws(UsageError) in try resolve(2, rank: 2, master: "h") }.contains(
         "outside 0...1"))
     #expect(
-      problem { () throws(ValidationError) in try resolve(2, rank: 1) }.contains(
+      problem { () throws(UsageError) in try resolve(2, rank: 1) }.contains(
         "needs --master-addr"))
-    #expect(problem { () throws(ValidationError) in try resolve(0) }.contains("at least 1"))
+    #expect(problem { () throws(UsageError) in try resolve(0) }.contains("at least 1"))
   }
 
   @Test func slurmVariablesFillWhatFlagsLeaveOut() throws {
@@ -61,10 +61,10 @@ struct NodePlacementTests {
       rank: 1, master: "10.1.1.1", jobID: "mine", environment: slurm, slurmHost: "gpu01")
     #expect(flagged.nodeRank == 1 && flagged.masterAddress == "10.1.1.1" && flagged.jobID == "mine")
     #expect(
-      problem { () throws(ValidationError) in try resolve(environment: slurm, slurmHost: nil) }
+      problem { () throws(UsageError) in try resolve(environment: slurm, slurmHost: nil) }
         .contains("scontrol is not on PATH"))
     #expect(
-      problem { () throws(ValidationError) in
+      problem { () throws(UsageError) in
         try resolve(environment: ["SLURM_NNODES": "2"], slurmHost: "a")
       }
       .contains("SLURM_NODEID is not"))

@@ -3,6 +3,7 @@ import Glibc
 import Testing
 
 @testable import KaitianCLI
+@testable import KaitianLaunch
 @testable import KaitianDevices
 @testable import KaitianOutput
 

@@ -8,39 +8,32 @@ import TOMLKit
 ///
 /// Every key is checked: an unknown one is an error, so a typo (`devcies`) cannot silently
 /// drop a setting. Errors name the file, the line and the key.
-struct JobFile: Equatable {
-  var command: [String]?
-  var environment: [String: String] = [:]
-  var jobID: String?
-  var logDirectory: String?
-  var graceSeconds: Double?
-  var groups: [GroupSpec] = []
+package struct JobFile: Equatable {
+  package var command: [String]?
+  package var environment: [String: String] = [:]
+  package var jobID: String?
+  package var logDirectory: String?
+  package var graceSeconds: Double?
+  package var groups: [GroupSpec] = []
   /// The line of each group's `[[group]]` header, for messages about a group as a whole.
-  var groupLines: [Int?] = []
+  package var groupLines: [Int?] = []
 
-  static let topLevelKeys = ["command", "env", "group", "grace-seconds", "job-id", "log-dir"]
-  static let groupKeys = [
+  package static let topLevelKeys = [
+    "command", "env", "group", "grace-seconds", "job-id", "log-dir",
+  ]
+  package static let groupKeys = [
     "command", "count", "cpu", "cpus", "devices", "env", "kind", "prefix", "speed",
   ]
 
   /// Reads and parses the file at `path`.
-  static func load(
+  package static func load(
     path: String, hostCPUs: Int, commandOnCommandLine: Bool
   ) throws(JobFileError) -> JobFile {
-    guard let file = fopen(path, "r") else {
-      throw JobFileError(
-        path: path, message: "cannot read the job file: \(String(cString: strerror(errno)))")
-    }
-    defer { fclose(file) }
-    var bytes: [UInt8] = []
-    var buffer = [UInt8](repeating: 0, count: 65_536)
-    while true {
-      let count = fread(&buffer, 1, buffer.count, file)
-      if count <= 0 { break }
-      bytes += buffer[0..<count]
-      guard bytes.count <= 1 << 20 else {
-        throw JobFileError(path: path, message: "the job file is larger than 1 MiB")
-      }
+    let bytes: [UInt8]
+    do {
+      bytes = try TextFile.read(path, limit: 1 << 20)
+    } catch {
+      throw JobFileError(path: path, message: "cannot read the job file (\(error))")
     }
     return try JobFile(
       text: String(decoding: bytes, as: UTF8.self), path: path, hostCPUs: hostCPUs,
@@ -49,7 +42,7 @@ struct JobFile: Equatable {
 
   /// Parses a job file's text; `path` is only for messages. `commandOnCommandLine`: words
   /// after `--` will be appended, so a file may leave the command out entirely.
-  init(
+  package init(
     text: String, path: String, hostCPUs: Int, commandOnCommandLine: Bool = false
   ) throws(JobFileError) {
     let table: TOMLTable
@@ -68,7 +61,7 @@ struct JobFile: Equatable {
     environment = try reader.environment(table["env"], section: .top)
     if let value = table["job-id"] {
       let id = try reader.string(value, key: "job-id", section: .top)
-      if let problem = RunCommand.jobIDProblem(id) {
+      if let problem = RunPlan.jobIDProblem(id) {
         throw reader.error(problem, key: "job-id", section: .top)
       }
       jobID = id
@@ -110,14 +103,14 @@ struct JobFile: Equatable {
 }
 
 /// A job file problem: where it is and what is wrong.
-struct JobFileError: Error, CustomStringConvertible, Equatable {
-  var path: String
-  var line: Int?
-  var column: Int?
-  var message: String
+package struct JobFileError: Error, CustomStringConvertible, Equatable {
+  package var path: String
+  package var line: Int?
+  package var column: Int?
+  package var message: String
 
   /// "job.toml:12: key 'kind' of [[group]] 2: ..." as compilers write positions.
-  var description: String {
+  package var description: String {
     let position = [line, column].compactMap { $0 }.map { ":\($0)" }.joined()
     return "\(path)\(position): \(message)"
   }
@@ -126,10 +119,10 @@ struct JobFileError: Error, CustomStringConvertible, Equatable {
 /// Reads typed values out of the parsed tables and turns every mismatch into an error at the
 /// key's line.
 private struct JobFileReader {
-  let path: String
-  let locator: KeyLocator
+  package let path: String
+  package let locator: KeyLocator
 
-  func error(
+  package func error(
     _ problem: String, key: String?, section: KeyLocator.Section = .top
   ) -> JobFileError {
     let line = locator.line(of: key ?? "", in: section) ?? locator.line(of: "", in: section)
@@ -146,7 +139,7 @@ private struct JobFileReader {
     return JobFileError(path: path, line: line, message: place + problem)
   }
 
-  func rejectUnknownKeys(
+  package func rejectUnknownKeys(
     in table: TOMLTable, allowed: [String], section: KeyLocator.Section
   ) throws(JobFileError) {
     for key in table.keys.sorted() where !allowed.contains(key) {
@@ -156,7 +149,7 @@ private struct JobFileReader {
     }
   }
 
-  func string(
+  package func string(
     _ value: TOMLValueConvertible, key: String, section: KeyLocator.Section
   ) throws(JobFileError) -> String {
     guard let text = value.string else {
@@ -166,7 +159,7 @@ private struct JobFileReader {
   }
 
   /// A non-empty array of strings (a command or a prefix), or nil when absent.
-  func words(
+  package func words(
     _ value: TOMLValueConvertible?, key: String, section: KeyLocator.Section
   ) throws(JobFileError) -> [String]? {
     guard let value else { return nil }
@@ -182,7 +175,7 @@ private struct JobFileReader {
   }
 
   /// An `env` table: variable names to strings (integers are accepted and written in decimal).
-  func environment(
+  package func environment(
     _ value: TOMLValueConvertible?, section: KeyLocator.Section
   ) throws(JobFileError) -> [String: String] {
     guard let value else { return [:] }
@@ -214,7 +207,9 @@ private struct JobFileReader {
     return result
   }
 
-  func group(_ table: TOMLTable, index: Int, hostCPUs: Int) throws(JobFileError) -> GroupSpec {
+  package func group(_ table: TOMLTable, index: Int, hostCPUs: Int) throws(JobFileError)
+    -> GroupSpec
+  {
     let section = KeyLocator.Section.group(index)
     try rejectUnknownKeys(in: table, allowed: JobFile.groupKeys, section: section)
     guard let kindValue = table["kind"] else {
@@ -274,7 +269,7 @@ private struct JobFileReader {
     return group
   }
 
-  static func isVariableName(_ name: String) -> Bool {
+  package static func isVariableName(_ name: String) -> Bool {
     guard let first = name.unicodeScalars.first, !("0"..."9").contains(first) else {
       return false
     }
@@ -289,8 +284,8 @@ private struct JobFileReader {
 /// or a dotted `key.sub = ...`) under the table header it belongs to. Headers count too:
 /// `[env]` is key `env` of the top level and `[group.env]` key `env` of the last `[[group]]`.
 /// Keys inside multi-line strings can fool the scan; the parse itself is TOMLKit's.
-struct KeyLocator {
-  enum Section: Hashable {
+package struct KeyLocator {
+  package enum Section: Hashable {
     case top
     /// `[name]` at the top: [env].
     case table(String)
@@ -301,14 +296,14 @@ struct KeyLocator {
   }
 
   private struct Place: Hashable {
-    var section: Section
-    var key: String
+    package var section: Section
+    package var key: String
   }
 
   /// First line (from 1) of each key; key "" is a section's header.
   private var lines: [Place: Int] = [:]
 
-  init(_ text: String) {
+  package init(_ text: String) {
     var section = Section.top
     var groups = 0
     for (number, raw) in text.split(separator: "\n", omittingEmptySubsequences: false)
@@ -344,7 +339,7 @@ struct KeyLocator {
     }
   }
 
-  func line(of key: String, in section: Section) -> Int? {
+  package func line(of key: String, in section: Section) -> Int? {
     lines[Place(section: section, key: key)]
   }
 

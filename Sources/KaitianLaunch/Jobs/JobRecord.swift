@@ -1,5 +1,4 @@
 import Glibc
-import KaitianLaunch
 import KaitianMonitor
 import KaitianOutput
 import KaitianStore
@@ -8,9 +7,9 @@ import KaitianStore
 /// `token` (mode 0600) in the log directory, so the monitor can find and join the live store;
 /// the `monitor/job` key; and at the end `monitor.json`, a copy of every `monitor/` key saved
 /// before the store stops, so a finished job can still be shown and plotted.
-struct JobRecord {
-  static let jobFile = "job.json"
-  static let tokenFile = "token"
+package struct JobRecord {
+  package static let jobFile = "job.json"
+  package static let tokenFile = "token"
 
   private let client: any KeyValueStore
   private let logDirectory: String
@@ -24,7 +23,7 @@ struct JobRecord {
 
   /// Writes the files and the `monitor/job` key (state "running"). job.json is private to the
   /// user like the token: a Redis store's address carries its password.
-  static func start(plan: RunPlan, store: JobStore, token: JobToken) throws -> JobRecord {
+  package static func start(plan: RunPlan, store: JobStore, token: JobToken) throws -> JobRecord {
     let started = WallClock.now()
     // A reused log directory's old snapshot would make the monitor show the previous job.
     unlink("\(plan.logDirectory)/\(MonitorSource.snapshotFile)")
@@ -54,7 +53,7 @@ struct JobRecord {
 
   /// Marks the job ended and saves the snapshot. Problems are reported on stderr, not thrown:
   /// the job's own outcome is what `kaitian run` must report.
-  func finish(_ outcome: LocalProcessGroup.Outcome) {
+  package func finish(_ outcome: LocalProcessGroup.Outcome) {
     let state: String
     var failure: String?
     if let first = outcome.firstFailure {

@@ -1,5 +1,3 @@
-import ArgumentParser
-import KaitianLaunch
 import KaitianRedis
 import KaitianStore
 
@@ -10,20 +8,20 @@ import KaitianStore
 ///   node (node 0 too) connects to it as a client;
 /// - --store redis://...: every node connects to Redis, where the job's keys live under
 ///   `kaitian/<job id>/` and expire after the job.
-final class JobStore {
+package final class JobStore {
   /// How long a finished job's keys stay in Redis, so that a monitor can still read them.
-  static let finishedJobTTL: Duration = .seconds(3600)
+  package static let finishedJobTTL: Duration = .seconds(3600)
 
   /// What workers get in KAITIAN_STORE (for Redis, with the password of the URL).
-  let address: String
+  package let address: String
   /// The store as the launcher's own lines name it (never with a password).
-  let description: String
+  package let description: String
   /// This launcher's own connection to the store (the job record writes through it).
-  let client: any KeyValueStore
+  package let client: any KeyValueStore
   /// The launchers' rendezvous, with several nodes.
-  let rendezvous: NodeRendezvous?
+  package let rendezvous: NodeRendezvous?
   /// This host's address on its connection to the store (several nodes only).
-  let localAddress: String?
+  package let localAddress: String?
   private let server: StoreServer?
   private let redis: RedisStore?
 
@@ -41,15 +39,15 @@ final class JobStore {
   }
 
   /// Checks a `--store` option without connecting: only Redis URLs are taken.
-  static func parse(_ option: String) throws(ValidationError) -> RedisURL {
+  package static func parse(_ option: String) throws(UsageError) -> RedisURL {
     let address: StoreLocator.Address
     do {
       address = try StoreLocator.parse(option)
     } catch {
-      throw ValidationError("--store: \(error)")
+      throw UsageError("--store: \(error)")
     }
     guard case .redis(let url) = address else {
-      throw ValidationError(
+      throw UsageError(
         "--store takes a Redis URL, redis://[:password@]host[:port][/db] or rediss:// for TLS; "
           + "without --store, kaitian run serves the job's store itself")
     }
@@ -57,7 +55,7 @@ final class JobStore {
   }
 
   /// Opens the job's store for this node (see the type's shapes).
-  static func open(
+  package static func open(
     option: String?, placement: NodePlacement, storePort: UInt16, joinTimeout: Double,
     jobID: String, token: JobToken
   ) throws -> JobStore {
@@ -133,7 +131,7 @@ final class JobStore {
   /// Stops the embedded store, or lets the job's Redis keys expire after `finishedJobTTL`.
   /// Returns a warning to show when Redis could not be told (its keys still expire after the
   /// job TTL).
-  func close() -> String? {
+  package func close() -> String? {
     server?.stop()
     guard let redis else { return nil }
     do {

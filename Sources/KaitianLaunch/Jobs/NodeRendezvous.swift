@@ -1,5 +1,4 @@
 import Glibc
-import KaitianLaunch
 import KaitianStore
 import Synchronization
 
@@ -11,37 +10,37 @@ import Synchronization
 /// with the same operations (Redis) serve the same protocol. Keys live under
 /// `kaitian/run/<job id>/`: `node/<r>` (a registration), `failed` (the first failure, which
 /// stops every node) and `done/<r>` (a node whose workers all exited 0).
-struct NodeRendezvous: Sendable {
-  let store: any KeyValueStore
-  let jobID: String
-  let nodeRank: Int
-  let nodeCount: Int
+package struct NodeRendezvous: Sendable {
+  package let store: any KeyValueStore
+  package let jobID: String
+  package let nodeRank: Int
+  package let nodeCount: Int
 
   /// What one node tells the others.
-  struct Registration: Equatable {
-    var nodeCount: Int
-    var hostID: String
+  package struct Registration: Equatable {
+    package var nodeCount: Int
+    package var hostID: String
     /// torch's store port (MASTER_PORT); node 0 chooses it.
-    var masterPort: String?
+    package var masterPort: String?
     /// KIND:COUNT per group, in order.
-    var groups: [String]
+    package var groups: [String]
 
     /// Lines `key value`: readable with any store tool.
-    var encoded: [UInt8] {
+    package var encoded: [UInt8] {
       var lines = ["nnodes \(nodeCount)", "host \(hostID)"]
       if let masterPort { lines.append("master-port \(masterPort)") }
       lines += groups.map { "group \($0)" }
       return Array(lines.joined(separator: "\n").utf8)
     }
 
-    init(nodeCount: Int, hostID: String, masterPort: String?, groups: [String]) {
+    package init(nodeCount: Int, hostID: String, masterPort: String?, groups: [String]) {
       self.nodeCount = nodeCount
       self.hostID = hostID
       self.masterPort = masterPort
       self.groups = groups
     }
 
-    init?(decoding bytes: [UInt8]) {
+    package init?(decoding bytes: [UInt8]) {
       var nodeCount: Int?
       var hostID: String?
       var masterPort: String?
@@ -62,7 +61,9 @@ struct NodeRendezvous: Sendable {
     }
 
     /// The worker count of this node: the COUNT of every KIND:COUNT.
-    var workers: Int { groups.reduce(0) { $0 + (Int($1.split(separator: ":").last ?? "") ?? 0) } }
+    package var workers: Int {
+      groups.reduce(0) { $0 + (Int($1.split(separator: ":").last ?? "") ?? 0) }
+    }
   }
 
   private var prefix: String { "kaitian/run/\(jobID)/" }
@@ -71,7 +72,7 @@ struct NodeRendezvous: Sendable {
 
   /// Registers this node and waits for every other one; returns this node's place in the job
   /// and torch's MASTER_PORT. `progress` hears which nodes are still missing every few seconds.
-  func join(
+  package func join(
     _ own: Registration, timeoutSeconds: Double, progress: (String) -> Void
   ) throws(LaunchError) -> (layout: NodeLayout, masterPort: String) {
     let mine = own.encoded
@@ -139,22 +140,65 @@ struct NodeRendezvous: Sendable {
     return (layout, masterPort)
   }
 
+  /// Records this node's success; node 0 then keeps serving the store until every node is
+  /// done, since their workers still use it, or until one fails or stops sending heartbeats.
+  package func finish(progress: (String) -> Void) throws(LaunchError) {
+    try markDone()
+    guard nodeRank == 0 else { return }
+    let silenceLimit = 30.0
+    var lastReport = LocalProcessGroup.now()
+    var heartbeats: [Int: (value: String?, since: Double)] = [:]
+    while true {
+      let now = LocalProcessGroup.now()
+      let state: (nodes: [Int], failure: String?)
+      do {
+        state = try unfinished()
+        for node in state.nodes {
+          let value = try heartbeat(of: node)
+          if heartbeats[node]?.value != value || heartbeats[node] == nil {
+            heartbeats[node] = (value, now)
+          }
+        }
+      } catch {
+        throw LaunchError("node 0 cannot read the job's state from its own store: \(error)")
+      }
+      if let failure = state.failure {
+        throw LaunchError("this node's ranks succeeded but the job failed: \(failure)")
+      }
+      if state.nodes.isEmpty { return }
+      if let silent = state.nodes.first(where: { now - heartbeats[$0]!.since > silenceLimit }) {
+        throw LaunchError(
+          reportFailure(
+            "node \(silent) sent no heartbeat for \(Int(silenceLimit)) s without finishing (was "
+              + "its kaitian run killed?)"))
+      }
+      if now - lastReport >= 10 {
+        lastReport = now
+        progress(
+          "waiting for node\(state.nodes.count == 1 ? "" : "s") "
+            + "\(state.nodes.map(String.init).joined(separator: ", ")) to finish (they use this "
+            + "node's store)")
+      }
+      usleep(200_000)
+    }
+  }
+
   /// Publishes why the job must stop, unless another node already has; returns the failure
   /// that stands (the first one).
   @discardableResult
-  func reportFailure(_ text: String) -> String {
+  package func reportFailure(_ text: String) -> String {
     let bytes = Array("node \(nodeRank): \(text)".utf8)
     let stored = try? store.compareAndSet(key: failedKey, expected: nil, desired: bytes)
     return String(decoding: stored ?? bytes, as: UTF8.self)
   }
 
   /// The failure another node published, if any.
-  func failure() throws(StoreError) -> String? {
+  package func failure() throws(StoreError) -> String? {
     try store.tryGet(key: failedKey).map { String(decoding: $0, as: UTF8.self) }
   }
 
   /// Records that this node's workers all succeeded.
-  func markDone() throws(LaunchError) {
+  package func markDone() throws(LaunchError) {
     try call("record that node \(nodeRank) is done") { () throws(StoreError) in
       try store.set(key: prefix + "done/\(nodeRank)", value: Array("ok".utf8))
     }
@@ -162,17 +206,17 @@ struct NodeRendezvous: Sendable {
 
   /// Shows that this node's launcher is alive: `beat` counts up, and a node whose count stops
   /// changing was killed without a chance to publish anything.
-  func beat(_ count: Int) throws(StoreError) {
+  package func beat(_ count: Int) throws(StoreError) {
     try store.set(key: prefix + "alive/\(nodeRank)", value: Array("\(count)".utf8))
   }
 
   /// The last heartbeat of node `rank`, if it has sent one.
-  func heartbeat(of rank: Int) throws(StoreError) -> String? {
+  package func heartbeat(of rank: Int) throws(StoreError) -> String? {
     try store.tryGet(key: prefix + "alive/\(rank)").map { String(decoding: $0, as: UTF8.self) }
   }
 
   /// The nodes not done yet, or the failure that ended the job.
-  func unfinished() throws(StoreError) -> (nodes: [Int], failure: String?) {
+  package func unfinished() throws(StoreError) -> (nodes: [Int], failure: String?) {
     if let failure = try failure() { return ([], failure) }
     let done = Set(
       try store.keys(prefix: prefix + "done/").compactMap {
@@ -194,11 +238,11 @@ struct NodeRendezvous: Sendable {
 
 /// Watches the store for another node's failure while this node's workers run, on a thread of
 /// its own, so that the supervisor only reads a flag; it also sends this node's heartbeat.
-final class FailureWatch: Sendable {
+package final class FailureWatch: Sendable {
   /// What the thread and the supervisor share.
   private final class State: Sendable {
-    let reason = Mutex<String?>(nil)
-    let stopped = Atomic<Bool>(false)
+    package let reason = Mutex<String?>(nil)
+    package let stopped = Atomic<Bool>(false)
   }
 
   private let state = State()
@@ -206,7 +250,7 @@ final class FailureWatch: Sendable {
 
   /// Polls every `intervalSeconds`; a store that cannot be reached any more (node 0 gone)
   /// counts as a failure too, since the job cannot go on without it.
-  init(rendezvous: NodeRendezvous, intervalSeconds: Double) throws(LaunchError) {
+  package init(rendezvous: NodeRendezvous, intervalSeconds: Double) throws(LaunchError) {
     let state = state
     do {
       thread = try OSThread.spawn(name: "kaitian-watch") {
@@ -229,9 +273,9 @@ final class FailureWatch: Sendable {
   }
 
   /// The failure seen, if any.
-  var failure: String? { state.reason.withLock { $0 } }
+  package var failure: String? { state.reason.withLock { $0 } }
 
-  func stop() {
+  package func stop() {
     state.stopped.store(true, ordering: .releasing)
     thread.join()
   }

@@ -1,55 +1,51 @@
-import ArgumentParser
 import Foundation
 import Glibc
-import KaitianDevices
 import KaitianOutput
+import KaitianStore
 
 /// One group of workers: COUNT workers of one device kind with the same limits, devices,
 /// launch prefix and environment. Made from a `--group` flag or a job file's `[[group]]`.
-struct GroupSpec: Equatable {
-  var kind: String
-  var count: Int
+package struct GroupSpec: Equatable {
+  package var kind: String
+  package var count: Int
   /// CPU quota per worker, in CPUs (0.3 = 30 ms of every 100 ms).
-  var cpuFraction: Double?
+  package var cpuFraction: Double?
   /// CPUs the workers may run on, as taskset reads them (sched_setaffinity): "0-1,3".
-  var cpuList: String?
+  package var cpuList: String?
   /// EMULATION: the workers pace their model's compute to a device this fast relative to one
   /// host core (0.25 = four times slower), with their host threads left free, as beside a real
   /// accelerator; passed as KAITIAN_EMULATED_SPEED, read by `kaitian.emulate_device`.
-  var emulatedSpeed: Double?
+  package var emulatedSpeed: Double?
   /// Accelerator ids the whole group sees, through the kind's visibility variable.
-  var devices: [Int]?
+  package var devices: [Int]?
   /// Words before the command: `conda run -n env`, `docker run --rm img`.
-  var prefix: [String] = []
+  package var prefix: [String] = []
   /// The group's own command instead of the job's (job files only).
-  var command: [String]?
+  package var command: [String]?
   /// Variables for this group's workers, over the job's (job files only).
-  var environment: [String: String] = [:]
-
-  /// What the group asks of this host's devices, for the check before launch.
-  var deviceRequest: DeviceCheck.Request { .init(kind: kind, count: count, devices: devices) }
+  package var environment: [String: String] = [:]
 
   /// What is wrong with a group, and which of its settings (`cpu`, `devices`...) is at fault,
   /// so that a flag and a job file can each say where it was given.
-  struct Problem: Error {
-    var key: String?
-    var message: String
+  package struct Problem: Error {
+    package var key: String?
+    package var message: String
   }
 
   /// The kinds Kaitian knows a vendor library for; other lowercase labels name CPU groups
   /// that differ in limits (cpu-slow, cpu-fast).
-  static let knownKinds = ["cpu", "cuda", "mlu", "rocm", "npu", "xpu"]
+  package static let knownKinds = ["cpu", "cuda", "mlu", "rocm", "npu", "xpu"]
 
   /// The variable each vendor's runtime reads to decide which devices a process sees.
-  static let visibilityVariables = [
+  package static let visibilityVariables = [
     "cuda": "CUDA_VISIBLE_DEVICES", "rocm": "HIP_VISIBLE_DEVICES", "mlu": "MLU_VISIBLE_DEVICES",
     "npu": "ASCEND_RT_VISIBLE_DEVICES", "xpu": "ZE_AFFINITY_MASK",
   ]
 
-  var visibilityVariable: String? { Self.visibilityVariables[kind] }
+  package var visibilityVariable: String? { Self.visibilityVariables[kind] }
 
   /// Checks every setting; `hostCPUs` bounds cpus= lists.
-  init(
+  package init(
     kind: String, count: Int, cpuFraction: Double? = nil, cpuList: String? = nil,
     devices: [Int]? = nil, emulatedSpeed: Double? = nil, hostCPUs: Int
   ) throws(Problem) {
@@ -125,8 +121,8 @@ struct GroupSpec: Equatable {
   }
 
   /// Parses one --group value; `hostCPUs` bounds cpus= lists.
-  init(parsing text: String, hostCPUs: Int) throws(ValidationError) {
-    let fail = { (problem: String) in ValidationError("--group \(text): \(problem)") }
+  package init(parsing text: String, hostCPUs: Int) throws(UsageError) {
+    let fail = { (problem: String) in UsageError("--group \(text): \(problem)") }
     let fields = text.split(separator: ":", omittingEmptySubsequences: false).map(String.init)
     guard fields.count >= 2 else {
       throw fail(
@@ -178,7 +174,7 @@ struct GroupSpec: Equatable {
     }
   }
 
-  static func isValidKind(_ kind: String) -> Bool {
+  package static func isValidKind(_ kind: String) -> Bool {
     guard let first = kind.unicodeScalars.first, ("a"..."z").contains(first) else { return false }
     return kind.unicodeScalars.allSatisfy {
       ("a"..."z").contains($0) || ("0"..."9").contains($0) || $0 == "-" || $0 == "_"
@@ -206,8 +202,8 @@ struct GroupSpec: Equatable {
 
 /// Splits a launch prefix such as `conda run -n "my env"` into words as a POSIX shell would
 /// (quotes and backslashes), without running a shell: no variables, globs or substitutions.
-enum ShellWords {
-  static func split(_ text: String) throws(ValidationError) -> [String] {
+package enum ShellWords {
+  package static func split(_ text: String) throws(UsageError) -> [String] {
     var words: [String] = []
     var current = ""
     var inWord = false
@@ -241,7 +237,7 @@ enum ShellWords {
       }
     }
     guard quote == nil, !escaped else {
-      throw ValidationError("unterminated quote or trailing backslash in '\(text)'")
+      throw UsageError("unterminated quote or trailing backslash in '\(text)'")
     }
     if inWord { words.append(current) }
     return words
@@ -250,36 +246,36 @@ enum ShellWords {
 
 /// Everything `kaitian run` decides before starting anything: one entry per rank with its
 /// command line and environment. `--dry-run` prints it.
-struct RunPlan {
-  struct Rank {
-    var rank: Int
-    var group: Int
-    var groupRank: Int
-    var kind: String
-    var cpuFraction: Double?
-    var cpuList: String?
-    var emulatedSpeed: Double?
+package struct RunPlan {
+  package struct Rank {
+    package var rank: Int
+    package var group: Int
+    package var groupRank: Int
+    package var kind: String
+    package var cpuFraction: Double?
+    package var cpuList: String?
+    package var emulatedSpeed: Double?
     /// The launch prefix, affinity wrapper and user command, without the cgroup entry
     /// wrapper (which needs the cgroup path known only at start).
-    var command: [String]
-    var environment: [(String, String)]
-    var logPath: String
-    var label: String { "rank \(rank) \(kind)" }
+    package var command: [String]
+    package var environment: [(String, String)]
+    package var logPath: String
+    package var label: String { "rank \(rank) \(kind)" }
   }
 
-  var jobID: String
-  var logDirectory: String
-  var layout: NodeLayout
-  var ranks: [Rank]
-  var needsCgroups: Bool { ranks.contains { $0.cpuFraction != nil } }
+  package var jobID: String
+  package var logDirectory: String
+  package var layout: NodeLayout
+  package var ranks: [Rank]
+  package var needsCgroups: Bool { ranks.contains { $0.cpuFraction != nil } }
 
   /// Placeholders the dry run shows for values chosen at start.
-  static let pendingStore = "127.0.0.1:<free port>"
-  static let pendingPort = "<free port>"
+  package static let pendingStore = "127.0.0.1:<free port>"
+  package static let pendingPort = "<free port>"
 
   /// The variables `kaitian run` sets for every worker (the vendor visibility variables are
   /// set only with devices=): a job file's env may not set them.
-  static let launcherVariables: Set<String> = [
+  package static let launcherVariables: Set<String> = [
     "RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT",
     "KAITIAN_DEVICE_KIND", "KAITIAN_GROUP", "KAITIAN_GROUP_RANK", "KAITIAN_GROUP_SIZE",
     "KAITIAN_STORE", "KAITIAN_TOKEN", "KAITIAN_JOB_ID", "KAITIAN_NODE_RANK", "KAITIAN_NNODES",
@@ -290,7 +286,7 @@ struct RunPlan {
   /// placeholders. The token is added at start only, so that it never appears in a printed
   /// plan. Each group runs its own command if it has one, else `command`; `environment` is
   /// the job's, under each group's own.
-  init(
+  package init(
     groups: [GroupSpec], command: [String], environment: [String: String] = [:], jobID: String,
     logDirectory: String, store: String, masterAddress: String = "127.0.0.1",
     masterPort: String, taskset: String, layout: NodeLayout? = nil
@@ -345,8 +341,45 @@ struct RunPlan {
     }
   }
 
+  /// Why `id` cannot be a job id, or nil when it can: it names the log directory and the
+  /// job's keys in a store, so it is kept to characters every path and key takes.
+  package static func jobIDProblem(_ id: String) -> String? {
+    let valid =
+      !id.isEmpty && id.count <= 64
+      && id.unicodeScalars.allSatisfy {
+        ("a"..."z").contains($0) || ("A"..."Z").contains($0) || ("0"..."9").contains($0)
+          || $0 == "-" || $0 == "_"
+      }
+    return valid ? nil : "use 1 to 64 letters, digits, - and _"
+  }
+
+  /// One process per rank for `LocalProcessGroup`: its command (entering its cgroup first when
+  /// it has a CPU quota), its environment with the job token, its output under its label.
+  package func processes(
+    token: JobToken, cgroups: CPUQuotaCgroups?
+  ) throws(LaunchError) -> [LocalProcessGroup.Member] {
+    var members: [LocalProcessGroup.Member] = []
+    for rank in ranks {
+      var commandLine = rank.command
+      if let cgroups, let fraction = rank.cpuFraction {
+        let procs = try cgroups.addRank(rank.rank, cpus: fraction)
+        commandLine =
+          ["/bin/sh", "-c", CPUQuotaCgroups.entryScript(procsFile: procs), "kaitian-worker"]
+          + commandLine
+      }
+      var environment = Dictionary(uniqueKeysWithValues: rank.environment)
+      environment[JobToken.environmentVariable] = token.stringValue
+      members.append(
+        LocalProcessGroup.Member(
+          name: rank.label, executable: commandLine[0], arguments: Array(commandLine.dropFirst()),
+          environment: environment,
+          output: .init(prefix: "[\(rank.label)] ", logPath: rank.logPath)))
+    }
+    return members
+  }
+
   /// The plan as text: one block per rank.
-  func describe() -> String {
+  package func describe() -> String {
     let node =
       layout.nodeCount > 1 ? "node \(layout.nodeRank) of \(layout.nodeCount), " : ""
     var lines = ["job \(jobID): \(node)\(ranks.count) ranks, logs in \(logDirectory)"]
@@ -362,7 +395,7 @@ struct RunPlan {
   }
 
   /// The plan as one JSON document.
-  func json() -> String {
+  package func json() -> String {
     let ranks = ranks.map { rank in
       JSON.object([
         ("rank", .number(Double(rank.rank))), ("group", .number(Double(rank.group))),
@@ -383,12 +416,12 @@ struct RunPlan {
     ]).rendered
   }
 
-  static func format(_ value: Double) -> String {
+  package static func format(_ value: Double) -> String {
     value == value.rounded() && abs(value) < 1e15 ? "\(Int(value))" : "\(value)"
   }
 
   /// A word as a shell would need it to stay one word.
-  static func shellQuoted(_ word: String) -> String {
+  package static func shellQuoted(_ word: String) -> String {
     let plain =
       !word.isEmpty
       && word.unicodeScalars.allSatisfy {
@@ -402,17 +435,30 @@ struct RunPlan {
 /// Where one host's workers sit in the whole job. One host: everything starts at 0. Several:
 /// ranks and group indices are numbered node by node (all of node 0's groups first), group by
 /// group inside a node, so every node computes the same numbering from the registrations.
-struct NodeLayout: Equatable {
-  var nodeRank = 0
-  var nodeCount = 1
+package struct NodeLayout: Equatable {
+  package var nodeRank: Int
+  package var nodeCount: Int
   /// The global rank of this node's first worker, and the global index of its first group.
-  var firstRank = 0
-  var firstGroup = 0
-  var worldSize: Int
+  package var firstRank: Int
+  package var firstGroup: Int
+  package var worldSize: Int
   /// KAITIAN_HOST_ID for this node's workers; nil leaves the variable to the environment.
-  var hostID: String?
+  package var hostID: String?
   /// KAITIAN_SOCKET_ADDR for this node's workers: the address this host reached node 0's
   /// store from, which the other hosts can usually reach too (the engine would otherwise
   /// advertise 127.0.0.1). nil leaves it to the environment.
-  var socketAddress: String?
+  package var socketAddress: String?
+
+  package init(
+    nodeRank: Int = 0, nodeCount: Int = 1, firstRank: Int = 0, firstGroup: Int = 0,
+    worldSize: Int, hostID: String? = nil, socketAddress: String? = nil
+  ) {
+    self.nodeRank = nodeRank
+    self.nodeCount = nodeCount
+    self.firstRank = firstRank
+    self.firstGroup = firstGroup
+    self.worldSize = worldSize
+    self.hostID = hostID
+    self.socketAddress = socketAddress
+  }
 }

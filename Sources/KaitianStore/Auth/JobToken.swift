@@ -64,6 +64,12 @@ public struct JobToken: Sendable, CustomStringConvertible {
     return nil
   }
 
+  /// The token in the file at `path` (surrounding whitespace trimmed; a warning when other
+  /// users can read the file).
+  public static func fromFile(_ path: String) throws(JobTokenError) -> JobToken {
+    try JobToken(try readFile(path, origin: path), origin: path)
+  }
+
   /// Like `fromEnvironment()`, but a missing token is an error that tells the user what to set.
   public static func requiredFromEnvironment() throws(JobTokenError) -> JobToken {
     guard let token = try fromEnvironment() else { throw .missing }

@@ -11,10 +11,9 @@ public enum TextFile {
     var contents: [UInt8] = []
     var chunk = [UInt8](repeating: 0, count: 65536)
     while true {
-      let count = Glibc.read(descriptor, &chunk, chunk.count)
-      if count < 0 && errno == EINTR { continue }
-      guard count >= 0 else {
-        throw FileError("cannot read \(path): \(String(cString: strerror(errno)))")
+      let (count, error) = retryingInterrupts { Glibc.read(descriptor, &chunk, chunk.count) }
+      if let error {
+        throw FileError("cannot read \(path): \(String(cString: strerror(error)))")
       }
       if count == 0 { return contents }
       contents += chunk[0..<count]
@@ -36,19 +35,10 @@ public enum TextFile {
     guard descriptor >= 0 else {
       throw FileError("cannot write \(path): \(String(cString: strerror(errno)))")
     }
-    var written = 0
-    while written < bytes.count {
-      let count = bytes[written...].withUnsafeBytes {
-        Glibc.write(descriptor, $0.baseAddress, $0.count)
-      }
-      if count < 0 && errno == EINTR { continue }
-      guard count > 0 else {
-        let reason = String(cString: strerror(errno))
-        close(descriptor)
-        unlink(temporary)
-        throw FileError("cannot write \(path): \(reason)")
-      }
-      written += count
+    if let error = bytes.withUnsafeBytes({ writeFully(descriptor, $0) }) {
+      close(descriptor)
+      unlink(temporary)
+      throw FileError("cannot write \(path): \(String(cString: strerror(error)))")
     }
     guard fsync(descriptor) == 0, close(descriptor) == 0, rename(temporary, path) == 0 else {
       let reason = String(cString: strerror(errno))

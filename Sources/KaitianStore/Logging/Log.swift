@@ -100,21 +100,8 @@ public enum Log {
     var line = "kaitian[\(pid)] "
     if !prefix.isEmpty { line += prefix + " " }
     line += "\(level.name) \(subsystem): \(message())\n"
-    var utf8 = Array(line.utf8)
-    var offset = 0
     // A short write to stderr is rare; finishing the line keeps it whole. Errors are ignored
     // because a logger has nowhere to report its own failure.
-    utf8.withUnsafeMutableBytes { bytes in
-      while offset < bytes.count {
-        let written = Glibc.write(2, bytes.baseAddress! + offset, bytes.count - offset)
-        if written > 0 {
-          offset += written
-        } else if written < 0 && errno == EINTR {
-          continue
-        } else {
-          return
-        }
-      }
-    }
+    _ = Array(line.utf8).withUnsafeBytes { writeFully(2, $0) }
   }
 }

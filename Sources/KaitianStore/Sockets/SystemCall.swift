@@ -3,10 +3,13 @@ import Glibc
 /// Runs a system call that reports failure by returning -1, retrying while it is interrupted by
 /// a signal (`EINTR`), and returns its result together with the `errno` of a failure.
 ///
-/// This is the one place that knows the -1/`errno` convention; `systemCall` builds on it. Calls
-/// that treat some failures as normal outcomes (`EAGAIN`, `EINPROGRESS`) use it directly.
+/// This is the one place that knows the -1/`errno` convention; `systemCall` and `writeFully`
+/// build on it, and every module's system calls go through one of the three. Calls that treat
+/// some failures as normal outcomes (`EAGAIN`, `EINPROGRESS`) use it directly.
 @inline(__always)
-func retryingInterrupts<Result: BinaryInteger>(_ body: () -> Result) -> (Result, errno: Int32?) {
+public func retryingInterrupts<Result: BinaryInteger>(_ body: () -> Result) -> (
+  Result, errno: Int32?
+) {
   while true {
     let result = body()
     if result != -1 { return (result, nil) }
@@ -24,4 +27,19 @@ func systemCall<Result: BinaryInteger>(
   let (result, error) = retryingInterrupts(body)
   if let error { throw SocketError.systemCall(operation(), errno: error) }
   return result
+}
+
+/// Writes all of `bytes` to `descriptor` (a file or pipe), retrying interrupted and short
+/// writes; nil, or the `errno` of the write that failed.
+public func writeFully(_ descriptor: Int32, _ bytes: UnsafeRawBufferPointer) -> Int32? {
+  var offset = 0
+  while offset < bytes.count {
+    let (written, error) = retryingInterrupts {
+      Glibc.write(descriptor, bytes.baseAddress! + offset, bytes.count - offset)
+    }
+    if let error { return error }
+    guard written > 0 else { return EIO }
+    offset += written
+  }
+  return nil
 }

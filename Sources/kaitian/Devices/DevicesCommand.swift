@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import Glibc
 import KaitianDevices
+import KaitianLaunch
 import KaitianOutput
 import KaitianStore
 

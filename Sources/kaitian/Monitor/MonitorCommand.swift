@@ -1,5 +1,6 @@
 import ArgumentParser
 import Glibc
+import KaitianLaunch
 import KaitianMonitor
 import KaitianOutput
 import KaitianRedis
@@ -14,7 +15,8 @@ struct MonitorCommand: ParsableCommand {
     discussion: """
       Give the job's log directory (kaitian run's --log-dir): the monitor reads job.json and \
       token there and joins the job's store, or reads monitor.json (saved when the job ended) \
-      when the store is gone. Or give --store and --token-file for a store started otherwise.
+      when the store is gone. Or give --store and the job's token (--token-file, or \
+      KAITIAN_TOKEN or KAITIAN_TOKEN_FILE) for a store started otherwise.
 
       The view refreshes every --interval seconds until the job ends (or Ctrl-C): per rank its \
       device kind, batch and share of the global batch, step time, samples/s, time in \
@@ -35,8 +37,8 @@ struct MonitorCommand: ParsableCommand {
     help: ArgumentHelp("The store's address, instead of a log directory.", valueName: "host:port"))
   var store: String?
 
-  @Option(help: ArgumentHelp("File holding the job token (with --store).", valueName: "file"))
-  var tokenFile: String?
+  /// With --store: the job's token.
+  @OptionGroup var auth: TokenOptions
 
   @Flag(help: "Print one view and exit.")
   var once = false
@@ -56,12 +58,9 @@ struct MonitorCommand: ParsableCommand {
   func validate() throws {
     guard (logDir == nil) != (store == nil) else {
       throw ValidationError(
-        "give the job's log directory, or --store HOST:PORT with --token-file (not both)")
+        "give the job's log directory, or --store HOST:PORT and the job's token (not both)")
     }
-    guard store == nil || tokenFile != nil else {
-      throw ValidationError("--store needs --token-file, the file holding the job's token")
-    }
-    guard tokenFile == nil || store != nil else {
+    guard auth.tokenFile == nil || store != nil else {
       throw ValidationError("--token-file goes with --store; a log directory has its own token")
     }
     guard !json || once else { throw ValidationError("--json prints one view: add --once") }
@@ -72,8 +71,12 @@ struct MonitorCommand: ParsableCommand {
   }
 
   func run() throws {
-    let connection = try MonitorConnection.open(
-      logDirectory: logDir, store: store, tokenFile: tokenFile)
+    let connection =
+      if let store {
+        try MonitorConnection.open(store: store, token: auth.requiredToken())
+      } else {
+        try MonitorConnection.open(logDirectory: logDir ?? ".")
+      }
     if let plot {
       let (snapshot, origin) = try connection.read(series: true)
       let drawing = try MonitorPlot.draw(snapshot)
@@ -127,127 +130,6 @@ enum PlotFormat {
       self = .png
     } else {
       throw ValidationError("--plot \(path): unknown extension; use a file ending in .svg or .png")
-    }
-  }
-}
-
-/// The monitor's way to a job: its live store, or the snapshot once the store is gone.
-final class MonitorConnection {
-  private var client: (any KeyValueStore)?
-  private let storeAddress: String
-  private let snapshotPath: String?
-
-  var isSnapshot: Bool { client == nil }
-
-  private init(client: (any KeyValueStore)?, storeAddress: String, snapshotPath: String?) {
-    self.client = client
-    self.storeAddress = Self.display(storeAddress)
-    self.snapshotPath = snapshotPath
-  }
-
-  static func open(logDirectory: String?, store: String?, tokenFile: String?) throws
-    -> MonitorConnection
-  {
-    if let store, let tokenFile {
-      let token = try readToken(tokenFile)
-      return MonitorConnection(
-        client: try connect(store, token: token, jobID: nil, tokenFile: tokenFile),
-        storeAddress: store,
-        snapshotPath: nil)
-    }
-    guard let directory = logDirectory else { throw MonitorError("no log directory given") }
-    guard TextFile.isDirectory(directory) else {
-      throw MonitorError(
-        "no such log directory: \(directory) (kaitian run puts it in ./kaitian-logs/<job id> "
-          + "unless --log-dir says otherwise)")
-    }
-    let snapshot = "\(directory)/\(MonitorSource.snapshotFile)"
-    let jobFile = "\(directory)/\(JobRecord.jobFile)"
-    guard TextFile.exists(jobFile) else {
-      throw MonitorError(
-        "\(directory) has no \(JobRecord.jobFile): is it the log directory of a kaitian run job?")
-    }
-    let job = try JSON.parse(try TextFile.read(jobFile))
-    guard let address = job["store"]?.stringValue else {
-      throw MonitorError(
-        "\(jobFile) names no store (expected {\"job_id\", \"store\", \"started\"})")
-    }
-    // A finished job's store is gone; its snapshot says everything there is to say.
-    if TextFile.exists(snapshot) {
-      return MonitorConnection(client: nil, storeAddress: address, snapshotPath: snapshot)
-    }
-    let tokenFile = "\(directory)/\(JobRecord.tokenFile)"
-    let token = try readToken(tokenFile)
-    do {
-      return MonitorConnection(
-        client: try connect(
-          address, token: token, jobID: job["job_id"]?.stringValue, tokenFile: tokenFile),
-        storeAddress: address,
-        snapshotPath: snapshot)
-    } catch let error as StoreError where error.code == .connectionFailed {
-      // The job may have ended between the check above and now.
-      if TextFile.exists(snapshot) {
-        return MonitorConnection(client: nil, storeAddress: address, snapshotPath: snapshot)
-      }
-      throw MonitorError(
-        "the job's store at \(address) is unreachable and \(directory) has no "
-          + "\(MonitorSource.snapshotFile): the job's kaitian run was killed before it could "
-          + "save one, or runs on another host (\(error))")
-    }
-  }
-
-  /// The job's snapshot and where it came from. When the live store goes away mid-watch (the
-  /// job ended), switches to the snapshot that kaitian run saves just before stopping it.
-  func read(series: Bool) throws -> (MonitorSnapshot, MonitorView.Origin) {
-    if let client {
-      do {
-        let (values, problems) = try MonitorSource.read(store: client, series: series)
-        var snapshot = MonitorSnapshot(values: values)
-        snapshot.problems += problems
-        return (snapshot, .live(store: storeAddress))
-      } catch {
-        guard let snapshotPath, TextFile.exists(snapshotPath) else {
-          throw MonitorError("lost the job's store at \(storeAddress): \(error)")
-        }
-        self.client = nil
-      }
-    }
-    guard let snapshotPath else { throw MonitorError("no store and no snapshot to read") }
-    let snapshot = MonitorSnapshot(values: try MonitorSource.readSnapshot(path: snapshotPath))
-    return (
-      snapshot, .snapshot(path: snapshotPath, reason: "the job's store is gone (the job ended)")
-    )
-  }
-
-  private static func readToken(_ path: String) throws -> JobToken {
-    let text = String(decoding: try TextFile.read(path, limit: 65536), as: UTF8.self)
-    let trimmed = text.split(whereSeparator: { $0 == "\n" || $0 == " " || $0 == "\r" }).first
-    return try JobToken(trimmed.map(String.init) ?? "", origin: path)
-  }
-
-  /// The store's address as output shows it: a Redis password as ***.
-  private static func display(_ address: String) -> String {
-    guard case .redis(let url)? = try? StoreLocator.parse(address) else { return address }
-    return "\(url)"
-  }
-
-  /// The job's live store: Kaitian's embedded one (host:port, with the token) or Redis (the
-  /// job's keys under its id).
-  private static func connect(
-    _ address: String, token: JobToken, jobID: String?, tokenFile: String
-  ) throws -> any KeyValueStore {
-    let result = Result { () throws(StoreError) -> any KeyValueStore in
-      try StoreLocator.connect(
-        try StoreLocator.parse(address), token: token, jobID: jobID, connectTimeout: .seconds(2),
-        clientName: "kaitian monitor")
-    }
-    switch result {
-    case .success(let client): return client
-    case .failure(let error) where error.code == .authenticationFailed:
-      throw MonitorError(
-        "the store at \(display(address)) refused the token in \(tokenFile): it belongs to another job "
-          + "(\(error))")
-    case .failure(let error): throw error
     }
   }
 }

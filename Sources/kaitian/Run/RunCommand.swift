@@ -107,8 +107,8 @@ struct RunCommand: ParsableCommand {
   @Option(help: "Port of the store that node 0 serves when there are several nodes.")
   var storePort: UInt16 = 29_400
 
-  @Option(help: "File holding the job token every node shares (overrides KAITIAN_TOKEN).")
-  var tokenFile: String?
+  /// The token every node shares (several nodes; one host makes a fresh one).
+  @OptionGroup var auth: TokenOptions
 
   @Option(help: "Seconds to wait for every node to join the store.")
   var joinTimeout = 300.0
@@ -162,31 +162,28 @@ struct RunCommand: ParsableCommand {
       throw ValidationError("--grace-seconds must be 0 or more")
     }
     guard joinTimeout > 0 else { throw ValidationError("--join-timeout must be more than 0") }
-    if let store { _ = try JobStore.parse(store) }
+    if let store {
+      do { _ = try JobStore.parse(store) } catch { throw ValidationError(error) }
+    }
     guard !json || dryRun else {
       throw ValidationError("--json prints the plan: use it with --dry-run")
     }
-    if let jobID, let problem = Self.jobIDProblem(jobID) {
+    if let jobID, let problem = RunPlan.jobIDProblem(jobID) {
       throw ValidationError("--job-id \(jobID): \(problem)")
     }
-  }
-
-  /// Why `id` cannot be a job id, or nil when it can.
-  static func jobIDProblem(_ id: String) -> String? {
-    let valid =
-      !id.isEmpty && id.count <= 64
-      && id.unicodeScalars.allSatisfy {
-        ("a"..."z").contains($0) || ("A"..."Z").contains($0) || ("0"..."9").contains($0)
-          || $0 == "-" || $0 == "_"
-      }
-    return valid ? nil : "use 1 to 64 letters, digits, - and _"
   }
 
   static var hostCPUs: Int { Int(sysconf(Int32(_SC_NPROCESSORS_CONF))) }
 
   func parsedGroups() throws(ValidationError) -> [GroupSpec] {
     var result: [GroupSpec] = []
-    for group in groups { result.append(try GroupSpec(parsing: group, hostCPUs: Self.hostCPUs)) }
+    for group in groups {
+      do {
+        result.append(try GroupSpec(parsing: group, hostCPUs: Self.hostCPUs))
+      } catch {
+        throw ValidationError(error)
+      }
+    }
     return result
   }
 
@@ -208,7 +205,12 @@ struct RunCommand: ParsableCommand {
       guard result[kind] == nil else {
         throw ValidationError("--prefix for \(kind) is given twice")
       }
-      let words = try ShellWords.split(String(prefix[prefix.index(after: equals)...]))
+      let words: [String]
+      do {
+        words = try ShellWords.split(String(prefix[prefix.index(after: equals)...]))
+      } catch {
+        throw ValidationError(error)
+      }
       guard !words.isEmpty else { throw ValidationError("--prefix \(prefix): the prefix is empty") }
       result[kind] = words
     }
@@ -249,12 +251,17 @@ struct RunCommand: ParsableCommand {
 
   /// Which node this is, from the flags or Slurm; several nodes need a shared job id.
   func resolvedPlacement(_ job: JobDescription) throws(ValidationError) -> NodePlacement {
-    let placement = try NodePlacement.resolve(
-      nnodes: nnodes, nodeRank: nodeRank, masterAddress: masterAddr, jobID: job.jobID,
-      environment: LocalProcessGroup.currentEnvironment(),
-      firstSlurmHost: {
-        NodePlacement.firstSlurmHost(environment: LocalProcessGroup.currentEnvironment())
-      })
+    let placement: NodePlacement
+    do {
+      placement = try NodePlacement.resolve(
+        nnodes: nnodes, nodeRank: nodeRank, masterAddress: masterAddr, jobID: job.jobID,
+        environment: LocalProcessGroup.currentEnvironment(),
+        firstSlurmHost: {
+          NodePlacement.firstSlurmHost(environment: LocalProcessGroup.currentEnvironment())
+        })
+    } catch {
+      throw ValidationError(error)
+    }
     guard placement.nodeCount == 1 || placement.jobID != nil else {
       throw ValidationError(
         "--nnodes \(placement.nodeCount) needs --job-id (the same on every node) so that the "
@@ -267,7 +274,7 @@ struct RunCommand: ParsableCommand {
     let job = try describedJob()
     let placement = try resolvedPlacement(job)
     let jobID = placement.jobID ?? Self.randomJobID()
-    if let problem = Self.jobIDProblem(jobID) {
+    if let problem = RunPlan.jobIDProblem(jobID) {
       throw ValidationError("job id \(jobID): \(problem)")
     }
     let logDirectory = job.logDirectory ?? "kaitian-logs/\(jobID)"
@@ -285,7 +292,8 @@ struct RunCommand: ParsableCommand {
         taskset: taskset ?? "taskset",
         layout: NodeLayout(
           nodeRank: placement.nodeRank, nodeCount: placement.nodeCount,
-          worldSize: job.groups.reduce(0) { $0 + $1.count }, hostID: hostID(placement)))
+          worldSize: job.groups.reduce(0) { $0 + $1.count },
+          hostID: placement.hostID(environment: LocalProcessGroup.currentEnvironment())))
       if placement.nodeCount > 1 {
         Progress.say(
           "dry run of node \(placement.nodeRank) of \(placement.nodeCount): ranks are shown from "
@@ -338,7 +346,8 @@ struct RunCommand: ParsableCommand {
         + "\(placement.source)) joining the store at \(store.address)")
     var (layout, masterPort) = try rendezvous.join(
       NodeRendezvous.Registration(
-        nodeCount: placement.nodeCount, hostID: hostID(placement) ?? "",
+        nodeCount: placement.nodeCount,
+        hostID: placement.hostID(environment: LocalProcessGroup.currentEnvironment()) ?? "",
         masterPort: placement.nodeRank == 0 ? "\(try FreePort.pick())" : nil,
         groups: job.groups.map { "\($0.kind):\($0.count)" }),
       timeoutSeconds: joinTimeout, progress: Progress.say)
@@ -358,23 +367,7 @@ struct RunCommand: ParsableCommand {
     // `store` names the store in the launcher's lines (a Redis password never shows).
     let cgroups = plan.needsCgroups ? try CPUQuotaCgroups(job: plan.jobID) : nil
     defer { cgroups?.remove() }
-    var members: [LocalProcessGroup.Member] = []
-    for rank in plan.ranks {
-      var commandLine = rank.command
-      if let cgroups, let fraction = rank.cpuFraction {
-        let procs = try cgroups.addRank(rank.rank, cpus: fraction)
-        commandLine =
-          ["/bin/sh", "-c", CPUQuotaCgroups.entryScript(procsFile: procs), "kaitian-worker"]
-          + commandLine
-      }
-      var environment = Dictionary(uniqueKeysWithValues: rank.environment)
-      environment[JobToken.environmentVariable] = token.stringValue
-      members.append(
-        LocalProcessGroup.Member(
-          name: rank.label, executable: commandLine[0], arguments: Array(commandLine.dropFirst()),
-          environment: environment,
-          output: .init(prefix: "[\(rank.label)] ", logPath: rank.logPath)))
-    }
+    let members = try plan.processes(token: token, cgroups: cgroups)
 
     let layout = plan.layout
     let place =
@@ -440,76 +433,14 @@ struct RunCommand: ParsableCommand {
         "the job failed on another node (\(watch?.failure ?? "unknown")); stopped this node's ranks"
       )
     }
-    if let rendezvous { try finish(rendezvous) }
-  }
-
-  /// Records this node's success; node 0 then keeps serving the store until every node is
-  /// done, since their workers still use it, or until one fails or stops sending heartbeats.
-  private func finish(_ rendezvous: NodeRendezvous) throws {
-    try rendezvous.markDone()
-    guard rendezvous.nodeRank == 0 else { return }
-    let silenceLimit = 30.0
-    var lastReport = LocalProcessGroup.now()
-    var heartbeats: [Int: (value: String?, since: Double)] = [:]
-    while true {
-      let now = LocalProcessGroup.now()
-      let state: (nodes: [Int], failure: String?)
-      do {
-        state = try rendezvous.unfinished()
-        for node in state.nodes {
-          let value = try rendezvous.heartbeat(of: node)
-          if heartbeats[node]?.value != value || heartbeats[node] == nil {
-            heartbeats[node] = (value, now)
-          }
-        }
-      } catch {
-        throw LaunchError("node 0 cannot read the job's state from its own store: \(error)")
-      }
-      if let failure = state.failure {
-        throw LaunchError("this node's ranks succeeded but the job failed: \(failure)")
-      }
-      if state.nodes.isEmpty { return }
-      if let silent = state.nodes.first(where: { now - heartbeats[$0]!.since > silenceLimit }) {
-        throw LaunchError(
-          rendezvous.reportFailure(
-            "node \(silent) sent no heartbeat for \(Int(silenceLimit)) s without finishing (was "
-              + "its kaitian run killed?)"))
-      }
-      if now - lastReport >= 10 {
-        lastReport = now
-        Progress.say(
-          "waiting for node\(state.nodes.count == 1 ? "" : "s") "
-            + "\(state.nodes.map(String.init).joined(separator: ", ")) to finish (they use this "
-            + "node's store)")
-      }
-      usleep(200_000)
-    }
-  }
-
-  /// KAITIAN_HOST_ID for the workers of several nodes: the launcher's own value if it has
-  /// one, else the host name and node rank (hosts in network namespaces or containers often
-  /// share a host name, and equal ids would make the engine try shared memory between them).
-  private func hostID(_ placement: NodePlacement) -> String? {
-    guard placement.nodeCount > 1 else { return nil }
-    if let own = LocalProcessGroup.currentEnvironment()["KAITIAN_HOST_ID"], !own.isEmpty {
-      return own
-    }
-    var name = [CChar](repeating: 0, count: 256)
-    gethostname(&name, name.count - 1)
-    let bytes = name.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }
-    return "\(String(decoding: bytes, as: UTF8.self))-node\(placement.nodeRank)"
+    try rendezvous?.finish(progress: Progress.say)
   }
 
   /// A fresh token on one host; on several, the one every node was given.
   private func jobToken(_ placement: NodePlacement) throws(ValidationError) -> JobToken {
     guard placement.nodeCount > 1 else { return JobToken.generate() }
     do {
-      if let tokenFile {
-        // The file wins over KAITIAN_TOKEN, as with `kaitian store serve --token-file`.
-        unsetenv(JobToken.environmentVariable)
-        setenv(JobToken.fileEnvironmentVariable, tokenFile, 1)
-      }
-      if let token = try JobToken.fromEnvironment() { return token }
+      if let token = try auth.token() { return token }
     } catch {
       throw ValidationError("the job token: \(error)")
     }
@@ -537,74 +468,25 @@ private enum Progress {
   }
 
   static func summary(plan: RunPlan, outcome: LocalProcessGroup.Outcome, seconds total: Double) {
-    var lines = ["summary after \(seconds(total)):"]
-    let width = plan.ranks.map(\.label.count).max() ?? 0
-    let exitWidth = outcome.endings.map { $0?.exit.description.count ?? 0 }.max() ?? 0
-    for (rank, ending) in zip(plan.ranks, outcome.endings) {
-      let label = rank.label.padding(toLength: width, withPad: " ", startingAt: 0)
-      guard let ending else {
-        lines.append("  \(label)  not started")
-        continue
-      }
-      lines.append(
-        "  \(label)  \(ending.exit.description.padding(toLength: exitWidth, withPad: " ", startingAt: 0))  \(seconds(ending.seconds))"
-          + "  cpu \(seconds(ending.cpuSeconds))")
+    let rows = zip(plan.ranks, outcome.endings).map { rank, ending in
+      guard let ending else { return [rank.label, "not started", "", ""] }
+      return [
+        rank.label, ending.exit.description, seconds(ending.seconds),
+        "cpu \(seconds(ending.cpuSeconds))",
+      ]
     }
-    say(lines.joined(separator: "\n"))
+    let table = AlignedColumns.lines(rows, rightAligned: [2]).map { "  \($0)" }
+    say((["summary after \(seconds(total)):"] + table).joined(separator: "\n"))
   }
 }
 
-/// mkdir -p.
-enum Directory {
-  static func create(_ path: String) throws(LaunchError) {
-    var prefix = path.hasPrefix("/") ? "/" : ""
-    for component in path.split(separator: "/") {
-      prefix += component + "/"
-      guard mkdir(prefix, 0o755) == 0 || errno == EEXIST else {
-        throw LaunchError(
-          "cannot create the log directory \(prefix): \(String(cString: strerror(errno)))")
-      }
-    }
-  }
-
-  /// `create`, and the directory (a link's target) must then belong to this user. Why: the
-  /// owner of a job's log directory can read the files written there (the logs, the token) and
-  /// replace them (job.json) between writes.
-  static func createOwned(_ path: String) throws(LaunchError) {
-    try create(path)
-    var status = stat()
-    guard stat(path, &status) == 0, status.st_mode & S_IFMT == S_IFDIR else {
-      throw LaunchError("the log directory \(path) is not a directory; choose another")
-    }
-    guard status.st_uid == geteuid() else {
-      throw LaunchError(
-        "the log directory \(path) belongs to user \(status.st_uid), not to you (\(geteuid())): "
-          + "its owner could read or replace the job's files; choose a directory of your own")
-    }
-  }
+extension GroupSpec {
+  /// What the group asks of this host's devices, for the check before launch.
+  var deviceRequest: DeviceCheck.Request { .init(kind: kind, count: count, devices: devices) }
 }
 
-/// A port nobody listens on now, for torch's own TCPStore (MASTER_PORT). Another process may
-/// take it before the worker binds it, as with torchrun; the window is short.
-enum FreePort {
-  static func pick() throws(LaunchError) -> UInt16 {
-    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-    guard fd >= 0 else {
-      throw LaunchError("cannot pick a free port: \(String(cString: strerror(errno)))")
-    }
-    defer { close(fd) }
-    var address = sockaddr_in()
-    address.sin_family = sa_family_t(AF_INET)
-    address.sin_addr.s_addr = inet_addr("127.0.0.1")
-    var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-    let bound = withUnsafeMutablePointer(to: &address) {
-      $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-        bind(fd, $0, length) == 0 && getsockname(fd, $0, &length) == 0
-      }
-    }
-    guard bound else {
-      throw LaunchError("cannot pick a free port: \(String(cString: strerror(errno)))")
-    }
-    return UInt16(bigEndian: address.sin_port)
-  }
+extension ValidationError {
+  /// The launcher library's usage error, reported as ArgumentParser reports a bad option: with
+  /// the command's usage and exit status 64.
+  init(_ error: UsageError) { self.init(error.description) }
 }

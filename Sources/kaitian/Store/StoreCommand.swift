@@ -1,5 +1,6 @@
 import ArgumentParser
 import Glibc
+import KaitianLaunch
 import KaitianStore
 
 /// `kaitian store serve`: the rendezvous store as a standalone server.
@@ -22,14 +23,13 @@ struct StoreCommand: ParsableCommand {
     @Option(help: "Port to listen on; 0 picks a free port.")
     var port: UInt16 = 29_400
 
-    @Option(help: "File holding the job token (overrides KAITIAN_TOKEN).")
-    var tokenFile: String?
+    @OptionGroup var auth: TokenOptions
 
     @Flag(help: "Create a fresh token and write it to --token-file (mode 0600).")
     var generateToken = false
 
     func validate() throws {
-      if generateToken && tokenFile == nil {
+      if generateToken && auth.tokenFile == nil {
         throw ValidationError("--generate-token needs --token-file to write the token to")
       }
     }
@@ -48,26 +48,12 @@ struct StoreCommand: ParsableCommand {
     }
 
     private func loadToken() throws -> JobToken {
-      if generateToken, let tokenFile {
+      if generateToken, let tokenFile = auth.tokenFile {
         let token = JobToken.generate()
         try TokenFile.write(token, to: tokenFile)
         return token
       }
-      if let tokenFile {
-        setenv(JobToken.fileEnvironmentVariable, tokenFile, 1)
-      }
-      return try JobToken.requiredFromEnvironment()
-    }
-  }
-}
-
-/// Writes a token to a file only its owner can read, atomically (TextFile).
-enum TokenFile {
-  static func write(_ token: JobToken, to path: String) throws {
-    do {
-      try TextFile.write(path, Array((token.stringValue + "\n").utf8), mode: 0o600)
-    } catch {
-      throw ValidationError("cannot write the token to \(path): \(error)")
+      return try auth.requiredToken()
     }
   }
 }
