@@ -261,12 +261,9 @@ public struct LocalProcessGroup {
     var environment = Self.currentEnvironment()
     for (key, value) in member.environment { environment[key] = value }
 
-    var actions = posix_spawn_file_actions_t()
-    posix_spawn_file_actions_init(&actions)
-    defer { posix_spawn_file_actions_destroy(&actions) }
-    posix_spawn_file_actions_adddup2(&actions, stdin, 0)
+    var spawn = ProcessSpawn(descriptors: [(0, .descriptor(stdin))], ownProcessGroup: true)
     if guardExecutable != nil {
-      posix_spawn_file_actions_adddup2(&actions, lifeline, LaunchGuard.lifelineDescriptor)
+      spawn.descriptors.append((LaunchGuard.lifelineDescriptor, .descriptor(lifeline)))
     }
     var running = Running(pid: 0, started: Self.now(), output: member.output)
     if let output = member.output {
@@ -285,37 +282,16 @@ public struct LocalProcessGroup {
         }
         running.pipes[stream].fd = ends[0]
         running.writeEnds.append(ends[1])
-        posix_spawn_file_actions_adddup2(&actions, ends[1], Int32(stream + 1))
+        spawn.descriptors.append((Int32(stream + 1), .descriptor(ends[1])))
       }
     }
     defer { running.closeWriteEnds() }
-
-    var attributes = posix_spawnattr_t()
-    posix_spawnattr_init(&attributes)
-    defer { posix_spawnattr_destroy(&attributes) }
-    // Own process group; no blocked signals; SIGINT, SIGTERM and SIGPIPE back to their
-    // defaults (an ignored signal would otherwise stay ignored across exec).
-    posix_spawnattr_setpgroup(&attributes, 0)
-    var noSignals = sigset_t()
-    sigemptyset(&noSignals)
-    posix_spawnattr_setsigmask(&attributes, &noSignals)
-    var defaults = sigset_t()
-    sigemptyset(&defaults)
-    for signal in [SIGINT, SIGTERM, SIGPIPE] { sigaddset(&defaults, signal) }
-    posix_spawnattr_setsigdefault(&attributes, &defaults)
-    posix_spawnattr_setflags(
-      &attributes, Int16(POSIX_SPAWN_SETPGROUP | POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF))
-
-    let argv = ([program] + arguments).map { strdup($0) } + [nil]
-    let envp = environment.map { strdup("\($0.key)=\($0.value)") } + [nil]
-    defer {
-      argv.forEach { free($0) }
-      envp.forEach { free($0) }
-    }
-    let result = posix_spawnp(&running.pid, program, &actions, &attributes, argv, envp)
-    guard result == 0 else {
+    switch spawn.start(program, arguments: arguments, environment: environment) {
+    case .success(let pid): running.pid = pid
+    case .failure(let error):
       running.closeAll()
-      throw LaunchError("cannot start \(member.name) (\(program)): \(Self.errorText(result))")
+      throw LaunchError(
+        "cannot start \(member.name) (\(program)): \(Self.errorText(error.code))")
     }
     running.started = Self.now()
     return running

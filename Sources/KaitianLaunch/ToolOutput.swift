@@ -13,21 +13,21 @@ public enum ToolOutput {
   > {
     var ends: [Int32] = [-1, -1]
     guard pipe(&ends) == 0 else { return .failure(Problem(description: "cannot create a pipe")) }
-    var actions = posix_spawn_file_actions_t()
-    posix_spawn_file_actions_init(&actions)
-    defer { posix_spawn_file_actions_destroy(&actions) }
-    posix_spawn_file_actions_adddup2(&actions, ends[1], 1)
-    posix_spawn_file_actions_addopen(&actions, 2, "/dev/null", O_WRONLY, 0)
-    posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
-    posix_spawn_file_actions_addclose(&actions, ends[0])
-    let argv = ([path] + arguments).map { strdup($0) } + [nil]
-    defer { argv.forEach { free($0) } }
-    var pid: pid_t = 0
-    let spawned = posix_spawn(&pid, path, &actions, nil, argv, environ)
+    let spawn = ProcessSpawn(
+      descriptors: [
+        (1, .descriptor(ends[1])), (2, .file("/dev/null", flags: O_WRONLY)),
+        (0, .file("/dev/null", flags: O_RDONLY)),
+      ],
+      closing: [ends[0]])
+    let spawned = spawn.start(path, arguments: arguments)
     close(ends[1])
     defer { close(ends[0]) }
-    guard spawned == 0 else {
-      return .failure(Problem(description: "cannot start: \(String(cString: strerror(spawned)))"))
+    let pid: pid_t
+    switch spawned {
+    case .success(let started): pid = started
+    case .failure(let error):
+      return .failure(
+        Problem(description: "cannot start: \(LocalProcessGroup.errorText(error.code))"))
     }
     var output: [UInt8] = []
     var buffer = [UInt8](repeating: 0, count: 65_536)

@@ -4,6 +4,8 @@ import KaitianStore
 import Synchronization
 import Testing
 
+@testable import KaitianLaunch
+
 /// A real `redis-server` for one test: started on a free port of 127.0.0.1 without persistence,
 /// in a temporary directory, and killed (with the directory removed) when the test drops it.
 final class RedisServer: Sendable {
@@ -98,38 +100,24 @@ struct FixtureError: Error, CustomStringConvertible {
 
 /// Starts `program` with stdin and stdout on /dev/null, stderr there too or in `stderrPath`.
 func spawn(
-  _ program: String, _ arguments: [String], environment: [String]? = nil,
+  _ program: String, _ arguments: [String],
   stderrPath: String? = nil
 ) throws -> pid_t {
-  var actions = posix_spawn_file_actions_t()
-  posix_spawn_file_actions_init(&actions)
-  defer { posix_spawn_file_actions_destroy(&actions) }
-  for descriptor in Int32(0)...1 {
-    posix_spawn_file_actions_addopen(&actions, descriptor, "/dev/null", O_RDWR, 0)
+  let spawn = ProcessSpawn(descriptors: [
+    (0, .file("/dev/null", flags: O_RDWR)), (1, .file("/dev/null", flags: O_RDWR)),
+    (2, .file(stderrPath ?? "/dev/null", flags: O_WRONLY | O_CREAT | O_TRUNC)),
+  ])
+  switch spawn.start(program, arguments: arguments) {
+  case .success(let pid): return pid
+  case .failure(let error): throw FixtureError("\(error)")
   }
-  posix_spawn_file_actions_addopen(
-    &actions, 2, stderrPath ?? "/dev/null", O_WRONLY | O_CREAT | O_TRUNC, 0o644)
-  let argv = ([program] + arguments).map { strdup($0) } + [nil]
-  let envp = environment.map { $0.map { strdup($0) } + [nil] }
-  defer {
-    for argument in argv { free(argument) }
-    for variable in envp ?? [] { free(variable) }
-  }
-  var pid: pid_t = 0
-  let result =
-    envp.map { posix_spawn(&pid, program, &actions, nil, argv, $0) }
-    ?? posix_spawn(&pid, program, &actions, nil, argv, environ)
-  guard result == 0 else {
-    throw FixtureError("cannot start \(program): \(String(cString: strerror(result)))")
-  }
-  return pid
 }
 
 /// Runs `program` to the end and returns its exit status (128 + signal if killed).
-func run(_ program: String, _ arguments: [String], environment: [String]? = nil) throws -> Int32 {
-  let pid = try spawn(program, arguments, environment: environment)
+func run(_ program: String, _ arguments: [String]) throws -> Int32 {
+  let pid = try spawn(program, arguments)
   var status: Int32 = 0
-  while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
+  _ = retryingInterrupts { waitpid(pid, &status, 0) }
   return status & 0x7F == 0 ? (status >> 8) & 0xFF : 128 + (status & 0x7F)
 }
 

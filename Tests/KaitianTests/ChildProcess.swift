@@ -1,4 +1,7 @@
 import Glibc
+import KaitianStore
+
+@testable import KaitianLaunch
 
 /// A program of this package started by a test, with stdout and stderr captured in files.
 ///
@@ -15,28 +18,15 @@ final class ChildProcess {
     let path = program.hasPrefix("/") ? program : Self.builtProduct(program)
     var template = Array("/tmp/kaitian-test-XXXXXX".utf8CString)
     directory = String(cString: mkdtemp(&template))
-    var actions = posix_spawn_file_actions_t()
-    posix_spawn_file_actions_init(&actions)
-    defer { posix_spawn_file_actions_destroy(&actions) }
-    posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
-    posix_spawn_file_actions_addopen(
-      &actions, 1, "\(directory)/out", O_WRONLY | O_CREAT | O_TRUNC, 0o644)
-    posix_spawn_file_actions_addopen(
-      &actions, 2, "\(directory)/err", O_WRONLY | O_CREAT | O_TRUNC, 0o644)
-    let argv = ([path] + arguments).map { strdup($0) } + [nil]
-    let envp = environment.map { $0.map { strdup("\($0.key)=\($0.value)") } + [nil] }
-    defer {
-      argv.forEach { free($0) }
-      envp?.forEach { free($0) }
+    let spawn = ProcessSpawn(descriptors: [
+      (0, .file("/dev/null", flags: O_RDONLY)),
+      (1, .file("\(directory)/out", flags: O_WRONLY | O_CREAT | O_TRUNC)),
+      (2, .file("\(directory)/err", flags: O_WRONLY | O_CREAT | O_TRUNC)),
+    ])
+    switch spawn.start(path, arguments: arguments, environment: environment) {
+    case .success(let pid): self.pid = pid
+    case .failure(let error): throw SpawnError(description: "\(error)")
     }
-    var pid: pid_t = 0
-    let result =
-      envp.map { posix_spawn(&pid, path, &actions, nil, argv, $0) }
-      ?? posix_spawn(&pid, path, &actions, nil, argv, environ)
-    guard result == 0 else {
-      throw SpawnError(description: "cannot start \(path): \(String(cString: strerror(result)))")
-    }
-    self.pid = pid
   }
 
   deinit {
@@ -91,24 +81,12 @@ final class ChildProcess {
   /// Executables of this package are built next to the test bundle
   /// (.build/<config>/KaitianPackageTests.xctest, a file on Linux).
   static func builtProduct(_ name: String) -> String {
-    var buffer = [CChar](repeating: 0, count: 4096)
-    let length = readlink("/proc/self/exe", &buffer, buffer.count - 1)
-    var path = String(cString: buffer)
-    if length > 0, let slash = path.lastIndex(of: "/") { path = String(path[..<slash]) }
-    return path + "/" + name
+    let test = currentExecutablePath()
+    return String(test[..<(test.lastIndex(of: "/") ?? test.startIndex)]) + "/" + name
   }
 
   static func read(_ path: String) -> String {
-    guard let file = fopen(path, "r") else { return "" }
-    defer { fclose(file) }
-    var result: [UInt8] = []
-    var buffer = [UInt8](repeating: 0, count: 4096)
-    while true {
-      let n = fread(&buffer, 1, buffer.count, file)
-      if n <= 0 { break }
-      result += buffer[0..<n]
-    }
-    return String(decoding: result, as: UTF8.self)
+    String(decoding: (try? TextFile.read(path)) ?? [], as: UTF8.self)
   }
 }
 
