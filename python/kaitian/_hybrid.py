@@ -338,17 +338,12 @@ class HybridEngine:
 
     def _group_comms(self) -> list[int]:
         """The engine's communicators inside this rank's group (reduce stage's, gather stage's), if it runs them."""
-        found = []
-        for instance in (0, 1):
-            comm = ctypes.c_void_p()
-            _native.check(self._api.ktHybridGroupComm(self.handle, instance, ctypes.byref(comm)))
-            if comm.value:
-                found.append(comm.value)
-        return found
+        return [comm for instance in (0, 1) if (comm := self._borrowed("ktHybridGroupComm", instance))]
 
-    def _borrowed(self, function: str) -> int | None:
+    def _borrowed(self, function: str, *arguments: int) -> int | None:
+        """A communicator the hybrid owns, from `function(hybrid, *arguments, &comm)`; None when it has none."""
         comm = ctypes.c_void_p()
-        _native.check(getattr(self._api, function)(self.handle, ctypes.byref(comm)))
+        _native.check(getattr(self._api, function)(self.handle, *arguments, ctypes.byref(comm)))
         return comm.value
 
     def topology(self, nranks: int) -> list[tuple[int, int]]:

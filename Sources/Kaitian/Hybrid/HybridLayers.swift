@@ -33,6 +33,14 @@ struct HybridLayers: Sendable {
     }
   }
 
+  /// `complete` for a step of the allreduce, its wall time added to `stage` for the breakdown.
+  private func timed(
+    _ stage: HybridStage, _ step: @autoclosure () -> String,
+    _ run: () throws(KaitianError) -> Void
+  ) throws(KaitianError) {
+    try clock.timing(stage) { () throws(KaitianError) in try Self.complete(step(), run) }
+  }
+
   private var inGroup: String {
     let group = topology.group
     return "inside group \(group.index) (\(group.identity)) as local rank "
@@ -107,10 +115,8 @@ struct HybridLayers: Sendable {
     HybridPipeline.Steps(
       reduce: { () throws(KaitianError) in
         if let intra {
-          try clock.timing(.groupAllReduce) { () throws(KaitianError) in
-            try Self.complete("allreduce \(inGroup)") { () throws(KaitianError) in
-              try intra.allReduce(chunk, dataType: dataType, op: op.step)
-            }
+          try timed(.groupAllReduce, "allreduce \(inGroup)") { () throws(KaitianError) in
+            try intra.allReduce(chunk, dataType: dataType, op: op.step)
           }
         }
       },
@@ -136,20 +142,16 @@ struct HybridLayers: Sendable {
     let shard = chunk.slice(topology.localRank * width, width)
     return HybridPipeline.Steps(
       reduce: { () throws(KaitianError) in
-        try clock.timing(.groupReduceScatter) { () throws(KaitianError) in
-          try Self.complete("reduce-scatter \(inGroup)") { () throws(KaitianError) in
-            try intra.reduceScatter(chunk, dataType: dataType, op: op.step)
-          }
+        try timed(.groupReduceScatter, "reduce-scatter \(inGroup)") { () throws(KaitianError) in
+          try intra.reduceScatter(chunk, dataType: dataType, op: op.step)
         }
       },
       relay: { () throws(KaitianError) in
         try columnAllReduce(shard, dataType: dataType, op: op)
       },
       gather: { () throws(KaitianError) in
-        try clock.timing(.groupAllGather) { () throws(KaitianError) in
-          try Self.complete("allgather \(inGroup)") { () throws(KaitianError) in
-            try intraGather.allGather(chunk, dataType: dataType)
-          }
+        try timed(.groupAllGather, "allgather \(inGroup)") { () throws(KaitianError) in
+          try intraGather.allGather(chunk, dataType: dataType)
         }
       })
   }
@@ -169,10 +171,8 @@ struct HybridLayers: Sendable {
     return HybridPipeline.Steps(
       reduce: { () throws(KaitianError) in
         guard let intra else { return }
-        try clock.timing(.groupAllReduce) { () throws(KaitianError) in
-          try Self.complete("allreduce \(inGroup)") { () throws(KaitianError) in
-            try intra.allReduce(chunk, dataType: dataType, op: op.step)
-          }
+        try timed(.groupAllReduce, "allreduce \(inGroup)") { () throws(KaitianError) in
+          try intra.allReduce(chunk, dataType: dataType, op: op.step)
         }
       },
       relay: { () throws(KaitianError) in
@@ -181,11 +181,10 @@ struct HybridLayers: Sendable {
       },
       gather: { () throws(KaitianError) in
         guard let intraGather else { return }
-        try clock.timing(.groupBroadcast) { () throws(KaitianError) in
-          for j in 0..<shards {
-            try Self.complete("broadcast of shard \(j) \(inGroup)") { () throws(KaitianError) in
-              try intraGather.broadcast(shard(j), dataType: dataType, root: j)
-            }
+        for j in 0..<shards {
+          try timed(.groupBroadcast, "broadcast of shard \(j) \(inGroup)") {
+            () throws(KaitianError) in
+            try intraGather.broadcast(shard(j), dataType: dataType, root: j)
           }
         }
       })
@@ -197,14 +196,12 @@ struct HybridLayers: Sendable {
     _ shard: DeviceRegion, dataType: DataType, op: ReduceOp
   ) throws(KaitianError) {
     guard let column else { return }
-    try clock.timing(.relay) { () throws(KaitianError) in
-      try Self.complete("allreduce \(acrossGroups)") { () throws(KaitianError) in
-        try memory.withHostView(shard, dataType: dataType) { (view) throws(KaitianError) in
-          try column.allReduce(
-            view, into: view, count: shard.count, dataType: dataType, op: op.step
-          ).wait()
-          finish(view, count: shard.count, dataType: dataType, op: op)
-        }
+    try timed(.relay, "allreduce \(acrossGroups)") { () throws(KaitianError) in
+      try memory.withHostView(shard, dataType: dataType) { (view) throws(KaitianError) in
+        try column.allReduce(
+          view, into: view, count: shard.count, dataType: dataType, op: op.step
+        ).wait()
+        finish(view, count: shard.count, dataType: dataType, op: op)
       }
     }
   }

@@ -109,8 +109,7 @@ package final class MonitorConnection {
     case .failure(let error) where error.code == .authenticationFailed:
       throw MonitorError(
         "the store at \(display(address)) refused the token from \(token.origin): it belongs to "
-          + "another job "
-          + "(\(error))")
+          + "another job (\(error))")
     case .failure(let error): throw error
     }
   }

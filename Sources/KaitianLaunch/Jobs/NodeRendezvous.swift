@@ -115,7 +115,7 @@ package struct NodeRendezvous: Sendable {
       let now = LocalProcessGroup.now()
       guard now - start < timeoutSeconds else {
         throw LaunchError(
-          "node\(missing.count == 1 ? "" : "s") \(missing.map(String.init).joined(separator: ", ")) "
+          "\(Self.nodes(missing)) "
             + "of \(nodeCount) did not join job \(jobID) within \(Int(timeoutSeconds)) s: start "
             + "kaitian run with --nnodes \(nodeCount), its --node-rank, the same --master-addr, "
             + "--job-id and token on each (or raise --join-timeout)")
@@ -123,8 +123,7 @@ package struct NodeRendezvous: Sendable {
       if now - lastReport >= 5 {
         lastReport = now
         progress(
-          "waiting for node\(missing.count == 1 ? "" : "s") "
-            + "\(missing.map(String.init).joined(separator: ", ")) to join "
+          "waiting for \(Self.nodes(missing)) to join "
             + "(\(Int(now - start)) s of \(Int(timeoutSeconds)) s)")
       }
       usleep(100_000)
@@ -175,12 +174,15 @@ package struct NodeRendezvous: Sendable {
       if now - lastReport >= 10 {
         lastReport = now
         progress(
-          "waiting for node\(state.nodes.count == 1 ? "" : "s") "
-            + "\(state.nodes.map(String.init).joined(separator: ", ")) to finish (they use this "
-            + "node's store)")
+          "waiting for \(Self.nodes(state.nodes)) to finish (they use this node's store)")
       }
       usleep(200_000)
     }
+  }
+
+  /// "node 2" or "nodes 1, 3", for the progress lines and errors.
+  private static func nodes(_ ranks: [Int]) -> String {
+    "node\(ranks.count == 1 ? "" : "s") \(ranks.map(String.init).joined(separator: ", "))"
   }
 
   /// Publishes why the job must stop, unless another node already has; returns the failure

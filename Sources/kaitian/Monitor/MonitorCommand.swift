@@ -3,7 +3,6 @@ import Glibc
 import KaitianLaunch
 import KaitianMonitor
 import KaitianOutput
-import KaitianRedis
 import KaitianStore
 
 /// `kaitian monitor`: shows a job's ranks from its store while it runs (or from the snapshot
