@@ -24,10 +24,21 @@ let package = Package(
       name: "CKaitianShim",
       cSettings: [.unsafeFlags(["-O3", "-fno-strict-aliasing"])]
     ),
-    .target(name: "KaitianStore"),
-    .target(name: "Kaitian", dependencies: ["CKaitianShim", "KaitianStore"]),
+    // The one POSIX layer: the system-call wrapper, sockets, threads and locks, deadlines,
+    // whole-file reads and atomic writes, process spawn, the log.
+    .target(name: "KaitianPOSIX"),
+    // Who may join a job: the job token, SHA-256 and HMAC, the connection handshake.
+    .target(name: "KaitianAuth", dependencies: ["KaitianPOSIX"]),
+    // The key-value store a job meets through: embedded server, client, wire format, and the
+    // authenticated rendezvous over any store.
+    .target(name: "KaitianStore", dependencies: ["KaitianAuth", "KaitianPOSIX"]),
     .target(
-      name: "KaitianC", dependencies: ["Kaitian", "KaitianRedis"], exclude: ["Header"],
+      name: "Kaitian",
+      dependencies: ["CKaitianShim", "KaitianAuth", "KaitianPOSIX", "KaitianStore"]),
+    .target(
+      name: "KaitianC",
+      dependencies: ["Kaitian", "KaitianAuth", "KaitianPOSIX", "KaitianRedis", "KaitianStore"],
+      exclude: ["Header"],
       // The header is imported as a Clang module for its exact struct layouts; the version
       // script keeps the library's exports to the kt* functions of include/kaitian.h.
       swiftSettings: [
@@ -40,40 +51,49 @@ let package = Package(
     .target(
       name: "KaitianRedis",
       dependencies: [
-        "KaitianStore", .product(name: "NIOCore", package: "swift-nio"),
+        "KaitianAuth", "KaitianPOSIX", "KaitianStore",
+        .product(name: "NIOCore", package: "swift-nio"),
         .product(name: "NIOPosix", package: "swift-nio"),
         .product(name: "NIOSSL", package: "swift-nio-ssl"),
         .product(name: "NIOTLS", package: "swift-nio"),
       ]),
     .testTarget(
       name: "KaitianRedisTests",
-      dependencies: ["KaitianRedis", "KaitianStore", "Kaitian", "KaitianCLI", "KaitianLaunch"]),
+      dependencies: [
+        "KaitianRedis", "KaitianAuth", "KaitianPOSIX", "KaitianStore", "Kaitian", "KaitianCLI",
+        "KaitianLaunch",
+      ]),
     // Starting and supervising ranks, and what a `kaitian run` job is: its plan, job file, store,
     // record for the monitor, and the launchers' rendezvous across nodes.
     .target(
       name: "KaitianLaunch",
       dependencies: [
-        "KaitianMonitor", "KaitianOutput", "KaitianRedis", "KaitianStore",
+        "KaitianAuth", "KaitianMonitor", "KaitianOutput", "KaitianPOSIX", "KaitianRedis",
+        "KaitianStore",
         .product(name: "TOMLKit", package: "TOMLKit"),
       ]),
     // The tool's output formats: any JSON value through Foundation's Codable, and aligned text
     // tables (not in libKaitianC.so, which stays free of Foundation).
     .target(name: "KaitianOutput"),
     // What `kaitian monitor` shows: a job's monitor keys decoded, as text, JSON or a plot.
-    .target(name: "KaitianMonitor", dependencies: ["KaitianStore", "KaitianOutput"]),
+    .target(
+      name: "KaitianMonitor", dependencies: ["KaitianPOSIX", "KaitianStore", "KaitianOutput"]),
     // What `kaitian devices` finds: vendor tools' probes, the accelerator check, the benchmark.
     .target(
-      name: "KaitianDevices", dependencies: ["KaitianOutput", "KaitianLaunch", "KaitianStore"]),
+      name: "KaitianDevices", dependencies: ["KaitianOutput", "KaitianLaunch", "KaitianPOSIX"]),
     // The `kaitian` command: one folder per subcommand, over the libraries above.
     .executableTarget(
       name: "KaitianCLI",
       dependencies: [
         "Kaitian",
+        "KaitianAuth",
         "KaitianDevices",
         "KaitianOutput",
         "KaitianLaunch",
         "KaitianMonitor",
+        "KaitianPOSIX",
         "KaitianRedis",
+        "KaitianStore",
         "KaitianVerification",
         .product(name: "ArgumentParser", package: "swift-argument-parser"),
       ],
@@ -84,11 +104,14 @@ let package = Package(
     // Helpers every test target shares (a seeded random generator).
     .target(name: "KaitianTestSupport", path: "Tests/KaitianTestSupport"),
     .testTarget(name: "KaitianShimTests", dependencies: ["CKaitianShim", "KaitianTestSupport"]),
-    .testTarget(name: "KaitianStoreTests", dependencies: ["KaitianStore", "KaitianTestSupport"]),
+    .testTarget(
+      name: "KaitianStoreTests",
+      dependencies: ["KaitianAuth", "KaitianPOSIX", "KaitianStore", "KaitianTestSupport"]),
     .testTarget(
       name: "KaitianTests",
       dependencies: [
-        "Kaitian", "KaitianStore", "KaitianVerification", "KaitianLaunch", "CKaitianShim",
+        "Kaitian", "KaitianAuth", "KaitianPOSIX", "KaitianStore", "KaitianVerification",
+        "KaitianLaunch", "CKaitianShim",
         "KaitianCLI", "KaitianDevices", "KaitianOutput", "KaitianMonitor", "KaitianTestWorker",
         "KaitianFuzz", "KaitianTestSupport",
       ]),
@@ -97,7 +120,8 @@ let package = Package(
       name: "KaitianFuzz", dependencies: ["KaitianStore"], path: "Tests/KaitianFuzz"),
     // Ranks as processes for the tests: runs the check matrix, or loops until killed.
     .executableTarget(
-      name: "KaitianTestWorker", dependencies: ["Kaitian", "KaitianVerification"],
+      name: "KaitianTestWorker",
+      dependencies: ["Kaitian", "KaitianAuth", "KaitianStore", "KaitianVerification"],
       path: "Tests/KaitianTestWorker"),
   ],
   swiftLanguageModes: [.v6]

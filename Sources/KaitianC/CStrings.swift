@@ -1,5 +1,5 @@
 import Glibc
-import KaitianStore
+import KaitianPOSIX
 
 /// A C string that lives as long as the process, for the strings the header calls static.
 struct StaticCString: @unchecked Sendable {

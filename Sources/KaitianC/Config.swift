@@ -1,6 +1,6 @@
 import Kaitian
+import KaitianAuth
 import KaitianHeader
-import KaitianStore
 
 /// What ktCommInitRank takes from a ktConfig_t: options and job token, starting from the
 /// environment (KAITIAN_*) so that a zero or NULL field keeps the environment's value.

@@ -1,4 +1,5 @@
 import Kaitian
+import KaitianAuth
 import KaitianHeader
 import KaitianStore
 

@@ -1,6 +1,5 @@
 import Kaitian
 import KaitianHeader
-import KaitianStore
 
 // The hybrid communicator functions of include/kaitian.h.
 

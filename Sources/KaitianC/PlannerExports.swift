@@ -1,6 +1,6 @@
 import Kaitian
 import KaitianHeader
-import KaitianStore
+import KaitianPOSIX
 
 // The load-adaptive planning functions of include/kaitian.h.
 

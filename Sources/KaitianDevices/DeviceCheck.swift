@@ -1,3 +1,5 @@
+import KaitianLaunch
+
 /// Refuses groups that ask for accelerators this host does not have, before anything starts:
 /// a cuda group on a host without NVIDIA GPUs would otherwise fail deep inside the worker.
 ///
@@ -6,7 +8,7 @@
 /// finds; a kind it cannot list (xpu) is refused too, since nothing says the devices exist.
 package enum DeviceCheck {
   /// The kinds that need a device; everything else runs on CPUs.
-  package static let acceleratorKinds: Set<String> = ["cuda", "mlu", "rocm", "npu", "xpu"]
+  package static let acceleratorKinds = Set(DeviceKind.all.filter(\.isAccelerator).map(\.name))
 
   /// What one group of a job asks for: `count` workers of `kind`, on the devices listed, or on
   /// any `count` devices when `devices` is nil.

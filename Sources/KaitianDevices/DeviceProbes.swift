@@ -1,7 +1,7 @@
 import Foundation
 import Glibc
 import KaitianLaunch
-import KaitianStore
+import KaitianPOSIX
 
 /// One accelerator (or the host's CPUs) as `kaitian devices` lists it.
 package struct Device: Equatable {

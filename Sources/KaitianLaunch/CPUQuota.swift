@@ -1,5 +1,5 @@
 import Glibc
-import KaitianStore
+import KaitianPOSIX
 
 /// CPU quotas for a job's workers as real cgroups, so that ranks of unequal speed can be made
 /// on one machine: a worker limited to 0.3 CPU runs about a third as fast as one with a full
@@ -107,20 +107,20 @@ public final class CPUQuotaCgroups {
   private static func makeDirectory(_ path: String, advice: String) throws(LaunchError) {
     guard mkdir(path, 0o755) == 0 || errno == EEXIST else {
       throw LaunchError(
-        "cannot create the cgroup \(path): \(LocalProcessGroup.errorText(errno)); \(advice)")
+        "cannot create the cgroup \(path): \(errnoText(errno)); \(advice)")
     }
   }
 
   private static func write(_ text: String, to path: String, advice: String) throws(LaunchError) {
     let fd = open(path, O_WRONLY | O_CLOEXEC)
     guard fd >= 0 else {
-      throw LaunchError("cannot open \(path): \(LocalProcessGroup.errorText(errno)); \(advice)")
+      throw LaunchError("cannot open \(path): \(errnoText(errno)); \(advice)")
     }
     defer { close(fd) }
     let bytes = Array(text.utf8)
     guard Glibc.write(fd, bytes, bytes.count) == bytes.count else {
       throw LaunchError(
-        "cannot write '\(text)' to \(path): \(LocalProcessGroup.errorText(errno)); \(advice)")
+        "cannot write '\(text)' to \(path): \(errnoText(errno)); \(advice)")
     }
   }
 

@@ -1,4 +1,5 @@
 import Glibc
+import KaitianPOSIX
 
 /// Ends a worker when its launcher dies, even by SIGKILL, which the launcher cannot react to.
 ///
@@ -36,12 +37,12 @@ public enum LaunchGuard {
     }
     let worker = getpid()
     let watcher = fork()
-    if watcher < 0 { fail("cannot fork the watcher: \(LocalProcessGroup.errorText(errno))") }
+    if watcher < 0 { fail("cannot fork the watcher: \(errnoText(errno))") }
     if watcher == 0 { watch(lifeline: lifeline, worker: worker, graceSeconds: graceSeconds) }
     close(lifeline)
     let argv = command.map { strdup($0) } + [nil]
     execvp(program, argv)
-    fail("cannot start \(program): \(LocalProcessGroup.errorText(errno))")
+    fail("cannot start \(program): \(errnoText(errno))")
   }
 
   /// The watcher's life: wait for the lifeline to close or the worker to go. Only calls that
@@ -49,7 +50,7 @@ public enum LaunchGuard {
   private static func watch(lifeline: Int32, worker: pid_t, graceSeconds: Double) -> Never {
     while getppid() == worker {
       var fd = pollfd(fd: lifeline, events: Int16(POLLIN), revents: 0)
-      guard poll(&fd, 1, 250) > 0, fd.revents != 0 else { continue }
+      guard retryingInterrupts({ poll(&fd, 1, 250) }).0 > 0, fd.revents != 0 else { continue }
       var byte: UInt8 = 0
       if read(lifeline, &byte, 1) > 0 { continue }
       // The launcher is gone: stop the worker and what it started, then make sure. SIGKILL

@@ -1,5 +1,5 @@
 import Glibc
-import KaitianStore
+import KaitianPOSIX
 
 /// Starts local processes and supervises them as one job: when one fails, the others are
 /// stopped (SIGTERM, then SIGKILL after a grace period), as torchrun does.
@@ -132,7 +132,7 @@ public struct LocalProcessGroup {
     // The lifeline of every member's guard: this process holds the only write end.
     var lifeline: [Int32] = [-1, -1]
     if guardExecutable != nil && !makePipe(&lifeline, nonBlocking: false) {
-      throw LaunchError("cannot create the members' lifeline pipe: \(Self.errorText(errno))")
+      throw LaunchError("cannot create the members' lifeline pipe: \(errnoText(errno))")
     }
     defer { lifeline.filter { $0 >= 0 }.forEach { close($0) } }
 
@@ -231,7 +231,9 @@ public struct LocalProcessGroup {
         owners.append((index, stream))
       }
     }
-    guard poll(&fds, nfds_t(fds.count), timeoutMilliseconds) > 0 else { return nil }
+    guard retryingInterrupts({ poll(&fds, nfds_t(fds.count), timeoutMilliseconds) }).0 > 0 else {
+      return nil
+    }
     var signal: Int32?
     for (slot, fd) in fds.enumerated() where fd.revents != 0 {
       let owner = owners[slot]
@@ -272,13 +274,13 @@ public struct LocalProcessGroup {
       running.log = open(
         output.logPath, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0o600)
       guard running.log >= 0 else {
-        throw LaunchError("cannot write the log \(output.logPath): \(Self.errorText(errno))")
+        throw LaunchError("cannot write the log \(output.logPath): \(errnoText(errno))")
       }
       for stream in 0..<2 {
         var ends: [Int32] = [-1, -1]
         guard makePipe(&ends, nonBlocking: false) else {
           running.closeAll()
-          throw LaunchError("cannot create a pipe for \(member.name): \(Self.errorText(errno))")
+          throw LaunchError("cannot create a pipe for \(member.name): \(errnoText(errno))")
         }
         running.pipes[stream].fd = ends[0]
         running.writeEnds.append(ends[1])
@@ -291,7 +293,7 @@ public struct LocalProcessGroup {
     case .failure(let error):
       running.closeAll()
       throw LaunchError(
-        "cannot start \(member.name) (\(program)): \(Self.errorText(error.code))")
+        "cannot start \(member.name) (\(program)): \(errnoText(error.code))")
     }
     running.started = Self.now()
     return running
@@ -303,8 +305,6 @@ public struct LocalProcessGroup {
     clock_gettime(CLOCK_MONOTONIC, &time)
     return Double(time.tv_sec) + Double(time.tv_nsec) / 1e9
   }
-
-  static func errorText(_ code: Int32) -> String { String(cString: strerror(code)) }
 
   /// This process's environment as a dictionary.
   public static func currentEnvironment() -> [String: String] {
@@ -435,7 +435,7 @@ private struct InterruptPipe {
   static func install() throws(LaunchError) -> InterruptPipe {
     var ends: [Int32] = [-1, -1]
     guard makePipe(&ends, nonBlocking: true) else {
-      throw LaunchError("cannot create the signal pipe: \(LocalProcessGroup.errorText(errno))")
+      throw LaunchError("cannot create the signal pipe: \(errnoText(errno))")
     }
     handlerWriteEnd = ends[1]
     let handler: @convention(c) (Int32) -> Void = { number in
@@ -473,7 +473,7 @@ private struct InterruptPipe {
 /// pipe2(O_CLOEXEC), which Swift's Glibc module does not declare: no end may leak into a
 /// worker started later (its output pipe would then never reach end of file).
 private func makePipe(_ ends: inout [Int32], nonBlocking: Bool) -> Bool {
-  guard pipe(&ends) == 0 else { return false }
+  guard retryingInterrupts({ pipe(&ends) }).errno == nil else { return false }
   for fd in ends {
     _ = fcntl(fd, F_SETFD, FD_CLOEXEC)
     if nonBlocking { _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK) }

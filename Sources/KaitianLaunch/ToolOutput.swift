@@ -1,5 +1,5 @@
 import Glibc
-import KaitianStore
+import KaitianPOSIX
 
 /// A tool's standard output, or why there is none: a tool that hangs (a driver in a bad state
 /// makes nvidia-smi block) is killed after the timeout instead of hanging `kaitian devices`.
@@ -12,7 +12,9 @@ public enum ToolOutput {
     String, Problem
   > {
     var ends: [Int32] = [-1, -1]
-    guard pipe(&ends) == 0 else { return .failure(Problem(description: "cannot create a pipe")) }
+    guard retryingInterrupts({ pipe(&ends) }).errno == nil else {
+      return .failure(Problem(description: "cannot create a pipe"))
+    }
     let spawn = ProcessSpawn(
       descriptors: [
         (1, .descriptor(ends[1])), (2, .file("/dev/null", flags: O_WRONLY)),
@@ -27,7 +29,7 @@ public enum ToolOutput {
     case .success(let started): pid = started
     case .failure(let error):
       return .failure(
-        Problem(description: "cannot start: \(LocalProcessGroup.errorText(error.code))"))
+        Problem(description: "cannot start: \(errnoText(error.code))"))
     }
     var output: [UInt8] = []
     var buffer = [UInt8](repeating: 0, count: 65_536)
@@ -40,7 +42,7 @@ public enum ToolOutput {
         break
       }
       var fd = pollfd(fd: ends[0], events: Int16(POLLIN), revents: 0)
-      guard poll(&fd, 1, Int32(left * 1000) + 1) > 0 else { continue }
+      guard retryingInterrupts({ poll(&fd, 1, Int32(left * 1000) + 1) }).0 > 0 else { continue }
       let (count, _) = retryingInterrupts { read(ends[0], &buffer, buffer.count) }
       guard count > 0 else { break }
       output += buffer[0..<count]

@@ -1,5 +1,6 @@
 import Glibc
 import KaitianOutput
+import KaitianPOSIX
 import KaitianStore
 
 /// An error of `kaitian monitor` or of the job record, saying what to check.

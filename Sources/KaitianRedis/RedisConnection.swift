@@ -1,4 +1,5 @@
 import Glibc
+import KaitianPOSIX
 import KaitianStore
 import NIOCore
 import NIOPosix
@@ -165,10 +166,10 @@ final class RedisConnection: Sendable {
           throw StoreError.foreign(
             .connectionFailed,
             "cannot connect to Redis at \(url.server) (\(reason(error))) within "
-              + "\(seconds(connectTimeout)); check that redis-server runs there and that the "
+              + "\(connectTimeout.secondsDescription); check that redis-server runs there and that the "
               + "address in the store URL is right")
         }
-        sleep(pause)
+        sleep(for: pause)
         pause = min(pause * 2, .milliseconds(500))
       }
     }
@@ -270,7 +271,7 @@ final class RedisConnection: Sendable {
     case .timedOut:
       return .foreign(
         .connectionLost,
-        "\(server) did not answer \(command.name) within \(seconds(timeout)) (restarted? "
+        "\(server) did not answer \(command.name) within \(timeout.secondsDescription) (restarted? "
           + "overloaded?); the connection is closed: restart the job")
     case .tls(let text):
       return .foreign(
@@ -291,32 +292,5 @@ final class RedisConnection: Sendable {
         "\(server) sent an invalid reply to \(command.name): \(error); is it a Redis server? "
           + "The connection is closed")
     }
-  }
-}
-
-extension Duration {
-  var nanoseconds: Int64 {
-    let (seconds, attoseconds) = components
-    let (scaled, overflow) = seconds.multipliedReportingOverflow(by: 1_000_000_000)
-    return overflow
-      ? .max : scaled.addingReportingOverflow(attoseconds / 1_000_000_000).partialValue
-  }
-}
-
-/// "1.5 s", for messages.
-func seconds(_ duration: Duration) -> String {
-  let milliseconds = duration.nanoseconds / 1_000_000
-  return milliseconds % 1000 == 0
-    ? "\(milliseconds / 1000) s" : "\(Double(milliseconds) / 1000) s"
-}
-
-/// Blocks the calling thread (never an event loop thread: callers are the engine's own).
-func sleep(_ duration: Duration) {
-  var remaining = timespec(
-    tv_sec: Int(duration.components.seconds),
-    tv_nsec: Int(duration.components.attoseconds / 1_000_000_000))
-  while true {
-    let request = remaining
-    guard nanosleep([request], &remaining) != 0, errno == EINTR else { return }
   }
 }

@@ -1,3 +1,4 @@
+import KaitianPOSIX
 import KaitianStore
 import Synchronization
 
@@ -75,7 +76,7 @@ public final class RedisStore: KeyValueStore {
     self.localHost = connection.localHost
     self.state = Mutex(.open(connection))
     let reply = try request(
-      RESPCommand(["SET", prefix, "1", "PX", "\(jobTTL.milliseconds)", "NX"].map(Self.bytes)))
+      RESPCommand(["SET", prefix, "1", "PX", "\(jobTTL.expiryMilliseconds)", "NX"].map(Self.bytes)))
     guard reply == .simple("OK") || reply == .bulk(nil) else {
       throw unexpected(reply, "SET")
     }
@@ -166,7 +167,7 @@ public final class RedisStore: KeyValueStore {
     for name in try scan(prefix) {
       let reply = try request(
         RESPCommand([
-          Self.bytes("PEXPIRE"), Self.bytes(name), Self.bytes("\(expireAfter.milliseconds)"),
+          Self.bytes("PEXPIRE"), Self.bytes(name), Self.bytes("\(expireAfter.expiryMilliseconds)"),
         ]))
       if reply == .integer(1) { changed += 1 }
     }
@@ -209,7 +210,7 @@ public final class RedisStore: KeyValueStore {
         [
           Self.bytes("EVAL"), Self.bytes(script), Self.bytes("2"), Self.bytes(name),
           Self.bytes(prefix),
-          Self.bytes("\(jobTTL.milliseconds)"),
+          Self.bytes("\(jobTTL.expiryMilliseconds)"),
         ] + arguments))
     if case .error(let message) = reply, message.hasPrefix(Scripts.goneError) {
       throw keysGone()
@@ -249,11 +250,11 @@ public final class RedisStore: KeyValueStore {
         let more = missing.count > 8 ? " and \(missing.count - 8) more" : ""
         throw .foreign(
           .timeout,
-          "timed out after \(seconds(timeout)) waiting for store key(s) \(shown)\(more) in "
+          "timed out after \(timeout.secondsDescription) waiting for store key(s) \(shown)\(more) in "
             + "Redis at \(url.server) under \(prefix); the process that sets them may have "
             + "failed or not started yet: check its log, or raise the timeout")
       }
-      sleep(min(pause, timeout - waited))
+      sleep(for: min(pause, timeout - waited))
       pause = min(pause * 2, .milliseconds(50))
     }
   }
@@ -382,5 +383,6 @@ extension RESPCommand {
 }
 
 extension Duration {
-  var milliseconds: Int64 { max(1, nanoseconds / 1_000_000) }
+  /// Whole milliseconds, at least 1: Redis refuses an expiry of 0 (`PX`, `PEXPIRE`).
+  var expiryMilliseconds: Int64 { max(1, nanoseconds / 1_000_000) }
 }

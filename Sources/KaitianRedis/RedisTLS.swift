@@ -1,4 +1,5 @@
 import Glibc
+import KaitianPOSIX
 import KaitianStore
 import NIOCore
 import NIOSSL
@@ -98,7 +99,7 @@ public struct RedisTLS: Sendable {
     guard stat(path, &status) == 0 else {
       throw .foreign(
         .invalidArgument,
-        "cannot read \(variable)=\(path): \(SocketError.errnoDescription(errno))")
+        "cannot read \(variable)=\(path): \(errnoText(errno))")
     }
     if status.st_uid != geteuid() && status.st_uid != 0 {
       throw .foreign(

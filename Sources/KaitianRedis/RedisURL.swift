@@ -1,4 +1,6 @@
 import Glibc
+import KaitianAuth
+import KaitianPOSIX
 import KaitianStore
 
 /// Where a Redis server is and how to log in: `redis://[[user]:password@]host[:port][/db]`, or
@@ -125,7 +127,7 @@ extension RedisURL {
         throw .foreign(
           .invalidArgument,
           "cannot read the Redis password file (\(passwordFileVariable)=\(path)): "
-            + "\(SocketError.errnoDescription(code))")
+            + "\(errnoText(code))")
       case .tooLarge:
         throw .foreign(
           .invalidArgument,

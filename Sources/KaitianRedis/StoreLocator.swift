@@ -1,3 +1,5 @@
+import KaitianAuth
+import KaitianPOSIX
 import KaitianStore
 
 /// Turns a store address, as in `KAITIAN_STORE`, into a connected store, so that workers reach

@@ -1,5 +1,5 @@
 import ArgumentParser
-import KaitianStore
+import KaitianAuth
 
 /// `--token-file`, the same in every command that serves or joins a job's store: the file wins
 /// over KAITIAN_TOKEN and KAITIAN_TOKEN_FILE, which are read otherwise. Read here, never put

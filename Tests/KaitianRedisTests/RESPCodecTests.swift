@@ -1,4 +1,5 @@
 import Glibc
+import KaitianPOSIX
 import KaitianRedis
 import KaitianStore
 import NIOCore
@@ -131,7 +132,7 @@ private final class FakeRedis: Sendable {
         connectTimeout: .seconds(5), operationTimeout: .milliseconds(300))
     }
     #expect(error?.code == .connectionLost)
-    #expect(error?.description.contains("did not answer PING within 0.3 s") == true)
+    #expect(error?.description.contains("did not answer PING within 300 ms") == true)
   }
 }
 

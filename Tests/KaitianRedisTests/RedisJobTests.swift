@@ -1,8 +1,9 @@
 import ArgumentParser
 import Glibc
 import Kaitian
+import KaitianAuth
+import KaitianPOSIX
 import KaitianRedis
-import KaitianStore
 import Synchronization
 import Testing
 

@@ -1,6 +1,6 @@
 import Glibc
+import KaitianPOSIX
 import KaitianRedis
-import KaitianStore
 import Synchronization
 import Testing
 

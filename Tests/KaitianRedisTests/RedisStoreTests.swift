@@ -1,4 +1,5 @@
 import Glibc
+import KaitianPOSIX
 import KaitianRedis
 import KaitianStore
 import Synchronization

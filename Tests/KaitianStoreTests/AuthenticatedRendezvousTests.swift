@@ -1,5 +1,6 @@
 import Testing
 
+@testable import KaitianAuth
 @testable import KaitianStore
 
 /// Values the engine trusts carry a MAC under the job token; the store's other writers cannot

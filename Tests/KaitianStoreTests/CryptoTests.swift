@@ -1,7 +1,8 @@
 import Glibc
 import Testing
 
-@testable import KaitianStore
+@testable import KaitianAuth
+@testable import KaitianPOSIX
 
 private func hex(_ bytes: [UInt8]) -> String {
   bytes.map {

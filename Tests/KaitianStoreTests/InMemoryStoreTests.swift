@@ -1,6 +1,7 @@
 import Glibc
 import Testing
 
+@testable import KaitianPOSIX
 @testable import KaitianStore
 
 /// Runs `body` on `count` OS threads at once and waits for all of them, as ranks would run.

@@ -1,7 +1,8 @@
 import Glibc
 import Testing
 
-@testable import KaitianStore
+@testable import KaitianAuth
+@testable import KaitianPOSIX
 
 @Suite struct SocketTests {
   @Test(arguments: ["127.0.0.1", "::1"])

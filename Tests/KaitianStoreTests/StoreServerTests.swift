@@ -1,6 +1,8 @@
 import Glibc
 import Testing
 
+@testable import KaitianAuth
+@testable import KaitianPOSIX
 @testable import KaitianStore
 
 /// Short deadlines keep the misbehaving-client tests fast.

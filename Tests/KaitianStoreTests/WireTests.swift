@@ -1,6 +1,7 @@
 import KaitianTestSupport
 import Testing
 
+@testable import KaitianPOSIX
 @testable import KaitianStore
 
 @Suite struct WireTests {

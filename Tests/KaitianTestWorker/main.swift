@@ -1,5 +1,6 @@
 import Glibc
 import Kaitian
+import KaitianAuth
 import KaitianStore
 import KaitianVerification
 

@@ -1,7 +1,7 @@
 import CKaitianShim
 import Glibc
 import KaitianOutput
-import KaitianStore
+import KaitianPOSIX
 import Testing
 
 /// `kaitian bench` end to end on tiny sizes (what it prints, not how fast), and the CPU binding

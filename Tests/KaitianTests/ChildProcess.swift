@@ -1,5 +1,5 @@
 import Glibc
-import KaitianStore
+import KaitianPOSIX
 
 @testable import KaitianLaunch
 

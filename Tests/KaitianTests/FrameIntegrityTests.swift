@@ -1,4 +1,5 @@
 import Glibc
+import KaitianPOSIX
 import KaitianStore
 import KaitianVerification
 import Synchronization

@@ -1,3 +1,4 @@
+import KaitianPOSIX
 import KaitianStore
 import Synchronization
 

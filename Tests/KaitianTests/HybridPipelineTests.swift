@@ -1,5 +1,5 @@
 import Glibc
-import KaitianStore
+import KaitianPOSIX
 import KaitianVerification
 import Synchronization
 import Testing

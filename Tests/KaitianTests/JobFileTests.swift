@@ -1,6 +1,5 @@
 import ArgumentParser
 import Glibc
-import KaitianStore
 import Testing
 
 @testable import KaitianCLI

@@ -1,5 +1,7 @@
 import ArgumentParser
 import Glibc
+import KaitianAuth
+import KaitianPOSIX
 import KaitianStore
 import Testing
 

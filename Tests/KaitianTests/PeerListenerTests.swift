@@ -1,4 +1,5 @@
 import Glibc
+import KaitianPOSIX
 import KaitianStore
 import Synchronization
 import Testing

@@ -1,4 +1,5 @@
 import Glibc
+import KaitianAuth
 import KaitianStore
 
 /// Ranks started as separate processes of KaitianTestWorker, with an embedded store.

@@ -1,4 +1,6 @@
 import Glibc
+import KaitianAuth
+import KaitianPOSIX
 import KaitianStore
 import Synchronization
 import Testing

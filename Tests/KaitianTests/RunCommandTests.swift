@@ -3,8 +3,8 @@ import Glibc
 import Testing
 
 @testable import KaitianCLI
-@testable import KaitianLaunch
 @testable import KaitianDevices
+@testable import KaitianLaunch
 @testable import KaitianOutput
 
 @Suite("kaitian run: arguments")

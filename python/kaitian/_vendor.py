@@ -19,11 +19,14 @@ from torch.distributed import distributed_c10d as c10d
 
 from . import _engine, _native
 from ._engine import Communicator
+from .topology import DEVICE_KINDS, ENGINE
 
 # Modules that register a vendor's torch backend when imported (out-of-tree PyTorch plugins).
-_PLUGIN_MODULES = {"cncl": "torch_mlu", "hccl": "torch_npu"}
+_PLUGIN_MODULES = {kind.backend: kind.plugin for kind in DEVICE_KINDS.values() if kind.plugin}
 # The device each library's tensors live on.
-_BACKEND_DEVICE = {"gloo": "cpu", "nccl": "cuda", "cncl": "mlu", "hccl": "npu", "xccl": "xpu"}
+_BACKEND_DEVICE = {"gloo": "cpu"} | {
+    kind.backend: kind.device_type for kind in DEVICE_KINDS.values() if kind.backend != ENGINE
+}
 
 
 class IntraGroup(Protocol):

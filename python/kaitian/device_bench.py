@@ -21,16 +21,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .planner import measure_speed
+from .topology import DEVICE_KINDS
 
-# Device kinds as `kaitian run` names them -> (torch device type, module that registers it).
-DEVICE_TYPES: dict[str, tuple[str, str | None]] = {
-    "cpu": ("cpu", None),
-    "cuda": ("cuda", None),
-    "rocm": ("cuda", None),  # ROCm builds of torch expose AMD GPUs as "cuda"
-    "mlu": ("mlu", "torch_mlu"),
-    "npu": ("npu", "torch_npu"),
-    "xpu": ("xpu", None),
-}
 BATCH = 32
 
 
@@ -55,9 +47,9 @@ def benchmark_model() -> nn.Module:
 def torch_device(spec: str) -> torch.device:
     """`kind[:index]` (cpu, cuda:1, mlu:0, ...) as a torch device, importing the vendor's plugin."""
     kind, _, index = spec.partition(":")
-    if kind not in DEVICE_TYPES:
-        raise ValueError(f"unknown device kind '{kind}' in '{spec}'; use one of {', '.join(DEVICE_TYPES)}")
-    device_type, plugin = DEVICE_TYPES[kind]
+    if kind not in DEVICE_KINDS:
+        raise ValueError(f"unknown device kind '{kind}' in '{spec}'; use one of {', '.join(DEVICE_KINDS)}")
+    device_type, plugin = DEVICE_KINDS[kind].device_type, DEVICE_KINDS[kind].plugin
     if plugin is not None:
         try:
             importlib.import_module(plugin)

@@ -21,14 +21,30 @@ from ._store import RendezvousValues
 ENGINE = "kaitian"
 """Intra-group library name meaning "Kaitian's own engine" (shared memory on one host)."""
 
-DEFAULT_INTRA_BACKENDS: dict[str, str] = {
-    "cuda": "nccl",
-    "rocm": "nccl",
-    "mlu": "cncl",
-    "npu": "hccl",
-    "xpu": "xccl",
-    "cpu": ENGINE,
+
+@dataclass(frozen=True)
+class DeviceKind:
+    """What Kaitian knows of one device kind (as `kaitian run --group KIND:...` names it)."""
+
+    backend: str
+    """The torch backend inside a group of this kind (ENGINE: the engine itself)."""
+    device_type: str
+    """The torch device type its tensors live on."""
+    plugin: str | None = None
+    """The out-of-tree module that registers the device and its backend with torch when imported."""
+
+
+DEVICE_KINDS: dict[str, DeviceKind] = {
+    "cuda": DeviceKind("nccl", "cuda"),
+    "rocm": DeviceKind("nccl", "cuda"),  # ROCm builds of torch expose AMD GPUs as "cuda", RCCL as "nccl"
+    "mlu": DeviceKind("cncl", "mlu", "torch_mlu"),
+    "npu": DeviceKind("hccl", "npu", "torch_npu"),
+    "xpu": DeviceKind("xccl", "xpu"),
+    "cpu": DeviceKind(ENGINE, "cpu"),
 }
+"""The one table of device kinds in Python; other labels (cpu-slow, ...) are CPU groups."""
+
+DEFAULT_INTRA_BACKENDS: dict[str, str] = {name: kind.backend for name, kind in DEVICE_KINDS.items()}
 """Device kind -> torch backend used inside a group of that kind; unlisted kinds use the engine."""
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import kaitian
@@ -9,7 +10,7 @@ import pytest
 import torch
 import torch.distributed as dist
 from kaitian import _native
-from kaitian.topology import ENGINE, Topology, intra_backends
+from kaitian.topology import DEVICE_KINDS, ENGINE, Topology, intra_backends
 
 
 def test_import_registers_the_backend() -> None:
@@ -88,6 +89,14 @@ def test_intra_backend_spec() -> None:
     assert mapping["mlu"] == "cncl" and mapping["cpu"] == ENGINE
     with pytest.raises(ValueError, match="kind=backend"):
         intra_backends("cuda")
+
+
+def test_device_kinds_agree_with_the_launcher() -> None:
+    """Python's device-kind table names the kinds of Swift's (`kaitian run --group KIND`), no more, no fewer."""
+    swift = (Path(__file__).resolve().parents[2] / "Sources" / "KaitianLaunch" / "DeviceKind.swift").read_text()
+    launcher_kinds = re.findall(r'DeviceKind\(name: "(\w+)"', swift)
+    assert launcher_kinds, "DeviceKind.swift no longer parses"
+    assert sorted(launcher_kinds) == sorted(DEVICE_KINDS)
 
 
 def test_topology_groups_are_deterministic() -> None:

@@ -1,5 +1,3 @@
-import KaitianStore
-
 /// `count` elements from element `offset` of the application's buffer `buffer`.
 ///
 /// Why a handle and not a pointer: a group's library works on device memory (a CUDA, MLU or

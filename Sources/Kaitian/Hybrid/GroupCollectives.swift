@@ -1,3 +1,4 @@
+import KaitianAuth
 import KaitianStore
 
 /// The vendor layer: the collectives a device library offers among the ranks of one group.

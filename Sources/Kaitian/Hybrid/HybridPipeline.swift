@@ -1,5 +1,4 @@
 import Glibc
-import KaitianStore
 import Synchronization
 
 /// The three threads a hybrid communicator runs its calls on, one per stage of a hierarchical

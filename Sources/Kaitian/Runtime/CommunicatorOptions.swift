@@ -1,5 +1,5 @@
 import Glibc
-import KaitianStore
+import KaitianPOSIX
 
 /// How a communicator finds and talks to its peers. Every field has an environment variable
 /// (documented in the README), read by `fromEnvironment()`, in the spirit of NCCL_*.

@@ -1,4 +1,4 @@
-import KaitianStore
+import KaitianPOSIX
 
 /// A call waiting for the engine thread: its handle and what to run.
 struct QueuedCall {

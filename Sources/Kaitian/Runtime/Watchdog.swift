@@ -1,6 +1,6 @@
 import CKaitianShim
 import Glibc
-import KaitianStore
+import KaitianPOSIX
 import Synchronization
 
 /// Watches the control connections to every peer on its own thread.
@@ -53,7 +53,9 @@ final class Watchdog: @unchecked Sendable {
     self.endpoints = endpoints
     self.onFailure = onFailure
     var fds: [Int32] = [0, 0]
-    precondition(pipe(&fds) == 0, "pipe failed: \(errnoText())")
+    if let error = retryingInterrupts({ pipe(&fds) }).errno {
+      throw .system("cannot create the watchdog's wake-up pipe: \(errnoText(error))")
+    }
     wakePipe = (fds[0], fds[1])
     do {
       thread = try OSThread.spawn(name: "kaitian watchdog") { [self] in watch() }
@@ -117,11 +119,13 @@ final class Watchdog: @unchecked Sendable {
       descriptors += watched.map {
         pollfd(fd: controls[$0]!.fileDescriptor, events: Int16(POLLIN), revents: 0)
       }
-      let waitMilliseconds =
-        heartbeatTimeoutNanoseconds > 0
-        ? Int32(max(1, (nextHeartbeat - kt_monotonic_ns()) / 1_000_000 + 1)) : -1
-      let ready = poll(&descriptors, nfds_t(descriptors.count), waitMilliseconds)
-      if ready < 0 && errno == EINTR { continue }
+      // Until the next heartbeat is due, recomputed when a signal interrupts the wait.
+      _ = retryingInterrupts {
+        let waitMilliseconds =
+          heartbeatTimeoutNanoseconds > 0
+          ? Int32(max(1, (nextHeartbeat - kt_monotonic_ns()) / 1_000_000 + 1)) : -1
+        return poll(&descriptors, nfds_t(descriptors.count), waitMilliseconds)
+      }
       if descriptors[0].revents != 0 { return }
       var stillWatched: [Int] = []
       for (index, peer) in watched.enumerated() {

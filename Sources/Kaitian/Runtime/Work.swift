@@ -1,4 +1,4 @@
-import KaitianStore
+import KaitianPOSIX
 
 /// The handle of one submitted call: wait for it, poll it, or be called back when it ends.
 ///

@@ -1,4 +1,4 @@
-import KaitianStore
+import KaitianAuth
 
 /// MACs on everything one TCP link carries (KAITIAN_INTEGRITY=1), under the connection's own
 /// keys from the handshake.

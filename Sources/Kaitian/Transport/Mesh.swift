@@ -1,5 +1,7 @@
 import CKaitianShim
 import Glibc
+import KaitianAuth
+import KaitianPOSIX
 import KaitianStore
 import Synchronization
 

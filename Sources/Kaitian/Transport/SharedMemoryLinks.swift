@@ -1,4 +1,5 @@
 import Glibc
+import KaitianPOSIX
 import KaitianStore
 
 /// Shared-memory links among the ranks of one host.

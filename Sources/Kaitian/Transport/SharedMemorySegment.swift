@@ -1,5 +1,5 @@
 import Glibc
-import KaitianStore
+import KaitianPOSIX
 
 /// A POSIX shared-memory mapping (shm_open + mmap) that the ranks of one host share.
 ///
@@ -22,19 +22,20 @@ final class SharedMemorySegment: @unchecked Sendable {
   /// Creates and maps a new zero-filled segment.
   init(creating name: String, size: Int) throws(KaitianError) {
     Self.swept
-    let fd = shm_open(name, O_CREAT | O_EXCL | O_RDWR, 0o600)
-    guard fd >= 0 else {
-      throw .system("shm_open(\(name)) failed: \(errnoText()); is /dev/shm mounted and writable?")
+    let (fd, openError) = retryingInterrupts { shm_open(name, O_CREAT | O_EXCL | O_RDWR, 0o600) }
+    if let openError {
+      throw .system(
+        "shm_open(\(name)) failed: \(errnoText(openError)); is /dev/shm mounted and writable?")
     }
     defer { close(fd) }
-    guard ftruncate(fd, off_t(size)) == 0 else {
-      let text = errnoText()
+    if let error = retryingInterrupts({ ftruncate(fd, off_t(size)) }).errno {
       shm_unlink(name)
       throw .system(
-        "cannot size shared memory \(name) to \(size) bytes: \(text); /dev/shm may be full")
+        "cannot size shared memory \(name) to \(size) bytes: \(errnoText(error)); "
+          + "/dev/shm may be full")
     }
     guard let base = Self.map(fd: fd, size: size) else {
-      let text = errnoText()
+      let text = errnoText(errno)
       shm_unlink(name)
       throw .system("mmap of shared memory \(name) (\(size) bytes) failed: \(text)")
     }
@@ -46,15 +47,15 @@ final class SharedMemorySegment: @unchecked Sendable {
 
   /// Maps a segment another rank created.
   init(opening name: String, size: Int) throws(KaitianError) {
-    let fd = shm_open(name, O_RDWR, 0)
-    guard fd >= 0 else {
+    let (fd, openError) = retryingInterrupts { shm_open(name, O_RDWR, 0) }
+    if let openError {
       throw .system(
-        "cannot open shared memory \(name): \(errnoText()); the peer may have exited, or the "
-          + "ranks do not share /dev/shm (separate containers need --ipc=host)")
+        "cannot open shared memory \(name): \(errnoText(openError)); the peer may have exited, "
+          + "or the ranks do not share /dev/shm (separate containers need --ipc=host)")
     }
     defer { close(fd) }
     var info = stat()
-    guard fstat(fd, &info) == 0, Int(info.st_size) == size else {
+    guard retryingInterrupts({ fstat(fd, &info) }).errno == nil, Int(info.st_size) == size else {
       throw .system("shared memory \(name) has an unexpected size (wanted \(size) bytes)")
     }
     // A peer's segment is created by this user with mode 0600 (`init(creating:)`). A name read
@@ -67,7 +68,7 @@ final class SharedMemorySegment: @unchecked Sendable {
           + "it is not a Kaitian peer's segment; check who can write the job's rendezvous store")
     }
     guard let base = Self.map(fd: fd, size: size) else {
-      throw .system("mmap of shared memory \(name) failed: \(errnoText())")
+      throw .system("mmap of shared memory \(name) failed: \(errnoText(errno))")
     }
     self.name = name
     self.base = base
@@ -110,12 +111,12 @@ final class SharedMemorySegment: @unchecked Sendable {
     }
   }
 
+  /// Maps the whole segment, or nil with `errno` set. mmap reports failure as MAP_FAILED, not
+  /// -1, and is never interrupted by a signal, so it is the one call here outside
+  /// `retryingInterrupts`.
   private static func map(fd: Int32, size: Int) -> UnsafeMutableRawPointer? {
     let address = mmap(nil, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0)
     guard let address, address != MAP_FAILED else { return nil }
     return address
   }
 }
-
-/// The current errno as text, for messages.
-func errnoText() -> String { SocketError.errnoDescription(errno) }

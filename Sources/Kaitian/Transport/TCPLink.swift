@@ -1,5 +1,5 @@
 import Glibc
-import KaitianStore
+import KaitianPOSIX
 import Synchronization
 
 /// A link to a rank over one authenticated TCP connection in nonblocking mode.

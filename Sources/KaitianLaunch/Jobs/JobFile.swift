@@ -1,6 +1,6 @@
 import Foundation
 import Glibc
-import KaitianStore
+import KaitianPOSIX
 import TOMLKit
 
 /// A `kaitian run --job-file`: the job's groups, command and environment in TOML, so that a

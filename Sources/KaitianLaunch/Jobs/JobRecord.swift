@@ -1,6 +1,8 @@
 import Glibc
+import KaitianAuth
 import KaitianMonitor
 import KaitianOutput
+import KaitianPOSIX
 import KaitianStore
 
 /// What `kaitian run` leaves for `kaitian monitor`: `job.json` ({job_id, store, started}) and

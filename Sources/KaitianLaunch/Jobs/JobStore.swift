@@ -1,3 +1,5 @@
+import KaitianAuth
+import KaitianPOSIX
 import KaitianRedis
 import KaitianStore
 

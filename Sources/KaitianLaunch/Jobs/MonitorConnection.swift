@@ -1,5 +1,7 @@
+import KaitianAuth
 import KaitianMonitor
 import KaitianOutput
+import KaitianPOSIX
 import KaitianRedis
 import KaitianStore
 

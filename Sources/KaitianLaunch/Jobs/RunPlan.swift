@@ -1,7 +1,7 @@
 import Foundation
 import Glibc
+import KaitianAuth
 import KaitianOutput
-import KaitianStore
 
 /// One group of workers: COUNT workers of one device kind with the same limits, devices,
 /// launch prefix and environment. Made from a `--group` flag or a job file's `[[group]]`.
@@ -32,17 +32,8 @@ package struct GroupSpec: Equatable {
     package var message: String
   }
 
-  /// The kinds Kaitian knows a vendor library for; other lowercase labels name CPU groups
-  /// that differ in limits (cpu-slow, cpu-fast).
-  package static let knownKinds = ["cpu", "cuda", "mlu", "rocm", "npu", "xpu"]
-
-  /// The variable each vendor's runtime reads to decide which devices a process sees.
-  package static let visibilityVariables = [
-    "cuda": "CUDA_VISIBLE_DEVICES", "rocm": "HIP_VISIBLE_DEVICES", "mlu": "MLU_VISIBLE_DEVICES",
-    "npu": "ASCEND_RT_VISIBLE_DEVICES", "xpu": "ZE_AFFINITY_MASK",
-  ]
-
-  package var visibilityVariable: String? { Self.visibilityVariables[kind] }
+  /// The variable this group's vendor runtime reads to decide which devices a process sees.
+  package var visibilityVariable: String? { DeviceKind.named(kind)?.visibilityVariable }
 
   /// Checks every setting; `hostCPUs` bounds cpus= lists.
   package init(
@@ -53,7 +44,7 @@ package struct GroupSpec: Equatable {
       throw Problem(
         key: "kind",
         message:
-          "unknown device kind '\(kind)'; use \(Self.knownKinds.joined(separator: ", ")) or a "
+          "unknown device kind '\(kind)'; use \(DeviceKind.all.map(\.name).joined(separator: ", ")) or a "
           + "label of lowercase letters, digits, - and _ that starts with a letter (cpu-slow)")
     }
     guard count >= 1 else {
@@ -108,7 +99,8 @@ package struct GroupSpec: Equatable {
           key: "devices",
           message:
             "devices= needs a kind whose runtime reads a visibility variable "
-            + "(\(Self.visibilityVariables.keys.sorted().joined(separator: ", "))), not \(kind)")
+            + "(\(DeviceKind.all.filter(\.isAccelerator).map(\.name).sorted().joined(separator: ", "))), "
+            + "not \(kind)")
       }
       guard devices.count >= count else {
         throw Problem(

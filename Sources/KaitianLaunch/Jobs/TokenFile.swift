@@ -1,4 +1,5 @@
-import KaitianStore
+import KaitianAuth
+import KaitianPOSIX
 
 /// Writes a token to a file only its owner can read, atomically (TextFile).
 package enum TokenFile {

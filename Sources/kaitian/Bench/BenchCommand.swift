@@ -1,6 +1,7 @@
 import ArgumentParser
 import Glibc
 import Kaitian
+import KaitianAuth
 import KaitianLaunch
 import KaitianOutput
 import KaitianStore

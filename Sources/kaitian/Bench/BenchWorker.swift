@@ -1,7 +1,9 @@
 import CKaitianShim
 import Glibc
 import Kaitian
+import KaitianAuth
 import KaitianLaunch
+import KaitianPOSIX
 import KaitianStore
 import KaitianVerification
 
@@ -107,7 +109,7 @@ struct BenchWorker {
     let count = Int(kt_allowed_cpus(&cpus, Int32(cpus.count)))
     guard count > 0 else {
       throw LaunchError(
-        "rank \(rank): cannot read its allowed CPUs: \(SocketError.errnoDescription(-Int32(count)))"
+        "rank \(rank): cannot read its allowed CPUs: \(errnoText(-Int32(count)))"
       )
     }
     let cpu = cpus[rank % min(count, cpus.count)]
@@ -115,7 +117,7 @@ struct BenchWorker {
     guard status == 0 else {
       throw LaunchError(
         "rank \(rank): cannot pin itself to CPU \(cpu) (--bind core): "
-          + "\(SocketError.errnoDescription(status)); use --bind none")
+          + "\(errnoText(status)); use --bind none")
     }
   }
 

@@ -4,7 +4,7 @@ import Glibc
 import KaitianDevices
 import KaitianLaunch
 import KaitianOutput
-import KaitianStore
+import KaitianPOSIX
 
 /// `kaitian devices`: what this host can run ranks on, in the kinds `kaitian run` takes.
 struct DevicesCommand: ParsableCommand {

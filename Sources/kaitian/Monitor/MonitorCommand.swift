@@ -3,7 +3,7 @@ import Glibc
 import KaitianLaunch
 import KaitianMonitor
 import KaitianOutput
-import KaitianStore
+import KaitianPOSIX
 
 /// `kaitian monitor`: shows a job's ranks from its store while it runs (or from the snapshot
 /// `kaitian run` saved when it ended), and plots shares and step times over time.
@@ -103,9 +103,7 @@ struct MonitorCommand: ParsableCommand {
       print((clearScreen ? "\u{1B}[H\u{1B}[2J" : "") + view.text + (clearScreen ? "" : "\n"))
       fflush(nil)
       if finished { return }
-      var pause = timespec(
-        tv_sec: Int(interval), tv_nsec: Int((interval - interval.rounded(.down)) * 1e9))
-      nanosleep(&pause, nil)
+      sleep(for: .seconds(interval))
     }
   }
 

@@ -1,10 +1,11 @@
 import ArgumentParser
 import Foundation
 import Glibc
+import KaitianAuth
 import KaitianDevices
 import KaitianLaunch
 import KaitianOutput
-import KaitianStore
+import KaitianPOSIX
 
 /// `kaitian run`: starts a job's workers on this host with their ranks, devices and limits,
 /// supervises them as torchrun does, and serves the job's rendezvous store meanwhile. With

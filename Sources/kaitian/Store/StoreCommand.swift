@@ -1,6 +1,8 @@
 import ArgumentParser
 import Glibc
+import KaitianAuth
 import KaitianLaunch
+import KaitianPOSIX
 import KaitianStore
 
 /// `kaitian store serve`: the rendezvous store as a standalone server.

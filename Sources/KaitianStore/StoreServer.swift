@@ -1,3 +1,6 @@
+import KaitianAuth
+import KaitianPOSIX
+
 /// Limits that keep a store server responsive when peers misbehave.
 public struct StoreServerLimits: Sendable, Equatable {
   /// Connections served at once; further ones are refused (and logged) until some close.

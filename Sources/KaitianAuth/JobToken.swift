@@ -1,4 +1,5 @@
 import Glibc
+import KaitianPOSIX
 
 /// The shared secret of one job: every rank and the store prove they know it before they talk.
 ///
@@ -18,7 +19,7 @@ public struct JobToken: Sendable, CustomStringConvertible {
   public static let minimumBytes = 16
 
   /// The token text as UTF-8, the HMAC key.
-  let secret: [UInt8]
+  package let secret: [UInt8]
   /// Where the token came from, for error messages ("KAITIAN_TOKEN", a file path, ...).
   public let origin: String
 
@@ -135,7 +136,7 @@ public struct JobTokenError: Error, CustomStringConvertible, Sendable {
     JobTokenError(
       code: .unreadable,
       description: "cannot read the job token file (\(origin)): "
-        + "\(SocketError.errnoDescription(errno)); check the path and its permissions")
+        + "\(errnoText(errno)); check the path and its permissions")
   }
 
   static func tooLarge(_ origin: String) -> JobTokenError {

@@ -402,14 +402,3 @@ public final class TCPSocket: Sendable, CustomStringConvertible {
     return address
   }
 }
-
-/// Sleeps the calling thread; used only for connection retry pauses.
-func sleep(for duration: Duration) {
-  let nanoseconds = max(duration.nanoseconds, 0)
-  var request = timespec(
-    tv_sec: Int(nanoseconds / 1_000_000_000), tv_nsec: Int(nanoseconds % 1_000_000_000))
-  var remaining = timespec()
-  while nanosleep(&request, &remaining) == -1 && errno == EINTR {
-    request = remaining
-  }
-}

@@ -70,7 +70,7 @@ public struct Deadline: Sendable, Hashable, Comparable, CustomStringConvertible 
 
 extension Duration {
   /// The duration in whole nanoseconds, saturating at the bounds of `Int64`.
-  var nanoseconds: Int64 {
+  package var nanoseconds: Int64 {
     let (seconds, attoseconds) = components
     let (scaled, overflow) = seconds.multipliedReportingOverflow(by: 1_000_000_000)
     if overflow { return seconds > 0 ? .max : .min }
@@ -82,7 +82,7 @@ extension Duration {
   /// The duration in whole milliseconds, saturating at the bounds of `Int64` (computed from
   /// the components, not from `nanoseconds`, whose range ends at 292 years, so that every
   /// millisecond count read from the wire encodes back to itself).
-  var milliseconds: Int64 {
+  package var milliseconds: Int64 {
     let (seconds, attoseconds) = components
     let (scaled, overflow) = seconds.multipliedReportingOverflow(by: 1_000)
     if overflow { return seconds > 0 ? .max : .min }
@@ -92,7 +92,7 @@ extension Duration {
   }
 
   /// "1.5 s" or "250 ms": short and readable in error messages.
-  var secondsDescription: String {
+  package var secondsDescription: String {
     let ms = milliseconds
     if ms < 1000 { return "\(ms) ms" }
     let tenths = ms / 100

@@ -1,3 +1,5 @@
+import KaitianPOSIX
+
 /// A `KeyValueStore` in this process's memory.
 ///
 /// Tests that run ranks as threads share one instance, and `StoreServer` keeps its state in

@@ -1,3 +1,5 @@
+import KaitianPOSIX
+
 /// Why a connection handshake failed; each kind names the peer and says what to fix.
 public struct HandshakeError: Error, CustomStringConvertible, Sendable {
   public struct Code: Hashable, Sendable, CustomStringConvertible {

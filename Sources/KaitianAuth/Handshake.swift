@@ -1,3 +1,5 @@
+import KaitianPOSIX
+
 /// Mutual challenge-response authentication at the start of every Kaitian TCP connection.
 ///
 /// Both sides prove they know the job token without sending it, and the client delivers a
@@ -298,7 +300,7 @@ public enum Handshake {
 
 extension Array where Element == UInt8 {
   /// Appends `value` in network byte order.
-  mutating func appendBigEndian<Value: FixedWidthInteger>(_ value: Value) {
+  package mutating func appendBigEndian<Value: FixedWidthInteger>(_ value: Value) {
     for shift in stride(from: Value.bitWidth - 8, through: 0, by: -8) {
       append(UInt8(truncatingIfNeeded: value >> shift))
     }

@@ -45,7 +45,7 @@ public struct SocketError: Error, CustomStringConvertible, Sendable {
       return peerClosed(operation, errno: errno)
     }
     return SocketError(
-      .systemCall, errno: errno, "\(operation) failed: \(errnoDescription(errno))")
+      .systemCall, errno: errno, "\(operation) failed: \(errnoText(errno))")
   }
 
   static func timedOut(_ operation: String, after duration: Duration? = nil) -> SocketError {
@@ -54,13 +54,8 @@ public struct SocketError: Error, CustomStringConvertible, Sendable {
   }
 
   static func peerClosed(_ operation: String, errno: Int32? = nil) -> SocketError {
-    let reason = errno.map { " (\(errnoDescription($0)))" } ?? ""
+    let reason = errno.map { " (\(errnoText($0)))" } ?? ""
     return SocketError(
       .peerClosed, errno: errno, "\(operation): the peer closed the connection\(reason)")
-  }
-
-  /// "No such file or directory (errno 2)": the text every Kaitian error uses for an errno.
-  public static func errnoDescription(_ errno: Int32) -> String {
-    "\(String(cString: strerror(errno))) (errno \(errno))"
   }
 }

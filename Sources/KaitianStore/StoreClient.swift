@@ -1,3 +1,5 @@
+import KaitianAuth
+import KaitianPOSIX
 import Synchronization
 
 /// A `KeyValueStore` backed by a `StoreServer` over one authenticated TCP connection.

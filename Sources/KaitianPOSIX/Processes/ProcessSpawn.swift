@@ -86,6 +86,6 @@ package struct SpawnError: Error, CustomStringConvertible {
   package let program: String
   package let code: Int32
   package var description: String {
-    "cannot start \(program): \(LocalProcessGroup.errorText(code))"
+    "cannot start \(program): \(errnoText(code))"
   }
 }

@@ -3,8 +3,8 @@ import Glibc
 /// Runs a system call that reports failure by returning -1, retrying while it is interrupted by
 /// a signal (`EINTR`), and returns its result together with the `errno` of a failure.
 ///
-/// This is the one place that knows the -1/`errno` convention; `systemCall` and `writeFully`
-/// build on it, and every module's system calls go through one of the three. Calls that treat
+/// This is the one place that knows the -1/`errno` convention; `systemCall`, `writeFully` and
+/// `sleep(for:)` build on it, and every module's system calls go through one of them. Calls that treat
 /// some failures as normal outcomes (`EAGAIN`, `EINPROGRESS`) use it directly.
 @inline(__always)
 public func retryingInterrupts<Result: BinaryInteger>(_ body: () -> Result) -> (
@@ -21,7 +21,7 @@ public func retryingInterrupts<Result: BinaryInteger>(_ body: () -> Result) -> (
 /// Runs a system call, retrying `EINTR`, and throws a `SocketError` naming `operation` and the
 /// `errno` when it fails.
 @inline(__always)
-func systemCall<Result: BinaryInteger>(
+package func systemCall<Result: BinaryInteger>(
   _ operation: @autoclosure () -> String, _ body: () -> Result
 ) throws(SocketError) -> Result {
   let (result, error) = retryingInterrupts(body)
@@ -42,4 +42,23 @@ public func writeFully(_ descriptor: Int32, _ bytes: UnsafeRawBufferPointer) -> 
     offset += written
   }
   return nil
+}
+
+/// Sleeps the calling thread for `duration`, resuming after signals until it has passed: the
+/// retry pauses of connections and stores (never an event loop's thread).
+package func sleep(for duration: Duration) {
+  let nanoseconds = max(duration.nanoseconds, 0)
+  var request = timespec(
+    tv_sec: Int(nanoseconds / 1_000_000_000), tv_nsec: Int(nanoseconds % 1_000_000_000))
+  var remaining = timespec()
+  _ = retryingInterrupts { () -> Int32 in
+    let result = nanosleep(&request, &remaining)
+    request = remaining  // an interrupted sleep resumes with what was left
+    return result
+  }
+}
+
+/// "No such file or directory (errno 2)": the text every Kaitian error uses for an errno.
+package func errnoText(_ code: Int32) -> String {
+  "\(String(cString: strerror(code))) (errno \(code))"
 }

@@ -1,3 +1,5 @@
+import KaitianAuth
+
 /// A rendezvous store whose values carry a MAC under the job token, checked on every read.
 ///
 /// Why: the engine trusts what it reads back at set-up (a peer's endpoint, its shared-memory

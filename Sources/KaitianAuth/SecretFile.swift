@@ -1,4 +1,5 @@
 import Glibc
+import KaitianPOSIX
 
 /// Reads a small file that holds a secret (a job token, a Redis password): whole, with the
 /// surrounding whitespace trimmed, and with a warning when users other than its owner may read

@@ -117,7 +117,7 @@ public struct SocketAddress: Sendable, CustomStringConvertible {
     guard status == 0 else {
       let reason =
         status == EAI_SYSTEM
-        ? SocketError.errnoDescription(errno) : String(cString: gai_strerror(status))
+        ? errnoText(errno) : String(cString: gai_strerror(status))
       throw SocketError(
         .addressResolution,
         "cannot resolve host '\(host)': \(reason); check the host name or use a numeric address")

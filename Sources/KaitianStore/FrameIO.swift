@@ -1,3 +1,5 @@
+import KaitianPOSIX
+
 /// Why reading or writing a store frame failed: the socket, or a peer breaking the size limit.
 enum FrameError: Error {
   case socket(SocketError)
