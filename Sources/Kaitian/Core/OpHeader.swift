@@ -48,9 +48,7 @@ struct OpHeader: Equatable, Sendable {
   var op: ReduceOp
   var count: Int64
   var root: Int32
-  /// A per-call extra: the tag of a send/recv, the element count this link carries for the
-  /// v-variants, or a digest of the counts every rank must agree on.
-  var aux: Int64
+  var detail: TagDetail
   var sender: Int32
 
   func encode(into buffer: UnsafeMutableRawBufferPointer) {
@@ -61,7 +59,7 @@ struct OpHeader: Equatable, Sendable {
     buffer.storeBytes(of: kind.rawValue, toByteOffset: 7, as: UInt8.self)
     buffer.storeBytes(of: sequence.littleEndian, toByteOffset: 8, as: UInt64.self)
     buffer.storeBytes(of: count.littleEndian, toByteOffset: 16, as: Int64.self)
-    buffer.storeBytes(of: aux.littleEndian, toByteOffset: 24, as: Int64.self)
+    buffer.storeBytes(of: detail.wireValue.littleEndian, toByteOffset: 24, as: Int64.self)
     buffer.storeBytes(of: root.littleEndian, toByteOffset: 32, as: Int32.self)
     buffer.storeBytes(of: sender.littleEndian, toByteOffset: 36, as: Int32.self)
     buffer.storeBytes(of: UInt8(dataType.rawValue), toByteOffset: 40, as: UInt8.self)
@@ -75,7 +73,10 @@ struct OpHeader: Equatable, Sendable {
       UInt16(littleEndian: buffer.loadUnaligned(fromByteOffset: 4, as: UInt16.self)) == version,
       let kind = CollectiveKind(rawValue: buffer[7]),
       let dataType = DataType(rawValue: Int32(buffer[40])),
-      let op = ReduceOp(rawValue: Int32(buffer[41]))
+      let op = ReduceOp(rawValue: Int32(buffer[41])),
+      let detail = TagDetail(
+        kind: kind,
+        wireValue: Int64(littleEndian: buffer.loadUnaligned(fromByteOffset: 24, as: Int64.self)))
     else { return nil }
     return OpHeader(
       kind: kind,
@@ -84,7 +85,7 @@ struct OpHeader: Equatable, Sendable {
       op: op,
       count: Int64(littleEndian: buffer.loadUnaligned(fromByteOffset: 16, as: Int64.self)),
       root: Int32(littleEndian: buffer.loadUnaligned(fromByteOffset: 32, as: Int32.self)),
-      aux: Int64(littleEndian: buffer.loadUnaligned(fromByteOffset: 24, as: Int64.self)),
+      detail: detail,
       sender: Int32(littleEndian: buffer.loadUnaligned(fromByteOffset: 36, as: Int32.self)))
   }
 
@@ -117,15 +118,51 @@ struct OpHeader: Equatable, Sendable {
     if op != received.op { fields.append(describe("op", op.description, received.op.description)) }
     if count != received.count { fields.append(describe("count", "\(count)", "\(received.count)")) }
     if root != received.root { fields.append(describe("root", "\(root)", "\(received.root)")) }
-    if aux != received.aux {
-      let name =
-        switch kind {
-        case .sendRecv: "tag"
-        case .allToAllV: "element count between the two ranks"
-        default: "counts per rank"
-        }
-      fields.append(describe(name, "\(aux)", "\(received.aux)"))
+    if detail != received.detail, let name = detail.name {
+      fields.append(describe(name, "\(detail.wireValue)", "\(received.detail.wireValue)"))
     }
     return fields.isEmpty ? nil : fields.joined(separator: "; ")
+  }
+}
+
+/// What a call's tag says beyond the fields every call has: one 64-bit slot on the wire, whose
+/// meaning the call's kind decides.
+enum TagDetail: Equatable, Sendable {
+  case none
+  /// send/recv: the caller's tag, which a receive matches.
+  case messageTag(Int64)
+  /// allgatherv: a digest of the counts per rank, which every rank must pass alike.
+  case countsDigest(Int64)
+  /// alltoallv: the element count this link carries, on which its two ranks must agree.
+  case linkCount(Int64)
+
+  /// Reads the slot as `kind` means it; nil when a kind without a detail has a non-zero slot
+  /// (bytes that are not a tag this version writes).
+  init?(kind: CollectiveKind, wireValue: Int64) {
+    switch kind {
+    case .sendRecv: self = .messageTag(wireValue)
+    case .allGatherV: self = .countsDigest(wireValue)
+    case .allToAllV: self = .linkCount(wireValue)
+    default:
+      guard wireValue == 0 else { return nil }
+      self = .none
+    }
+  }
+
+  var wireValue: Int64 {
+    switch self {
+    case .none: 0
+    case .messageTag(let value), .countsDigest(let value), .linkCount(let value): value
+    }
+  }
+
+  /// What the detail is, in a mismatch message; nil for none.
+  var name: String? {
+    switch self {
+    case .none: nil
+    case .messageTag: "tag"
+    case .countsDigest: "counts per rank"
+    case .linkCount: "element count between the two ranks"
+    }
   }
 }

@@ -1,5 +1,6 @@
 import CKaitianShim
 import Glibc
+import KaitianPOSIX
 
 /// Everything one call needs on the engine thread: who the peers are, the tag that opens its
 /// messages, its reduction kernel, its deadline, and the loop that drives its transfers.
@@ -14,8 +15,7 @@ final class CallContext {
   private let links: [PeerLink?]
   private let key: CallKey
   private let header: OpHeader
-  private let sendAux: (Int) -> Int64
-  private let receiveAux: (Int) -> Int64
+  private let linkCounts: LinkCounts?
   private let deadline: Int64
   private let timeoutSeconds: Double
   private let spinNanoseconds: Int64
@@ -26,7 +26,7 @@ final class CallContext {
 
   init(
     rank: Int, size: Int, name: String, links: [PeerLink?], key: CallKey, header: OpHeader,
-    sendAux: ((Int) -> Int64)? = nil, receiveAux: ((Int) -> Int64)? = nil,
+    linkCounts: LinkCounts? = nil,
     timeoutSeconds: Double, spinNanoseconds: Int64, health: CommunicatorHealth,
     doorbell: Doorbell?, scratch: ScratchBuffer, peeked: PeekedTags
   ) {
@@ -37,8 +37,7 @@ final class CallContext {
     self.key = key
     self.header = header
     self.kernel = ReductionKernel(dataType: header.dataType, op: header.op)
-    self.sendAux = sendAux ?? { _ in header.aux }
-    self.receiveAux = receiveAux ?? { _ in header.aux }
+    self.linkCounts = linkCounts
     self.timeoutSeconds = timeoutSeconds
     self.deadline = kt_monotonic_ns() + Int64(timeoutSeconds * 1e9)
     self.spinNanoseconds = spinNanoseconds
@@ -193,7 +192,7 @@ final class CallContext {
     link.lastTagSent = key
     var tag = header
     tag.sender = Int32(rank)
-    tag.aux = sendAux(link.peer)
+    if let linkCounts { tag.detail = .linkCount(Int64(linkCounts.send[link.peer])) }
     return tag
   }
 
@@ -203,7 +202,7 @@ final class CallContext {
     link.lastTagReceived = key
     var tag = header
     tag.sender = Int32(link.peer)
-    tag.aux = receiveAux(link.peer)
+    if let linkCounts { tag.detail = .linkCount(Int64(linkCounts.receive[link.peer])) }
     return tag
   }
 
@@ -245,7 +244,9 @@ final class CallContext {
       // for long.
       let sliceNanoseconds = usesDoorbell ? 200_000 : min(remaining, cap)
       let milliseconds = Int32(max(1, sliceNanoseconds / 1_000_000))
-      _ = poll(&descriptors, nfds_t(descriptors.count), usesDoorbell ? 0 : milliseconds)
+      _ = retryingInterrupts {
+        poll(&descriptors, nfds_t(descriptors.count), usesDoorbell ? 0 : milliseconds)
+      }
       if usesDoorbell, let doorbell {
         doorbell.sleep(ifStill: ticket, timeoutNanoseconds: sliceNanoseconds)
       }
@@ -279,4 +280,13 @@ final class CallContext {
 
 func formatSeconds(_ seconds: Double) -> String {
   seconds == seconds.rounded() ? String(Int(seconds)) : String(seconds)
+}
+
+/// alltoallv's element counts per peer: each link's tag carries the count that link moves, so
+/// two ranks that disagree on it fail instead of misreading each other's blocks.
+struct LinkCounts {
+  /// Elements this rank sends to each rank.
+  let send: [Int]
+  /// Elements this rank receives from each rank.
+  let receive: [Int]
 }

@@ -75,7 +75,8 @@ extension Communicator {
     try checkCounts(.allGatherV, counts)
     let blocks = Partition(counts: counts)
     let call = CallDescription(
-      kind: .allGatherV, dataType: dataType, count: counts.reduce(0, +), aux: digest(counts))
+      kind: .allGatherV, dataType: dataType, count: counts.reduce(0, +),
+      detail: .countsDigest(digest(counts)))
     return submitCollective(call) { context throws(KaitianError) in
       try AllGather.run(context, input: input, output: output, blocks: blocks)
     }
@@ -144,8 +145,7 @@ extension Communicator {
     let sendBlocks = Partition(counts: sendCounts)
     let receiveBlocks = Partition(counts: receiveCounts)
     var call = CallDescription(kind: .allToAllV, dataType: dataType)
-    call.sendAux = { Int64(sendCounts[$0]) }
-    call.receiveAux = { Int64(receiveCounts[$0]) }
+    call.linkCounts = LinkCounts(send: sendCounts, receive: receiveCounts)
     return submitCollective(call) { context throws(KaitianError) in
       try AllToAll.run(
         context, input: input, output: output, sendBlocks: sendBlocks,
@@ -166,7 +166,7 @@ extension Communicator {
   ) throws(KaitianError) -> Work {
     try check(.sendRecv, count: count, peer: peer)
     let call = CallDescription(
-      kind: .sendRecv, dataType: dataType, count: count, aux: Int64(tag))
+      kind: .sendRecv, dataType: dataType, count: count, detail: .messageTag(Int64(tag)))
     let bytes = UnsafeRawBufferPointer(start: input, count: count * dataType.size)
     return submitSend(call, to: peer) { context throws(KaitianError) in
       try context.run([.send(bytes, to: peer)])
@@ -179,7 +179,7 @@ extension Communicator {
   ) throws(KaitianError) -> Work {
     try check(.sendRecv, count: count, peer: peer)
     let call = CallDescription(
-      kind: .sendRecv, dataType: dataType, count: count, aux: Int64(tag))
+      kind: .sendRecv, dataType: dataType, count: count, detail: .messageTag(Int64(tag)))
     let bytes = UnsafeMutableRawBufferPointer(start: output, count: count * dataType.size)
     return submitReceive(call, from: peer) { context, peer throws(KaitianError) in
       try context.run([.receive(bytes, from: peer)])
@@ -198,7 +198,7 @@ extension Communicator {
       throw argument(.sendRecv, "a receive from any rank needs another rank (size \(size))")
     }
     let call = CallDescription(
-      kind: .sendRecv, dataType: dataType, count: count, aux: Int64(tag))
+      kind: .sendRecv, dataType: dataType, count: count, detail: .messageTag(Int64(tag)))
     let bytes = UnsafeMutableRawBufferPointer(start: output, count: count * dataType.size)
     return submitReceive(call, from: nil) { context, peer throws(KaitianError) in
       try context.run([.receive(bytes, from: peer)])
@@ -217,7 +217,7 @@ extension Communicator {
       try check(.sendRecv, count: operation.count, peer: operation.peer)
       let call = CallDescription(
         kind: .sendRecv, dataType: operation.dataType, count: operation.count,
-        aux: Int64(operation.tag))
+        detail: .messageTag(Int64(operation.tag)))
       let bytes = UnsafeMutableRawBufferPointer(
         start: operation.buffer, count: operation.count * operation.dataType.size)
       let transfer: Transfer =

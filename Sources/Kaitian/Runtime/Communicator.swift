@@ -1,5 +1,7 @@
 import CKaitianShim
 import Glibc
+import KaitianAuth
+import KaitianPOSIX
 import KaitianStore
 import Synchronization
 
@@ -123,9 +125,9 @@ public final class Communicator: @unchecked Sendable {
     var op: ReduceOp = .sum
     var count: Int = 0
     var root: Int = -1
-    var aux: Int64 = 0
-    var sendAux: ((Int) -> Int64)? = nil
-    var receiveAux: ((Int) -> Int64)? = nil
+    var detail: TagDetail = .none
+    /// alltoallv's element counts per peer, which its tags carry link by link.
+    var linkCounts: LinkCounts? = nil
   }
 
   /// Queues a collective: numbers it, builds its tag, and runs `body` on the engine thread.
@@ -176,7 +178,7 @@ public final class Communicator: @unchecked Sendable {
             let driver = makeContext(
               call, key: CallKey(stream: .pointToPoint, sequence: 0), sequence: 0, name: name)()
             source = try driver.awaitSender(among: others) { peer, tag in
-              tag.kind == .sendRecv && tag.aux == call.aux
+              tag.kind == .sendRecv && tag.detail == call.detail
                 && tag.sequence == receivesStarted[peer] + 1
             }
           }
@@ -285,7 +287,7 @@ public final class Communicator: @unchecked Sendable {
     var text = "(\(call.dataType) x \(call.count)"
     if [.allReduce, .reduce, .reduceScatter].contains(call.kind) { text += ", \(call.op)" }
     if call.root >= 0 { text += ", root \(call.root)" }
-    if call.kind == .sendRecv { text += ", tag \(call.aux)" }
+    if case .messageTag(let tag) = call.detail { text += ", tag \(tag)" }
     return text + ")"
   }
 
@@ -296,12 +298,13 @@ public final class Communicator: @unchecked Sendable {
   ) -> () -> CallContext {
     let header = OpHeader(
       kind: call.kind, sequence: sequence, dataType: call.dataType, op: call.op,
-      count: Int64(call.count), root: Int32(call.root), aux: call.aux, sender: Int32(rank))
+      count: Int64(call.count), root: Int32(call.root), detail: call.detail,
+      sender: Int32(rank))
     return { [unowned self] in
       CallContext(
         rank: rank, size: size, name: name, links: mesh.links,
         key: key, header: header,
-        sendAux: call.sendAux, receiveAux: call.receiveAux,
+        linkCounts: call.linkCounts,
         timeoutSeconds: options.timeoutSeconds,
         spinNanoseconds: Int64(options.spinMicroseconds) * 1000, health: health,
         doorbell: mesh.doorbell, scratch: scratch, peeked: peeked)
