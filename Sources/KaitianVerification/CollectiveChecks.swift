@@ -286,41 +286,47 @@ public struct CollectiveChecks {
   // MARK: Matrices shared by the thread and process tests
 
   /// allreduce, reduce (both in place and not) and reduce_scatter for every dtype, op and count.
-  public func reductionMatrix(counts: [Int]) throws {
-    for dataType in DataType.allCases {
+  public func reductionMatrix(counts: [Int], dataTypes: [DataType] = DataType.allCases) throws {
+    var log = MismatchLog()
+    for dataType in dataTypes {
       for op in ReduceOp.allCases {
         for count in counts {
           for inPlace in [false, true] {
-            try allReduce(dataType, op, count: count, inPlace: inPlace)
-            try reduce(dataType, op, count: count, root: count % size, inPlace: inPlace)
+            try log.check { try allReduce(dataType, op, count: count, inPlace: inPlace) }
+            try log.check {
+              try reduce(dataType, op, count: count, root: count % size, inPlace: inPlace)
+            }
           }
-          try reduceScatter(dataType, op, count: count)
+          try log.check { try reduceScatter(dataType, op, count: count) }
         }
       }
     }
+    try log.finish()
   }
 
   /// Every collective that moves data without reducing it, for every dtype and count, with
   /// roots that vary with the count.
-  public func dataMovementMatrix(counts: [Int]) throws {
-    for dataType in DataType.allCases {
+  public func dataMovementMatrix(counts: [Int], dataTypes: [DataType] = DataType.allCases) throws {
+    var log = MismatchLog()
+    for dataType in dataTypes {
       for count in counts {
         let root = (count + 1) % size
         for inPlace in [false, true] {
-          try broadcast(dataType, count: count, root: root, inPlace: inPlace)
-          try allGather(dataType, count: count, inPlace: inPlace)
+          try log.check { try broadcast(dataType, count: count, root: root, inPlace: inPlace) }
+          try log.check { try allGather(dataType, count: count, inPlace: inPlace) }
         }
-        try allGatherV(dataType, count: count)
-        try gather(dataType, count: count, root: root)
-        try scatter(dataType, count: count, root: root)
-        try allToAll(dataType, count: count)
-        try allToAllV(dataType, count: count)
-        try sendReceive(dataType, count: count)
-        try batchedSendReceive(dataType, count: count)
-        try receiveFromAnyRank(dataType, count: count)
+        try log.check { try allGatherV(dataType, count: count) }
+        try log.check { try gather(dataType, count: count, root: root) }
+        try log.check { try scatter(dataType, count: count, root: root) }
+        try log.check { try allToAll(dataType, count: count) }
+        try log.check { try allToAllV(dataType, count: count) }
+        try log.check { try sendReceive(dataType, count: count) }
+        try log.check { try batchedSendReceive(dataType, count: count) }
+        try log.check { try receiveFromAnyRank(dataType, count: count) }
         try comm.barrier().wait()
       }
     }
+    try log.finish()
   }
 
   /// Several MiB, so ring and chain algorithms wrap small shared-memory rings many times.

@@ -4,23 +4,36 @@ import Testing
 @testable import Kaitian
 
 /// Every collective x dtype x op against the reference, at awkward sizes, for 1, 2, 3 and 5
-/// ranks over shared memory, TCP, and a mix of both (ranks as threads).
+/// ranks over shared memory, TCP, and a mix of both (ranks as threads). One case per ranks x
+/// transport x dtype, and inside a case every wrong op and count is reported, not just the first.
 @Suite struct CollectiveTests {
   static let counts = [0, 1, 7, 31, 1031]
   static let sizes = [1, 2, 3, 5]
 
-  @Test(arguments: sizes, RankHarness.Layout.allCases)
-  func reductions(size: Int, layout: RankHarness.Layout) {
-    let errors = RankHarness.run(size: size, layout: layout) { comm in
-      try CollectiveChecks(comm: comm).reductionMatrix(counts: Self.counts)
+  /// Ranks and transport: the first argument of the matrix cases.
+  struct Setup: Sendable, CustomTestStringConvertible {
+    let size: Int
+    let layout: RankHarness.Layout
+    var testDescription: String { "\(size) ranks, \(layout)" }
+
+    static let all = sizes.flatMap { size in
+      RankHarness.Layout.allCases.map { Setup(size: size, layout: $0) }
+    }
+  }
+
+  @Test(arguments: Setup.all, DataType.allCases)
+  func reductions(setup: Setup, dataType: DataType) {
+    let errors = RankHarness.run(size: setup.size, layout: setup.layout) { comm in
+      try CollectiveChecks(comm: comm).reductionMatrix(counts: Self.counts, dataTypes: [dataType])
     }
     #expect(errors.allSatisfy { $0 == nil }, "\(errors.compactMap { $0 })")
   }
 
-  @Test(arguments: sizes, RankHarness.Layout.allCases)
-  func dataMovement(size: Int, layout: RankHarness.Layout) {
-    let errors = RankHarness.run(size: size, layout: layout) { comm in
-      try CollectiveChecks(comm: comm).dataMovementMatrix(counts: Self.counts)
+  @Test(arguments: Setup.all, DataType.allCases)
+  func dataMovement(setup: Setup, dataType: DataType) {
+    let errors = RankHarness.run(size: setup.size, layout: setup.layout) { comm in
+      try CollectiveChecks(comm: comm).dataMovementMatrix(
+        counts: Self.counts, dataTypes: [dataType])
     }
     #expect(errors.allSatisfy { $0 == nil }, "\(errors.compactMap { $0 })")
   }
