@@ -6,7 +6,8 @@ In one invocation on this machine it measures, in ``--rounds`` alternated rounds
 2. ``kaitian bench allreduce --transport shm``,
 3. ``kaitian bench allreduce --transport tcp``,
 4. torch.distributed gloo allreduce (``torch_collective.py``),
-5. iperf3, one stream over loopback (the yardstick for TCP),
+5. iperf3, one stream over loopback (the yardstick for TCP), and one stream each way at once
+   (``--bidir``: what each of two ranks can send while it also receives, as an allreduce does),
 
 all with 2 ranks, float32, sum, sizes 8 B to 64 MiB (1 MiB with ``--quick``). Why rounds: this
 machine's memory bandwidth drifts (memcpy at 64 MiB measured 6.1 to 11.9 GB/s in one day), so a
@@ -144,14 +145,19 @@ def memcpy_command(python: str) -> list[str]:
     ]
 
 
-def measure_iperf3(seconds: int = IPERF3_SECONDS) -> Run:
-    """One iperf3 stream over loopback for `seconds`: a record with ``gbps`` (GB/s, 1e9 bytes)."""
+def measure_iperf3(seconds: int = IPERF3_SECONDS, bidirectional: bool = False) -> Run:
+    """One iperf3 stream over loopback for `seconds`: a record with ``gbps`` (GB/s, 1e9 bytes).
+
+    With `bidirectional`, one stream each way at the same time (``--bidir``), and ``gbps`` is the
+    mean of the two directions: on 2 cores the two directions share the CPUs that copy the bytes,
+    as the two ranks of an allreduce do, each sending while it receives.
+    """
     binary = shutil.which("iperf3")
     if binary is None:
         return Run(["iperf3"], [], "iperf3 is not installed (scripts/setup.sh installs it)")
     port = str(free_port())
     server_command = [binary, "-s", "-1", "-B", "127.0.0.1", "-p", port]
-    command = [binary, "-c", "127.0.0.1", "-p", port, "-t", str(seconds), "-J"]
+    command = [binary, "-c", "127.0.0.1", "-p", port, "-t", str(seconds), "-J"] + (["--bidir"] if bidirectional else [])
     print(f"==> {' '.join(command)}", file=sys.stderr, flush=True)
     server = subprocess.Popen(server_command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
@@ -165,8 +171,11 @@ def measure_iperf3(seconds: int = IPERF3_SECONDS) -> Run:
             time.sleep(0.05)
         if error is not None:
             return Run(command, [], f"iperf3 failed: {error}")
-        bits = json.loads(done.stdout)["end"]["sum_received"]["bits_per_second"]
-        return Run(command, [{"benchmark": "iperf3", "streams": 1, "gbps": bits / 8e9}], None)
+        end = json.loads(done.stdout)["end"]
+        directions = ["sum_received", "sum_received_bidir_reverse"] if bidirectional else ["sum_received"]
+        bits = statistics.fmean(end[direction]["bits_per_second"] for direction in directions)
+        record = {"benchmark": "iperf3", "streams": 1, "bidirectional": bidirectional, "gbps": bits / 8e9}
+        return Run(command, [record], None)
     except (OSError, subprocess.TimeoutExpired, ValueError, KeyError) as error:
         return Run(command, [], str(error))
     finally:
@@ -337,12 +346,16 @@ def render_markdown(document: dict[str, Any]) -> str:
         f"- date: {document['date']}",
         f"- machine: {machine['cpu']}, {machine['cpus']} CPUs, {machine['platform']}",
         f"- torch: {machine['torch']}; iters {config['iters']}, warmup {config['warmup']}, "
-        f"{config['rounds']} alternated rounds (memcpy, shm, tcp, gloo, iperf3 in each)",
+        f"{config['rounds']} alternated rounds (memcpy, shm, tcp, gloo, iperf3 one way and both ways in each)",
         "- time: mean per-iteration time (max over ranks), median over rounds; busbw as in nccl-tests "
         "(allreduce: algbw x 2(n-1)/n)",
     ]
-    for name, label in (("memcpy", f"memcpy {size_label(MEMCPY_BYTES)}"), ("iperf3", "iperf3, one loopback stream")):
-        yardstick = document["yardsticks"][name]
+    for name, label in (
+        ("memcpy", f"memcpy {size_label(MEMCPY_BYTES)}"),
+        ("iperf3", "iperf3, one loopback stream"),
+        ("iperf3_bidir", "iperf3, one loopback stream each way at once, per direction"),
+    ):
+        yardstick = document["yardsticks"].get(name)
         if yardstick is not None:
             lines.append(
                 f"- {label}: median {yardstick['median']:.3f} GB/s ({yardstick['min']:.3f}-{yardstick['max']:.3f})"
@@ -350,8 +363,9 @@ def render_markdown(document: dict[str, Any]) -> str:
     for key, label in (
         ("shm_over_memcpy", f"{size_label(BANDWIDTH_GOAL_BYTES)} shm busbw / memcpy"),
         ("tcp_over_iperf3", f"{size_label(BANDWIDTH_GOAL_BYTES)} tcp busbw / iperf3"),
+        ("tcp_over_iperf3_bidir", f"{size_label(BANDWIDTH_GOAL_BYTES)} tcp busbw / iperf3 each way at once"),
     ):
-        ratio_spread = document["ratios"][key]
+        ratio_spread = document["ratios"].get(key)
         if ratio_spread is not None:
             lines.append(
                 f"- {label}, per round: median {ratio_spread['median']:.2f} "
@@ -417,6 +431,9 @@ def build_document(config: dict[str, Any], rounds: list[dict[str, Run]], machine
 
     memcpy = [_yardstick(round_runs["memcpy"], "best_gbps") for round_runs in rounds]
     iperf3 = [_yardstick(round_runs["iperf3"], "gbps") for round_runs in rounds]
+    iperf3_bidir = [
+        _yardstick(round_runs["iperf3_bidir"], "gbps") for round_runs in rounds if "iperf3_bidir" in round_runs
+    ]
     rows = compare_rows(
         median_by_size(records("kaitian_shm")), median_by_size(records("kaitian_tcp")), median_by_size(records("gloo"))
     )
@@ -424,6 +441,10 @@ def build_document(config: dict[str, Any], rounds: list[dict[str, Run]], machine
         "shm_over_memcpy": spread(round_ratios(records("kaitian_shm"), memcpy, BANDWIDTH_GOAL_BYTES)),
         "tcp_over_iperf3": spread(round_ratios(records("kaitian_tcp"), iperf3, BANDWIDTH_GOAL_BYTES)),
     }
+    if len(iperf3_bidir) == len(rounds):
+        ratios["tcp_over_iperf3_bidir"] = spread(
+            round_ratios(records("kaitian_tcp"), iperf3_bidir, BANDWIDTH_GOAL_BYTES)
+        )
     goals = evaluate_goals(
         rows,
         ratios["shm_over_memcpy"]["median"] if ratios["shm_over_memcpy"] else None,
@@ -436,6 +457,7 @@ def build_document(config: dict[str, Any], rounds: list[dict[str, Run]], machine
         "yardsticks": {
             "memcpy": spread([value for value in memcpy if value]),
             "iperf3": spread([value for value in iperf3 if value]),
+            "iperf3_bidir": spread([value for value in iperf3_bidir if value]),
         },
         "ratios": ratios,
         "runs": [{name: asdict(run) for name, run in round_runs.items()} for round_runs in rounds],
@@ -491,6 +513,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
         round_runs["gloo"] = run_json(gloo_command(args.python, max_bytes, args.iters, args.warmup), args.timeout)
         round_runs["iperf3"] = measure_iperf3()
+        round_runs["iperf3_bidir"] = measure_iperf3(bidirectional=True)
         for name, run in round_runs.items():
             if run.error is not None:
                 print(f"error: {name}: {run.error}", file=sys.stderr, flush=True)

@@ -384,6 +384,8 @@ def test_compare_gloo_end_to_end_with_fake_kaitian(tmp_path: Path) -> None:
     assert all(row["gloo_time_us"] > 0 and row["shm_time_us"] == 5.0 for row in document["rows"])
     assert document["yardsticks"]["memcpy"]["median"] > 0
     assert document["yardsticks"]["iperf3"]["median"] > 0
+    assert document["yardsticks"]["iperf3_bidir"]["median"] > 0
+    assert all(run["iperf3_bidir"]["records"][0]["bidirectional"] for run in document["runs"])
     # The fake kaitian stops at 1 MiB: the 64 MiB goals are not measured, the 8 B one is.
     assert [goal["met"] is None for goal in document["goals"]] == [True, False, True]
     assert "## Verdict" in out.read_text(encoding="utf-8")

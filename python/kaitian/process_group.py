@@ -377,7 +377,7 @@ class ProcessGroupKaitian(_BASE):  # type: ignore[misc, valid-type]
 
     # ---- dispatch ----
 
-    def _call(self, name: str) -> str:
+    def _next_call_label(self, name: str) -> str:
         """How errors name a call: this rank, the collective and its number in this group."""
         return f"rank {self._rank}: {name} #{next(self._calls)}"
 
@@ -386,7 +386,7 @@ class ProcessGroupKaitian(_BASE):  # type: ignore[misc, valid-type]
     ) -> _FutureWork:
         """Runs the engine calls `build` makes on the all-ranks communicator: directly when flat, in order
         when hybrid."""
-        call = self._call(name)
+        call = self._next_call_label(name)
         if self._worker is None:
             fut = Future()
             self._world.submit(build(), fut)
@@ -416,7 +416,7 @@ class ProcessGroupKaitian(_BASE):  # type: ignore[misc, valid-type]
             for t in tensors:  # in place: the result overwrites the input anyway
                 t.mul_(factor)
         if self._worker is not None:
-            return _work_from_future(self._allreduce_hierarchical(tensors, op), self._call("allreduce"))
+            return _work_from_future(self._allreduce_hierarchical(tensors, op), self._next_call_label("allreduce"))
         return self._in_place("allreduce", tensors, lambda b: _engine.all_reduce(b, b, op))
 
     def allreduce_coalesced(self, tensors: list[torch.Tensor], opts: object = None) -> dist.Work:
@@ -618,7 +618,7 @@ class ProcessGroupKaitian(_BASE):  # type: ignore[misc, valid-type]
             tasks = [self._allgather_task(out, inp) for out, inp in zip(outputs, inputs, strict=True)]
             tasks[-1].complete = lambda fut: fut.set_result(outputs)
             fut = self._worker.enqueue(tasks, "allgather_into_tensor")
-            return _work_from_future(fut, self._call("allgather_into_tensor_coalesced"))
+            return _work_from_future(fut, self._next_call_label("allgather_into_tensor_coalesced"))
 
         def build() -> EngineCalls:
             keep: list[object] = []
@@ -678,7 +678,7 @@ class ProcessGroupKaitian(_BASE):  # type: ignore[misc, valid-type]
             tasks = [self._reduce_scatter_task(out, inp, op) for out, inp in zip(outputs, inputs, strict=True)]
             tasks[-1].complete = lambda fut: fut.set_result(outputs)
             fut = self._worker.enqueue(tasks, "reduce_scatter_tensor")
-            return _work_from_future(fut, self._call("reduce_scatter_tensor_coalesced"))
+            return _work_from_future(fut, self._next_call_label("reduce_scatter_tensor_coalesced"))
 
         def build() -> EngineCalls:
             keep: list[object] = []
@@ -887,7 +887,7 @@ class ProcessGroupKaitian(_BASE):  # type: ignore[misc, valid-type]
         """Records a send or receive of the batch; its Work completes with the batch."""
         assert self._coalesced is not None
         self._coalesced += [_Transfer(sending, t, peer, tag) for t in tensors]
-        return _work_from_future(self._coalesced_done, self._call(call))
+        return _work_from_future(self._coalesced_done, self._next_call_label(call))
 
     def end_coalescing(self) -> dist.Work:
         """Issues the collected sends and receives as one engine batch.
