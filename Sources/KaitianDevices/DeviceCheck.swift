@@ -8,7 +8,7 @@ import KaitianLaunch
 /// finds; a kind it cannot list (xpu) is refused too, since nothing says the devices exist.
 package enum DeviceCheck {
   /// The kinds that need a device; everything else runs on CPUs.
-  package static let acceleratorKinds = Set(DeviceKind.all.filter(\.isAccelerator).map(\.name))
+  package static let acceleratorKinds = Set(DeviceKind.acceleratorNames)
 
   /// What one group of a job asks for: `count` workers of `kind`, on the devices listed, or on
   /// any `count` devices when `devices` is nil.

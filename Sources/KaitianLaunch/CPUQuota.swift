@@ -112,15 +112,14 @@ public final class CPUQuotaCgroups {
   }
 
   private static func write(_ text: String, to path: String, advice: String) throws(LaunchError) {
-    let fd = open(path, O_WRONLY | O_CLOEXEC)
-    guard fd >= 0 else {
-      throw LaunchError("cannot open \(path): \(errnoText(errno)); \(advice)")
+    let (fd, openError) = retryingInterrupts { open(path, O_WRONLY | O_CLOEXEC) }
+    if let openError {
+      throw LaunchError("cannot open \(path): \(errnoText(openError)); \(advice)")
     }
     defer { close(fd) }
     let bytes = Array(text.utf8)
-    guard Glibc.write(fd, bytes, bytes.count) == bytes.count else {
-      throw LaunchError(
-        "cannot write '\(text)' to \(path): \(errnoText(errno)); \(advice)")
+    if let error = bytes.withUnsafeBytes({ writeFully(fd, $0) }) {
+      throw LaunchError("cannot write '\(text)' to \(path): \(errnoText(error)); \(advice)")
     }
   }
 

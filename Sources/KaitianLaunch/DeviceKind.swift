@@ -20,6 +20,11 @@ package struct DeviceKind: Sendable {
     DeviceKind(name: "xpu", visibilityVariable: "ZE_AFFINITY_MASK"),
   ]
 
+  /// The accelerator kinds' names, sorted.
+  package static var acceleratorNames: [String] {
+    all.filter(\.isAccelerator).map(\.name).sorted()
+  }
+
   /// The known kind called `name`, or nil for a CPU label.
   package static func named(_ name: String) -> DeviceKind? { all.first { $0.name == name } }
 }

@@ -52,7 +52,8 @@ public enum LaunchGuard {
       var fd = pollfd(fd: lifeline, events: Int16(POLLIN), revents: 0)
       guard retryingInterrupts({ poll(&fd, 1, 250) }).0 > 0, fd.revents != 0 else { continue }
       var byte: UInt8 = 0
-      if read(lifeline, &byte, 1) > 0 { continue }
+      // A read interrupted by a signal must not pass for the launcher's end.
+      if retryingInterrupts({ read(lifeline, &byte, 1) }).0 > 0 { continue }
       // The launcher is gone: stop the worker and what it started, then make sure. SIGKILL
       // reaches this watcher too, which is in the same group: nobody is left to report to.
       signal(SIGTERM, SIG_IGN)

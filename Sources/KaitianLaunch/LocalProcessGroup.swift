@@ -231,9 +231,8 @@ public struct LocalProcessGroup {
         owners.append((index, stream))
       }
     }
-    guard retryingInterrupts({ poll(&fds, nfds_t(fds.count), timeoutMilliseconds) }).0 > 0 else {
-      return nil
-    }
+    // Not retried on EINTR: a signal (SIGCHLD) ends the wait early, and the caller reaps.
+    guard poll(&fds, nfds_t(fds.count), timeoutMilliseconds) > 0 else { return nil }
     var signal: Int32?
     for (slot, fd) in fds.enumerated() where fd.revents != 0 {
       let owner = owners[slot]

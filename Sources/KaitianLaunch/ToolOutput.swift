@@ -42,7 +42,8 @@ public enum ToolOutput {
         break
       }
       var fd = pollfd(fd: ends[0], events: Int16(POLLIN), revents: 0)
-      guard retryingInterrupts({ poll(&fd, 1, Int32(left * 1000) + 1) }).0 > 0 else { continue }
+      // An interrupted poll loops back, which recomputes the time left.
+      guard poll(&fd, 1, Int32(left * 1000) + 1) > 0 else { continue }
       let (count, _) = retryingInterrupts { read(ends[0], &buffer, buffer.count) }
       guard count > 0 else { break }
       output += buffer[0..<count]

@@ -4,8 +4,11 @@ import Glibc
 /// a signal (`EINTR`), and returns its result together with the `errno` of a failure.
 ///
 /// This is the one place that knows the -1/`errno` convention; `systemCall`, `writeFully` and
-/// `sleep(for:)` build on it, and every module's system calls go through one of them. Calls that treat
-/// some failures as normal outcomes (`EAGAIN`, `EINPROGRESS`) use it directly.
+/// `sleep(for:)` build on it. Every call that must complete despite a signal (reads, writes,
+/// opens, pipes, waits for children, shared-memory set-up) goes through one of them. Waits that
+/// a signal may simply cut short (a poll slice whose caller loops and re-checks its deadline)
+/// call the system directly and say so. Calls that treat some failures as normal outcomes
+/// (`EAGAIN`, `EINPROGRESS`) use it directly.
 @inline(__always)
 public func retryingInterrupts<Result: BinaryInteger>(_ body: () -> Result) -> (
   Result, errno: Int32?

@@ -166,8 +166,8 @@ final class RedisConnection: Sendable {
           throw StoreError.foreign(
             .connectionFailed,
             "cannot connect to Redis at \(url.server) (\(reason(error))) within "
-              + "\(connectTimeout.secondsDescription); check that redis-server runs there and that the "
-              + "address in the store URL is right")
+              + "\(connectTimeout.secondsDescription); check that redis-server runs there and "
+              + "that the address in the store URL is right")
         }
         sleep(for: pause)
         pause = min(pause * 2, .milliseconds(500))

@@ -250,8 +250,8 @@ public final class RedisStore: KeyValueStore {
         let more = missing.count > 8 ? " and \(missing.count - 8) more" : ""
         throw .foreign(
           .timeout,
-          "timed out after \(timeout.secondsDescription) waiting for store key(s) \(shown)\(more) in "
-            + "Redis at \(url.server) under \(prefix); the process that sets them may have "
+          "timed out after \(timeout.secondsDescription) waiting for store key(s) "
+            + "\(shown)\(more) in Redis at \(url.server) under \(prefix); the process that sets them may have "
             + "failed or not started yet: check its log, or raise the timeout")
       }
       sleep(for: min(pause, timeout - waited))
@@ -384,5 +384,5 @@ extension RESPCommand {
 
 extension Duration {
   /// Whole milliseconds, at least 1: Redis refuses an expiry of 0 (`PX`, `PEXPIRE`).
-  var expiryMilliseconds: Int64 { max(1, nanoseconds / 1_000_000) }
+  var expiryMilliseconds: Int64 { max(1, milliseconds) }
 }

@@ -195,6 +195,8 @@ public struct CollectiveChecks {
   public func receiveFromAnyRank(_ dataType: DataType, count: Int) throws {
     guard size > 1 else { return }
     let what = label("recv from any rank", dataType, nil, count, false)
+    // Every receive runs before anything is thrown, so the ranks stay in step (MismatchLog).
+    var log = MismatchLog()
     if rank == 0 {
       var senders: Set<Int> = []
       for _ in 1..<size {
@@ -202,21 +204,23 @@ public struct CollectiveChecks {
         let work = try comm.receiveFromAny(
           into: target.raw, count: count, dataType: dataType, tag: 9)
         try work.wait()
-        guard let source = work.source, source > 0, source < size,
-          senders.insert(source).inserted
-        else {
-          throw Mismatch(
-            description: "\(what): source \(String(describing: work.source)) after \(senders)")
-        }
-        try expectElements(target, what + " (from rank \(source))") {
-          Reference.value(rank: source, index: $0, dataType: dataType, op: .sum)
+        try log.check {
+          guard let source = work.source, source > 0, source < size,
+            senders.insert(source).inserted
+          else {
+            throw Mismatch(
+              description: "\(what): source \(String(describing: work.source)) after \(senders)")
+          }
+          try expectElements(target, what + " (from rank \(source))") {
+            Reference.value(rank: source, index: $0, dataType: dataType, op: .sum)
+          }
         }
       }
     } else {
       let own = input(dataType, .sum, count: count)
       try comm.send(own.raw, count: count, dataType: dataType, to: 0, tag: 9).wait()
     }
-    guard size > 2 else { return }
+    guard size > 2 else { return try log.finish() }
     // Else rank 2's next send could arrive before rank 3's first and be matched in its place.
     try comm.barrier().wait()
     let skipped = ElementBuffer(dataType, count: count)
@@ -226,18 +230,22 @@ public struct CollectiveChecks {
       let work = try comm.receiveFromAny(
         into: matched.raw, count: count, dataType: dataType, tag: 9)
       try work.wait()
-      guard work.source == 2 else {
-        throw Mismatch(
-          description: "\(what): matched rank \(String(describing: work.source)), expected 2 "
-            + "(rank 1's next message has tag 8)")
-      }
       try comm.receive(into: skipped.raw, count: count, dataType: dataType, from: 1, tag: 8)
         .wait()
-      try expectElements(matched, what + " (tag 9, after passing over tag 8)") {
-        Reference.value(rank: 2, index: $0, dataType: dataType, op: .sum)
+      try log.check {
+        guard work.source == 2 else {
+          throw Mismatch(
+            description: "\(what): matched rank \(String(describing: work.source)), expected 2 "
+              + "(rank 1's next message has tag 8)")
+        }
+        try expectElements(matched, what + " (tag 9, after passing over tag 8)") {
+          Reference.value(rank: 2, index: $0, dataType: dataType, op: .sum)
+        }
       }
-      try expectElements(skipped, what + " (the tag-8 message passed over)") {
-        Reference.value(rank: 1, index: $0, dataType: dataType, op: .max)
+      try log.check {
+        try expectElements(skipped, what + " (the tag-8 message passed over)") {
+          Reference.value(rank: 1, index: $0, dataType: dataType, op: .max)
+        }
       }
     case 1:
       let own = input(dataType, .max, count: count)
@@ -247,6 +255,7 @@ public struct CollectiveChecks {
       try comm.send(own.raw, count: count, dataType: dataType, to: 0, tag: 9).wait()
     default: break
     }
+    try log.finish()
   }
 
   /// One batch per rank: two messages to the next rank and one to the previous, and the

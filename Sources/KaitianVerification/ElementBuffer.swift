@@ -100,32 +100,6 @@ public struct Mismatch: Error, CustomStringConvertible {
   public let description: String
 }
 
-/// Runs a matrix's checks one by one, keeping each wrong result and going on, so that one wrong
-/// case does not hide the others; `finish` throws them all. Any other error (the engine's)
-/// stops at once: a failed collective leaves the ranks out of step.
-///
-/// Checks run their collectives before they compare, so every rank still issues the same calls
-/// in the same order after a wrong result on one of them. The exception, receive from any rank
-/// naming the wrong sender, stops part-way: the engine's error that follows ends the matrix.
-struct MismatchLog {
-  private var found: [Mismatch] = []
-
-  mutating func check(_ body: () throws -> Void) throws {
-    do {
-      try body()
-    } catch let mismatch as Mismatch {
-      found.append(mismatch)
-    }
-  }
-
-  func finish() throws {
-    guard !found.isEmpty else { return }
-    throw Mismatch(
-      description: "\(found.count) wrong case(s): "
-        + found.map(\.description).joined(separator: "; "))
-  }
-}
-
 /// Throws naming the first element of `buffer` that differs from `expected`.
 public func expectElements(
   _ buffer: ElementBuffer, _ what: String, count: Int? = nil, _ expected: (Int) -> Double
@@ -133,5 +107,38 @@ public func expectElements(
   for index in 0..<(count ?? buffer.count) where buffer[index] != expected(index) {
     throw Mismatch(
       description: "\(what): element \(index) is \(buffer[index]), expected \(expected(index))")
+  }
+}
+
+/// Runs a matrix's checks one by one, keeping each wrong result and going on, so that one wrong
+/// case does not hide the others; `finish` throws them all. Any other error (the engine's)
+/// stops at once, since a failed collective leaves the ranks out of step; it is thrown with the
+/// wrong results found before it, which are often its cause.
+///
+/// Every check runs all of its collectives before it throws, so every rank still issues the same
+/// calls in the same order after a wrong result on one of them.
+public struct MismatchLog {
+  private var found: [Mismatch] = []
+
+  public init() {}
+
+  public mutating func check(_ body: () throws -> Void) throws {
+    do {
+      try body()
+    } catch let mismatch as Mismatch {
+      found.append(mismatch)
+    } catch {
+      guard !found.isEmpty else { throw error }
+      throw Mismatch(description: "\(error), after \(summary)")
+    }
+  }
+
+  public func finish() throws {
+    guard !found.isEmpty else { return }
+    throw Mismatch(description: summary)
+  }
+
+  private var summary: String {
+    "\(found.count) wrong case(s): " + found.map(\.description).joined(separator: "; ")
   }
 }

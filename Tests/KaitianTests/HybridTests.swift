@@ -97,17 +97,21 @@ import Testing
   // MARK: Collectives against the reference
 
   /// 40-byte chunks: every count above a few elements crosses the pipeline in many chunks.
-  /// One case per layout and dtype, so that a wrong dtype does not hide the others.
+  /// One case per layout and dtype, and every wrong op and count reported, not just the first.
   @Test(arguments: Layout.all, DataType.allCases)
   func allReduceEveryOp(layout: Layout, dataType: DataType) {
     let errors = HybridHarness.run(layout, chunkBytes: 40) { hybrid in
+      var log = MismatchLog()
       for op in ReduceOp.allCases {
         for count in Self.counts {
           for inPlace in [false, true] {
-            try Self.allReduce(hybrid, dataType, op, count: count, inPlace: inPlace)
+            try log.check {
+              try Self.allReduce(hybrid, dataType, op, count: count, inPlace: inPlace)
+            }
           }
         }
       }
+      try log.finish()
     }
     #expect(errors.allSatisfy { $0 == nil }, "\(errors.compactMap { $0 })")
   }
@@ -115,14 +119,17 @@ import Testing
   @Test(arguments: Layout.all, DataType.allCases)
   func dataMovementAndReduceScatter(layout: Layout, dataType: DataType) {
     let errors = HybridHarness.run(layout) { hybrid in
+      var log = MismatchLog()
       for count in Self.counts {
-        try Self.broadcast(hybrid, dataType, count: count, root: (count + 1) % hybrid.size)
-        try Self.allGather(hybrid, dataType, count: count)
+        let root = (count + 1) % hybrid.size
+        try log.check { try Self.broadcast(hybrid, dataType, count: count, root: root) }
+        try log.check { try Self.allGather(hybrid, dataType, count: count) }
         for op in ReduceOp.allCases {
-          try Self.reduceScatter(hybrid, dataType, op, count: count)
+          try log.check { try Self.reduceScatter(hybrid, dataType, op, count: count) }
         }
         try hybrid.barrier().wait()
       }
+      try log.finish()
     }
     #expect(errors.allSatisfy { $0 == nil }, "\(errors.compactMap { $0 })")
   }

@@ -53,6 +53,7 @@ struct OpHeader: Equatable, Sendable {
 
   func encode(into buffer: UnsafeMutableRawBufferPointer) {
     precondition(buffer.count >= Self.byteCount)
+    assert(TagDetail(kind: kind, wireValue: detail.wireValue) == detail, "\(detail) on \(kind)")
     buffer.initializeMemory(as: UInt8.self, repeating: 0)
     buffer.storeBytes(of: Self.magic.littleEndian, toByteOffset: 0, as: UInt32.self)
     buffer.storeBytes(of: Self.version.littleEndian, toByteOffset: 4, as: UInt16.self)

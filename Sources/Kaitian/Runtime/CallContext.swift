@@ -244,9 +244,9 @@ final class CallContext {
       // for long.
       let sliceNanoseconds = usesDoorbell ? 200_000 : min(remaining, cap)
       let milliseconds = Int32(max(1, sliceNanoseconds / 1_000_000))
-      _ = retryingInterrupts {
-        poll(&descriptors, nfds_t(descriptors.count), usesDoorbell ? 0 : milliseconds)
-      }
+      // Not retried on EINTR: an interrupted slice just ends early, and the caller checks the
+      // deadline and the communicator's health before it waits again.
+      _ = poll(&descriptors, nfds_t(descriptors.count), usesDoorbell ? 0 : milliseconds)
       if usesDoorbell, let doorbell {
         doorbell.sleep(ifStill: ticket, timeoutNanoseconds: sliceNanoseconds)
       }

@@ -1,4 +1,5 @@
 import Glibc
+import KaitianPOSIX
 
 /// mkdir -p.
 package enum Directory {
@@ -8,7 +9,7 @@ package enum Directory {
       prefix += component + "/"
       guard mkdir(prefix, 0o755) == 0 || errno == EEXIST else {
         throw LaunchError(
-          "cannot create the log directory \(prefix): \(String(cString: strerror(errno)))")
+          "cannot create the log directory \(prefix): \(errnoText(errno))")
       }
     }
   }

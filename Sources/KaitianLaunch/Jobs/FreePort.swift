@@ -1,4 +1,5 @@
 import Glibc
+import KaitianPOSIX
 
 /// A port nobody listens on now, for torch's own TCPStore (MASTER_PORT). Another process may
 /// take it before the worker binds it, as with torchrun; the window is short.
@@ -6,7 +7,7 @@ package enum FreePort {
   package static func pick() throws(LaunchError) -> UInt16 {
     let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
     guard fd >= 0 else {
-      throw LaunchError("cannot pick a free port: \(String(cString: strerror(errno)))")
+      throw LaunchError("cannot pick a free port: \(errnoText(errno))")
     }
     defer { close(fd) }
     var address = sockaddr_in()
@@ -19,7 +20,7 @@ package enum FreePort {
       }
     }
     guard bound else {
-      throw LaunchError("cannot pick a free port: \(String(cString: strerror(errno)))")
+      throw LaunchError("cannot pick a free port: \(errnoText(errno))")
     }
     return UInt16(bigEndian: address.sin_port)
   }

@@ -44,8 +44,9 @@ package struct GroupSpec: Equatable {
       throw Problem(
         key: "kind",
         message:
-          "unknown device kind '\(kind)'; use \(DeviceKind.all.map(\.name).joined(separator: ", ")) or a "
-          + "label of lowercase letters, digits, - and _ that starts with a letter (cpu-slow)")
+          "unknown device kind '\(kind)'; use "
+          + "\(DeviceKind.all.map(\.name).joined(separator: ", ")) or a label of lowercase letters, digits, - and _ that starts with a letter (cpu-slow)"
+      )
     }
     guard count >= 1 else {
       throw Problem(
@@ -99,8 +100,7 @@ package struct GroupSpec: Equatable {
           key: "devices",
           message:
             "devices= needs a kind whose runtime reads a visibility variable "
-            + "(\(DeviceKind.all.filter(\.isAccelerator).map(\.name).sorted().joined(separator: ", "))), "
-            + "not \(kind)")
+            + "(\(DeviceKind.acceleratorNames.joined(separator: ", "))), not \(kind)")
       }
       guard devices.count >= count else {
         throw Problem(

@@ -5,7 +5,7 @@ public enum TextFile {
   public static func read(_ path: String, limit: Int = 256 << 20) throws(FileError) -> [UInt8] {
     let descriptor = open(path, O_RDONLY | O_CLOEXEC)
     guard descriptor >= 0 else {
-      throw FileError("cannot read \(path): \(String(cString: strerror(errno)))")
+      throw FileError("cannot read \(path): \(errnoText(errno))")
     }
     defer { close(descriptor) }
     var contents: [UInt8] = []
@@ -13,7 +13,7 @@ public enum TextFile {
     while true {
       let (count, error) = retryingInterrupts { Glibc.read(descriptor, &chunk, chunk.count) }
       if let error {
-        throw FileError("cannot read \(path): \(String(cString: strerror(error)))")
+        throw FileError("cannot read \(path): \(errnoText(error))")
       }
       if count == 0 { return contents }
       contents += chunk[0..<count]
@@ -33,15 +33,15 @@ public enum TextFile {
     let temporary = "\(path).\(String(UInt64.random(in: .min ... .max), radix: 16)).partial"
     let descriptor = open(temporary, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, mode)
     guard descriptor >= 0 else {
-      throw FileError("cannot write \(path): \(String(cString: strerror(errno)))")
+      throw FileError("cannot write \(path): \(errnoText(errno))")
     }
     if let error = bytes.withUnsafeBytes({ writeFully(descriptor, $0) }) {
       close(descriptor)
       unlink(temporary)
-      throw FileError("cannot write \(path): \(String(cString: strerror(error)))")
+      throw FileError("cannot write \(path): \(errnoText(error))")
     }
     guard fsync(descriptor) == 0, close(descriptor) == 0, rename(temporary, path) == 0 else {
-      let reason = String(cString: strerror(errno))
+      let reason = errnoText(errno)
       unlink(temporary)
       throw FileError("cannot write \(path): \(reason)")
     }
