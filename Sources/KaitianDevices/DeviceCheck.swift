@@ -7,9 +7,6 @@ import KaitianLaunch
 /// cores like any processes. Accelerator kinds are checked against what `kaitian devices`
 /// finds; a kind it cannot list (xpu) is refused too, since nothing says the devices exist.
 package enum DeviceCheck {
-  /// The kinds that need a device; everything else runs on CPUs.
-  package static let acceleratorKinds = Set(DeviceKind.acceleratorNames)
-
   /// What one group of a job asks for: `count` workers of `kind`, on the devices listed, or on
   /// any `count` devices when `devices` is nil.
   package struct Request {
@@ -30,7 +27,7 @@ package enum DeviceCheck {
     groups: [Request], probes: [ToolProbe], label: (Int) -> String
   ) -> String? {
     let hint = "; pass --no-device-check to launch anyway"
-    for (index, group) in groups.enumerated() where acceleratorKinds.contains(group.kind) {
+    for (index, group) in groups.enumerated() where DeviceKind.isAccelerator(group.kind) {
       guard let probe = probes.first(where: { $0.kind == group.kind }) else {
         return
           "\(label(index)): kaitian devices cannot list \(group.kind) devices, so their "

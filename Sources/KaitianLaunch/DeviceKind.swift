@@ -25,6 +25,9 @@ package struct DeviceKind: Sendable {
     all.filter(\.isAccelerator).map(\.name).sorted()
   }
 
+  /// Whether `name` is a kind that needs devices (a CPU label is not).
+  package static func isAccelerator(_ name: String) -> Bool { named(name)?.isAccelerator ?? false }
+
   /// The known kind called `name`, or nil for a CPU label.
   package static func named(_ name: String) -> DeviceKind? { all.first { $0.name == name } }
 }

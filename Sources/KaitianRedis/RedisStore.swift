@@ -246,13 +246,8 @@ public final class RedisStore: KeyValueStore {
       if missing.isEmpty { return }
       let waited = ContinuousClock.now - start
       guard waited < timeout else {
-        let shown = missing.prefix(8).map { "'\($0)'" }.joined(separator: ", ")
-        let more = missing.count > 8 ? " and \(missing.count - 8) more" : ""
-        throw .foreign(
-          .timeout,
-          "timed out after \(timeout.secondsDescription) waiting for store key(s) "
-            + "\(shown)\(more) in Redis at \(url.server) under \(prefix); the process that sets them may have "
-            + "failed or not started yet: check its log, or raise the timeout")
+        throw .timeout(
+          missing: missing, waited: timeout, location: "in Redis at \(url.server) under \(prefix)")
       }
       sleep(for: min(pause, timeout - waited))
       pause = min(pause * 2, .milliseconds(50))

@@ -70,12 +70,18 @@ public struct StoreError: Error, CustomStringConvertible, Sendable, Equatable {
     StoreError(code, description)
   }
 
-  static func timeout(missing keys: [String], waited: Duration) -> StoreError {
+  /// `location` says where the keys were awaited ("in Redis at ..."), for stores other than
+  /// this package's own.
+  package static func timeout(
+    missing keys: [String], waited: Duration, location: String? = nil
+  ) -> StoreError {
     let shown = keys.prefix(8).map { "'\($0)'" }.joined(separator: ", ")
     let more = keys.count > 8 ? " and \(keys.count - 8) more" : ""
+    let place = location.map { " \($0)" } ?? ""
     return StoreError(
       .timeout,
-      "timed out after \(waited.secondsDescription) waiting for store key(s) \(shown)\(more); "
+      "timed out after \(waited.secondsDescription) waiting for store key(s) \(shown)\(more)"
+        + "\(place); "
         + "the process that sets them may have failed or not started yet: check its log, "
         + "or raise the timeout")
   }

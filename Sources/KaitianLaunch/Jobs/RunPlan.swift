@@ -45,8 +45,8 @@ package struct GroupSpec: Equatable {
         key: "kind",
         message:
           "unknown device kind '\(kind)'; use "
-          + "\(DeviceKind.all.map(\.name).joined(separator: ", ")) or a label of lowercase letters, digits, - and _ that starts with a letter (cpu-slow)"
-      )
+          + "\(DeviceKind.all.map(\.name).joined(separator: ", ")) or a label of lowercase "
+          + "letters, digits, - and _ that starts with a letter (cpu-slow)")
     }
     guard count >= 1 else {
       throw Problem(

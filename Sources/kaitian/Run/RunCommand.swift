@@ -306,7 +306,7 @@ struct RunCommand: ParsableCommand {
     guard let taskset else {
       throw LaunchError("cpus= needs taskset (util-linux) on PATH; install it or drop cpus=")
     }
-    let needsDevices = job.groups.contains { DeviceCheck.acceleratorKinds.contains($0.kind) }
+    let needsDevices = job.groups.contains { DeviceKind.isAccelerator($0.kind) }
     if !noDeviceCheck, needsDevices,
       let problem = DeviceCheck.problem(
         groups: job.groups.map(\.deviceRequest), probes: DeviceProbe.probeTools(timeoutSeconds: 10),
