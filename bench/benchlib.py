@@ -12,11 +12,13 @@ Conventions follow nccl-tests:
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import re
 import socket
 import statistics
+import sys
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -104,6 +106,64 @@ def parse_json_lines(text: str) -> list[dict[str, Any]]:
             raise ValueError(f"line {number}: expected a JSON object")
         records.append(record)
     return records
+
+
+def first_bench_record(stdout: str) -> dict[str, Any]:
+    """The out-of-place time and busbw of the first size ``kaitian bench --json`` printed, or an error."""
+    records = parse_json_lines(stdout)
+    if not records:
+        return {"error": "printed no JSON"}
+    return {"time_us": records[0]["time_us"], "busbw_gbps": records[0]["busbw_gbps"]}
+
+
+def cell_statistics(results: list[dict[str, Any]]) -> dict[str, float] | None:
+    """A cell's rounds (``first_bench_record``s): busbw median and range, median time; None if all failed."""
+    good = [r for r in results if "error" not in r]
+    if not good:
+        return None
+    busbw = sorted(r["busbw_gbps"] for r in good)
+    return {
+        "busbw_median": statistics.median(busbw),
+        "busbw_min": busbw[0],
+        "busbw_max": busbw[-1],
+        "time_median_us": statistics.median(r["time_us"] for r in good),
+    }
+
+
+def cell_errors(cells: dict[str, list[dict[str, Any]]]) -> list[str]:
+    """Markdown list items naming every failed round of every cell."""
+    return [f"- {key}: {r['error']}" for key, results in cells.items() for r in results if "error" in r]
+
+
+def cell_iterations(size: int) -> tuple[int, int]:
+    """Timed and warm-up calls of one cell: enough for small sizes to average out, few for 64 MiB."""
+    return (200, 20) if size <= 1 << 20 else (10, 2)
+
+
+def print_cell_progress(round_index: int, rounds: int, what: str, size: int, result: dict[str, Any]) -> None:
+    """One line on stderr per measured cell, so a long run shows where it is."""
+    shown = result.get("error") or f"{result['busbw_gbps']:.3f} GB/s, {result['time_us']:.1f} us"
+    print(f"round {round_index + 1}/{rounds}: {what}, {size_label(size)}: {shown}", file=sys.stderr, flush=True)
+
+
+def cells_parser(description: str, default_binary: Path) -> argparse.ArgumentParser:
+    """The options of a bench that measures cells of ``kaitian bench`` in alternated rounds."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--kaitian", type=Path, default=default_binary, help="kaitian binary (release build)")
+    parser.add_argument("--rounds", type=int, default=3, help="alternated rounds (default 3)")
+    parser.add_argument("--timeout", type=float, default=300.0, help="seconds allowed per cell")
+    parser.add_argument("--json", action="store_true", help="print the raw results and summary as JSON")
+    parser.add_argument("--out", type=Path, help="also save the markdown report to this file")
+    return parser
+
+
+def publish_cells(document: dict[str, Any], summary: dict[str, Any], report: str, args: argparse.Namespace) -> int:
+    """Saves the report (``--out``), prints it or the JSON (``--json``); 1 if any round of a cell failed."""
+    if args.out is not None:
+        args.out.write_text(report, encoding="utf-8")
+    sys.stdout.write(json.dumps(document | {"summary": summary}, indent=2) + "\n" if args.json else report)
+    failed = any("error" in r for results in document["cells"].values() for r in results)
+    return 1 if failed else 0
 
 
 def by_size(records: Iterable[dict[str, Any]], collective: str) -> dict[int, dict[str, Any]]:

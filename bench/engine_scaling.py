@@ -17,17 +17,23 @@ Exits 1 if a measurement failed to run. Measures only; no thresholds.
 
 from __future__ import annotations
 
-import argparse
 import datetime
-import json
-import statistics
 import subprocess
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from benchlib import parse_json_lines, size_label
+from benchlib import (
+    cell_errors,
+    cell_iterations,
+    cell_statistics,
+    cells_parser,
+    first_bench_record,
+    print_cell_progress,
+    publish_cells,
+    size_label,
+)
 
 BENCH_DIR = Path(__file__).resolve().parent
 DEFAULT_KAITIAN = BENCH_DIR.parent / ".build" / "release" / "kaitian"
@@ -65,15 +71,7 @@ def measure(binary: Path, ranks: int, size: int, iters: int, warmup: int, timeou
         return {"error": str(error)}
     if done.returncode != 0:
         return {"error": f"exited {done.returncode}: {done.stderr.strip()[-300:]}"}
-    records = parse_json_lines(done.stdout)
-    if not records:
-        return {"error": "printed no JSON"}
-    return {"time_us": records[0]["time_us"], "busbw_gbps": records[0]["busbw_gbps"]}
-
-
-def iterations(size: int) -> tuple[int, int]:
-    """Timed and warm-up calls: enough for small sizes to average out, few for 64 MiB."""
-    return (200, 20) if size <= 1 << 20 else (10, 2)
+    return first_bench_record(done.stdout)
 
 
 def run(binary: Path, rounds: int, timeout: float, progress: bool = True) -> dict[str, Any]:
@@ -83,16 +81,11 @@ def run(binary: Path, rounds: int, timeout: float, progress: bool = True) -> dic
         order = RANKS[round_index % len(RANKS) :] + RANKS[: round_index % len(RANKS)]
         for ranks in order:
             for size in SIZES:
-                iters, warmup = iterations(size)
+                iters, warmup = cell_iterations(size)
                 result = measure(binary, ranks, size, iters, warmup, timeout)
                 cells.setdefault(f"{ranks}/{size}", []).append(result)
                 if progress:
-                    shown = result.get("error") or f"{result['busbw_gbps']:.3f} GB/s, {result['time_us']:.1f} us"
-                    print(
-                        f"round {round_index + 1}/{rounds}: {ranks} ranks, {size_label(size)}: {shown}",
-                        file=sys.stderr,
-                        flush=True,
-                    )
+                    print_cell_progress(round_index, rounds, f"{ranks} ranks", size, result)
     return {
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "rounds": rounds,
@@ -104,19 +97,7 @@ def run(binary: Path, rounds: int, timeout: float, progress: bool = True) -> dic
 
 def summarize(document: dict[str, Any]) -> dict[str, Any]:
     """Medians and spreads per cell, and the scaling figures."""
-    table: dict[str, dict[str, float]] = {}
-    for key, results in document["cells"].items():
-        good = [r for r in results if "error" not in r]
-        if not good:
-            continue
-        busbw = sorted(r["busbw_gbps"] for r in good)
-        times = sorted(r["time_us"] for r in good)
-        table[key] = {
-            "busbw_median": statistics.median(busbw),
-            "busbw_min": busbw[0],
-            "busbw_max": busbw[-1],
-            "time_median_us": statistics.median(times),
-        }
+    table = {key: cell for key, results in document["cells"].items() if (cell := cell_statistics(results))}
 
     def cell(ranks: int, size: int) -> dict[str, float] | None:
         return table.get(f"{ranks}/{size}")
@@ -172,30 +153,20 @@ def render_markdown(document: dict[str, Any], summary: dict[str, Any]) -> str:
         lines.append(
             f"- {size_label(int(size))}: 8 ranks are {slowdown:.2f}x slower per byte moved than 4 (busbw 4 / 8)"
         )
-    errors = [f"- {key}: {r['error']}" for key, results in document["cells"].items() for r in results if "error" in r]
+    errors = cell_errors(document["cells"])
     if errors:
         lines += ["", "## Errors", "", *errors]
     return "\n".join(lines) + "\n"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--kaitian", type=Path, default=DEFAULT_KAITIAN, help="kaitian binary (release build)")
-    parser.add_argument("--rounds", type=int, default=3, help="alternated rounds (default 3)")
-    parser.add_argument("--timeout", type=float, default=300.0, help="seconds allowed per cell")
-    parser.add_argument("--json", action="store_true", help="print the raw results and summary as JSON")
-    parser.add_argument("--out", type=Path, help="also save the markdown report to this file")
+    parser = cells_parser(__doc__ or "", DEFAULT_KAITIAN)
     args = parser.parse_args(argv)
     if args.rounds < 1:
         parser.error("--rounds must be at least 1")
     document = run(args.kaitian, args.rounds, args.timeout)
     summary = summarize(document)
-    report = render_markdown(document, summary)
-    if args.out is not None:
-        args.out.write_text(report, encoding="utf-8")
-    sys.stdout.write(json.dumps(document | {"summary": summary}, indent=2) + "\n" if args.json else report)
-    failed = any("error" in r for results in document["cells"].values() for r in results)
-    return 1 if failed else 0
+    return publish_cells(document, summary, render_markdown(document, summary), args)
 
 
 if __name__ == "__main__":
