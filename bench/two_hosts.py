@@ -1,23 +1,30 @@
-"""Two hosts in network namespaces: shared memory inside each, TCP across, against flat TCP.
+"""Two hosts in network namespaces: the hierarchical allreduce and the flat ring, shared memory
+inside the hosts and TCP across, against flat TCP.
 
 Makes two network namespaces joined by a veth pair (10.214.0.1 and 10.214.0.2), each standing
 for a host with 2 ranks (ranks 0 and 1 on host a, 2 and 3 on host b; every rank of a host gets
 the same KAITIAN_HOST_ID, as `kaitian run` gives the workers of one node). Then times
-``kaitian bench allreduce`` with 4 ranks at 8 B, 1 MiB, 16 MiB and 64 MiB in three layouts:
+``kaitian bench allreduce`` with 4 ranks at 8 B, 1 MiB, 16 MiB and 64 MiB in four layouts:
 
-- **two hosts, shm inside**: transport auto, so ranks of one host use shared memory and the
-  ring's two hops between the hosts use TCP over the veth pair;
-- **two hosts, flat TCP**: the same placement with every link on TCP (``--transport tcp``);
+- **hierarchical**: transport auto, so ranks of one host use shared memory and the hops between
+  the hosts TCP over the veth pair; large allreduces reduce-scatter inside each host, allreduce
+  each piece between the hosts, and all-gather inside each host (the engine's default for
+  hosts of equal rank counts);
+- **flat ring**: the same links, with the hierarchical allreduce switched off
+  (KAITIAN_HIERARCHICAL=0), so large allreduces run one ring over all 4 ranks, two of whose
+  hops cross between the hosts;
+- **flat TCP**: the same placement with every link on TCP (``--transport tcp``) and the ring;
 - **one host, shm** (reference): 4 ranks in the root namespace, all on shared memory.
 
 The layouts alternate within each round (their order rotating), and the report gives the median
-busbw of each cell with its spread, and per size the ratio of shm-inside to flat TCP.
+busbw of each cell with its spread, and per size the ratios of hierarchical to flat ring and of
+hierarchical to flat TCP, taken within each round.
 
 What this models, and what not: the veth pair moves bytes at memory speed through the kernel,
 as loopback does, and both "hosts" share this machine's 2 cores, so TCP between the hosts costs
 CPU the ranks need, as it does on a real host, but no network limits it. On real hosts with a
-slower network the hops between hosts would weigh more, and equally in both two-host layouts
-(the ring sends the same bytes across).
+slower network the bytes sent between hosts would weigh more; the hierarchical allreduce sends 2
+buffers' worth across where the ring sends 3.
 
 Needs root and ``ip netns`` (CAP_NET_ADMIN). Output is markdown (also saved with ``--out FILE``),
 or with ``--json`` one JSON document. Exits 1 if a measurement failed. Measures only; no
@@ -61,19 +68,24 @@ IP = "/usr/sbin/ip"
 
 @dataclass(frozen=True)
 class Layout:
-    """Where the 4 ranks run and which transport they may use."""
+    """Where the 4 ranks run, which transport they may use, and whether allreduce may go hierarchical."""
 
     key: str
     title: str
     two_hosts: bool
     transport: str
+    hierarchical: bool
 
 
 LAYOUTS = (
-    Layout("shm-inside", "two hosts, shm inside, TCP across", True, "auto"),
-    Layout("flat-tcp", "two hosts, flat TCP", True, "tcp"),
-    Layout("one-host", "one host, shm (reference)", False, "shm"),
+    Layout("hierarchical", "two hosts, shm inside, hierarchical", True, "auto", True),
+    Layout("flat-ring", "two hosts, shm inside, flat ring", True, "auto", False),
+    Layout("flat-tcp", "two hosts, flat TCP, flat ring", True, "tcp", False),
+    Layout("one-host", "one host, shm (reference)", False, "shm", False),
 )
+
+# (numerator, denominator) layouts of the busbw ratios the report gives per size.
+RATIOS = (("hierarchical", "flat-ring"), ("hierarchical", "flat-tcp"))
 
 
 def bench_arguments(size: int, transport: str) -> list[str]:
@@ -160,7 +172,10 @@ def measure_two_hosts(
     binary: Path, namespaces: tuple[str, str], layout: Layout, size: int, token_file: Path, timeout: float
 ) -> dict[str, Any]:
     """One cell of a two-host layout: 4 rank processes, 2 in each namespace."""
-    environment = os.environ | {"KAITIAN_TOKEN_FILE": str(token_file)}
+    environment = os.environ | {
+        "KAITIAN_TOKEN_FILE": str(token_file),
+        "KAITIAN_HIERARCHICAL": "1" if layout.hierarchical else "0",
+    }
     environment.pop("KAITIAN_TOKEN", None)
     try:
         store, port = start_store(binary, namespaces[0], environment, timeout)
@@ -245,21 +260,27 @@ def run(binary: Path, rounds: int, timeout: float, progress: bool = True) -> dic
 
 
 def summarize(document: dict[str, Any]) -> dict[str, Any]:
-    """Medians and spreads per cell, and shm-inside over flat TCP per size (within each round)."""
+    """Medians and spreads per cell, and the RATIOS per size (each taken within a round)."""
     table = {key: cell for key, results in document["cells"].items() if (cell := cell_statistics(results))}
-    ratios: dict[str, dict[str, float]] = {}
-    for size in document["sizes"]:
-        # One entry per round in both layouts (a failed round is an error entry), so they pair up.
-        inside_rounds = document["cells"].get(f"shm-inside/{size}", [])
-        pairs = zip(inside_rounds, document["cells"].get(f"flat-tcp/{size}", []), strict=True)
-        values = sorted(
-            inside["busbw_gbps"] / flat["busbw_gbps"]
-            for inside, flat in pairs
-            if "error" not in inside and "error" not in flat and flat["busbw_gbps"] > 0
-        )
-        if values:
-            ratios[str(size)] = {"median": statistics.median(values), "min": values[0], "max": values[-1]}
-    return {"table": table, "shm_inside_over_flat_tcp": ratios}
+    ratios: dict[str, dict[str, dict[str, float]]] = {}
+    for numerator, denominator in RATIOS:
+        by_size: dict[str, dict[str, float]] = {}
+        for size in document["sizes"]:
+            # One entry per round in both layouts (a failed round is an error entry), so they pair up.
+            pairs = zip(
+                document["cells"].get(f"{numerator}/{size}", []),
+                document["cells"].get(f"{denominator}/{size}", []),
+                strict=True,
+            )
+            values = sorted(
+                top["busbw_gbps"] / bottom["busbw_gbps"]
+                for top, bottom in pairs
+                if "error" not in top and "error" not in bottom and bottom["busbw_gbps"] > 0
+            )
+            if values:
+                by_size[str(size)] = {"median": statistics.median(values), "min": values[0], "max": values[-1]}
+        ratios[f"{numerator}/{denominator}"] = by_size
+    return {"table": table, "ratios": ratios}
 
 
 def render_markdown(document: dict[str, Any], summary: dict[str, Any]) -> str:
@@ -276,7 +297,7 @@ def render_markdown(document: dict[str, Any], summary: dict[str, Any]) -> str:
         return lines
 
     lines = [
-        "### Two hosts in network namespaces: shared memory inside, TCP across, against flat TCP",
+        "### Two hosts in network namespaces: hierarchical allreduce, flat ring, flat TCP",
         "",
         f"- date: {document['date']}; {document['rounds']} alternated rounds; 4 ranks, 2 per host; "
         "float32 sum allreduce, out of place",
@@ -291,13 +312,18 @@ def render_markdown(document: dict[str, Any], summary: dict[str, Any]) -> str:
         *header,
         *rows(lambda e: f"{e['time_median_us']:.1f}"),
         "",
-        "Shared memory inside the hosts against flat TCP (busbw ratio within a round, median and range):",
+        "Busbw ratios, each taken within a round (median and range):",
         "",
+        "| ratio | " + " | ".join(size_label(size) for size in sizes) + " |",
+        "|---|" + "---:|" * len(sizes),
     ]
-    for size in sizes:
-        ratio = summary["shm_inside_over_flat_tcp"].get(str(size))
-        shown = "-" if ratio is None else f"{ratio['median']:.2f}x ({ratio['min']:.2f}-{ratio['max']:.2f})"
-        lines.append(f"- {size_label(size)}: {shown}")
+    for name, by_size in summary["ratios"].items():
+        numerator, denominator = name.split("/")
+        shown = [
+            "-" if (r := by_size.get(str(size))) is None else f"{r['median']:.2f}x ({r['min']:.2f}-{r['max']:.2f})"
+            for size in sizes
+        ]
+        lines.append(f"| {titles[numerator]} / {titles[denominator]} | " + " | ".join(shown) + " |")
     errors = cell_errors(document["cells"])
     if errors:
         lines += ["", "Errors:", "", *errors]

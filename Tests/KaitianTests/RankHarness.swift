@@ -16,14 +16,24 @@ enum RankHarness {
     case sharedMemory
     case tcp
     case mixed
+    /// Hosts of 2 ranks each (ranks 0-1, 2-3, ...): with an even size, the shape of the
+    /// hierarchical allreduce.
+    case hostsOfTwo
+    /// Hosts of 3 ranks each (ranks 0-2, 3-5, ...).
+    case hostsOfThree
 
     var description: String { rawValue }
+
+    /// The three ways to mix transports, for tests run at every size.
+    static let transports: [Layout] = [.sharedMemory, .tcp, .mixed]
 
     func host(of rank: Int) -> String {
       switch self {
       case .sharedMemory: "host-a"
       case .tcp: "host-\(rank)"
       case .mixed: rank < 2 ? "host-a" : "host-b"
+      case .hostsOfTwo: "host-\(rank / 2)"
+      case .hostsOfThree: "host-\(rank / 3)"
       }
     }
   }

@@ -7,7 +7,7 @@ import two_hosts
 
 def document() -> dict[str, object]:
     cells: dict[str, list[dict[str, object]]] = {}
-    for layout, scale in (("shm-inside", 2.0), ("flat-tcp", 1.0), ("one-host", 4.0)):
+    for layout, scale in (("hierarchical", 2.0), ("flat-ring", 1.5), ("flat-tcp", 1.0), ("one-host", 4.0)):
         for size in two_hosts.SIZES:
             # Rounds of 1, 3 and 2 GB/s times the layout's scale.
             cells[f"{layout}/{size}"] = [{"busbw_gbps": scale * v, "time_us": 10.0 / v} for v in (1.0, 3.0, 2.0)]
@@ -32,25 +32,33 @@ def test_every_rank_runs_the_same_bench_with_the_layouts_transport() -> None:
     assert arguments[arguments.index("--transport") + 1] == "tcp"
     assert arguments[arguments.index("--min-bytes") + 1] == arguments[arguments.index("--max-bytes") + 1]
     assert "--json" in arguments
-    assert [layout.transport for layout in two_hosts.LAYOUTS] == ["auto", "tcp", "shm"]
+    assert [(layout.transport, layout.hierarchical) for layout in two_hosts.LAYOUTS] == [
+        ("auto", True),
+        ("auto", False),
+        ("tcp", False),
+        ("shm", False),
+    ]
 
 
 def test_summary_takes_medians_and_pairs_the_two_host_layouts_within_each_round() -> None:
     summary = two_hosts.summarize(document())
-    cell = summary["table"][f"shm-inside/{16 << 20}"]
+    cell = summary["table"][f"hierarchical/{16 << 20}"]
     assert (cell["busbw_median"], cell["busbw_min"], cell["busbw_max"]) == (4.0, 2.0, 6.0)
-    assert summary["shm_inside_over_flat_tcp"][str(16 << 20)] == {"median": 2.0, "min": 2.0, "max": 2.0}
+    over_tcp = summary["ratios"]["hierarchical/flat-tcp"]
+    assert over_tcp[str(16 << 20)] == {"median": 2.0, "min": 2.0, "max": 2.0}
     # The failed round is left out of the pairs, not paired with another round's figure.
-    assert summary["shm_inside_over_flat_tcp"][str(1 << 20)] == {"median": 2.0, "min": 2.0, "max": 2.0}
+    assert over_tcp[str(1 << 20)] == {"median": 2.0, "min": 2.0, "max": 2.0}
+    assert summary["ratios"]["hierarchical/flat-ring"][str(8)]["median"] == 2.0 / 1.5
     assert summary["table"][f"flat-tcp/{1 << 20}"]["busbw_median"] == 1.5
 
 
 def test_report_shows_every_layout_the_ratios_and_the_errors() -> None:
     doc = document()
     report = two_hosts.render_markdown(doc, two_hosts.summarize(doc))
-    assert "| two hosts, shm inside, TCP across | 4.000 (2.000-6.000) |" in report
+    assert "| two hosts, shm inside, hierarchical | 4.000 (2.000-6.000) |" in report
     assert "| one host, shm (reference) |" in report
-    assert "- 64 MiB: 2.00x (2.00-2.00)" in report
+    assert "| two hosts, shm inside, hierarchical / two hosts, flat TCP, flat ring | 2.00x (2.00-2.00) |" in report
+    assert "/ two hosts, shm inside, flat ring | 1.33x (1.33-1.33) |" in report
     assert "- flat-tcp/1048576: rank 2 exited 1: boom" in report
 
 

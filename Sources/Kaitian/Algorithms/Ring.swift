@@ -7,19 +7,24 @@
 /// `rank + 1 + shift`. The all-gather pass then circulates finished chunks the same way.
 /// Each chunk is reduced by exactly one chain of ranks and then copied, so every rank ends with
 /// the same bits.
+///
+/// A ring runs over `members`: the whole communicator, or a subset (the hierarchical allreduce
+/// runs rings over one host's ranks and over one local index's ranks across hosts), and "rank"
+/// and "size" above are then places in `members`.
 enum Ring {
   /// Reduce-scatter pass. `input(chunk)` is this rank's contribution; `stash(step, chunk)` is
   /// where the partial sum received at `step` goes (and is sent from at `step + 1`).
   static func reduceScatter(
-    _ context: CallContext, chunks: Partition, shift: Int,
+    _ context: CallContext, members: RingMembers? = nil, chunks: Partition, shift: Int,
     input: (Int) -> UnsafeRawPointer,
     stash: (_ step: Int, _ chunk: Int) -> UnsafeMutableRawPointer
   ) throws(KaitianError) {
-    let size = context.size
-    let rank = context.rank
+    let members = members ?? RingMembers(wholeOf: context)
+    let size = members.count
+    let rank = members.position
     let elementSize = context.elementSize
-    let right = ringIndex(rank + 1, size)
-    let left = ringIndex(rank - 1, size)
+    let right = members.right
+    let left = members.left
     for step in 0..<(size - 1) {
       let outgoing = ringIndex(rank - step + shift, size)
       let incoming = ringIndex(rank - step - 1 + shift, size)
@@ -39,13 +44,15 @@ enum Ring {
   /// All-gather pass over `buffer`, where block b lives at `offsets[b]` elements. At the start
   /// this rank holds block `rank + shift`.
   static func allGather(
-    _ context: CallContext, blocks: Partition, shift: Int, buffer: UnsafeMutableRawPointer
+    _ context: CallContext, members: RingMembers? = nil, blocks: Partition, shift: Int,
+    buffer: UnsafeMutableRawPointer
   ) throws(KaitianError) {
-    let size = context.size
-    let rank = context.rank
+    let members = members ?? RingMembers(wholeOf: context)
+    let size = members.count
+    let rank = members.position
     let elementSize = context.elementSize
-    let right = ringIndex(rank + 1, size)
-    let left = ringIndex(rank - 1, size)
+    let right = members.right
+    let left = members.left
     for step in 0..<(size - 1) {
       let outgoing = ringIndex(rank + shift - step, size)
       let incoming = ringIndex(rank + shift - step - 1, size)
@@ -61,4 +68,29 @@ enum Ring {
       ])
     }
   }
+}
+
+/// The ranks a ring runs over, in ring order, and this rank's place among them.
+struct RingMembers: Equatable {
+  /// Communicator ranks in ring order.
+  let ranks: [Int]
+  /// This rank's index in `ranks`.
+  let position: Int
+
+  init(ranks: [Int], position: Int) {
+    precondition(ranks.indices.contains(position), "a ring's own place is outside its members")
+    self.ranks = ranks
+    self.position = position
+  }
+
+  /// Every rank of the call's communicator, in rank order.
+  init(wholeOf context: CallContext) {
+    self.init(ranks: Array(0..<context.size), position: context.rank)
+  }
+
+  var count: Int { ranks.count }
+  /// The rank this one sends to.
+  var right: Int { ranks[ringIndex(position + 1, count)] }
+  /// The rank this one receives from.
+  var left: Int { ranks[ringIndex(position - 1, count)] }
 }

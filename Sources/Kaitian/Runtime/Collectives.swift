@@ -8,13 +8,14 @@ extension Communicator {
     dataType: DataType, op: ReduceOp
   ) throws(KaitianError) -> Work {
     try check(.allReduce, count: count)
+    let hosts = hostLayout
     let algorithm = AllReduce.choose(
       byteCount: count * dataType.size, count: count, size: size,
-      ringThreshold: options.ringThresholdBytes)
+      ringThreshold: options.ringThresholdBytes, hosts: hosts)
     let call = CallDescription(kind: .allReduce, dataType: dataType, op: op, count: count)
     return submitCollective(call) { context throws(KaitianError) in
       try AllReduce.run(
-        context, input: input, output: output, count: count, algorithm: algorithm)
+        context, input: input, output: output, count: count, algorithm: algorithm, hosts: hosts)
     }
   }
 

@@ -17,6 +17,9 @@ public final class Communicator: @unchecked Sendable {
   public let size: Int
   public let options: CommunicatorOptions
   private let mesh: Mesh
+  /// Which ranks share a host, when the hierarchical allreduce applies (see `HostLayout`) and
+  /// `options.hierarchicalAllReduce` allows it; nil otherwise.
+  let hostLayout: HostLayout?
   private let health = CommunicatorHealth()
   private let scratch = ScratchBuffer()
   private let peeked: PeekedTags
@@ -68,6 +71,9 @@ public final class Communicator: @unchecked Sendable {
     mesh = try Mesh.establish(
       store: store, rank: rank, size: size, token: token, options: options,
       advertisedHost: host)
+    hostLayout =
+      options.hierarchicalAllReduce
+      ? HostLayout(identities: mesh.endpoints.map(\.hostIdentity)) : nil
     engine = try Engine(rank: rank, health: health) { [unowned self] error in fail(error) }
     watchdog = try Watchdog(
       rank: rank, controls: mesh.controls, endpoints: mesh.endpoints,

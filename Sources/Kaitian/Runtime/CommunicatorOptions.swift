@@ -50,6 +50,11 @@ public struct CommunicatorOptions: Sendable {
   /// chunks overlap the stages sooner, larger ones pay each library's per-call cost less often.
   /// KAITIAN_HYBRID_CHUNK_BYTES, the Python backend's variable too.
   public var hybridChunkBytes: Int
+  /// Large allreduces of ranks on several hosts, each with the same number of ranks, reduce
+  /// inside the hosts first, exchange between them, and gather inside them again
+  /// (`AllReduce.Algorithm.hierarchical`); off, they use the flat ring. KAITIAN_HIERARCHICAL=0
+  /// turns it off, for comparison. Every rank must set it alike, as the ring threshold.
+  public var hierarchicalAllReduce: Bool
 
   public init(
     hostIdentity: String = CommunicatorOptions.defaultHostIdentity(),
@@ -57,7 +62,8 @@ public struct CommunicatorOptions: Sendable {
     heartbeatTimeoutSeconds: Double = 15, advertisedHost: String? = nil,
     storePrefix: String = "kaitian", spinMicroseconds: Int = 50,
     ringThresholdBytes: Int = 64 * 1024, sharedMemoryRingBytes: Int = 1 << 20,
-    frameIntegrity: Bool = false, hybridChunkBytes: Int = 4 << 20
+    frameIntegrity: Bool = false, hybridChunkBytes: Int = 4 << 20,
+    hierarchicalAllReduce: Bool = true
   ) {
     self.hostIdentity = hostIdentity
     self.transport = transport
@@ -70,6 +76,7 @@ public struct CommunicatorOptions: Sendable {
     self.sharedMemoryRingBytes = sharedMemoryRingBytes
     self.frameIntegrity = frameIntegrity
     self.hybridChunkBytes = hybridChunkBytes
+    self.hierarchicalAllReduce = hierarchicalAllReduce
   }
 
   /// Defaults overridden by the KAITIAN_* environment variables; a malformed value is an error
@@ -115,11 +122,10 @@ public struct CommunicatorOptions: Sendable {
         $0 >= 1 && $0 == $0.rounded()
       })
     if let value = value("KAITIAN_INTEGRITY") {
-      switch value.lowercased() {
-      case "1", "on", "true", "yes": options.frameIntegrity = true
-      case "0", "off", "false", "no": options.frameIntegrity = false
-      default: throw .invalidArgument("KAITIAN_INTEGRITY=\(value) is not 1 or 0")
-      }
+      options.frameIntegrity = try flag("KAITIAN_INTEGRITY", value)
+    }
+    if let value = value("KAITIAN_HIERARCHICAL") {
+      options.hierarchicalAllReduce = try flag("KAITIAN_HIERARCHICAL", value)
     }
     return options
   }
@@ -128,6 +134,15 @@ public struct CommunicatorOptions: Sendable {
     var name = [UInt8](repeating: 0, count: 256)
     guard gethostname(&name, name.count - 1) == 0 else { return "localhost" }
     return String(decoding: name.prefix { $0 != 0 }, as: UTF8.self)
+  }
+
+  /// A switch's value: 1, on, true or yes, or 0, off, false or no.
+  private static func flag(_ name: String, _ value: String) throws(KaitianError) -> Bool {
+    switch value.lowercased() {
+    case "1", "on", "true", "yes": return true
+    case "0", "off", "false", "no": return false
+    default: throw .invalidArgument("\(name)=\(value) is not 1 or 0")
+    }
   }
 
   private static func number(
