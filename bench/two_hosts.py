@@ -22,9 +22,10 @@ hierarchical to flat TCP, taken within each round.
 
 What this models, and what not: the veth pair moves bytes at memory speed through the kernel,
 as loopback does, and both "hosts" share this machine's 2 cores, so TCP between the hosts costs
-CPU the ranks need, as it does on a real host, but no network limits it. On real hosts with a
-slower network the bytes sent between hosts would weigh more; the hierarchical allreduce sends 2
-buffers' worth across where the ring sends 3.
+CPU the ranks need, as it does on a real host, but no network limits it unless ``--link-rate``
+shapes each direction with a tc token bucket (say 10gbit, a common NIC). The bytes sent between hosts
+then weigh as on a real network; the hierarchical allreduce sends 2 buffers' worth across where
+the ring sends 3.
 
 Needs root and ``ip netns`` (CAP_NET_ADMIN). Output is markdown (also saved with ``--out FILE``),
 or with ``--json`` one JSON document. Exits 1 if a measurement failed. Measures only; no
@@ -120,8 +121,9 @@ def run_ip(*arguments: str) -> None:
 
 
 @contextmanager
-def two_namespaces() -> Iterator[tuple[str, str]]:
-    """Two network namespaces joined by a veth pair; removed again on the way out."""
+def two_namespaces(link_rate: str | None = None) -> Iterator[tuple[str, str]]:
+    """Two network namespaces joined by a veth pair, each direction shaped to `link_rate` (tc's
+    notation, e.g. 10gbit) when given; removed again on the way out."""
     base = f"kt2h{os.getpid() % 100_000}"
     names = (f"{base}a", f"{base}b")
     veth = (f"{base}x", f"{base}y")
@@ -134,9 +136,17 @@ def two_namespaces() -> Iterator[tuple[str, str]]:
             run_ip("-n", names[index], "addr", "add", f"{ADDRESSES[index]}/24", "dev", veth[index])
             run_ip("-n", names[index], "link", "set", veth[index], "up")
             run_ip("-n", names[index], "link", "set", "lo", "up")
+            if link_rate is not None:
+                # A token bucket limits what leaves each end, as a NIC of that speed would (netem is
+                # not in every kernel); its 4 MB burst is negligible next to the messages timed.
+                run_ip(
+                    "netns", "exec", names[index], "tc", "qdisc", "add", "dev", veth[index], "root",
+                    "tbf", "rate", link_rate, "burst", "4mb", "latency", "100ms",
+                )  # fmt: skip
         yield names
     except subprocess.CalledProcessError as error:
-        raise SystemExit(f"two_hosts: `ip {' '.join(error.cmd[1:])}` failed: {error.stderr.strip()}") from error
+        command = " ".join(error.cmd[1:])
+        raise SystemExit(f"two_hosts: `ip {command}` failed: {error.stderr.strip()}") from error
     finally:
         # Deleting a namespace deletes the veth end inside it, and with it the pair.
         for name in names:
@@ -231,10 +241,12 @@ def measure_one_host(binary: Path, size: int, timeout: float) -> dict[str, Any]:
     return first_bench_record(done.stdout)
 
 
-def run(binary: Path, rounds: int, timeout: float, progress: bool = True) -> dict[str, Any]:
+def run(
+    binary: Path, rounds: int, timeout: float, link_rate: str | None = None, progress: bool = True
+) -> dict[str, Any]:
     """Every (layout, size) cell once per round; the layout order rotates each round."""
     cells: dict[str, list[dict[str, Any]]] = {}
-    with tempfile.TemporaryDirectory(prefix="kaitian-two-hosts-") as scratch, two_namespaces() as namespaces:
+    with tempfile.TemporaryDirectory(prefix="kaitian-two-hosts-") as scratch, two_namespaces(link_rate) as namespaces:
         # The job token goes to the ranks in a file of mode 0600, never on a command line.
         token_file = Path(scratch) / "token"
         token_file.touch(mode=0o600)
@@ -253,6 +265,7 @@ def run(binary: Path, rounds: int, timeout: float, progress: bool = True) -> dic
     return {
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "rounds": rounds,
+        "link_rate": link_rate,
         "layouts": [layout.key for layout in LAYOUTS],
         "sizes": list(SIZES),
         "cells": cells,
@@ -302,7 +315,12 @@ def render_markdown(document: dict[str, Any], summary: dict[str, Any]) -> str:
         f"- date: {document['date']}; {document['rounds']} alternated rounds; 4 ranks, 2 per host; "
         "float32 sum allreduce, out of place",
         "- cell: median busbw in GB/s (min-max over rounds); busbw = algbw x 2(n-1)/n as in nccl-tests",
-        "- the hosts are network namespaces on one 2-core machine joined by a veth pair (no network limit)",
+        "- the hosts are network namespaces on one 2-core machine joined by a veth pair "
+        + (
+            f"shaped to {document['link_rate']} each way (tc tbf)"
+            if document.get("link_rate")
+            else "(no network limit)"
+        ),
         "",
         *header,
         *rows(lambda e: f"{e['busbw_median']:.3f} ({e['busbw_min']:.3f}-{e['busbw_max']:.3f})"),
@@ -332,12 +350,17 @@ def render_markdown(document: dict[str, Any], summary: dict[str, Any]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = cells_parser(__doc__ or "", DEFAULT_KAITIAN)
+    parser.add_argument(
+        "--link-rate",
+        help="shape each direction between the hosts to this rate with a tc token bucket (e.g. 10gbit), as a real "
+        "network link; default: no limit",
+    )
     args = parser.parse_args(argv)
     if args.rounds < 1:
         parser.error("--rounds must be at least 1")
     if os.geteuid() != 0:
         parser.error("needs root: it makes network namespaces (ip netns)")
-    document = run(args.kaitian, args.rounds, args.timeout)
+    document = run(args.kaitian, args.rounds, args.timeout, args.link_rate)
     summary = summarize(document)
     return publish_cells(document, summary, render_markdown(document, summary), args)
 
