@@ -33,7 +33,7 @@ import Testing
       AllReduce.choose(
         byteCount: bytes, count: count, size: 4, ringThreshold: 1024, hosts: hosts)
     }
-    #expect(choose(4096, 1024, hosts) == .hierarchical)
+    #expect(choose(4096, 1024, hosts) == .hierarchical(hosts, segmentBytes: 1 << 20))
     #expect(choose(4096, 1024, nil) == .ring)
     #expect(choose(512, 128, hosts) == .recursiveDoubling)
     // Fewer elements than ranks would leave pieces empty.
@@ -54,10 +54,17 @@ import Testing
     }
   }
 
-  @Test func theSwitchIsReadFromTheEnvironment() throws {
+  @Test func theSwitchAndTheSegmentSizeAreReadFromTheEnvironment() throws {
     #expect(try CommunicatorOptions.from { _ in nil }.hierarchicalAllReduce)
     let off = try CommunicatorOptions.from { $0 == "KAITIAN_HIERARCHICAL" ? "0" : nil }
     #expect(!off.hierarchicalAllReduce)
+    let segments = try CommunicatorOptions.from {
+      $0 == "KAITIAN_HIERARCHICAL_SEGMENT_BYTES" ? "65536" : nil
+    }
+    #expect(segments.hierarchicalSegmentBytes == 65536)
+    #expect(throws: KaitianError.self) {
+      try CommunicatorOptions.from { $0 == "KAITIAN_HIERARCHICAL_SEGMENT_BYTES" ? "0" : nil }
+    }
     #expect(throws: KaitianError.self) {
       try CommunicatorOptions.from { $0 == "KAITIAN_HIERARCHICAL" ? "maybe" : nil }
     }

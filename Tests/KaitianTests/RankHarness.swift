@@ -56,7 +56,7 @@ enum RankHarness {
         var options = CommunicatorOptions(
           hostIdentity: layout.host(of: rank), timeoutSeconds: timeoutSeconds,
           advertisedHost: host, storePrefix: prefix, ringThresholdBytes: 1024,
-          sharedMemoryRingBytes: 64 * 1024)
+          sharedMemoryRingBytes: 64 * 1024, hierarchicalSegmentBytes: 1024)
         configure(&options)
         do {
           let communicator = try Communicator(

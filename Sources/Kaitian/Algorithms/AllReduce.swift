@@ -1,8 +1,8 @@
 /// Allreduce: every rank ends with the element-wise reduction of all ranks' buffers.
 enum AllReduce {
-  enum Algorithm: String, Sendable {
+  enum Algorithm: Sendable, Equatable {
     /// log2(size) exchanges of the whole buffer: fewest steps, for small messages.
-    case recursiveDoubling = "recursive-doubling"
+    case recursiveDoubling
     /// Reduce-scatter then all-gather around a ring: each rank moves 2(size-1)/size of the
     /// buffer, for large messages.
     case ring
@@ -12,26 +12,33 @@ enum AllReduce {
     /// a row two of its hops cross between hosts whatever the others use; this sends each
     /// host's ranks' pieces across on all of them at once, and fewer bytes in all (2 buffers
     /// across, not 3, for 2 hosts of 2), as NCCL's and Horovod's hierarchical allreduces do.
-    case hierarchical
+    /// Pipelined by segments of about `segmentBytes` (`HierarchicalAllReduce`).
+    case hierarchical(HostLayout, segmentBytes: Int)
   }
 
+  /// `hosts` and `segmentBytes`: the communicator's `hostLayout` and its options'
+  /// `hierarchicalSegmentBytes`.
   static func choose(
-    byteCount: Int, count: Int, size: Int, ringThreshold: Int, hosts: HostLayout? = nil
+    byteCount: Int, count: Int, size: Int, ringThreshold: Int, hosts: HostLayout? = nil,
+    segmentBytes: Int = 1 << 20
   ) -> Algorithm {
     guard size > 1, byteCount >= ringThreshold, count >= size else { return .recursiveDoubling }
-    return hosts == nil ? .ring : .hierarchical
+    guard let hosts else { return .ring }
+    return .hierarchical(hosts, segmentBytes: segmentBytes)
   }
 
   static func run(
     _ context: CallContext, input: UnsafeRawPointer, output: UnsafeMutableRawPointer, count: Int,
-    algorithm: Algorithm, hosts: HostLayout? = nil
+    algorithm: Algorithm
   ) throws(KaitianError) {
     switch algorithm {
     case .ring:
       try ring(context, input: input, output: output, count: count)
-    case .hierarchical:
-      guard let hosts else { preconditionFailure("the hierarchical allreduce needs the hosts") }
-      try hierarchical(context, input: input, output: output, count: count, hosts: hosts)
+    case .hierarchical(let hosts, let segmentBytes):
+      try HierarchicalAllReduce(
+        context, input: input, output: output, count: count, hosts: hosts,
+        segmentBytes: segmentBytes
+      ).run()
     case .recursiveDoubling:
       if UnsafeRawPointer(output) != input {
         output.copyMemory(from: input, byteCount: count * context.elementSize)
@@ -57,42 +64,6 @@ enum AllReduce {
     let owned = ringIndex(context.rank + 1, size)
     context.kernel.finish(outputChunk(owned), count: chunks.counts[owned], contributors: size)
     try Ring.allGather(context, blocks: chunks, shift: 1, buffer: output)
-  }
-
-  /// Hierarchical allreduce (see `Algorithm.hierarchical`). Inside the host the buffer is cut
-  /// into one chunk per local rank; after the host's reduce-scatter this rank holds its host's
-  /// sum of one chunk in `output`, allreduces that chunk in place with the ranks of the same
-  /// local index on the other hosts (a ring over them, which finishes each piece once, on its
-  /// owner, before it circulates), and the host's all-gather then fills the other chunks. Each
-  /// element is reduced by one chain of ranks and copied from there, so every rank ends with
-  /// the same bits. `count >= size` (see `choose`) leaves no piece empty.
-  private static func hierarchical(
-    _ context: CallContext, input: UnsafeRawPointer, output: UnsafeMutableRawPointer, count: Int,
-    hosts: HostLayout
-  ) throws(KaitianError) {
-    let elementSize = context.elementSize
-    let host = hosts.hostRing(of: context.rank)
-    let column = hosts.columnRing(of: context.rank)
-    let chunks = Partition(count: count, parts: host.count)
-    let outputChunk = { (chunk: Int) in output + chunks.offsets[chunk] * elementSize }
-    try Ring.reduceScatter(
-      context, members: host, chunks: chunks, shift: 0,
-      input: { input + chunks.offsets[$0] * elementSize }, stash: { _, chunk in outputChunk(chunk) }
-    )
-
-    let owned = outputChunk(ringIndex(host.position + 1, host.count))
-    let pieces = Partition(
-      count: chunks.counts[ringIndex(host.position + 1, host.count)], parts: column.count)
-    let piece = { (index: Int) in owned + pieces.offsets[index] * elementSize }
-    try Ring.reduceScatter(
-      context, members: column, chunks: pieces, shift: 0, input: { UnsafeRawPointer(piece($0)) },
-      stash: { _, index in piece(index) })
-    let finished = ringIndex(column.position + 1, column.count)
-    context.kernel.finish(
-      piece(finished), count: pieces.counts[finished], contributors: context.size)
-    try Ring.allGather(context, members: column, blocks: pieces, shift: 1, buffer: owned)
-
-    try Ring.allGather(context, members: host, blocks: chunks, shift: 1, buffer: output)
   }
 
   /// Recursive doubling. For a size that is not a power of two, the first 2 * extra ranks pair

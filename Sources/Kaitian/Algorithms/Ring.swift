@@ -20,25 +20,36 @@ enum Ring {
     stash: (_ step: Int, _ chunk: Int) -> UnsafeMutableRawPointer
   ) throws(KaitianError) {
     let members = members ?? RingMembers(wholeOf: context)
+    for step in 0..<(members.count - 1) {
+      try context.run(
+        reduceScatterStep(
+          context, members: members, chunks: chunks, shift: shift, step: step, input: input,
+          stash: stash))
+    }
+  }
+
+  /// The transfers of one step of the reduce-scatter pass, for callers that interleave the
+  /// steps of several passes (the pipelined hierarchical allreduce).
+  static func reduceScatterStep(
+    _ context: CallContext, members: RingMembers, chunks: Partition, shift: Int, step: Int,
+    input: (Int) -> UnsafeRawPointer,
+    stash: (_ step: Int, _ chunk: Int) -> UnsafeMutableRawPointer
+  ) -> [Transfer] {
     let size = members.count
     let rank = members.position
     let elementSize = context.elementSize
-    let right = members.right
-    let left = members.left
-    for step in 0..<(size - 1) {
-      let outgoing = ringIndex(rank - step + shift, size)
-      let incoming = ringIndex(rank - step - 1 + shift, size)
-      let source: UnsafeRawPointer =
-        step == 0 ? input(outgoing) : UnsafeRawPointer(stash(step - 1, outgoing))
-      let outgoingBytes = chunks.counts[outgoing] * elementSize
-      let incomingBytes = chunks.counts[incoming] * elementSize
-      try context.run([
-        .send(UnsafeRawBufferPointer(start: source, count: outgoingBytes), to: right),
-        .receiveReducing(
-          from: left, into: stash(step, incoming), with: input(incoming),
-          byteCount: incomingBytes, incomingFirst: true),
-      ])
-    }
+    let outgoing = ringIndex(rank - step + shift, size)
+    let incoming = ringIndex(rank - step - 1 + shift, size)
+    let source: UnsafeRawPointer =
+      step == 0 ? input(outgoing) : UnsafeRawPointer(stash(step - 1, outgoing))
+    return [
+      .send(
+        UnsafeRawBufferPointer(start: source, count: chunks.counts[outgoing] * elementSize),
+        to: members.right),
+      .receiveReducing(
+        from: members.left, into: stash(step, incoming), with: input(incoming),
+        byteCount: chunks.counts[incoming] * elementSize, incomingFirst: true),
+    ]
   }
 
   /// All-gather pass over `buffer`, where block b lives at `offsets[b]` elements. At the start
@@ -48,25 +59,33 @@ enum Ring {
     buffer: UnsafeMutableRawPointer
   ) throws(KaitianError) {
     let members = members ?? RingMembers(wholeOf: context)
+    for step in 0..<(members.count - 1) {
+      try context.run(
+        allGatherStep(
+          context, members: members, blocks: blocks, shift: shift, step: step, buffer: buffer))
+    }
+  }
+
+  /// The transfers of one step of the all-gather pass (see `reduceScatterStep`).
+  static func allGatherStep(
+    _ context: CallContext, members: RingMembers, blocks: Partition, shift: Int, step: Int,
+    buffer: UnsafeMutableRawPointer
+  ) -> [Transfer] {
     let size = members.count
     let rank = members.position
     let elementSize = context.elementSize
-    let right = members.right
-    let left = members.left
-    for step in 0..<(size - 1) {
-      let outgoing = ringIndex(rank + shift - step, size)
-      let incoming = ringIndex(rank + shift - step - 1, size)
-      try context.run([
-        .send(
-          UnsafeRawBufferPointer(
-            start: buffer + blocks.offsets[outgoing] * elementSize,
-            count: blocks.counts[outgoing] * elementSize), to: right),
-        .receive(
-          UnsafeMutableRawBufferPointer(
-            start: buffer + blocks.offsets[incoming] * elementSize,
-            count: blocks.counts[incoming] * elementSize), from: left),
-      ])
-    }
+    let outgoing = ringIndex(rank + shift - step, size)
+    let incoming = ringIndex(rank + shift - step - 1, size)
+    return [
+      .send(
+        UnsafeRawBufferPointer(
+          start: buffer + blocks.offsets[outgoing] * elementSize,
+          count: blocks.counts[outgoing] * elementSize), to: members.right),
+      .receive(
+        UnsafeMutableRawBufferPointer(
+          start: buffer + blocks.offsets[incoming] * elementSize,
+          count: blocks.counts[incoming] * elementSize), from: members.left),
+    ]
   }
 }
 

@@ -8,14 +8,14 @@ extension Communicator {
     dataType: DataType, op: ReduceOp
   ) throws(KaitianError) -> Work {
     try check(.allReduce, count: count)
-    let hosts = hostLayout
     let algorithm = AllReduce.choose(
       byteCount: count * dataType.size, count: count, size: size,
-      ringThreshold: options.ringThresholdBytes, hosts: hosts)
+      ringThreshold: options.ringThresholdBytes, hosts: hostLayout,
+      segmentBytes: options.hierarchicalSegmentBytes)
     let call = CallDescription(kind: .allReduce, dataType: dataType, op: op, count: count)
     return submitCollective(call) { context throws(KaitianError) in
       try AllReduce.run(
-        context, input: input, output: output, count: count, algorithm: algorithm, hosts: hosts)
+        context, input: input, output: output, count: count, algorithm: algorithm)
     }
   }
 

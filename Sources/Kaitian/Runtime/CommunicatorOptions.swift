@@ -55,6 +55,10 @@ public struct CommunicatorOptions: Sendable {
   /// (`AllReduce.Algorithm.hierarchical`); off, they use the flat ring. KAITIAN_HIERARCHICAL=0
   /// turns it off, for comparison. Every rank must set it alike, as the ring threshold.
   public var hierarchicalAllReduce: Bool
+  /// Bytes per segment of the hierarchical allreduce's pipeline (`HierarchicalAllReduce`):
+  /// smaller segments start the exchange between hosts sooner and overlap more of it with the
+  /// work inside the hosts; each costs one more round of steps. KAITIAN_HIERARCHICAL_SEGMENT_BYTES.
+  public var hierarchicalSegmentBytes: Int
 
   public init(
     hostIdentity: String = CommunicatorOptions.defaultHostIdentity(),
@@ -63,7 +67,7 @@ public struct CommunicatorOptions: Sendable {
     storePrefix: String = "kaitian", spinMicroseconds: Int = 50,
     ringThresholdBytes: Int = 64 * 1024, sharedMemoryRingBytes: Int = 1 << 20,
     frameIntegrity: Bool = false, hybridChunkBytes: Int = 4 << 20,
-    hierarchicalAllReduce: Bool = true
+    hierarchicalAllReduce: Bool = true, hierarchicalSegmentBytes: Int = 1 << 20
   ) {
     self.hostIdentity = hostIdentity
     self.transport = transport
@@ -77,6 +81,7 @@ public struct CommunicatorOptions: Sendable {
     self.frameIntegrity = frameIntegrity
     self.hybridChunkBytes = hybridChunkBytes
     self.hierarchicalAllReduce = hierarchicalAllReduce
+    self.hierarchicalSegmentBytes = hierarchicalSegmentBytes
   }
 
   /// Defaults overridden by the KAITIAN_* environment variables; a malformed value is an error
@@ -127,6 +132,10 @@ public struct CommunicatorOptions: Sendable {
     if let value = value("KAITIAN_HIERARCHICAL") {
       options.hierarchicalAllReduce = try flag("KAITIAN_HIERARCHICAL", value)
     }
+    options.hierarchicalSegmentBytes = Int(
+      try number("KAITIAN_HIERARCHICAL_SEGMENT_BYTES", Double(options.hierarchicalSegmentBytes)) {
+        $0 >= 1 && $0 == $0.rounded()
+      })
     return options
   }
 
