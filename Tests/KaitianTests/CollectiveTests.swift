@@ -48,7 +48,7 @@ import Testing
   /// Several MiB, so ring and chain algorithms wrap the (deliberately small) rings many times.
   @Test(
     arguments: [2, 3, 5].flatMap { size in RankHarness.Layout.transports.map { (size, $0) } } + [
-      (4, .hostsOfTwo), (6, .hostsOfThree),
+      (4, .hostsOfTwo), (6, .hostsOfTwo), (6, .hostsOfThree),
     ])
   func largeMessages(size: Int, layout: RankHarness.Layout) {
     let errors = RankHarness.run(size: size, layout: layout) { comm in

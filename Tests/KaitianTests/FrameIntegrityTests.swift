@@ -17,7 +17,7 @@ import Testing
   @Test(arguments: zip([2, 3], [RankHarness.Layout.tcp, .mixed]))
   func collectivesMatchTheReferenceWithFrameMACs(size: Int, layout: RankHarness.Layout) {
     let errors = RankHarness.run(
-      size: size, layout: layout, configure: { $0.frameIntegrity = true }
+      size: size, layout: layout, configure: { $1.frameIntegrity = true }
     ) { comm in
       let checks = CollectiveChecks(comm: comm)
       try checks.reductionMatrix(counts: CollectiveTests.counts)
@@ -107,7 +107,7 @@ import Testing
   @Test func ranksThatDisagreeAboutFrameMACsAreToldWhy() {
     let errors = RankHarness.run(
       size: 2, layout: .tcp, timeoutSeconds: 3,
-      configure: { options in options.frameIntegrity = options.hostIdentity == "host-1" }
+      configure: { _, options in options.frameIntegrity = options.hostIdentity == "host-1" }
     ) { _ in }
     #expect(
       errors[1]?.contains("KAITIAN_INTEGRITY must be set alike on every rank") == true,

@@ -16,6 +16,7 @@ import Testing
     case .sendRecv: .messageTag(-5)
     case .allGatherV: .countsDigest(0x1234_5678_9ABC)
     case .allToAllV: .linkCount(31)
+    case .allReduce: .algorithm(AllReduce.Algorithm.ring.tagValue)
     default: .none
     }
   }
@@ -29,11 +30,11 @@ import Testing
   }
 
   @Test func aDetailOnAKindWithoutOneIsNotATag() {
-    #expect(TagDetail(kind: .allReduce, wireValue: 5) == nil)
-    #expect(TagDetail(kind: .allReduce, wireValue: 0) == TagDetail.none)
+    #expect(TagDetail(kind: .broadcast, wireValue: 5) == nil)
+    #expect(TagDetail(kind: .broadcast, wireValue: 0) == TagDetail.none)
     var bytes = [UInt8](repeating: 0, count: OpHeader.byteCount)
     bytes.withUnsafeMutableBytes { Self.header(.sendRecv, .messageTag(5)).encode(into: $0) }
-    bytes[7] = CollectiveKind.allReduce.rawValue  // the same slot, read as an allreduce's
+    bytes[7] = CollectiveKind.broadcast.rawValue  // the same slot, read as a broadcast's
     #expect(bytes.withUnsafeBytes { OpHeader.decode($0) } == nil)
   }
 
@@ -42,5 +43,18 @@ import Testing
     let theirs = Self.header(.allToAllV, .linkCount(30))
     let text = mine.mismatch(with: theirs, peer: 1, localRank: 0)
     #expect(text == "element count between the two ranks 31 on rank 0 but 30 on rank 1")
+  }
+
+  @Test func anAllreduceAlgorithmMismatchIsSaidInWords() throws {
+    let hosts = try #require(HostLayout(identities: ["a", "a", "b", "b"]))
+    let mine = Self.header(
+      .allReduce, .algorithm(AllReduce.Algorithm.hierarchical(hosts, segmentBytes: 4096).tagValue))
+    let theirs = Self.header(.allReduce, .algorithm(AllReduce.Algorithm.ring.tagValue))
+    #expect(
+      mine.mismatch(with: theirs, peer: 1, localRank: 0)
+        == "allreduce algorithm hierarchical in segments of 4096 bytes on rank 0 but ring on rank 1"
+    )
+    #expect(AllReduce.Algorithm.describe(tagValue: 1) == "recursive doubling")
+    #expect(AllReduce.Algorithm.describe(tagValue: 0) == "unknown (0)")
   }
 }

@@ -45,7 +45,7 @@ enum RankHarness {
   static func run(
     size: Int, layout: Layout = .sharedMemory, timeoutSeconds: Double = 20,
     host: String = "127.0.0.1",
-    configure: @escaping @Sendable (inout CommunicatorOptions) -> Void = { _ in },
+    configure: @escaping @Sendable (_ rank: Int, inout CommunicatorOptions) -> Void = { _, _ in },
     _ body: @escaping @Sendable (Communicator) throws -> Void
   ) -> [String?] {
     let store = InMemoryStore()
@@ -57,7 +57,7 @@ enum RankHarness {
           hostIdentity: layout.host(of: rank), timeoutSeconds: timeoutSeconds,
           advertisedHost: host, storePrefix: prefix, ringThresholdBytes: 1024,
           sharedMemoryRingBytes: 64 * 1024, hierarchicalSegmentBytes: 1024)
-        configure(&options)
+        configure(rank, &options)
         do {
           let communicator = try Communicator(
             store: store, rank: rank, size: size, token: token, options: options)

@@ -14,13 +14,38 @@ enum AllReduce {
     /// across, not 3, for 2 hosts of 2), as NCCL's and Horovod's hierarchical allreduces do.
     /// Pipelined by segments of about `segmentBytes` (`HierarchicalAllReduce`).
     case hierarchical(HostLayout, segmentBytes: Int)
+
+    /// The algorithm as the allreduce's tag carries it (`TagDetail.algorithm`). Why: ranks
+    /// that chose differently (KAITIAN_RING_THRESHOLD, KAITIAN_HIERARCHICAL or the segment size
+    /// set unlike) would otherwise wait for messages that never come, or, with equal byte
+    /// totals on a link, read each other's segments as their own; with it, the first message
+    /// on a link fails the call as a mismatch. Segment sizes are at most 1 GiB
+    /// (`CommunicatorOptions`), so the code cannot overflow.
+    var tagValue: Int64 {
+      switch self {
+      case .recursiveDoubling: 1
+      case .ring: 2
+      case .hierarchical(_, let segmentBytes): 3 + 4 * Int64(segmentBytes)
+      }
+    }
+
+    /// `tagValue` in words, for a mismatch message.
+    static func describe(tagValue value: Int64) -> String {
+      switch value {
+      case 1: "recursive doubling"
+      case 2: "ring"
+      case let value where value >= 7 && value % 4 == 3:
+        "hierarchical in segments of \((value - 3) / 4) bytes"
+      default: "unknown (\(value))"
+      }
+    }
   }
 
   /// `hosts` and `segmentBytes`: the communicator's `hostLayout` and its options'
   /// `hierarchicalSegmentBytes`.
   static func choose(
-    byteCount: Int, count: Int, size: Int, ringThreshold: Int, hosts: HostLayout? = nil,
-    segmentBytes: Int = 1 << 20
+    byteCount: Int, count: Int, size: Int, ringThreshold: Int, hosts: HostLayout?,
+    segmentBytes: Int
   ) -> Algorithm {
     guard size > 1, byteCount >= ringThreshold, count >= size else { return .recursiveDoubling }
     guard let hosts else { return .ring }

@@ -9,18 +9,17 @@
 /// Why segments: the passes inside a host and the one between hosts use different links
 /// (shared memory, the network), so while segment s crosses between the hosts, segment s + 1
 /// can be reduced inside them and segment s - 1 gathered. Run one after another over the whole
-/// buffer, the passes inside the hosts added to the network's time: with a 5 Gbit/s link
-/// between two hosts of 2 ranks that gave 1.06x the flat ring at 64 MiB, pipelined 1.52x (the
-/// 3/2 that the bytes crossing allow).
+/// buffer, the passes inside the hosts add to the network's time (measured in
+/// docs/BENCHMARKS-ENGINE.md, section 3).
 ///
 /// The schedule is a function of the shape only (ranks per host, hosts, segments), so every
 /// rank posts the same sequence of transfers on every link. Each tick runs one step of the
-/// pass between hosts and one step of a pass inside the host, together; a pass's segment
-/// waits for that segment's previous pass to have completed in an earlier tick.
+/// exchange between hosts and one step of a pass inside the host, together; a segment enters a
+/// pass only once its previous pass completed in an earlier tick.
 struct HierarchicalAllReduce {
-  let context: CallContext
-  let host: RingMembers
-  let column: RingMembers
+  private let context: CallContext
+  private let host: RingMembers
+  private let column: RingMembers
   private let segments: [Segment]
 
   /// One segment's place in the buffers and its split into chunks and pieces.
@@ -35,21 +34,37 @@ struct HierarchicalAllReduce {
     let pieces: Partition
   }
 
-  /// `count >= context.size` (see `AllReduce.choose`), so no piece is empty; segments of
-  /// about `segmentBytes`, each with at least one element per rank.
+  /// Where one pass stands: the segments it has completed, and the next step of the one under
+  /// way.
+  private struct PassCursor {
+    let stepsPerSegment: Int
+    private(set) var completed = 0
+    private(set) var step = 0
+
+    init(stepsPerSegment: Int) { self.stepsPerSegment = stepsPerSegment }
+
+    mutating func advance() {
+      step += 1
+      if step == stepsPerSegment { (completed, step) = (completed + 1, 0) }
+    }
+  }
+
+  /// Needs `count >= context.size` (`AllReduce.choose` ensures it): each segment then holds at
+  /// least one element per rank, so no piece is empty. Segments of about `segmentBytes`.
   init(
     _ context: CallContext, input: UnsafeRawPointer, output: UnsafeMutableRawPointer, count: Int,
     hosts: HostLayout, segmentBytes: Int
   ) {
+    precondition(count >= context.size, "a hierarchical allreduce of fewer elements than ranks")
     self.context = context
-    host = hosts.hostRing(of: context.rank)
-    column = hosts.columnRing(of: context.rank)
+    let host = hosts.hostRing(of: context.rank)
+    let column = hosts.columnRing(of: context.rank)
+    self.host = host
+    self.column = column
     let elementSize = context.elementSize
-    let wanted = (count * elementSize + segmentBytes - 1) / max(1, segmentBytes)
-    let split = Partition(count: count, parts: min(max(1, wanted), count / context.size))
+    let wanted = (count * elementSize - 1) / max(1, segmentBytes) + 1
+    let split = Partition(count: count, parts: min(wanted, count / context.size))
     let ownedChunk = ringIndex(host.position + 1, host.count)
-    let host = host
-    let column = column
     segments = zip(split.offsets, split.counts).map { offset, elements in
       let chunks = Partition(count: elements, parts: host.count)
       let output = output + offset * elementSize
@@ -61,42 +76,33 @@ struct HierarchicalAllReduce {
   }
 
   func run() throws(KaitianError) {
-    let hostSteps = host.count - 1
-    let columnSteps = 2 * (column.count - 1)
-    // Segments whose pass is complete, and the next step of the pass under way.
-    var reduced = 0
-    var reducing = 0
-    var exchanged = 0
-    var exchanging = 0
-    var gathered = 0
-    var gathering = 0
-    while gathered < segments.count {
+    var reduce = PassCursor(stepsPerSegment: host.count - 1)
+    var exchange = PassCursor(stepsPerSegment: 2 * (column.count - 1))
+    var gather = PassCursor(stepsPerSegment: host.count - 1)
+    while gather.completed < segments.count {
+      let exchanges = exchange.completed < reduce.completed
+      // Gathering first, as it completes segments; reducing runs ahead while none is ready.
+      let gathers = gather.completed < exchange.completed
+      let reduces = !gathers && reduce.completed < segments.count
       var transfers: [Transfer] = []
-      let exchangeStep = exchanged < reduced ? exchanging : nil
-      if let step = exchangeStep { transfers += exchangeTransfers(segments[exchanged], step: step) }
-      // Gathering first: it finishes segments; reducing runs ahead only while none is ready.
-      let gathers = gathered < exchanged
-      if gathers {
-        transfers += Ring.allGatherStep(
-          context, members: host, blocks: segments[gathered].chunks, shift: 1, step: gathering,
-          buffer: segments[gathered].output)
-      } else if reduced < segments.count {
-        transfers += reduceTransfers(segments[reduced], step: reducing)
+      if exchanges {
+        transfers += exchangeTransfers(segments[exchange.completed], step: exchange.step)
       }
+      if gathers {
+        let segment = segments[gather.completed]
+        transfers += Ring.allGatherStep(
+          context, members: host, blocks: segment.chunks, shift: 1, step: gather.step,
+          buffer: segment.output)
+      }
+      if reduces { transfers += reduceTransfers(segments[reduce.completed], step: reduce.step) }
       try context.run(transfers)
 
-      if let step = exchangeStep {
-        if step == column.count - 2 { finish(segments[exchanged]) }
-        exchanging += 1
-        if exchanging == columnSteps { (exchanged, exchanging) = (exchanged + 1, 0) }
+      if exchanges {
+        if exchange.step == column.count - 2 { finish(segments[exchange.completed]) }
+        exchange.advance()
       }
-      if gathers {
-        gathering += 1
-        if gathering == hostSteps { (gathered, gathering) = (gathered + 1, 0) }
-      } else if reduced < segments.count {
-        reducing += 1
-        if reducing == hostSteps { (reduced, reducing) = (reduced + 1, 0) }
-      }
+      if gathers { gather.advance() }
+      if reduces { reduce.advance() }
     }
   }
 

@@ -8,18 +8,19 @@
 /// Each chunk is reduced by exactly one chain of ranks and then copied, so every rank ends with
 /// the same bits.
 ///
-/// A ring runs over `members`: the whole communicator, or a subset (the hierarchical allreduce
-/// runs rings over one host's ranks and over one local index's ranks across hosts), and "rank"
-/// and "size" above are then places in `members`.
+/// The passes run over the whole communicator. Their steps (`reduceScatterStep`,
+/// `allGatherStep`) run over any `RingMembers`: the hierarchical allreduce interleaves steps of
+/// rings over one host's ranks and over one local index's ranks across hosts, and "rank" and
+/// "size" above are then places in `members`.
 enum Ring {
   /// Reduce-scatter pass. `input(chunk)` is this rank's contribution; `stash(step, chunk)` is
   /// where the partial sum received at `step` goes (and is sent from at `step + 1`).
   static func reduceScatter(
-    _ context: CallContext, members: RingMembers? = nil, chunks: Partition, shift: Int,
+    _ context: CallContext, chunks: Partition, shift: Int,
     input: (Int) -> UnsafeRawPointer,
     stash: (_ step: Int, _ chunk: Int) -> UnsafeMutableRawPointer
   ) throws(KaitianError) {
-    let members = members ?? RingMembers(wholeOf: context)
+    let members = RingMembers(wholeOf: context)
     for step in 0..<(members.count - 1) {
       try context.run(
         reduceScatterStep(
@@ -55,10 +56,9 @@ enum Ring {
   /// All-gather pass over `buffer`, where block b lives at `offsets[b]` elements. At the start
   /// this rank holds block `rank + shift`.
   static func allGather(
-    _ context: CallContext, members: RingMembers? = nil, blocks: Partition, shift: Int,
-    buffer: UnsafeMutableRawPointer
+    _ context: CallContext, blocks: Partition, shift: Int, buffer: UnsafeMutableRawPointer
   ) throws(KaitianError) {
-    let members = members ?? RingMembers(wholeOf: context)
+    let members = RingMembers(wholeOf: context)
     for step in 0..<(members.count - 1) {
       try context.run(
         allGatherStep(

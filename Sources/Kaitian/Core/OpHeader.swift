@@ -120,7 +120,7 @@ struct OpHeader: Equatable, Sendable {
     if count != received.count { fields.append(describe("count", "\(count)", "\(received.count)")) }
     if root != received.root { fields.append(describe("root", "\(root)", "\(received.root)")) }
     if detail != received.detail, let name = detail.name {
-      fields.append(describe(name, "\(detail.wireValue)", "\(received.detail.wireValue)"))
+      fields.append(describe(name, detail.valueText, received.detail.valueText))
     }
     return fields.isEmpty ? nil : fields.joined(separator: "; ")
   }
@@ -136,6 +136,8 @@ enum TagDetail: Equatable, Sendable {
   case countsDigest(Int64)
   /// alltoallv: the element count this link carries, on which its two ranks must agree.
   case linkCount(Int64)
+  /// allreduce: the algorithm every rank must have chosen (`AllReduce.Algorithm.tagValue`).
+  case algorithm(Int64)
 
   /// Reads the slot as `kind` means it; nil when a kind without a detail has a non-zero slot
   /// (bytes that are not a tag this version writes).
@@ -144,6 +146,7 @@ enum TagDetail: Equatable, Sendable {
     case .sendRecv: self = .messageTag(wireValue)
     case .allGatherV: self = .countsDigest(wireValue)
     case .allToAllV: self = .linkCount(wireValue)
+    case .allReduce: self = .algorithm(wireValue)
     default:
       guard wireValue == 0 else { return nil }
       self = .none
@@ -153,7 +156,9 @@ enum TagDetail: Equatable, Sendable {
   var wireValue: Int64 {
     switch self {
     case .none: 0
-    case .messageTag(let value), .countsDigest(let value), .linkCount(let value): value
+    case .messageTag(let value), .countsDigest(let value), .linkCount(let value),
+      .algorithm(let value):
+      value
     }
   }
 
@@ -164,6 +169,15 @@ enum TagDetail: Equatable, Sendable {
     case .messageTag: "tag"
     case .countsDigest: "counts per rank"
     case .linkCount: "element count between the two ranks"
+    case .algorithm: "allreduce algorithm"
+    }
+  }
+
+  /// The value, in a mismatch message.
+  var valueText: String {
+    switch self {
+    case .algorithm(let value): AllReduce.Algorithm.describe(tagValue: value)
+    default: "\(wireValue)"
     }
   }
 }

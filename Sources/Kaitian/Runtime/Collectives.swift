@@ -11,8 +11,11 @@ extension Communicator {
     let algorithm = AllReduce.choose(
       byteCount: count * dataType.size, count: count, size: size,
       ringThreshold: options.ringThresholdBytes, hosts: hostLayout,
-      segmentBytes: options.hierarchicalSegmentBytes)
-    let call = CallDescription(kind: .allReduce, dataType: dataType, op: op, count: count)
+      segmentBytes: min(
+        max(1, options.hierarchicalSegmentBytes), CommunicatorOptions.maximumSegmentBytes))
+    let call = CallDescription(
+      kind: .allReduce, dataType: dataType, op: op, count: count,
+      detail: .algorithm(algorithm.tagValue))
     return submitCollective(call) { context throws(KaitianError) in
       try AllReduce.run(
         context, input: input, output: output, count: count, algorithm: algorithm)

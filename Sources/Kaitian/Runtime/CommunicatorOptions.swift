@@ -53,12 +53,17 @@ public struct CommunicatorOptions: Sendable {
   /// Large allreduces of ranks on several hosts, each with the same number of ranks, reduce
   /// inside the hosts first, exchange between them, and gather inside them again
   /// (`AllReduce.Algorithm.hierarchical`); off, they use the flat ring. KAITIAN_HIERARCHICAL=0
-  /// turns it off, for comparison. Every rank must set it alike, as the ring threshold.
+  /// turns it off, for comparison. Every rank must set it alike, as the ring threshold: ranks
+  /// that chose different algorithms fail the allreduce as a mismatch that names them.
   public var hierarchicalAllReduce: Bool
   /// Bytes per segment of the hierarchical allreduce's pipeline (`HierarchicalAllReduce`):
   /// smaller segments start the exchange between hosts sooner and overlap more of it with the
-  /// work inside the hosts; each costs one more round of steps. KAITIAN_HIERARCHICAL_SEGMENT_BYTES.
+  /// work inside the hosts; each costs one more round of steps. KAITIAN_HIERARCHICAL_SEGMENT_BYTES,
+  /// 1 byte to 1 GiB (`maximumSegmentBytes`). Every rank must set it alike, or allreduces fail
+  /// as a mismatch.
   public var hierarchicalSegmentBytes: Int
+  /// The largest segment the hierarchical allreduce takes; larger values count as this.
+  public static let maximumSegmentBytes = 1 << 30
 
   public init(
     hostIdentity: String = CommunicatorOptions.defaultHostIdentity(),
@@ -134,7 +139,7 @@ public struct CommunicatorOptions: Sendable {
     }
     options.hierarchicalSegmentBytes = Int(
       try number("KAITIAN_HIERARCHICAL_SEGMENT_BYTES", Double(options.hierarchicalSegmentBytes)) {
-        $0 >= 1 && $0 == $0.rounded()
+        $0 >= 1 && $0 <= Double(Self.maximumSegmentBytes) && $0 == $0.rounded()
       })
     return options
   }
