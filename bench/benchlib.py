@@ -18,6 +18,7 @@ import os
 import re
 import socket
 import statistics
+import subprocess
 import sys
 from collections.abc import Iterable
 from pathlib import Path
@@ -135,9 +136,40 @@ def cell_errors(cells: dict[str, list[dict[str, Any]]]) -> list[str]:
     return [f"- {key}: {r['error']}" for key, results in cells.items() for r in results if "error" in r]
 
 
-def cell_iterations(size: int) -> tuple[int, int]:
-    """Timed and warm-up calls of one cell: enough for small sizes to average out, few for 64 MiB."""
-    return (200, 20) if size <= 1 << 20 else (10, 2)
+def cell_arguments(ranks: int, size: int, transport: str) -> list[str]:
+    """``kaitian bench`` arguments (after the binary) for one cell: a float32 sum allreduce of `size`
+    bytes on `ranks` ranks, with enough calls for small sizes to average out and few for 64 MiB."""
+    iters, warmup = (200, 20) if size <= 1 << 20 else (10, 2)
+    return [
+        "bench",
+        "allreduce",
+        "--ranks",
+        str(ranks),
+        "--min-bytes",
+        str(size),
+        "--max-bytes",
+        str(size),
+        "--transport",
+        transport,
+        "--iters",
+        str(iters),
+        "--warmup",
+        str(warmup),
+        "--json",
+    ]
+
+
+def measure_local_cell(binary: Path, ranks: int, size: int, transport: str, timeout: float) -> dict[str, Any]:
+    """One cell run by ``kaitian bench`` with its own store and rank processes on this host: its
+    ``first_bench_record``, or an error."""
+    command = [str(binary), *cell_arguments(ranks, size, transport)]
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, check=False)
+    except (OSError, subprocess.TimeoutExpired) as error:
+        return {"error": str(error)}
+    if done.returncode != 0:
+        return {"error": f"exited {done.returncode}: {done.stderr.strip()[-300:]}"}
+    return first_bench_record(done.stdout)
 
 
 def print_cell_progress(round_index: int, rounds: int, what: str, size: int, result: dict[str, Any]) -> None:

@@ -18,7 +18,6 @@ Exits 1 if a measurement failed to run. Measures only; no thresholds.
 from __future__ import annotations
 
 import datetime
-import subprocess
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -26,10 +25,9 @@ from typing import Any
 
 from benchlib import (
     cell_errors,
-    cell_iterations,
     cell_statistics,
     cells_parser,
-    first_bench_record,
+    measure_local_cell,
     print_cell_progress,
     publish_cells,
     size_label,
@@ -41,39 +39,6 @@ RANKS = (2, 3, 4, 6, 8)
 SIZES = (8, 1 << 20, 16 << 20, 64 << 20)
 
 
-def bench_command(binary: Path, ranks: int, size: int, iters: int, warmup: int) -> list[str]:
-    return [
-        str(binary),
-        "bench",
-        "allreduce",
-        "--ranks",
-        str(ranks),
-        "--min-bytes",
-        str(size),
-        "--max-bytes",
-        str(size),
-        "--transport",
-        "shm",
-        "--iters",
-        str(iters),
-        "--warmup",
-        str(warmup),
-        "--json",
-    ]
-
-
-def measure(binary: Path, ranks: int, size: int, iters: int, warmup: int, timeout: float) -> dict[str, Any]:
-    """One cell: the out-of-place record of ``kaitian bench``, or an error."""
-    command = bench_command(binary, ranks, size, iters, warmup)
-    try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, check=False)
-    except (OSError, subprocess.TimeoutExpired) as error:
-        return {"error": str(error)}
-    if done.returncode != 0:
-        return {"error": f"exited {done.returncode}: {done.stderr.strip()[-300:]}"}
-    return first_bench_record(done.stdout)
-
-
 def run(binary: Path, rounds: int, timeout: float, progress: bool = True) -> dict[str, Any]:
     """Every (ranks, size) cell once per round; the rank order rotates each round."""
     cells: dict[str, list[dict[str, Any]]] = {}
@@ -81,8 +46,7 @@ def run(binary: Path, rounds: int, timeout: float, progress: bool = True) -> dic
         order = RANKS[round_index % len(RANKS) :] + RANKS[: round_index % len(RANKS)]
         for ranks in order:
             for size in SIZES:
-                iters, warmup = cell_iterations(size)
-                result = measure(binary, ranks, size, iters, warmup, timeout)
+                result = measure_local_cell(binary, ranks, size, "shm", timeout)
                 cells.setdefault(f"{ranks}/{size}", []).append(result)
                 if progress:
                     print_cell_progress(round_index, rounds, f"{ranks} ranks", size, result)

@@ -49,11 +49,12 @@ from pathlib import Path
 from typing import Any
 
 from benchlib import (
+    cell_arguments,
     cell_errors,
-    cell_iterations,
     cell_statistics,
     cells_parser,
     first_bench_record,
+    measure_local_cell,
     print_cell_progress,
     publish_cells,
     size_label,
@@ -87,28 +88,6 @@ LAYOUTS = (
 
 # (numerator, denominator) layouts of the busbw ratios the report gives per size.
 RATIOS = (("hierarchical", "flat-ring"), ("hierarchical", "flat-tcp"))
-
-
-def bench_arguments(size: int, transport: str) -> list[str]:
-    """The ``kaitian bench`` arguments every rank of a cell shares (without the binary)."""
-    iters, warmup = cell_iterations(size)
-    return [
-        "bench",
-        "allreduce",
-        "--ranks",
-        str(RANKS),
-        "--min-bytes",
-        str(size),
-        "--max-bytes",
-        str(size),
-        "--transport",
-        transport,
-        "--iters",
-        str(iters),
-        "--warmup",
-        str(warmup),
-        "--json",
-    ]
 
 
 def host_of(rank: int) -> int:
@@ -196,7 +175,7 @@ def measure_two_hosts(
         for rank in range(RANKS):
             host = host_of(rank)
             command = [IP, "netns", "exec", namespaces[host], str(binary)]
-            command += bench_arguments(size, layout.transport)
+            command += cell_arguments(RANKS, size, layout.transport)
             command += ["--worker-rank", str(rank), "--store-address", f"{ADDRESSES[0]}:{port}"]
             ranks.append(
                 subprocess.Popen(
@@ -224,23 +203,6 @@ def measure_two_hosts(
     return first_bench_record(outputs[0])
 
 
-def measure_one_host(binary: Path, size: int, timeout: float) -> dict[str, Any]:
-    """One cell of the one-host reference: ``kaitian bench`` with its own store and 4 ranks."""
-    try:
-        done = subprocess.run(
-            [str(binary), *bench_arguments(size, "shm")],
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=False,
-        )
-    except (OSError, subprocess.TimeoutExpired) as error:
-        return {"error": str(error)}
-    if done.returncode != 0:
-        return {"error": f"exited {done.returncode}: {done.stderr.strip()[-300:]}"}
-    return first_bench_record(done.stdout)
-
-
 def run(
     binary: Path, rounds: int, timeout: float, link_rate: str | None = None, progress: bool = True
 ) -> dict[str, Any]:
@@ -258,7 +220,7 @@ def run(
                     if layout.two_hosts:
                         result = measure_two_hosts(binary, namespaces, layout, size, token_file, timeout)
                     else:
-                        result = measure_one_host(binary, size, timeout)
+                        result = measure_local_cell(binary, RANKS, size, "shm", timeout)
                     cells.setdefault(f"{layout.key}/{size}", []).append(result)
                     if progress:
                         print_cell_progress(round_index, rounds, layout.title, size, result)

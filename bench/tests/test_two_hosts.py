@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import two_hosts
 
+import benchlib
+
 
 def document() -> dict[str, object]:
     cells: dict[str, list[dict[str, object]]] = {}
@@ -26,7 +28,7 @@ def test_ranks_0_and_1_share_host_a_and_2_and_3_host_b() -> None:
 
 
 def test_every_rank_runs_the_same_bench_with_the_layouts_transport() -> None:
-    arguments = two_hosts.bench_arguments(16 << 20, "tcp")
+    arguments = benchlib.cell_arguments(two_hosts.RANKS, 16 << 20, "tcp")
     assert arguments[:2] == ["bench", "allreduce"]
     assert arguments[arguments.index("--ranks") + 1] == "4"
     assert arguments[arguments.index("--transport") + 1] == "tcp"

@@ -19,8 +19,8 @@ enum AllReduce {
     /// that chose differently (KAITIAN_RING_THRESHOLD, KAITIAN_HIERARCHICAL or the segment size
     /// set unlike) would otherwise wait for messages that never come, or, with equal byte
     /// totals on a link, read each other's segments as their own; with it, the first message
-    /// on a link fails the call as a mismatch. Segment sizes are at most 1 GiB
-    /// (`CommunicatorOptions`), so the code cannot overflow.
+    /// on a link fails the call as a mismatch. `choose` bounds segment sizes to 1 GiB
+    /// (`CommunicatorOptions.maximumSegmentBytes`), so the code cannot overflow.
     var tagValue: Int64 {
       switch self {
       case .recursiveDoubling: 1
@@ -42,14 +42,17 @@ enum AllReduce {
   }
 
   /// `hosts` and `segmentBytes`: the communicator's `hostLayout` and its options'
-  /// `hierarchicalSegmentBytes`.
+  /// `hierarchicalSegmentBytes`, taken between 1 byte and `maximumSegmentBytes` here, where the
+  /// algorithm value (and with it the tag) is made.
   static func choose(
     byteCount: Int, count: Int, size: Int, ringThreshold: Int, hosts: HostLayout?,
     segmentBytes: Int
   ) -> Algorithm {
     guard size > 1, byteCount >= ringThreshold, count >= size else { return .recursiveDoubling }
     guard let hosts else { return .ring }
-    return .hierarchical(hosts, segmentBytes: segmentBytes)
+    return .hierarchical(
+      hosts,
+      segmentBytes: min(max(1, segmentBytes), CommunicatorOptions.maximumSegmentBytes))
   }
 
   static func run(

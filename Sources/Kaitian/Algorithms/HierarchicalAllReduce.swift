@@ -50,7 +50,8 @@ struct HierarchicalAllReduce {
   }
 
   /// Needs `count >= context.size` (`AllReduce.choose` ensures it): each segment then holds at
-  /// least one element per rank, so no piece is empty. Segments of about `segmentBytes`.
+  /// least one element per rank, so no piece is empty. Segments of about `segmentBytes`, at
+  /// least 1 (`AllReduce.choose` bounds it).
   init(
     _ context: CallContext, input: UnsafeRawPointer, output: UnsafeMutableRawPointer, count: Int,
     hosts: HostLayout, segmentBytes: Int
@@ -62,7 +63,7 @@ struct HierarchicalAllReduce {
     self.host = host
     self.column = column
     let elementSize = context.elementSize
-    let wanted = (count * elementSize - 1) / max(1, segmentBytes) + 1
+    let wanted = (count * elementSize - 1) / segmentBytes + 1
     let split = Partition(count: count, parts: min(wanted, count / context.size))
     let ownedChunk = ringIndex(host.position + 1, host.count)
     segments = zip(split.offsets, split.counts).map { offset, elements in

@@ -11,8 +11,7 @@ extension Communicator {
     let algorithm = AllReduce.choose(
       byteCount: count * dataType.size, count: count, size: size,
       ringThreshold: options.ringThresholdBytes, hosts: hostLayout,
-      segmentBytes: min(
-        max(1, options.hierarchicalSegmentBytes), CommunicatorOptions.maximumSegmentBytes))
+      segmentBytes: options.hierarchicalSegmentBytes)
     let call = CallDescription(
       kind: .allReduce, dataType: dataType, op: op, count: count,
       detail: .algorithm(algorithm.tagValue))
